@@ -1,0 +1,169 @@
+"""Validate and normalise the arguments of a cross-entropy call, once for every backend.
+
+Errors name the argument and say how to fix it.  Arrays are never misread: an array whose
+class axis is not contiguous is copied (and ``inplace`` then refused), other dtypes are
+refused rather than converted silently, except integer targets, which become int64.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+REDUCTIONS = ("none", "mean", "sum")
+REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
+
+
+@dataclass(frozen=True)
+class CrossEntropyCall:
+    logits: Any
+    target: Any
+    target_kind: str  # "index" or "probs"
+    weight: Any | None
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+    lse_square_scale: float
+    softcap: float | None
+    grad_output: Any | None  # 0-d for mean/sum, (N,) for none; None means 1
+    return_lse: bool
+    inplace: bool
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.logits.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.logits.shape[1])
+
+    @property
+    def reduction_code(self) -> int:
+        return REDUCTION_CODES[self.reduction]
+
+
+def _real(name: str, value: Any, *, low: float | None = None, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be finite and {bounds}, got {value}")
+    return value
+
+
+def _row_major(name: str, array: Any, xp: Any) -> Any:
+    """Rows may be strided, but each row's classes must be contiguous: copy otherwise."""
+    if array.ndim == 2 and array.shape[1] > 1 and array.strides[1] != array.itemsize:
+        return xp.ascontiguousarray(array)
+    if array.ndim == 2 and array.shape[0] > 0 and array.strides[0] < 0:
+        return xp.ascontiguousarray(array)
+    return array
+
+
+def prepare_call(
+    logits: Any,
+    target: Any,
+    *,
+    dtype: str,
+    xp: Any = np,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    lse_square_scale: float = 0.0,
+    softcap: float | None = None,
+    grad_output: Any = None,
+    return_lse: bool = False,
+    inplace: bool = False,
+    check_targets: bool = True,
+) -> CrossEntropyCall:
+    """Check every argument against ``torch.nn.functional.cross_entropy``'s rules."""
+    if not hasattr(logits, "ndim") or not hasattr(logits, "dtype"):
+        raise TypeError(f"logits must be an array, got {type(logits).__name__}")
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (N, C), got shape {tuple(logits.shape)}")
+    if str(logits.dtype) != dtype:
+        raise TypeError(f"logits must be {dtype} for this kernel, got {logits.dtype}; cast it or load dtype={str(logits.dtype)!r}")
+    n_rows, n_classes = (int(s) for s in logits.shape)
+    if n_classes < 1:
+        raise ValueError("logits must have at least one class (C >= 1)")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    label_smoothing = _real("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    lse_square_scale = _real("lse_square_scale", lse_square_scale, low=0.0)
+    if softcap is not None:
+        softcap = _real("softcap", softcap, low=0.0)
+        if softcap == 0.0:
+            raise ValueError("softcap must be > 0 (or None to disable it)")
+    for name, flag in (("return_lse", return_lse), ("inplace", inplace)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+
+    if not hasattr(target, "ndim") or not hasattr(target, "dtype"):
+        raise TypeError(f"target must be an array, got {type(target).__name__}")
+    if target.ndim == 1:
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"target of shape (N,) must hold integer class indices, got {target.dtype}")
+        if target.shape[0] != n_rows:
+            raise ValueError(f"target must have shape ({n_rows},) to match logits, got {tuple(target.shape)}")
+        target = xp.ascontiguousarray(target, dtype=xp.int64)
+        target_kind = "index"
+        if check_targets and n_rows:
+            bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+            if bool(bad.any()):
+                row = int(xp.argmax(bad))
+                raise ValueError(
+                    f"target[{row}] = {int(target[row])} is outside [0, {n_classes}) and is not ignore_index ({ignore_index})"
+                )
+    elif target.ndim == 2:
+        if tuple(target.shape) != (n_rows, n_classes):
+            raise ValueError(f"target of probabilities must have shape {(n_rows, n_classes)}, got {tuple(target.shape)}")
+        if str(target.dtype) != dtype:
+            raise TypeError(f"target of probabilities must be {dtype} like logits, got {target.dtype}")
+        target = _row_major("target", target, xp)
+        target_kind = "probs"
+    else:
+        raise ValueError(f"target must have shape (N,) or (N, C), got shape {tuple(target.shape)}")
+
+    if weight is not None:
+        if not hasattr(weight, "ndim") or weight.ndim != 1 or int(weight.shape[0]) != n_classes:
+            shape = tuple(getattr(weight, "shape", ()))
+            raise ValueError(f"weight must have shape ({n_classes},), got {shape}")
+        if str(weight.dtype) != dtype:
+            raise TypeError(f"weight must be {dtype} like logits, got {weight.dtype}")
+        weight = xp.ascontiguousarray(weight)
+
+    if grad_output is not None:
+        grad_output = xp.asarray(grad_output)
+        expected = (n_rows,) if reduction == "none" else ()
+        if tuple(grad_output.shape) != expected:
+            raise ValueError(f"grad_output must have shape {expected} for reduction={reduction!r}, got {tuple(grad_output.shape)}")
+        grad_output = xp.ascontiguousarray(grad_output, dtype=logits.dtype)
+
+    original = logits
+    logits = _row_major("logits", logits, xp)
+    if inplace and logits is not original:
+        raise ValueError("inplace=True needs logits whose rows are contiguous; pass a contiguous array")
+    if inplace and not logits.flags.writeable:
+        raise ValueError("inplace=True needs a writeable logits array")
+    return CrossEntropyCall(
+        logits=logits,
+        target=target,
+        target_kind=target_kind,
+        weight=weight,
+        ignore_index=int(ignore_index),
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        lse_square_scale=lse_square_scale,
+        softcap=softcap,
+        grad_output=grad_output,
+        return_lse=return_lse,
+        inplace=inplace,
+    )

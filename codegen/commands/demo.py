@@ -1,0 +1,11 @@
+"""gradsmith demo (not implemented yet)."""
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise ValueError("demo: not implemented yet")

@@ -1,0 +1,66 @@
+"""From SymPy expressions to lines of code: common-subexpression elimination, then a printer.
+
+Templates lay out what this returns; they never contain a formula themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sympy as sp
+from sympy.printing.codeprinter import CodePrinter
+
+
+@dataclass(frozen=True)
+class PrintedCode:
+    """Printed assignments: ``intermediates`` first (CSE temporaries), then ``outputs``."""
+
+    intermediates: tuple[tuple[str, str], ...]
+    outputs: tuple[tuple[str, str], ...]
+    op_count: int
+
+    @property
+    def assignments(self) -> tuple[tuple[str, str], ...]:
+        return self.intermediates + self.outputs
+
+    def output(self, name: str) -> str:
+        return dict(self.outputs)[name]
+
+
+def print_code(
+    outputs: Sequence[tuple[str | sp.Symbol, sp.Expr]],
+    printer: CodePrinter,
+    *,
+    temp_prefix: str = "t",
+) -> PrintedCode:
+    """CSE over ``outputs`` (canonical order, temporaries ``{temp_prefix}0, 1, ...``), then print.
+
+    The result is deterministic: the same expressions print to the same text whatever the
+    interpreter's hash seed.
+    """
+    names = [str(name) for name, _ in outputs]
+    expressions = [sp.sympify(expr) for _, expr in outputs]
+    temporaries = sp.numbered_symbols(temp_prefix, real=True)
+    replacements, reduced = sp.cse(expressions, symbols=temporaries, order="canonical")
+    intermediates = tuple((str(symbol), printer.doprint(expr)) for symbol, expr in replacements)
+    printed = tuple((name, printer.doprint(expr)) for name, expr in zip(names, reduced, strict=True))
+    op_count = sum(sp.count_ops(expr) for _, expr in replacements) + sum(
+        sp.count_ops(expr) for expr in reduced
+    )
+    return PrintedCode(intermediates=intermediates, outputs=printed, op_count=int(op_count))
+
+
+def print_expression(expr: sp.Expr, printer: CodePrinter) -> str:
+    """Print one expression without CSE (for short scalar expressions)."""
+    return printer.doprint(sp.sympify(expr))
+
+
+def expression_hash(expressions: Iterable[sp.Basic]) -> str:
+    """A content hash of SymPy expressions (their ``srepr``), stable across runs."""
+    digest = hashlib.sha256()
+    for expr in expressions:
+        digest.update(sp.srepr(expr).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]

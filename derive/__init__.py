@@ -1,0 +1,1 @@
+"""The math: definitions, checked derivations, proofs, their LaTeX, and the kernel spec."""

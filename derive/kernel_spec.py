@@ -1,0 +1,312 @@
+"""The kernel spec: the proven closed forms that the emitted kernels evaluate, one per variant.
+
+A row of logits is processed in two sweeps.  The first keeps a running maximum, the sum of
+exp(logit - max) rescaled whenever the maximum grows (the online normalizer), and linear sums
+``A = sum_j a_j`` and ``B = sum_j a_j (logit_j - max)`` rescaled the same way.  The second
+writes the gradient.  Every expression below is checked against SymPy's derivative of the
+loss definition (PyTorch's ``cross_entropy``) by :func:`verify_spec`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import product
+
+import sympy as sp
+
+from derive.check import Verdict, check_equal
+
+TARGET_KINDS = ("index", "probs")
+
+# Scalars of one element (class j) of the row being processed.
+logit = sp.Symbol("logit", real=True)
+weight = sp.Symbol("weight", real=True)
+target_prob = sp.Symbol("target_prob", real=True)
+shifted = sp.Symbol("shifted", real=True)
+# Row state of the first sweep.
+row_max = sp.Symbol("row_max", real=True)
+old_max = sp.Symbol("old_max", real=True)
+new_max = sp.Symbol("new_max", real=True)
+sum_exp = sp.Symbol("sum_exp", positive=True)
+weight_sum = sp.Symbol("weight_sum", real=True)
+shifted_sum = sp.Symbol("shifted_sum", real=True)
+# Row scalars known before the first sweep.
+target_logit = sp.Symbol("target_logit", real=True)
+target_weight = sp.Symbol("target_weight", real=True)
+grad_scale = sp.Symbol("grad_scale", real=True)
+# Call parameters.
+num_classes = sp.Symbol("num_classes", positive=True, integer=True)
+label_smoothing = sp.Symbol("label_smoothing", nonnegative=True)
+lse_square_scale = sp.Symbol("lse_square_scale", nonnegative=True)
+softcap = sp.Symbol("softcap", positive=True)
+grad_output = sp.Symbol("grad_output", real=True)
+denominator = sp.Symbol("denominator", positive=True)
+loss_total = sp.Symbol("loss_total", real=True)
+# Row results of the first sweep, in the order they are computed.
+log_sum_exp = sp.Symbol("log_sum_exp", real=True)
+lse = sp.Symbol("lse", real=True)
+target_shifted = sp.Symbol("target_shifted", real=True)
+loss = sp.Symbol("loss", real=True)
+coef_prob = sp.Symbol("coef_prob", real=True)
+coef_smooth = sp.Symbol("coef_smooth", real=True)
+coef_target = sp.Symbol("coef_target", real=True)
+dlogit = sp.Symbol("dlogit", real=True)
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """Everything a template needs for one variant, as SymPy expressions.
+
+    ``transform`` maps a raw logit to the logit the softmax sees (identity, or softcapping).
+    ``element_shifted`` is ``transform - row_max``.  The first sweep accumulates
+    ``exp(shifted)`` into ``sum_exp`` and ``linear_coefficient`` into ``weight_sum`` and
+    ``linear_coefficient * shifted`` into ``shifted_sum``; when the running maximum moves from
+    ``old_max`` to ``new_max`` the accumulators are updated by ``rescale_sum_exp`` and
+    ``rescale_shifted_sum``.  ``row_values`` are computed in order after the sweep;
+    ``dlogit`` is each element's gradient and ``dlogit_target`` replaces it at the target
+    class (index targets).  ``row_weight`` is the row's share of the "mean" denominator.
+    """
+
+    name: str
+    target_kind: str
+    weighted: bool
+    softcapped: bool
+    transform: sp.Expr
+    element_shifted: sp.Expr
+    exp_term: sp.Expr
+    linear_coefficient: sp.Expr
+    rescale_sum_exp: sp.Expr
+    rescale_shifted_sum: sp.Expr
+    merge_sum_exp: sp.Expr
+    merge_shifted_sum: sp.Expr
+    row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    dlogit: sp.Expr
+    dlogit_target: sp.Expr | None
+    row_weight: sp.Expr
+    scale_mean: sp.Expr
+    scale_sum: sp.Expr
+    loss_mean: sp.Expr
+
+    @property
+    def element_symbols(self) -> tuple[sp.Symbol, ...]:
+        symbols = (logit,)
+        if self.weighted:
+            symbols += (weight,)
+        if self.target_kind == "probs":
+            symbols += (target_prob,)
+        return symbols
+
+    def expressions(self) -> dict[str, sp.Expr]:
+        """Every expression of the spec by name (for hashing and for tests)."""
+        named = {
+            "transform": self.transform,
+            "element_shifted": self.element_shifted,
+            "exp_term": self.exp_term,
+            "linear_coefficient": self.linear_coefficient,
+            "rescale_sum_exp": self.rescale_sum_exp,
+            "rescale_shifted_sum": self.rescale_shifted_sum,
+            "merge_sum_exp": self.merge_sum_exp,
+            "merge_shifted_sum": self.merge_shifted_sum,
+            "dlogit": self.dlogit,
+            "row_weight": self.row_weight,
+            "scale_mean": self.scale_mean,
+            "scale_sum": self.scale_sum,
+            "loss_mean": self.loss_mean,
+        }
+        named.update({f"row:{symbol}": expr for symbol, expr in self.row_values})
+        if self.dlogit_target is not None:
+            named["dlogit_target"] = self.dlogit_target
+        return named
+
+
+def variant_name(target_kind: str, weighted: bool, softcapped: bool) -> str:
+    return target_kind + ("_weighted" if weighted else "") + ("_softcap" if softcapped else "")
+
+
+def _transform(softcapped: bool) -> sp.Expr:
+    return softcap * sp.tanh(logit / softcap) if softcapped else logit
+
+
+def smoothed_target(prob: sp.Expr, classes: sp.Expr = num_classes) -> sp.Expr:
+    """PyTorch's label smoothing of a probability target: (1 - eps) y + eps / C."""
+    return (1 - label_smoothing) * prob + label_smoothing / classes
+
+
+@lru_cache(maxsize=None)
+def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpec:
+    """Build the spec of one variant (checked separately by :func:`verify_spec`)."""
+    if target_kind not in TARGET_KINDS:
+        raise ValueError(f"target_kind must be one of {TARGET_KINDS}, got {target_kind!r}")
+    transform = _transform(softcapped)
+    chain = sp.diff(transform, logit)  # d(transformed logit)/d(logit), by the chain rule
+    class_weight = weight if weighted else sp.Integer(1)
+    shifted_of_element = transform - row_max
+    softmax_term = sp.exp(shifted - log_sum_exp)
+    if target_kind == "index":
+        linear_coefficient = class_weight
+        row_values = (
+            (log_sum_exp, sp.log(sum_exp)),
+            (lse, row_max + log_sum_exp),
+            (target_shifted, transform.subs(logit, target_logit) - row_max),
+            (
+                loss,
+                (1 - label_smoothing) * target_weight * (log_sum_exp - target_shifted)
+                + label_smoothing / num_classes * (weight_sum * log_sum_exp - shifted_sum)
+                + lse_square_scale * lse**2,
+            ),
+            (
+                coef_prob,
+                grad_scale
+                * (
+                    (1 - label_smoothing) * target_weight
+                    + label_smoothing / num_classes * weight_sum
+                    + 2 * lse_square_scale * lse
+                ),
+            ),
+            (coef_smooth, grad_scale * label_smoothing / num_classes),
+            (coef_target, grad_scale * (1 - label_smoothing) * target_weight),
+        )
+        dlogit_expr = (coef_prob * softmax_term - coef_smooth * class_weight) * chain
+        target_chain = chain.subs(logit, target_logit)
+        dlogit_target = (
+            coef_prob * sp.exp(target_shifted - log_sum_exp)
+            - coef_smooth * target_weight
+            - coef_target
+        ) * target_chain
+        row_weight = target_weight
+    else:
+        linear_coefficient = class_weight * smoothed_target(target_prob)
+        row_values = (
+            (log_sum_exp, sp.log(sum_exp)),
+            (lse, row_max + log_sum_exp),
+            (loss, weight_sum * log_sum_exp - shifted_sum + lse_square_scale * lse**2),
+            (coef_prob, grad_scale * (weight_sum + 2 * lse_square_scale * lse)),
+        )
+        dlogit_expr = (coef_prob * softmax_term - grad_scale * linear_coefficient) * chain
+        dlogit_target = None
+        row_weight = sp.Integer(1)
+    return KernelSpec(
+        name=variant_name(target_kind, weighted, softcapped),
+        target_kind=target_kind,
+        weighted=weighted,
+        softcapped=softcapped,
+        transform=transform,
+        element_shifted=shifted_of_element,
+        exp_term=sp.exp(shifted),
+        linear_coefficient=linear_coefficient,
+        rescale_sum_exp=sum_exp * sp.exp(old_max - new_max),
+        rescale_shifted_sum=shifted_sum + weight_sum * (old_max - new_max),
+        merge_sum_exp=sum_exp * sp.exp(old_max - new_max),
+        merge_shifted_sum=shifted_sum + weight_sum * (old_max - new_max),
+        row_values=row_values,
+        dlogit=dlogit_expr,
+        dlogit_target=dlogit_target,
+        row_weight=row_weight,
+        scale_mean=grad_output / denominator,
+        scale_sum=grad_output,
+        loss_mean=loss_total / denominator,
+    )
+
+
+def all_specs() -> tuple[KernelSpec, ...]:
+    return tuple(
+        kernel_spec(kind, weighted, softcapped)
+        for kind, weighted, softcapped in product(TARGET_KINDS, (False, True), (False, True))
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification against the definition, for a small concrete number of classes.
+
+
+def _definition_loss(spec: KernelSpec, z, w, y, target: int | None) -> sp.Expr:
+    """PyTorch's per-row cross_entropy with every option, written from its definition."""
+    classes = len(z)
+    transformed = [spec.transform.subs(logit, zj) for zj in z]
+    log_norm = sp.log(sp.Add(*[sp.exp(t) for t in transformed]))
+    log_probs = [t - log_norm for t in transformed]
+    if spec.target_kind == "index":
+        nll = -w[target] * log_probs[target]
+        smooth = -sp.Add(*[wk * lp for wk, lp in zip(w, log_probs, strict=True)])
+        ce = (1 - label_smoothing) * nll + label_smoothing / classes * smooth
+    else:
+        smoothed = [smoothed_target(yk, classes) for yk in y]
+        ce = -sp.Add(*[wk * yk * lp for wk, yk, lp in zip(w, smoothed, log_probs, strict=True)])
+    return ce + lse_square_scale * log_norm**2
+
+
+def _row_state(spec: KernelSpec, z, w, y, target: int | None, pivot: sp.Symbol) -> dict:
+    """Values of the row symbols in terms of the definition, for any pivot (the running max)."""
+    classes = len(z)
+    transformed = [spec.transform.subs(logit, zj) for zj in z]
+    coefficients = [
+        spec.linear_coefficient.subs({weight: wk, target_prob: yk, num_classes: classes})
+        for wk, yk in zip(w, y, strict=True)
+    ]
+    state = {
+        row_max: pivot,
+        sum_exp: sp.Add(*[sp.exp(t - pivot) for t in transformed]),
+        weight_sum: sp.Add(*coefficients),
+        shifted_sum: sp.Add(*[a * (t - pivot) for a, t in zip(coefficients, transformed, strict=True)]),
+        num_classes: classes,
+    }
+    if target is not None:
+        state.update({target_logit: z[target], target_weight: w[target]})
+    values = {}
+    for symbol, expr in spec.row_values:
+        values[symbol] = expr.subs(values).subs(state)
+    return {**state, **values}
+
+
+def verify_spec(spec: KernelSpec, classes: int = 3, target: int = 1) -> list[tuple[str, Verdict]]:
+    """Check the spec's loss and gradient against SymPy's derivative of the definition.
+
+    Checked for one concrete C with every option symbolic, at a free pivot standing for the
+    row maximum (shift invariance makes any pivot valid), numerically at 40 digits where
+    SymPy cannot decide it.  Raises ProofError naming the failing step.
+    """
+    z = sp.symbols(f"z_0:{classes}", real=True)
+    w = sp.symbols(f"w_0:{classes}", positive=True) if spec.weighted else (sp.Integer(1),) * classes
+    y = sp.symbols(f"y_0:{classes}", nonnegative=True) if spec.target_kind == "probs" else (0,) * classes
+    index = target if spec.target_kind == "index" else None
+    pivot = sp.Symbol("pivot", real=True)
+    definition = _definition_loss(spec, z, w, y, index)
+    state = _row_state(spec, z, w, y, index, pivot)
+    results = [(f"{spec.name}: loss", _check(state[loss], definition, f"{spec.name} loss"))]
+    for j, zj in enumerate(z):
+        expected = grad_scale * sp.diff(definition, zj)
+        element = {
+            logit: zj,
+            weight: w[j],
+            target_prob: y[j],
+            shifted: spec.transform.subs(logit, zj) - pivot,
+        }
+        formula = spec.dlogit_target if (index is not None and j == index) else spec.dlogit
+        emitted = formula.subs(element).subs(state).subs(element)
+        results.append(
+            (f"{spec.name}: dlogit_{j}", _check(emitted, expected, f"{spec.name} dL/dz_{j}"))
+        )
+    results.append((f"{spec.name}: online rescale", verify_online_rescale(spec)))
+    return results
+
+
+def verify_online_rescale(spec: KernelSpec) -> Verdict:
+    """The running sums, rescaled from old_max to new_max, equal the sums taken at new_max."""
+    values = sp.symbols("v_0:3", real=True)
+    coefficients = sp.symbols("a_0:3", real=True)
+    at = lambda pivot: (  # noqa: E731
+        sp.Add(*[sp.exp(v - pivot) for v in values]),
+        sp.Add(*coefficients),
+        sp.Add(*[a * (v - pivot) for a, v in zip(coefficients, values, strict=True)]),
+    )
+    old_sums, new_sums = at(old_max), at(new_max)
+    state = {sum_exp: old_sums[0], weight_sum: old_sums[1], shifted_sum: old_sums[2]}
+    check_equal(spec.rescale_sum_exp.subs(state), new_sums[0], step=f"{spec.name} rescale sum_exp")
+    return check_equal(
+        spec.rescale_shifted_sum.subs(state), new_sums[2], step=f"{spec.name} rescale shifted_sum"
+    )
+
+
+def _check(lhs: sp.Expr, rhs: sp.Expr, step: str) -> Verdict:
+    return check_equal(lhs, rhs, step=step, symbolic=False)
