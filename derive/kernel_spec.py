@@ -47,6 +47,7 @@ loss_total = sp.Symbol("loss_total", real=True)
 log_sum_exp = sp.Symbol("log_sum_exp", real=True)
 lse = sp.Symbol("lse", real=True)
 target_shifted = sp.Symbol("target_shifted", real=True)
+zloss_slope = sp.Symbol("zloss_slope", real=True)
 loss = sp.Symbol("loss", real=True)
 coef_prob = sp.Symbol("coef_prob", real=True)
 coef_smooth = sp.Symbol("coef_smooth", real=True)
@@ -149,11 +150,13 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
             (log_sum_exp, sp.log(sum_exp)),
             (lse, row_max + log_sum_exp),
             (target_shifted, transform.subs(logit, target_logit) - row_max),
+            # lambda*lse first, so that lambda = 0 gives 0 even where lse*lse overflows.
+            (zloss_slope, lse_square_scale * lse),
             (
                 loss,
                 (1 - label_smoothing) * target_weight * (log_sum_exp - target_shifted)
                 + label_smoothing / num_classes * (weight_sum * log_sum_exp - shifted_sum)
-                + lse_square_scale * lse**2,
+                + zloss_slope * lse,
             ),
             (
                 coef_prob,
@@ -161,7 +164,7 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
                 * (
                     (1 - label_smoothing) * target_weight
                     + label_smoothing / num_classes * weight_sum
-                    + 2 * lse_square_scale * lse
+                    + 2 * zloss_slope
                 ),
             ),
             (coef_smooth, grad_scale * label_smoothing / num_classes),
@@ -180,8 +183,9 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         row_values = (
             (log_sum_exp, sp.log(sum_exp)),
             (lse, row_max + log_sum_exp),
-            (loss, weight_sum * log_sum_exp - shifted_sum + lse_square_scale * lse**2),
-            (coef_prob, grad_scale * (weight_sum + 2 * lse_square_scale * lse)),
+            (zloss_slope, lse_square_scale * lse),
+            (loss, weight_sum * log_sum_exp - shifted_sum + zloss_slope * lse),
+            (coef_prob, grad_scale * (weight_sum + 2 * zloss_slope)),
         )
         dlogit_expr = (coef_prob * softmax_term - grad_scale * linear_coefficient) * chain
         dlogit_target = None
