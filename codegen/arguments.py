@@ -127,6 +127,10 @@ def prepare_call(
             raise ValueError(f"target of probabilities must have shape {(n_rows, n_classes)}, got {tuple(target.shape)}")
         if str(target.dtype) != dtype:
             raise TypeError(f"target of probabilities must be {dtype} like logits, got {target.dtype}")
+        if ignore_index != -100:
+            raise ValueError(
+                "ignore_index is not supported for probability targets (as in PyTorch); leave it at -100"
+            )
         target = _row_major("target", target, xp)
         target_kind = "probs"
     else:
@@ -151,7 +155,7 @@ def prepare_call(
     logits = _row_major("logits", logits, xp)
     if inplace and logits is not original:
         raise ValueError("inplace=True needs logits whose rows are contiguous; pass a contiguous array")
-    if inplace and not logits.flags.writeable:
+    if inplace and not getattr(logits.flags, "writeable", True):
         raise ValueError("inplace=True needs a writeable logits array")
     return CrossEntropyCall(
         logits=logits,

@@ -20,10 +20,12 @@ class PrintedCode:
     intermediates: tuple[tuple[str, str], ...]
     outputs: tuple[tuple[str, str], ...]
     op_count: int
+    ordered: tuple[tuple[str, str], ...] = ()
 
     @property
     def assignments(self) -> tuple[tuple[str, str], ...]:
-        return self.intermediates + self.outputs
+        """Temporaries and outputs together, each after every name it reads."""
+        return self.ordered or self.intermediates + self.outputs
 
     def output(self, name: str) -> str:
         return dict(self.outputs)[name]
@@ -46,10 +48,43 @@ def print_code(
     replacements, reduced = sp.cse(expressions, symbols=temporaries, order="canonical")
     intermediates = tuple((str(symbol), printer.doprint(expr)) for symbol, expr in replacements)
     printed = tuple((name, printer.doprint(expr)) for name, expr in zip(names, reduced, strict=True))
+    order = _dependency_order(
+        [(str(symbol), expr) for symbol, expr in replacements]
+        + list(zip(names, reduced, strict=True))
+    )
+    text = dict(intermediates + printed)
     op_count = sum(sp.count_ops(expr) for _, expr in replacements) + sum(
         sp.count_ops(expr) for expr in reduced
     )
-    return PrintedCode(intermediates=intermediates, outputs=printed, op_count=int(op_count))
+    return PrintedCode(
+        intermediates=intermediates,
+        outputs=printed,
+        op_count=int(op_count),
+        ordered=tuple((name, text[name]) for name in order),
+    )
+
+
+def _dependency_order(assignments: list[tuple[str, sp.Expr]]) -> list[str]:
+    """A stable order in which each assignment follows the assignments it reads.
+
+    Outputs may read earlier outputs (``lse`` reads ``log_sum_exp``), and CSE may build a
+    temporary from such an output, so temporaries cannot simply all come first.
+    """
+    defined = {name for name, _ in assignments}
+    reads = {
+        name: {str(s) for s in expr.free_symbols} & defined - {name} for name, expr in assignments
+    }
+    done: list[str] = []
+    pending = [name for name, _ in assignments]
+    while pending:
+        for name in pending:
+            if reads[name] <= set(done):
+                done.append(name)
+                pending.remove(name)
+                break
+        else:
+            raise ValueError(f"assignments read each other in a cycle: {', '.join(pending)}")
+    return done
 
 
 def print_expression(expr: sp.Expr, printer: CodePrinter) -> str:

@@ -72,6 +72,10 @@ def render_template(template: str, **context) -> str:
     """Render one template; any error names the template and what went wrong."""
     try:
         return environment().get_template(template).render(**context)
+    except TemplateError as error:
+        if str(error).startswith("template "):
+            raise
+        raise TemplateError(f"template {template}: {error}") from error
     except jinja2.TemplateError as error:
         raise TemplateError(f"template {template}: {error}") from error
 
@@ -127,10 +131,17 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_tree(

@@ -57,28 +57,55 @@ def apply_assumptions(expr: sp.Basic, assumptions: Iterable[Assumption]) -> sp.B
 
 
 def _symbolically_zero(difference: sp.Expr) -> bool:
-    for simplifier in (lambda e: e, sp.expand, sp.cancel, sp.together, sp.simplify):
+    for simplifier in (lambda e: e, sp.cancel, sp.expand, sp.together, sp.simplify):
         try:
             if simplifier(difference) == 0:
                 return True
-        except (TypeError, NotImplementedError, RecursionError):
-            return False
+        except Exception:  # noqa: BLE001, S112 - a broken simplifier leaves the numeric check
+            continue
     return False
 
 
 def _random_value(atom: sp.Basic, rng: random.Random) -> mpmath.mpf:
     if atom.is_integer:
-        return mpmath.mpf(rng.randint(0, 3))
+        return mpmath.mpf(rng.randint(1 if atom.is_positive else 0, 3))
     low = 0.05 if atom.is_positive else (0.0 if atom.is_nonnegative else -3.0)
     return mpmath.mpf(rng.uniform(low, 3.0))
 
 
-def _numeric_points(expr_pair, class_symbol, class_counts):
-    if class_symbol is None:
-        yield None, expr_pair
-        return
-    for count in class_counts:
-        yield count, tuple(side.subs(class_symbol, count).doit() for side in expr_pair)
+def _index_symbols(exprs, class_symbol) -> list[sp.Symbol]:
+    """Free integer symbols other than C: class indices such as i or t, chosen before doit()."""
+    free = set().union(*(e.free_symbols for e in exprs))
+    return sorted(
+        (s for s in free if isinstance(s, sp.Symbol) and s.is_integer and s != class_symbol),
+        key=sp.default_sort_key,
+    )
+
+
+def _numeric_points(expr_pair, class_symbol, class_counts, points, rng):
+    """Yield (C, left, right) per random point, with C and the class indices made concrete.
+
+    An index must be fixed before the sums are expanded, or ``z[i]`` would be sampled apart
+    from the ``z[0], z[1], ...`` it stands for.
+    """
+    indices = _index_symbols(expr_pair, class_symbol)
+    counts = tuple(class_counts) if class_symbol is not None else (None,)
+    for count in counts:
+        fixed = expr_pair
+        if count is not None:
+            fixed = tuple(side.subs(class_symbol, count) for side in expr_pair)
+        if not indices:
+            evaluated = tuple(side.doit() for side in fixed)
+            for _ in range(points):
+                yield count, evaluated
+            continue
+        for _ in range(points):
+            top = (count - 1) if count is not None else 3
+            choice = {}
+            for s in indices:
+                low = 1 if s.is_positive else 0
+                choice[s] = rng.randint(low, max(top, low))
+            yield count, tuple(side.subs(choice).doit() for side in fixed)
 
 
 def _atoms(expr: sp.Basic) -> set:
@@ -103,26 +130,26 @@ def numerically_equal(
     assumptions = tuple(assumptions)
     checked = 0
     with mpmath.workdps(NUMERIC_DIGITS):
-        for count, (left, right) in _numeric_points((lhs, rhs), class_symbol, tuple(class_counts)):
+        cases = _numeric_points((lhs, rhs), class_symbol, tuple(class_counts), points, rng)
+        for count, (left, right) in cases:
             atoms = sorted(_atoms(left) | _atoms(right), key=sp.default_sort_key)
-            for _ in range(points):
-                values = {a: _random_value(a, rng) for a in atoms}
-                if count is not None and class_symbol is not None:
-                    values["__C__"] = count
-                for assumption in assumptions:
-                    if assumption.sample is not None:
-                        values = assumption.sample(values, rng)
-                values.pop("__C__", None)
-                subs = {a: sp.Float(str(v), NUMERIC_DIGITS) for a, v in values.items()}
-                da = sp.N(left.xreplace(subs), NUMERIC_DIGITS)
-                db = sp.N(right.xreplace(subs), NUMERIC_DIGITS)
-                if not (da.is_number and db.is_number):
-                    return False, f"could not evaluate numerically (left {da}, right {db})"
-                da, db = mpmath.mpmathify(da), mpmath.mpmathify(db)
-                if abs(da - db) > NUMERIC_TOLERANCE * (1 + abs(da)):
-                    where = f" at C={count}" if count is not None else ""
-                    return False, f"counterexample{where}: {sp.sstr(subs)} gives {da} != {db}"
-                checked += 1
+            values = {a: _random_value(a, rng) for a in atoms}
+            if count is not None and class_symbol is not None:
+                values["__C__"] = count
+            for assumption in assumptions:
+                if assumption.sample is not None:
+                    values = assumption.sample(values, rng)
+            values.pop("__C__", None)
+            subs = {a: sp.Float(str(v), NUMERIC_DIGITS) for a, v in values.items()}
+            da = sp.N(left.xreplace(subs), NUMERIC_DIGITS)
+            db = sp.N(right.xreplace(subs), NUMERIC_DIGITS)
+            if not (da.is_number and db.is_number):
+                return False, f"could not evaluate numerically (left {da}, right {db})"
+            da, db = mpmath.mpmathify(da), mpmath.mpmathify(db)
+            if abs(da - db) > NUMERIC_TOLERANCE * (1 + abs(da)):
+                where = f" at C={count}" if count is not None else ""
+                return False, f"counterexample{where}: {sp.sstr(subs)} gives {da} != {db}"
+            checked += 1
     counts = f" for C in {tuple(class_counts)}" if class_symbol is not None else ""
     return True, f"mpmath {NUMERIC_DIGITS} digits, {checked} random points{counts}"
 

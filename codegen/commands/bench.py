@@ -1,11 +1,80 @@
-"""gradsmith bench (not implemented yet)."""
+"""gradsmith bench: time the generated kernels beside PyTorch, textbook NumPy and a copy probe."""
+
+from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from codegen.bench import machine
+from codegen.bench.report import format_table, require_matplotlib, write_json, write_plot
+from codegen.bench.runner import run_benchmark
+from codegen.bench.settings import (
+    BACKENDS,
+    CPU_SHAPES,
+    GPU_SHAPES,
+    Settings,
+    build_cases,
+    check_repeat,
+    check_threads,
+    parse_backends,
+    parse_dtypes,
+    parse_shapes,
+)
+
+
+def _shapes_help() -> str:
+    cpu = ",".join(f"{n}x{c}" for n, c in CPU_SHAPES)
+    gpu = ",".join(f"{n}x{c}" for n, c in GPU_SHAPES)
+    return f"comma-separated NxC (default: {cpu} in float32; on a GPU also {gpu} in float32 and bfloat16)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--shapes", default=None, help=_shapes_help())
+    parser.add_argument(
+        "--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {','.join(BACKENDS)}"
+    )
+    parser.add_argument("--dtypes", default=None, help="comma-separated dtypes for every shape (default: see --shapes)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed calls per measurement; the median is reported")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for OpenMP, PyTorch and the copy probe")
+    parser.add_argument("--json", type=Path, default=None, help="write the full report as JSON")
+    parser.add_argument("--plot", type=Path, default=None, help="write a PNG of throughput against C (needs matplotlib)")
+    parser.add_argument(
+        "--inplace", action="store_true", help="also time the C and CUDA kernels writing dlogits over the logits"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random logits and targets")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Validate every option before anything is measured (errors name the option)."""
+    shapes = None if args.shapes is None else parse_shapes(args.shapes)
+    dtypes = None if args.dtypes is None else parse_dtypes(args.dtypes)
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    return Settings(
+        cases=build_cases(shapes, dtypes, gpu=machine.has_gpu()),
+        backends=parse_backends(args.backends),
+        repeat=check_repeat(args.repeat),
+        warmup=args.warmup,
+        threads=check_threads(args.threads),
+        seed=args.seed,
+        progress=not args.no_progress,
+        inplace=args.inplace,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ValueError("bench: not implemented yet")
+    settings = settings_from(args)
+    if args.plot is not None:
+        require_matplotlib()
+    for path in (args.json, args.plot):
+        if path is not None and not path.parent.is_dir():
+            raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
+    report = run_benchmark(settings)
+    print(format_table(report))
+    if args.json is not None:
+        write_json(report, args.json)
+    if args.plot is not None:
+        write_plot(report, args.plot)
+    return 0

@@ -1,11 +1,79 @@
-"""gradsmith latex (not implemented yet)."""
+"""gradsmith latex: print the checked derivation as LaTeX or Markdown, or compile a PDF."""
+
+from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from derive.latex import FORMATS, document
+
+PDFLATEX_SECONDS = 120
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--format", choices=FORMATS, default="latex",
+                        help="latex (default) or md (Markdown with $$ math)")
+    parser.add_argument("--out", metavar="FILE", help="write the document to FILE")
+    parser.add_argument("--pdf", metavar="FILE", help="compile the LaTeX with pdflatex to FILE")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ValueError("latex: not implemented yet")
+    if args.pdf and args.format != "latex":
+        raise ValueError("--pdf needs --format latex")
+    if args.pdf and shutil.which("pdflatex") is None:
+        raise OSError("--pdf: pdflatex not found; install it (Debian: texlive-latex-base) "
+                      "or use --out FILE.tex")
+    text = document(args.format)
+    if args.out:
+        write_atomically(Path(args.out), text.encode())
+    if args.pdf:
+        compile_pdf(text, Path(args.pdf))
+    if not args.out and not args.pdf:
+        sys.stdout.write(text)
+    return 0
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OSError(f"cannot write {path}: folder {folder} does not exist")
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def compile_pdf(text: str, path: Path) -> None:
+    """Run pdflatex twice in a scratch folder and move the PDF to ``path``."""
+    with tempfile.TemporaryDirectory(prefix="gradsmith-latex-") as scratch:
+        source = Path(scratch) / "derivation.tex"
+        source.write_text(text)
+        for _ in range(2):
+            try:
+                done = subprocess.run(
+                    ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", source.name],
+                    cwd=scratch, capture_output=True, text=True, timeout=PDFLATEX_SECONDS,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                raise OSError(f"--pdf: pdflatex ran over {PDFLATEX_SECONDS} s") from None
+            if done.returncode != 0:
+                raise OSError(f"--pdf: pdflatex failed: {_first_error(done.stdout)}")
+        write_atomically(path, (Path(scratch) / "derivation.pdf").read_bytes())
+
+
+def _first_error(log: str) -> str:
+    for line in log.splitlines():
+        if line.startswith("!"):
+            return line.lstrip("! ").strip()
+    return "see the pdflatex log"

@@ -1,0 +1,25 @@
+"""The C backend: C99 kernels for float and double, compiled and loaded through ctypes."""
+
+from __future__ import annotations
+
+from codegen.backends.c.context import kernel_context
+from codegen.render import preamble, render_template
+
+ABI = (
+    "C99; int gs_ce_index_f32/f64 and gs_ce_probs_f32/f64 (see gradsmith_ce.h); "
+    "status codes GS_OK=0, NULL_POINTER=1, SHAPE=2, TARGET=3, PARAMS=4"
+)
+TEMPLATES = {
+    "c/gradsmith_ce.h": "c/gradsmith_ce.h.j2",
+    "c/gradsmith_ce.c": "c/gradsmith_ce.c.j2",
+}
+
+
+def render() -> dict[str, str]:
+    """The emitted C files, keyed by their path relative to generated/."""
+    context = kernel_context()
+    files = {}
+    for path, template in TEMPLATES.items():
+        header = preamble(template, context["spec_hash"], context["op_count"], ABI)
+        files[path] = render_template(template, preamble=header, **context)
+    return files

@@ -1,0 +1,174 @@
+"""What the C templates lay out: every expression of every variant, printed per dtype.
+
+Expressions come from ``derive.kernel_spec`` (the loss, the gradient, the online normalizer)
+and ``derive.fast_exp`` (the vectorisable exp).  Each group of assignments is printed with one
+``print_code`` call so that CSE temporaries stay in the scope where the template places them,
+and :func:`_check_order` makes sure that no assignment reads a name assigned after it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import sympy as sp
+
+from codegen.backends.c.printer import C_TYPES, KernelCPrinter
+from codegen.printing import PrintedCode, expression_hash, print_code, print_expression
+from derive import kernel_spec as ks
+from derive.fast_exp import exp_approximation, verify_exp_approximation
+
+DTYPES = ("float32", "float64")
+SUFFIXES = {"float32": "f32", "float64": "f64"}
+# Elements per lane array: one 256-bit vector of partial sums, so short rows still use it.
+LANES = {"float32": 8, "float64": 4}
+CHUNK = 512  # elements per online-normalizer step: the chunk stays in L1 between its two loops
+ROW_BLOCK = 4096  # segments per parallel region, their sums kept for a serial double sum
+SEGMENT_ROWS = 16  # rows per segment, summed in order by one thread
+PARALLEL_MIN_ELEMENTS = 32768  # below this a parallel region costs more than it saves
+
+# Names the template itself declares before a group is evaluated.
+_ELEMENT_INPUTS = {"logit", "weight", "target_prob", "row_max", "num_classes",
+                   "label_smoothing", "lse_square_scale", "softcap"}
+_ROW_STATE = {"row_max", "sum_exp", "weight_sum", "shifted_sum", "target_logit",
+              "target_weight", "grad_scale", "num_classes", "label_smoothing",
+              "lse_square_scale", "softcap"}
+
+target_class_weight = sp.Symbol("target_class_weight", real=True)
+transformed = sp.Symbol("transformed", real=True)
+linear_coefficient = sp.Symbol("linear_coefficient", real=True)
+_IDENTIFIER = re.compile(r"(?<![\w.])([A-Za-z_]\w*)(?!\w*\s*\()")
+
+
+def _check_order(group: str, printed: PrintedCode, inputs: Iterable[str]) -> PrintedCode:
+    """Every name an assignment reads is an input or assigned earlier (CSE can hoist badly)."""
+    known = set(inputs)
+    for name, code in printed.assignments:
+        unknown = sorted(set(_IDENTIFIER.findall(code)) - known)
+        if unknown:
+            raise ValueError(f"C group {group}: {name} = {code} reads {unknown} before assignment")
+        known.add(name)
+    return printed
+
+
+def _group(
+    group: str,
+    outputs: Sequence[tuple[str | sp.Symbol, sp.Expr]],
+    printer: KernelCPrinter,
+    prefix: str,
+    inputs: Iterable[str],
+) -> PrintedCode:
+    return _check_order(group, print_code(outputs, printer, temp_prefix=prefix), inputs)
+
+
+def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str) -> dict:
+    exact = KernelCPrinter(dtype)
+    sweep = KernelCPrinter(dtype, function_names={"exp": fast_exp})
+    wide = KernelCPrinter("float64")
+    index = spec.target_kind == "index"
+    groups = {
+        "transform": _group("transform", [(transformed, spec.transform)], exact, "m",
+                            _ELEMENT_INPUTS),
+        "first_sweep": _group(
+            "first_sweep",
+            [
+                (ks.shifted, spec.element_shifted),
+                ("exp_term", spec.exp_term),
+                (linear_coefficient, spec.linear_coefficient),
+                ("shifted_term", linear_coefficient * ks.shifted),
+            ],
+            sweep, "a", _ELEMENT_INPUTS,
+        ),
+        "rescale": _group(
+            "rescale",
+            [("rescaled_sum_exp", spec.rescale_sum_exp),
+             ("rescaled_shifted_sum", spec.rescale_shifted_sum)],
+            exact, "u", _ROW_STATE | {"old_max", "new_max"},
+        ),
+        "row": _group("row", list(spec.row_values), exact, "r", _ROW_STATE),
+        # Its own group: CSE across it and the row values would hoist reads of row values.
+        "target_gradient": _group(
+            "target_gradient",
+            [("dlogit_target", spec.dlogit_target)] if index else [],
+            exact, "g", _ROW_STATE | {str(s) for s, _ in spec.row_values},
+        ),
+        "second_sweep": _group(
+            "second_sweep",
+            [(ks.shifted, spec.element_shifted), (ks.dlogit, spec.dlogit)],
+            sweep, "d", _ELEMENT_INPUTS | {"grad_scale"} | {str(s) for s, _ in spec.row_values},
+        ),
+        # The mean's denominator: each row's weight, from the target class's weight.
+        "row_weight": _group(
+            "row_weight",
+            ([(ks.target_weight, spec.linear_coefficient.subs(ks.weight, target_class_weight))]
+             if index else [])
+            + [("row_weight", spec.row_weight)],
+            exact, "w", {"target_class_weight"},
+        ),
+        # Reductions run in double whatever the kernel's type.
+        "scales": _group("scales", [("scale_mean", spec.scale_mean), ("scale_sum", spec.scale_sum)],
+                         wide, "s", {"grad_output", "denominator"}),
+        "loss_mean": _group("loss_mean", [("loss_mean", spec.loss_mean)], wide, "l",
+                            {"loss_total", "denominator"}),
+    }
+    return {
+        "name": spec.name,
+        "target_kind": spec.target_kind,
+        "weighted": spec.weighted,
+        "softcapped": spec.softcapped,
+        "groups": groups,
+        "op_count": sum(g.op_count for g in groups.values()),
+    }
+
+
+def _fast_exp(dtype: str) -> dict:
+    approx = exp_approximation(dtype)
+    verify_exp_approximation(approx)  # refuse to emit an exp whose error bound does not hold
+    printer = KernelCPrinter(dtype)
+    steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
+    _check_order("fast_exp", PrintedCode((), steps, 0), {"x", "scale"})
+    uint = f"uint{approx.bit_width}_t"
+    exponent_mask = (2 ** (approx.bit_width - 1) - 1) & ~(2**approx.mantissa_bits - 1)
+    return {
+        "sint": f"int{approx.bit_width}_t",
+        "sint_max": f"INT{approx.bit_width}_MAX",
+        "sint_min": f"INT{approx.bit_width}_MIN",
+        "exponent_mask": f"UINT{approx.bit_width}_C({exponent_mask})",
+        "name": f"gs_exp_{SUFFIXES[dtype]}",
+        "steps": steps,
+        "uint": uint,
+        "scale_bits_offset": f"UINT{approx.bit_width}_C({approx.scale_bits_offset})",
+        "mantissa_bits": approx.mantissa_bits,
+        "expressions": tuple(expr for _, expr in approx.steps),
+        "op_count": sum(int(sp.count_ops(expr)) for _, expr in approx.steps),
+    }
+
+
+def dtype_context(dtype: str) -> dict:
+    fast_exp = _fast_exp(dtype)
+    variants = [_variant(spec, dtype, fast_exp["name"]) for spec in ks.all_specs()]
+    return {
+        "dtype": dtype,
+        "real": C_TYPES[dtype],
+        "sfx": SUFFIXES[dtype],
+        "lanes": LANES[dtype],
+        "fast_exp": fast_exp,
+        "variants": variants,
+        "op_count": fast_exp["op_count"] + sum(v["op_count"] for v in variants),
+    }
+
+
+def kernel_context() -> dict:
+    """Everything both C templates need: per dtype, the fast exp and the eight variants."""
+    dtypes = [dtype_context(dtype) for dtype in DTYPES]
+    expressions = [expr for spec in ks.all_specs() for expr in spec.expressions().values()]
+    expressions += [expr for d in dtypes for expr in d["fast_exp"]["expressions"]]
+    return {
+        "dtypes": dtypes,
+        "chunk": CHUNK,
+        "row_block": ROW_BLOCK,
+        "segment_rows": SEGMENT_ROWS,
+        "parallel_min_elements": PARALLEL_MIN_ELEMENTS,
+        "spec_hash": expression_hash(expressions),
+        "op_count": sum(d["op_count"] for d in dtypes),
+    }

@@ -1,0 +1,125 @@
+"""``load(dtype)``: the C kernels behind the callable every backend returns.
+
+Arguments are validated by :func:`codegen.arguments.prepare_call`, except the class indices,
+which the C entry point checks itself before reading any logit; its status codes become
+``ValueError``/``TypeError`` naming the argument (and the first bad row).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+import numpy as np
+
+from codegen.arguments import prepare_call
+from codegen.backends.c import build
+
+SUFFIXES = {"float32": "f32", "float64": "f64"}
+GS_OK, GS_ERR_NULL_POINTER, GS_ERR_SHAPE, GS_ERR_TARGET, GS_ERR_PARAMS = range(5)
+
+
+def _pointer(array: np.ndarray | None, ctype) -> ctypes._Pointer | None:
+    return None if array is None else array.ctypes.data_as(ctypes.POINTER(ctype))
+
+
+def _rows(name: str, array: np.ndarray, inplace: bool = False) -> tuple[np.ndarray, int]:
+    """The array and its row stride in elements; copied when the C layout cannot describe it."""
+    n_rows, n_classes = array.shape
+    stride = array.strides[0] if n_rows > 1 else n_classes * array.itemsize
+    if stride % array.itemsize or stride < n_classes * array.itemsize or not array.flags.aligned:
+        if inplace:
+            raise ValueError(f"inplace=True needs {name} with aligned, non-overlapping rows")
+        array = np.ascontiguousarray(array)
+        stride = n_classes * array.itemsize
+    return array, stride // array.itemsize
+
+
+def _aligned(array: np.ndarray | None) -> np.ndarray | None:
+    if array is None or array.flags.aligned:
+        return array
+    return np.ascontiguousarray(array).copy()
+
+
+def _raise_for(status: int, call, bad_row: int) -> None:
+    if status == GS_OK:
+        return
+    if status == GS_ERR_TARGET:
+        value = int(call.target[bad_row])
+        raise ValueError(
+            f"target[{bad_row}] = {value} is outside [0, {call.n_classes}) and is not "
+            f"ignore_index ({call.ignore_index})"
+        )
+    if status == GS_ERR_PARAMS:
+        raise ValueError("options out of range (reduction, label_smoothing, lse_square_scale, softcap)")
+    if status == GS_ERR_SHAPE:
+        raise ValueError(f"logits shape {call.logits.shape} or its strides are not supported")
+    raise ValueError(f"C kernel rejected its arguments (status {status})")
+
+
+def load(dtype: str) -> Callable:
+    """The contract's callable for ``dtype`` ("float32" or "float64"), running the C kernels."""
+    if dtype not in SUFFIXES:
+        raise ValueError(f"dtype for backend 'c' must be one of {tuple(SUFFIXES)}, got {dtype!r}")
+    return bind(build.library(), dtype)
+
+
+def bind(library: ctypes.CDLL, dtype: str) -> Callable:
+    """The contract's callable over an already loaded library (see :func:`build.load_library`)."""
+    suffix = SUFFIXES[dtype]
+    index_kernel = getattr(library, f"gs_ce_index_{suffix}")
+    probs_kernel = getattr(library, f"gs_ce_probs_{suffix}")
+    scalar = ctypes.c_float if dtype == "float32" else ctypes.c_double
+
+    def cross_entropy(logits, target, **options):
+        call = prepare_call(logits, target, dtype=dtype, check_targets=False, **options)
+        n_rows, n_classes = call.n_rows, call.n_classes
+        logits_array, logits_stride = _rows("logits", call.logits, call.inplace)
+        if call.inplace:
+            dlogits, dlogits_stride = logits_array, logits_stride
+        else:
+            dlogits = np.empty((n_rows, n_classes), dtype=dtype)
+            dlogits_stride = n_classes
+        loss = np.empty(n_rows if call.reduction == "none" else 1, dtype=dtype)
+        lse = np.empty(n_rows, dtype=dtype) if call.return_lse else None
+        weight = _aligned(call.weight)
+        grad_output = _aligned(call.grad_output)
+        params = build.Params(
+            ignore_index=call.ignore_index,
+            reduction=call.reduction_code,
+            reserved=0,
+            label_smoothing=call.label_smoothing,
+            lse_square_scale=call.lse_square_scale,
+            softcap=0.0 if call.softcap is None else call.softcap,
+        )
+        common = {
+            "weight": _pointer(weight, scalar),
+            "grad_output": _pointer(grad_output, scalar),
+            "loss": _pointer(loss, scalar),
+            "dlogits": _pointer(dlogits, scalar),
+            "lse": _pointer(lse, scalar),
+        }
+        bad_row = ctypes.c_int64(-1)
+        if call.target_kind == "index":
+            targets = _aligned(call.target)
+            status = index_kernel(
+                _pointer(logits_array, scalar), logits_stride,
+                _pointer(targets, ctypes.c_int64), common["weight"], n_rows, n_classes,
+                ctypes.byref(params), common["grad_output"], common["loss"], common["dlogits"],
+                dlogits_stride, common["lse"], ctypes.byref(bad_row),
+            )
+        else:
+            targets, targets_stride = _rows("target", call.target)
+            status = probs_kernel(
+                _pointer(logits_array, scalar), logits_stride, _pointer(targets, scalar),
+                targets_stride, common["weight"], n_rows, n_classes, ctypes.byref(params),
+                common["grad_output"], common["loss"], common["dlogits"], dlogits_stride,
+                common["lse"],
+            )
+        _raise_for(status, call, bad_row.value)
+        loss_out = loss if call.reduction == "none" else loss.reshape(())
+        if call.return_lse:
+            return loss_out, dlogits, lse
+        return loss_out, dlogits
+
+    return cross_entropy

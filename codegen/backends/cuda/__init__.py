@@ -1,0 +1,28 @@
+"""The CUDA backend: ``__global__`` kernels and ``extern "C"`` launchers for every variant.
+
+``render()`` emits ``cuda/gradsmith_ce.cuh`` (the printed math as ``__host__ __device__``
+functions, usable from host code too) and ``cuda/gradsmith_ce.cu`` (kernels and launchers).
+"""
+
+from __future__ import annotations
+
+from codegen.backends.cuda.context import kernel_context
+from codegen.render import preamble, render_template
+
+TEMPLATES = {
+    "cuda/gradsmith_ce.cuh": "cuda/gradsmith_ce.cuh.j2",
+    "cuda/gradsmith_ce.cu": "cuda/gradsmith_ce.cu.j2",
+}
+ABI = (
+    "gs_ce_cuda_{index,probs}_{f32,f64,bf16,f16}(device pointers, ..., void *workspace, "
+    "cudaStream_t) -> int status; gs_ce_cuda_workspace_bytes(n_rows)"
+)
+
+
+def render() -> dict[str, str]:
+    context = kernel_context()
+    files = {}
+    for path, template in TEMPLATES.items():
+        header = preamble(template, context["spec_hash"], context["op_count"], ABI)
+        files[path] = render_template(template, header=header, **context)
+    return files

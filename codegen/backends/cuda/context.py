@@ -1,0 +1,181 @@
+"""What the CUDA templates lay out: every expression of every variant, printed per arithmetic type.
+
+Each function of a variant is one ``print_code`` group; its inputs are bound by name from the
+function's arguments (see ``_BINDINGS``), and a group that reads a name with no binding is
+refused, so a change in the derivation either prints or fails loudly, never silently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import sympy as sp
+
+from codegen.backends.cuda.printer import ARITHMETIC_SUFFIX, STORAGE, KernelCudaPrinter
+from codegen.printing import PrintedCode, expression_hash, print_code
+from codegen.render import TemplateError
+from derive import kernel_spec as ks
+
+transformed = sp.Symbol("transformed", real=True)
+linear_coefficient = sp.Symbol("linear_coefficient", real=True)
+target_class_weight = sp.Symbol("target_class_weight", real=True)
+
+_CONSTS = {name: f"k.{name}" for name in ("label_smoothing", "lse_square_scale", "softcap", "num_classes")}
+_STATE = {name: f"s.{name}" for name in ("row_max", "sum_exp", "weight_sum", "shifted_sum")}
+_IDENTIFIER = re.compile(r"(?<![\w.])([A-Za-z_]\w*)(?!\w*\s*\()")
+
+WARP_ROW_MAX_CLASSES = 1024  # up to this many classes a warp owns a row, above it a block
+ROW_THREADS = 512  # threads of a block that owns a row
+WARP_ROW_THREADS = 256  # threads (8 rows) of a block of warp-owned rows
+SERIAL_THREADS = 512  # threads of the single-block denominator and loss kernels
+
+
+def _group(
+    group: str,
+    outputs: Sequence[tuple[str | sp.Symbol, sp.Expr]],
+    printer: KernelCudaPrinter,
+    prefix: str,
+    bindings: Mapping[str, str | None],
+    keep: set[str] | None = None,
+) -> dict:
+    """Print a group and bind each free input: ``None`` marks a parameter of the function.
+
+    Outputs that read earlier outputs get them substituted first, so that CSE cannot hoist a
+    temporary above the output it reads.
+    """
+    inlined: dict[sp.Symbol, sp.Expr] = {}
+    for name, expr in outputs:
+        inlined[sp.Symbol(str(name), real=True)] = sp.sympify(expr).xreplace(inlined)
+    kept = [(n, e) for n, e in inlined.items() if keep is None or str(n) in keep]
+    printed = print_code(kept, printer, temp_prefix=prefix)
+    names = {str(name) for name, _ in outputs}
+    free = sorted({str(s) for e in inlined.values() for s in e.free_symbols} - names)
+    unbound = [name for name in free if name not in bindings]
+    if unbound:
+        raise TemplateError(f"cuda group {group} reads {unbound}, which no argument provides")
+    _check_order(group, printed, set(free))
+    return {
+        "bindings": tuple((n, bindings[n]) for n in free if bindings[n] is not None),
+        "intermediates": printed.intermediates,
+        "outputs": printed.outputs,
+        "op_count": printed.op_count,
+    }
+
+
+def _check_order(group: str, printed: PrintedCode, inputs: set[str]) -> None:
+    known = set(inputs)
+    for name, code in printed.assignments:
+        unknown = sorted(set(_IDENTIFIER.findall(code)) - known)
+        if unknown:
+            raise TemplateError(f"cuda group {group}: {name} = {code} reads {unknown} first")
+        known.add(name)
+
+
+def _variant(spec: ks.KernelSpec, arithmetic: str) -> dict:
+    real = KernelCudaPrinter(arithmetic)
+    wide = KernelCudaPrinter("float64")
+    index = spec.target_kind == "index"
+    element = {"weight": None, "target_prob": None, **_CONSTS}
+    if spec.transform.free_symbols - {ks.logit, ks.softcap}:
+        raise TemplateError(f"cuda: the transform of {spec.name} reads more than the logit")
+    shifted_of_transform = spec.element_shifted.subs(spec.transform, transformed)
+    row_values = [str(symbol) for symbol, _ in spec.row_values]
+    for needed in ("loss", "lse"):
+        if needed not in row_values:
+            raise TemplateError(f"cuda: the spec of {spec.name} has no row value {needed!r}")
+    row_fields = ["row_max", "grad_scale", *row_values] + (["dlogit_target"] if index else [])
+    groups = {
+        "transform": _group("transform", [("transformed", spec.transform)], real, "m",
+                            {"logit": None, **_CONSTS}),
+        "accumulate": _group(
+            "accumulate",
+            [
+                (ks.shifted, shifted_of_transform),
+                ("exp_term", spec.exp_term),
+                (linear_coefficient, spec.linear_coefficient),
+                ("shifted_term", linear_coefficient * ks.shifted),
+            ],
+            real, "a", {"transformed": None, "row_max": "s.row_max", **element},
+            keep={"exp_term", "linear_coefficient", "shifted_term"},
+        ),
+        "rescale": _group(
+            "rescale",
+            [("rescaled_sum_exp", spec.rescale_sum_exp),
+             ("rescaled_shifted_sum", spec.rescale_shifted_sum)],
+            real, "u", {**_STATE, "old_max": "s.row_max", "new_max": None, **_CONSTS},
+        ),
+        "merge": _group(
+            "merge",
+            [("merged_sum_exp", spec.merge_sum_exp),
+             ("merged_shifted_sum", spec.merge_shifted_sum)],
+            real, "g", {**_STATE, "old_max": "s.row_max", "new_max": None, **_CONSTS},
+        ),
+        "row": _group(
+            "row",
+            list(spec.row_values) + ([("dlogit_target", spec.dlogit_target)] if index else []),
+            real, "r",
+            {**_STATE, "target_logit": None, "target_weight": None, "grad_scale": None, **_CONSTS},
+        ),
+        "dlogit": _group(
+            "dlogit",
+            [(ks.shifted, spec.element_shifted), (ks.dlogit, spec.dlogit)],
+            real, "d",
+            {"logit": None, **element, **{f: f"r.{f}" for f in row_fields}},
+            keep={"dlogit"},
+        ),
+        # The target's weight and the row's share of the mean's denominator.
+        "row_weight": _group(
+            "row_weight",
+            ([(ks.target_weight, spec.linear_coefficient.subs(ks.weight, target_class_weight))]
+             if index else []) + [("row_weight", spec.row_weight)],
+            real, "w", {"target_class_weight": None},
+        ),
+        # Reductions and scales run in double whatever the storage.
+        "scale_mean": _group("scale_mean", [("scale_mean", spec.scale_mean)], wide, "s",
+                             {"grad_output": None, "denominator": None}),
+        "scale_sum": _group("scale_sum", [("scale_sum", spec.scale_sum)], wide, "s",
+                            {"grad_output": None}),
+        "loss_mean": _group("loss_mean", [("loss_mean", spec.loss_mean)], wide, "l",
+                            {"loss_total": None, "denominator": None}),
+    }
+    if "logit" in {n for n, _ in groups["accumulate"]["bindings"]}:
+        raise TemplateError(f"cuda: the first sweep of {spec.name} reads the raw logit")
+    return {
+        "name": spec.name,
+        "struct": f"{spec.name}_{ARITHMETIC_SUFFIX[arithmetic]}",
+        "index": index,
+        "weighted": spec.weighted,
+        "softcapped": spec.softcapped,
+        "row_fields": row_fields,
+        "groups": groups,
+        "op_count": sum(g["op_count"] for g in groups.values()),
+    }
+
+
+def kernel_context() -> dict:
+    """Both CUDA templates' context: the variants per arithmetic type, the storages, the sizes."""
+    arithmetics = []
+    for arithmetic, suffix in ARITHMETIC_SUFFIX.items():
+        variants = [_variant(spec, arithmetic) for spec in ks.all_specs()]
+        arithmetics.append({
+            "real": KernelCudaPrinter(arithmetic).c_type,
+            "suffix": suffix,
+            "variants": variants,
+        })
+    storages = [
+        {"dtype": dtype, "type": storage_type, "real": KernelCudaPrinter(dtype).c_type,
+         "arithmetic": ARITHMETIC_SUFFIX[arithmetic], "suffix": suffix}
+        for dtype, (storage_type, arithmetic, suffix) in STORAGE.items()
+    ]
+    expressions = [expr for spec in ks.all_specs() for expr in spec.expressions().values()]
+    return {
+        "arithmetics": arithmetics,
+        "storages": storages,
+        "warp_row_max_classes": WARP_ROW_MAX_CLASSES,
+        "row_threads": ROW_THREADS,
+        "warp_row_threads": WARP_ROW_THREADS,
+        "serial_threads": SERIAL_THREADS,
+        "spec_hash": expression_hash(expressions),
+        "op_count": sum(v["op_count"] for a in arithmetics for v in a["variants"]),
+    }

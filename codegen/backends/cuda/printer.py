@@ -1,0 +1,32 @@
+"""CUDA C++ printer: the C99 kernel printer with CUDA's storage types.
+
+Arithmetic is float for float32, bfloat16 and float16 storage (CUDA's ``expf``, ``logf``,
+``tanhf``: correctly rounded to within a few ulp, unlike the ``__expf`` intrinsics, which are not
+used because no derivation bounds their error) and double for float64 storage.
+"""
+
+from __future__ import annotations
+
+from codegen.backends.c.printer import KernelCPrinter
+
+# storage dtype -> (C++ storage type, arithmetic dtype, suffix of the entry points)
+STORAGE = {
+    "float32": ("float", "float32", "f32"),
+    "float64": ("double", "float64", "f64"),
+    "bfloat16": ("__nv_bfloat16", "float32", "bf16"),
+    "float16": ("__half", "float32", "f16"),
+}
+ARITHMETIC_SUFFIX = {"float32": "f32", "float64": "f64"}
+
+
+class KernelCudaPrinter(KernelCPrinter):
+    """Prints in the arithmetic type of a storage dtype; knows the storage type's C++ name."""
+
+    def __init__(self, storage_dtype: str):
+        if storage_dtype not in STORAGE:
+            raise ValueError(f"dtype must be one of {tuple(STORAGE)}, got {storage_dtype!r}")
+        storage_type, arithmetic, _ = STORAGE[storage_dtype]
+        super().__init__(arithmetic)
+        self.storage_dtype = storage_dtype
+        self.storage_type = storage_type
+        self.arithmetic_dtype = arithmetic

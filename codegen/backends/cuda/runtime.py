@@ -1,0 +1,213 @@
+"""Load the CUDA kernels: compile ``generated/cuda`` with nvcc, load with ctypes, call on CuPy.
+
+The shared library is cached under ``$GRADSMITH_CACHE`` (default ``~/.cache/gradsmith``) keyed
+by the sha256 of the sources, the flags and nvcc's version.  Calls run on CuPy's current stream;
+the only synchronisation is reading the status word (index targets) and copying results back
+for NumPy inputs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from codegen.arguments import prepare_call
+
+SOURCE_DIR = Path(__file__).resolve().parents[3] / "generated" / "cuda"
+SOURCES = ("gradsmith_ce.cu", "gradsmith_ce.cuh")
+SUFFIX = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16": "f16"}
+AUX_DTYPE = {"float32": np.float32, "float64": np.float64, "bfloat16": np.float32, "float16": np.float32}
+STATUS_MESSAGES = {
+    1: "a required pointer is NULL",
+    2: "bad shape or stride",
+    4: "a parameter is out of range",
+    5: "a CUDA launch failed",
+}
+
+
+class GsCeParams(ctypes.Structure):
+    _fields_ = [
+        ("ignore_index", ctypes.c_int64),
+        ("reduction", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+        ("label_smoothing", ctypes.c_double),
+        ("lse_square_scale", ctypes.c_double),
+        ("softcap", ctypes.c_double),
+    ]
+
+
+def _cupy() -> Any:
+    try:
+        import cupy
+    except ImportError as error:
+        raise ValueError(f"cuda backend needs CuPy and an NVIDIA GPU: CuPy is not installed ({error})") from error
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CuPy raises its own CUDARuntimeError without a driver
+        raise ValueError(f"cuda backend needs CuPy and an NVIDIA GPU: no usable device ({error})") from error
+    if count < 1:
+        raise ValueError("cuda backend needs CuPy and an NVIDIA GPU: no device found")
+    return cupy
+
+
+def _nvcc() -> str:
+    candidates = [shutil.which("nvcc")]
+    for root in (os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if root:
+            candidates.append(str(Path(root) / "bin" / "nvcc"))
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise ValueError("cuda backend needs nvcc to build generated/cuda: install the CUDA toolkit or set CUDA_PATH")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("GRADSMITH_CACHE", Path.home() / ".cache" / "gradsmith")) / "cuda"
+
+
+@cache
+def build_library(arch: str) -> Path:
+    """Compile generated/cuda for ``arch`` (e.g. "sm_90") into the cache; return the library."""
+    nvcc = _nvcc()
+    missing = [name for name in SOURCES if not (SOURCE_DIR / name).is_file()]
+    if missing:
+        raise ValueError(f"generated/cuda lacks {missing}: run 'gradsmith generate'")
+    number = arch.removeprefix("sm_")
+    flags = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC",
+             "-gencode", f"arch=compute_{number},code=[sm_{number},compute_{number}]"]
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
+    digest = hashlib.sha256()
+    for name in SOURCES:
+        digest.update((SOURCE_DIR / name).read_bytes())
+    digest.update("\0".join(flags + [version]).encode())
+    target = _cache_dir() / f"gradsmith_ce_{arch}_{digest.hexdigest()[:24]}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        result = subprocess.run([nvcc, *flags, "-o", temporary, str(SOURCE_DIR / "gradsmith_ce.cu")],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise OSError(f"nvcc failed building generated/cuda for {arch}:\n{result.stderr.strip()}")
+        os.replace(temporary, target)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return target
+
+
+@cache
+def _library(arch: str) -> ctypes.CDLL:
+    library = ctypes.CDLL(str(build_library(arch)))
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    params = ctypes.POINTER(GsCeParams)
+    for suffix in SUFFIX.values():
+        index = getattr(library, f"gs_ce_cuda_index_{suffix}")
+        index.argtypes = [p, i64, p, p, i64, i64, params, p, p, p, i64, p, p, p, p]
+        index.restype = ctypes.c_int
+        probs = getattr(library, f"gs_ce_cuda_probs_{suffix}")
+        probs.argtypes = [p, i64, p, i64, p, i64, i64, params, p, p, p, i64, p, p, p]
+        probs.restype = ctypes.c_int
+    library.gs_ce_cuda_workspace_bytes.argtypes = [i64]
+    library.gs_ce_cuda_workspace_bytes.restype = ctypes.c_size_t
+    return library
+
+
+def _pointer(array: Any | None) -> int | None:
+    return None if array is None else int(array.data.ptr)
+
+
+def _row_stride(array: Any, n_classes: int) -> int:
+    stride = int(array.strides[0]) // int(array.itemsize) if array.shape[0] > 1 else n_classes
+    return max(stride, n_classes)
+
+
+def _to_device(cupy: Any, array: Any | None, dtype: Any = None) -> Any | None:
+    """A device array (copied from NumPy; bfloat16 travels as its 16-bit pattern)."""
+    if array is None:
+        return None
+    if isinstance(array, np.ndarray):
+        host = np.ascontiguousarray(array if dtype is None else array.astype(dtype))
+        if str(host.dtype) == "bfloat16":
+            host = host.view(np.uint16)
+        return cupy.asarray(host)
+    return array if dtype is None else array.astype(dtype, copy=False)
+
+
+def load(dtype: str) -> Callable:
+    """The contract's callable for ``dtype`` on the current CuPy device and stream."""
+    if dtype not in SUFFIX:
+        raise ValueError(f"dtype for backend 'cuda' must be one of {tuple(SUFFIX)}, got {dtype!r}")
+
+    def cross_entropy(logits, target, *, inplace: bool = False, return_lse: bool = False, **options):
+        cupy = _cupy()
+        on_host = isinstance(logits, np.ndarray)
+        if dtype == "bfloat16" and not on_host:
+            raise TypeError("logits: CuPy has no bfloat16 dtype; pass NumPy arrays of ml_dtypes.bfloat16")
+        call = prepare_call(logits, target, dtype=dtype, xp=np if on_host else cupy,
+                            return_lse=return_lse, check_targets=False, **options)
+        if inplace and call.logits is not logits:
+            raise ValueError("inplace=True needs logits whose rows are contiguous; pass a contiguous array")
+        return _run(cupy, call, logits, inplace, on_host)
+
+    def _run(cupy, call, original, inplace, on_host):
+        aux = AUX_DTYPE[dtype]
+        n, classes = call.n_rows, call.n_classes
+        logits = _to_device(cupy, call.logits) if on_host else call.logits
+        target = _to_device(cupy, call.target)
+        weight = _to_device(cupy, call.weight, aux)
+        grad_output = _to_device(cupy, call.grad_output, aux)
+        dlogits = logits if inplace else cupy.empty((n, classes), dtype=logits.dtype)
+        loss = cupy.empty((n,) if call.reduction == "none" else (1,), dtype=aux)
+        lse = cupy.empty((n,), dtype=aux) if call.return_lse else None
+        library = _library(f"sm_{cupy.cuda.Device().compute_capability}")
+        workspace = cupy.empty(library.gs_ce_cuda_workspace_bytes(n) // 8 + 1, dtype=np.float64)
+        params = GsCeParams(call.ignore_index, call.reduction_code, 0, call.label_smoothing,
+                            call.lse_square_scale, call.softcap or 0.0)
+        stream = cupy.cuda.get_current_stream().ptr
+        suffix = SUFFIX[dtype]
+        status = None
+        if call.target_kind == "index":
+            status = cupy.empty((1,), dtype=np.int64)
+            code = getattr(library, f"gs_ce_cuda_index_{suffix}")(
+                _pointer(logits), _row_stride(logits, classes), _pointer(target), _pointer(weight),
+                n, classes, ctypes.byref(params), _pointer(grad_output), _pointer(loss),
+                _pointer(dlogits), _row_stride(dlogits, classes), _pointer(lse), _pointer(status),
+                _pointer(workspace), stream)
+        else:
+            code = getattr(library, f"gs_ce_cuda_probs_{suffix}")(
+                _pointer(logits), _row_stride(logits, classes), _pointer(target),
+                _row_stride(target, classes), _pointer(weight), n, classes, ctypes.byref(params),
+                _pointer(grad_output), _pointer(loss), _pointer(dlogits),
+                _row_stride(dlogits, classes), _pointer(lse), _pointer(workspace), stream)
+        if code != 0:
+            raise ValueError(f"cuda kernel refused the call: {STATUS_MESSAGES.get(code, f'status {code}')}")
+        if status is not None:
+            bad_row = int(status.get()[0])
+            if bad_row >= 0:
+                value = int(target[bad_row].get())
+                raise ValueError(
+                    f"target[{bad_row}] = {value} is outside [0, {classes}) and is not "
+                    f"ignore_index ({call.ignore_index})")
+        loss = loss if call.reduction == "none" else loss.reshape(())
+        results = [loss, dlogits] + ([lse] if call.return_lse else [])
+        if on_host:
+            results = [r.get() for r in results]
+            results[1] = results[1].view(original.dtype)
+            if inplace:
+                original[...] = results[1]
+                results[1] = original
+        return tuple(results)
+
+    return cross_entropy

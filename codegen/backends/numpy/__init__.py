@@ -1,0 +1,197 @@
+"""NumPy backend: one importable module per dtype, emitted from the kernel spec.
+
+Each variant's row routine processes a block of rows at a time with every expression printed
+from the spec: a sweep for the row maximum, then ``element_shifted``, ``exp_term`` and the
+linear sums at that maximum (the whole row is in memory, so the online rescaling is not
+needed), then ``row_values`` and the gradient written straight into the output block.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import sympy as sp
+
+from codegen.backends.numpy.printer import NUMPY_TYPES, KernelNumPyPrinter
+from codegen.printing import PrintedCode, expression_hash, print_code
+from codegen.render import c_identifier, preamble, render_template
+from derive import kernel_spec as ks
+from derive.check import check_equal
+
+TEMPLATE = "numpy/module.py.j2"
+DTYPES = ("float32", "float64")
+SUFFIXES = {"float32": "f32", "float64": "f64"}
+# Elements in a block of rows: its few buffers stay in cache (L2/L3) while the per-block
+# Python overhead stays small; measured best at (4096, 32000) float32 among 2^15 .. 2^20.
+BLOCK_ELEMENTS = 262144
+THREAD_ELEMENTS = 1 << 20
+ABI = (
+    "Python; cross_entropy(logits, target, *, weight, ignore_index, reduction, label_smoothing, "
+    "lse_square_scale, softcap, grad_output, return_lse, out) -> (loss, dlogits[, lse])"
+)
+
+transformed = sp.Symbol("transformed", real=True)
+exp_term = sp.Symbol("exp_term", real=True)
+linear_coefficient = sp.Symbol("linear_coefficient", real=True)
+linear_term = sp.Symbol("linear_term", real=True)
+_NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
+_ARRAY_SYMBOLS = (ks.logit, ks.weight, ks.target_prob, ks.shifted, transformed)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One print_code group: assignments in order and the block buffers they write into."""
+
+    assignments: tuple[tuple[str, str], ...]
+    buffers: tuple[str, ...]
+    destinations: dict[str, str | None]
+    scratch: int
+    op_count: int
+
+
+def _in_dependency_order(assignments) -> tuple[tuple[str, str], ...]:
+    """Order CSE temporaries and outputs so that each name is assigned before it is read.
+
+    ``print_code`` lists every temporary before the outputs, but a temporary of row values
+    may read an earlier output (``log_sum_exp - target_shifted``): each assignment goes
+    right after the last one it reads, keeping the printed order otherwise.
+    """
+    defined = {name for name, _ in assignments}
+    pending = list(assignments)
+    ordered: list[tuple[str, str]] = []
+    done: set[str] = set()
+    while pending:
+        for position, (name, code) in enumerate(pending):
+            reads = set(_NAME.findall(code)) & defined - {name}
+            if reads <= done:
+                ordered.append(pending.pop(position))
+                done.add(name)
+                break
+        else:
+            raise ValueError(f"circular assignments: {[name for name, _ in pending]}")
+    return tuple(ordered)
+
+
+def print_group(
+    outputs: list[tuple[str, sp.Expr]], dtype: str, prefix: str, arrays=_ARRAY_SYMBOLS
+) -> Group:
+    printer = KernelNumPyPrinter(dtype, arrays, temp_prefix=prefix, buffer_prefix=f"_{prefix}")
+    printed: PrintedCode = print_code(outputs, printer, temp_prefix=prefix)
+    assignments = _in_dependency_order(printed.assignments)
+    names = [c_identifier(name) for name, _ in printed.assignments]
+    destinations = dict(zip(names, printer.destinations, strict=True))
+    buffers = tuple(buffer for buffer in printer.destinations if buffer is not None)
+    return Group(assignments, buffers, destinations, printer.scratch_count, printed.op_count)
+
+
+def _linear_sums_need_smoothing(spec: ks.KernelSpec) -> bool:
+    """True when, at label_smoothing = 0, no row value depends on the linear sums."""
+    sums = {ks.weight_sum, ks.shifted_sum}
+    return all(
+        not (expr.subs(ks.label_smoothing, 0).free_symbols & sums) for _, expr in spec.row_values
+    )
+
+
+def reuse_exp_term(spec: ks.KernelSpec) -> sp.Expr:
+    """``dlogit`` with exp(shifted - log_sum_exp) split as exp(shifted) * exp(-log_sum_exp).
+
+    The first sweep leaves exp(shifted) in a buffer (``exp_term``), so the gradient needs
+    no second exponential of the block.  The split is checked here; it cannot underflow
+    where the original does not, since 0 <= log_sum_exp <= log C.
+    """
+    split = sp.expand_power_exp(spec.dlogit).xreplace({spec.exp_term: exp_term})
+    if spec.exp_term in split.atoms(sp.exp) or exp_term not in split.free_symbols:
+        return spec.dlogit
+    check_equal(split.xreplace({exp_term: spec.exp_term}), spec.dlogit, step=f"{spec.name}: dlogit from exp_term")
+    return split
+
+
+def variant_context(spec: ks.KernelSpec, dtype: str) -> dict:
+    """Printed code and structure flags of one variant's row routine."""
+    transform = print_group([("transformed", spec.transform)], dtype, "a")
+    shifted_expr = spec.element_shifted.xreplace({spec.transform: transformed})
+    if ks.logit in shifted_expr.free_symbols:
+        raise ValueError(f"{spec.name}: element_shifted is not transform - row_max")
+    shift = print_group([("shifted", shifted_expr)], dtype, "s")
+    exponential = print_group([("exp_term", spec.exp_term)], dtype, "x")
+    linear = print_group(
+        [
+            ("linear_coefficient", spec.linear_coefficient),
+            ("linear_term", spec.linear_coefficient * ks.shifted),
+        ],
+        dtype,
+        "l",
+    )
+    row_outputs = [(str(symbol), expr) for symbol, expr in spec.row_values]
+    if spec.dlogit_target is not None:
+        row_outputs.append(("dlogit_target", spec.dlogit_target))
+    rows = print_group(row_outputs, dtype, "r", arrays=())
+    grad = print_group([("dlogit", reuse_exp_term(spec))], dtype, "g", _ARRAY_SYMBOLS + (exp_term,))
+    groups = (transform, shift, exponential, linear, rows, grad)
+    return {
+        "name": c_identifier(spec.name),
+        "spec": spec,
+        "transform": transform,
+        "shift": shift,
+        "exp": exponential,
+        "linear": linear,
+        "rows": rows,
+        "grad": grad,
+        "grad_buffer": grad.destinations["dlogit"],
+        "buffers": tuple(b for g in groups for b in g.buffers if b != grad.destinations["dlogit"]),
+        "scratch": max(g.scratch for g in groups),
+        "linear_optional": _linear_sums_need_smoothing(spec),
+        "identity_transform": spec.transform == ks.logit,
+        "grad_reads_logit": ks.logit in spec.dlogit.free_symbols,
+        "op_count": sum(g.op_count for g in groups),
+    }
+
+
+def _scalar(expr: sp.Expr, dtype: str) -> str:
+    return print_group([("value", expr)], dtype, "u", arrays=()).assignments[-1][1]
+
+
+def _per_kind(specs, attribute: str, dtype: str) -> dict[str, str]:
+    printed: dict[str, str] = {}
+    for spec in specs:
+        text = _scalar(getattr(spec, attribute), dtype)
+        if printed.setdefault(spec.target_kind, text) != text:
+            raise ValueError(f"{attribute} differs between variants of {spec.target_kind} targets")
+    return printed
+
+
+def _common(specs, attribute: str, dtype: str) -> str:
+    (text,) = {_scalar(getattr(spec, attribute), dtype) for spec in specs} or {""}
+    return text
+
+
+def render_module(dtype: str, specs: tuple[ks.KernelSpec, ...] | None = None) -> str:
+    """The module for one dtype, from ``specs`` (every variant by default)."""
+    specs = ks.all_specs() if specs is None else specs
+    variants = [variant_context(spec, dtype) for spec in specs]
+    spec_hash = expression_hash(
+        expr for spec in specs for _, expr in sorted(spec.expressions().items())
+    )
+    op_count = sum(variant["op_count"] for variant in variants)
+    return render_template(
+        TEMPLATE,
+        preamble=preamble(TEMPLATE, spec_hash, op_count, ABI),
+        dtype=dtype,
+        scalar_type=NUMPY_TYPES[dtype],
+        block_elements=BLOCK_ELEMENTS,
+        thread_elements=THREAD_ELEMENTS,
+        variants=variants,
+        row_weight=_per_kind(specs, "row_weight", dtype),
+        scale_mean=_common(specs, "scale_mean", dtype),
+        scale_sum=_common(specs, "scale_sum", dtype),
+        loss_mean=_common(specs, "loss_mean", dtype),
+    )
+
+
+def module_path(dtype: str) -> str:
+    return f"numpy/gradsmith_ce_{SUFFIXES[dtype]}.py"
+
+
+def render() -> dict[str, str]:
+    return {module_path(dtype): render_module(dtype) for dtype in DTYPES}

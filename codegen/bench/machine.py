@@ -1,0 +1,110 @@
+"""Name the machine a benchmark ran on, and control its thread count."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+from typing import Any
+
+import numpy as np
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def core_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` threads in OpenMP (C kernels) and in PyTorch.
+
+    The environment variable covers a C library loaded later; ``omp_set_num_threads`` covers
+    an OpenMP runtime that is already loaded in this process.
+    """
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    for name in ("gomp", "omp", "iomp5"):
+        path = ctypes.util.find_library(name)
+        if not path:
+            continue
+        try:
+            ctypes.CDLL(path).omp_set_num_threads(ctypes.c_int(threads))
+        except (OSError, AttributeError):
+            continue
+    torch = optional_torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def optional_torch() -> Any | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def optional_cupy() -> Any | None:
+    """CuPy with a usable GPU, or None."""
+    try:
+        import cupy
+    except ImportError:
+        return None
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+    except Exception:  # noqa: BLE001 - no driver or no device: CuPy raises its own runtime errors
+        return None
+    return cupy
+
+
+def torch_cuda() -> Any | None:
+    torch = optional_torch()
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return torch
+
+
+def gpu_name() -> str | None:
+    torch = torch_cuda()
+    if torch is not None:
+        return str(torch.cuda.get_device_name(0))
+    cupy = optional_cupy()
+    if cupy is not None:
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    return None
+
+
+def has_gpu() -> bool:
+    return optional_cupy() is not None or torch_cuda() is not None
+
+
+def describe(threads: int) -> dict[str, Any]:
+    torch = optional_torch()
+    cupy = optional_cupy()
+    return {
+        "cpu": cpu_model(),
+        "cores": core_count(),
+        "threads": threads,
+        "gpu": gpu_name(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": None if torch is None else torch.__version__,
+        "cupy": None if cupy is None else cupy.__version__,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }

@@ -1,0 +1,215 @@
+"""The contenders: each generated backend, PyTorch (CPU, and CUDA on a GPU), textbook NumPy.
+
+Every contender computes the same thing, once per call: the mean cross-entropy over integer
+targets and its gradient with respect to the logits (forward and backward, fused or not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from codegen.bench import machine
+from codegen.bench.settings import Case
+from codegen.bench.timing import (
+    Clock,
+    CupyClock,
+    CupyMeter,
+    HostClock,
+    HostMeter,
+    Meter,
+    TorchCudaClock,
+    TorchCudaMeter,
+)
+
+
+class Skip(Exception):
+    """This contender cannot run this case here; the message says why."""
+
+
+@dataclass
+class Prepared:
+    call: Callable[[], Any]  # one forward + backward; returns (loss, dlogits)
+    clock: Clock
+    meter: Meter
+    reset: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str  # row label
+    backend: str  # the --backends name that selected it
+    device: str  # "cpu" or "gpu"
+    generated: bool
+    prepare: Callable[[Inputs], Prepared]
+
+
+def textbook_cross_entropy(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max, exp, sum, divide, subtract the one-hot: the version found in course notes."""
+    rows = np.arange(logits.shape[0])
+    row_max = logits.max(axis=1, keepdims=True)
+    exps = np.exp(logits - row_max)
+    sums = exps.sum(axis=1, keepdims=True)
+    probs = exps / sums
+    loss = np.mean(np.log(sums[:, 0]) + row_max[:, 0] - logits[rows, target])
+    probs[rows, target] -= 1
+    probs /= logits.shape[0]
+    return loss, probs
+
+
+class Inputs:
+    """Logits (standard normal, scaled by 2) and uniform targets of one case, made once."""
+
+    def __init__(self, case: Case, seed: int) -> None:
+        self.case = case
+        self.seed = seed
+        self._host: tuple[np.ndarray, np.ndarray] | None = None
+        self._torch_gpu: tuple[Any, Any] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.case.n_rows, self.case.n_classes
+
+    def host(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.case.dtype not in ("float32", "float64", "float16"):
+            raise Skip(f"NumPy has no {self.case.dtype}")
+        if self._host is None:
+            rng = np.random.default_rng(self.seed)
+            logits = rng.standard_normal(self.shape, dtype=np.float32)
+            logits *= 2
+            target = rng.integers(0, self.case.n_classes, size=self.case.n_rows, dtype=np.int64)
+            self._host = (logits.astype(self.case.dtype, copy=False), target)
+        return self._host
+
+    def torch_gpu(self, torch: Any) -> tuple[Any, Any]:
+        if self._torch_gpu is None:
+            generator = torch.Generator(device="cuda").manual_seed(self.seed)
+            logits = torch.randn(self.shape, device="cuda", generator=generator).mul_(2)
+            target = torch.randint(
+                0, self.case.n_classes, (self.case.n_rows,), device="cuda", generator=generator
+            )
+            self._torch_gpu = (logits.to(getattr(torch, self.case.dtype)), target)
+        return self._torch_gpu
+
+    def cupy_gpu(self, cupy: Any) -> tuple[Any, Any]:
+        torch = machine.torch_cuda()
+        if torch is not None:
+            logits, target = self.torch_gpu(torch)
+            if self.case.dtype == "bfloat16":
+                return _cupy_bfloat16(cupy, torch, logits), cupy.from_dlpack(target)
+            return cupy.from_dlpack(logits), cupy.from_dlpack(target)
+        if self.case.dtype == "bfloat16":
+            raise Skip("bfloat16 inputs on the GPU need PyTorch to make them")
+        rng = cupy.random.default_rng(self.seed)
+        logits = (rng.standard_normal(self.shape, dtype=cupy.float32) * 2).astype(self.case.dtype)
+        target = rng.integers(0, self.case.n_classes, size=self.case.n_rows).astype(cupy.int64)
+        return logits, target
+
+    def release(self) -> None:
+        self._host = None
+        self._torch_gpu = None
+
+
+def _cupy_bfloat16(cupy: Any, torch: Any, logits: Any) -> Any:
+    """A CuPy bfloat16 array over a torch tensor's memory (needs ml_dtypes' bfloat16 dtype)."""
+    try:
+        import ml_dtypes
+
+        bits = cupy.from_dlpack(logits.view(torch.int16))
+        return bits.view(ml_dtypes.bfloat16)
+    except (ImportError, TypeError, ValueError) as error:
+        raise Skip(f"CuPy cannot hold bfloat16 arrays here ({error})") from error
+
+
+def _generated(backend: str, device: str, *, inplace: bool = False) -> Callable[[Inputs], Prepared]:
+    """The generated kernel; ``inplace`` writes dlogits over a copy of the logits, refilled untimed."""
+
+    def prepare(inputs: Inputs) -> Prepared:
+        from codegen.loading import DTYPES, load
+
+        if inputs.case.dtype not in DTYPES[backend]:
+            raise Skip(f"{backend} backend has no {inputs.case.dtype}")
+        if device == "gpu":
+            xp = machine.optional_cupy()
+            if xp is None:
+                raise Skip("no CUDA GPU with CuPy")
+            logits, target = inputs.cupy_gpu(xp)
+            clock: Clock = CupyClock(xp)
+            meter: Meter = CupyMeter(xp)
+        else:
+            xp = np
+            logits, target = inputs.host()
+            clock, meter = HostClock(), HostMeter()
+        try:
+            kernel = load(backend, inputs.case.dtype)
+        except (ImportError, OSError, RuntimeError, NotImplementedError) as error:
+            raise Skip(f"{backend} backend not available ({error})") from error
+        if not inplace:
+            return Prepared(lambda: kernel(logits, target), clock, meter)
+        buffer = logits.copy()
+        return Prepared(
+            lambda: kernel(buffer, target, inplace=True),
+            clock,
+            meter,
+            reset=lambda: xp.copyto(buffer, logits),
+        )
+
+    return prepare
+
+
+def _torch(device: str) -> Callable[[Inputs], Prepared]:
+    def prepare(inputs: Inputs) -> Prepared:
+        torch = machine.optional_torch()
+        if torch is None:
+            raise Skip("PyTorch is not installed")
+        functional = torch.nn.functional
+        if device == "gpu":
+            logits, target = inputs.torch_gpu(torch)
+            clock: Clock = TorchCudaClock(torch)
+            meter: Meter = TorchCudaMeter(torch)
+        else:
+            if inputs.case.dtype == "float16":
+                raise Skip("PyTorch CPU float16 cross-entropy is not a fair peer")
+            host_logits, host_target = inputs.host()
+            logits, target = torch.from_numpy(host_logits), torch.from_numpy(host_target)
+            clock, meter = HostClock(), HostMeter()
+        leaf = logits.detach().requires_grad_(True)
+
+        def call() -> tuple[Any, Any]:
+            loss = functional.cross_entropy(leaf, target)
+            loss.backward()
+            return loss, leaf.grad
+
+        def reset() -> None:
+            leaf.grad = None
+
+        return Prepared(call, clock, meter, reset)
+
+    return prepare
+
+
+def _textbook(inputs: Inputs) -> Prepared:
+    if inputs.case.dtype not in ("float32", "float64"):
+        raise Skip(f"textbook NumPy is not run in {inputs.case.dtype}")
+    logits, target = inputs.host()
+    return Prepared(lambda: textbook_cross_entropy(logits, target), HostClock(), HostMeter())
+
+
+def contenders(backends: tuple[str, ...], *, gpu: bool, inplace: bool = False) -> Iterator[Contender]:
+    """In table order: generated backends (and their in-place mode), then the peers."""
+    for backend, device in (("numpy", "cpu"), ("c", "cpu"), ("cuda", "gpu")):
+        if backend not in backends:
+            continue
+        yield Contender(backend, backend, device, True, _generated(backend, device))
+        if inplace and backend != "numpy":
+            name = f"{backend}-inplace"
+            yield Contender(name, backend, device, True, _generated(backend, device, inplace=True))
+    if "torch" in backends:
+        yield Contender("torch-cpu", "torch", "cpu", False, _torch("cpu"))
+        if gpu:
+            yield Contender("torch-cuda", "torch", "gpu", False, _torch("gpu"))
+    if "textbook" in backends:
+        yield Contender("textbook", "textbook", "cpu", False, _textbook)

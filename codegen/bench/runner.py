@@ -1,0 +1,191 @@
+"""Run every contender on every case, beside the bandwidth probes, and collect the figures."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from typing import Any, TextIO
+
+from codegen.bench import machine
+from codegen.bench.peers import Contender, Inputs, Skip, contenders
+from codegen.bench.probe import gpu_bandwidth, host_bandwidth
+from codegen.bench.settings import Case, Settings
+from codegen.bench.timing import measure
+
+ITEMSIZE = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class Progress:
+    """A one-line progress bar redrawn with carriage returns (stderr by default)."""
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool, width: int = 24) -> None:
+        self.total, self.done = max(total, 1), 0
+        self.stream, self.width = stream, width
+        self.enabled = enabled and stream.isatty()
+        self._last = 0
+
+    def show(self, label: str) -> None:
+        if not self.enabled:
+            return
+        filled = self.width * self.done // self.total
+        line = f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {label}"
+        self.stream.write("\r" + line.ljust(self._last))
+        self.stream.flush()
+        self._last = len(line)
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        self.show(label)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * self._last + "\r")
+            self.stream.flush()
+
+
+def moved_bytes(case: Case) -> int:
+    """One read of the logits and one write of the gradient."""
+    return 2 * case.n_rows * case.n_classes * ITEMSIZE[case.dtype]
+
+
+def _scalar(value: Any) -> float | None:
+    if hasattr(value, "detach"):
+        value = value.detach()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _free_device_memory() -> None:
+    gc.collect()
+    cupy = machine.optional_cupy()
+    if cupy is not None:
+        cupy.get_default_memory_pool().free_all_blocks()
+    torch = machine.torch_cuda()
+    if torch is not None:
+        torch.cuda.empty_cache()
+
+
+def _row(case: Case, contender: Contender) -> dict[str, Any]:
+    return {
+        "shape": [case.n_rows, case.n_classes],
+        "dtype": case.dtype,
+        "name": contender.name,
+        "backend": contender.backend,
+        "device": contender.device,
+        "generated": contender.generated,
+        "status": "ok",
+        "reason": None,
+    }
+
+
+def _run_one(
+    case: Case, contender: Contender, inputs: Inputs, settings: Settings, bandwidth: dict
+) -> dict[str, Any]:
+    row = _row(case, contender)
+    try:
+        prepared = contender.prepare(inputs)
+    except Skip as skip:
+        return row | {"status": "skipped", "reason": str(skip)}
+    method = prepared.meter.method
+    try:
+        timing = measure(
+            prepared.call,
+            clock=prepared.clock,
+            repeat=settings.repeat,
+            warmup=settings.warmup,
+            reset=prepared.reset,
+        )
+        if prepared.reset is not None:
+            prepared.reset()
+        peak = prepared.meter.peak_bytes(prepared.call)
+        if prepared.reset is not None:
+            prepared.reset()
+        loss = _scalar(prepared.call()[0])
+    except Exception as error:  # noqa: BLE001 - a failing backend is reported in its row, the run goes on
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return row | {"status": "error", "reason": f"{type(error).__name__}: {message}"}
+    finally:
+        del prepared
+        if contender.device == "gpu":
+            _free_device_memory()
+    gb_per_s = moved_bytes(case) / (timing.median_ms * 1e6)
+    probe = bandwidth.get(contender.device)
+    return row | {
+        "ms": timing.median_ms,
+        "times_ms": list(timing.times_ms),
+        "gb_per_s": gb_per_s,
+        "pct_bandwidth": None if probe is None else 100.0 * gb_per_s / probe["gb_per_s"],
+        "peak_bytes": peak,
+        "memory_method": method,
+        "loss": loss,
+        "speedup": {},
+    }
+
+
+def _speedups(rows: list[dict[str, Any]]) -> None:
+    """Each row against every peer that ran the same case on the same device."""
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        for peer in rows:
+            if peer is row or peer["status"] != "ok" or peer["generated"]:
+                continue
+            if peer["device"] == row["device"]:
+                row["speedup"][peer["name"]] = peer["ms"] / row["ms"]
+
+
+def run_benchmark(settings: Settings, *, stream: TextIO | None = None) -> dict[str, Any]:
+    """Measure; return the report as plain data (what ``--json`` writes)."""
+    stream = sys.stderr if stream is None else stream
+    threads = settings.threads or machine.core_count()
+    if settings.threads is not None:
+        machine.set_threads(settings.threads)
+    described = machine.describe(threads)  # before measuring: the load average is others' work
+    gpu = machine.has_gpu()
+    field = list(contenders(settings.backends, gpu=gpu, inplace=settings.inplace))
+
+    def runs(case: Case) -> list[Contender]:
+        return [c for c in field if not (case.gpu_only and c.device == "cpu")]
+
+    total = sum(len(runs(case)) for case in settings.cases) + 1 + int(gpu)
+    progress = Progress(total, stream, settings.progress)
+    progress.show("memory bandwidth (host copy probe)")
+    bandwidth: dict[str, Any] = {"cpu": host_bandwidth(threads=threads).as_dict()}
+    progress.step("memory bandwidth")
+    if gpu:
+        probe = gpu_bandwidth(cupy=machine.optional_cupy(), torch=machine.torch_cuda())
+        bandwidth["gpu"] = None if probe is None else probe.as_dict()
+        progress.step("GPU bandwidth")
+    rows: list[dict[str, Any]] = []
+    for case in settings.cases:
+        inputs = Inputs(case, settings.seed)
+        case_rows = []
+        for contender in runs(case):
+            progress.show(f"{contender.name} {case.label} {case.dtype}")
+            case_rows.append(_run_one(case, contender, inputs, settings, bandwidth))
+            progress.step(f"{contender.name} {case.label} {case.dtype}")
+        inputs.release()
+        _speedups(case_rows)
+        rows.extend(case_rows)
+        if gpu:
+            _free_device_memory()
+        gc.collect()
+    progress.close()
+    return {
+        "machine": described,
+        "settings": {
+            "repeat": settings.repeat,
+            "warmup": settings.warmup,
+            "threads": threads,
+            "seed": settings.seed,
+            "backends": list(settings.backends),
+            "inplace": settings.inplace,
+            "timing": "median of --repeat calls after warm-up; host: perf_counter, GPU: CUDA events",
+            "gb_per_s": "2 * N * C * itemsize (one read of the logits, one write of the gradient) / median time",
+            "loss": "reduction='mean', integer targets; loss and dlogits in every call",
+        },
+        "bandwidth": bandwidth,
+        "results": rows,
+    }

@@ -1,0 +1,222 @@
+"""The registry of claims that ``gradsmith prove`` checks, and running them.
+
+A claim names a function that builds (and so checks) a derivation, or verifies a kernel
+spec.  Claims are listed by name so that they can run in worker processes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+
+from derive.check import ProofError
+from derive.definitions import validate_num_classes
+
+SYMBOLIC_GROUP = "symbolic C"
+
+# (group, module, [function or (function, index)]) in reading order.
+_FIXED = (
+    (SYMBOLIC_GROUP, "derive.gradient", (
+        "loss_rewrite", "gradient_general", "gradient_sum_to_one", "index_loss_rewrite",
+        "gradient_index_target", ("index_target_cases", 0), ("index_target_cases", 1),
+        "onehot_sums_to_one", "softmax_jacobian",
+    )),
+    ("stability", "derive.stability", (
+        "shift_invariance", "log_sum_exp_loss", "online_normalizer", "online_merge",
+        "exp2_rewrite",
+    )),
+    ("options", "derive.options", (
+        "class_weights", "label_smoothing", "weighted_label_smoothing",
+        "weighted_probability_targets", "z_loss", "softcapping",
+    )),
+    ("reductions", "derive.reductions", (
+        "mean_with_ignore_index", "sum_reduction", "none_with_grad_output",
+        "mean_probability_targets",
+    )),
+    ("linear classifier", "derive.linear", (
+        ("single_sample", 0), ("single_sample", 1), ("single_sample", 2),
+        ("batch", 0), ("batch", 1), ("batch", 2), "verify_batch_parameter_gradients",
+    )),
+)
+_CONCRETE = (
+    "gradient_general", "gradient_sum_to_one", "gradient_index_target", "softmax_jacobian",
+)
+SPEC_COUNT = 8
+_INDEPENDENT = ("stability", "options")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One entry of the registry: ``function(*args)`` (or its ``[index]``) builds it."""
+
+    group: str
+    module: str
+    function: str
+    args: tuple = ()
+    index: int | None = None
+    kind: str = "derivation"  # or "kernel spec"
+    task: str = ""  # claims of one task share cached steps, so they run in one process
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    name: str
+    classes: str
+    group: str
+    method: str
+    result: str  # "holds" or "fails"
+    seconds: float
+    assumptions: tuple[str, ...] = ()
+    detail: str = ""
+
+    @property
+    def holds(self) -> bool:
+        return self.result == "holds"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_classes(text: str) -> tuple[int, ...]:
+    """Parse ``"1..16"``, ``"3,5,8"`` or a mix (``"1..4,8"``) into sorted class counts."""
+    counts: set[int] = set()
+    for item in str(text).split(","):
+        item = item.strip()
+        match = re.fullmatch(r"(\d+)\s*\.\.\s*(\d+)", item)
+        if match:
+            low, high = int(match[1]), int(match[2])
+            if low > high:
+                raise ValueError(f"--classes: empty range {item!r}; write LOW..HIGH with LOW <= HIGH")
+            values = range(low, high + 1)
+        elif re.fullmatch(r"\d+", item):
+            values = [int(item)]
+        else:
+            raise ValueError(f"--classes: {item!r} is not a number or a range like 1..16 or 3,5,8")
+        for value in values:
+            try:
+                counts.add(validate_num_classes(value))
+            except ValueError as error:
+                raise ValueError(f"--classes: {error}") from None
+    return tuple(sorted(counts))
+
+
+def _call(module: str, function: str, args: tuple):
+    return getattr(importlib.import_module(module), function)(*args)
+
+
+def registry(class_counts: Iterable[int]) -> list[Claim]:
+    """Every claim, in reading order: symbolic C, identities, options, per-C sets, specs."""
+    claims: list[Claim] = []
+    for group, module, entries in _FIXED:
+        for entry in entries:
+            function, index = entry if isinstance(entry, tuple) else (entry, None)
+            task = function if group in _INDEPENDENT else group
+            claims.append(Claim(group, module, function, (), index, task=task))
+    for classes in class_counts:
+        claims.extend(
+            Claim(f"C = {classes}", "derive.concrete", function, (classes,), task=f"C={classes}")
+            for function in _CONCRETE
+        )
+    claims.extend(
+        Claim("kernel specs", "derive.kernel_spec", "all_specs", (), index, kind="kernel spec",
+              task=f"spec {index}")
+        for index in range(SPEC_COUNT)
+    )
+    return claims
+
+
+def run_claim(claim: Claim) -> ClaimResult:
+    """Build or verify one claim; a failing step becomes a result that says which."""
+    start = time.perf_counter()
+    try:
+        if claim.kind == "kernel spec":
+            return _run_spec(claim, start)
+        derivation = _call(claim.module, claim.function, claim.args)
+        if claim.index is not None:
+            derivation = derivation[claim.index]
+    except ProofError as error:
+        name = claim.function + (f"[{claim.index}]" if claim.index is not None else "")
+        return ClaimResult(name, _classes_of(claim), claim.group, "-", "fails",
+                           time.perf_counter() - start, detail=str(error))
+    return ClaimResult(
+        name=derivation.name,
+        classes=str(derivation.classes),
+        group=claim.group,
+        method=derivation.method,
+        result="holds",
+        seconds=time.perf_counter() - start,
+        assumptions=tuple(str(a) for a in derivation.assumptions),
+        detail=f"{len(derivation.steps) - 1} checked steps",
+    )
+
+
+def _classes_of(claim: Claim) -> str:
+    return str(claim.args[0]) if claim.args else "symbolic"
+
+
+def _run_spec(claim: Claim, start: float) -> ClaimResult:
+    from derive.kernel_spec import all_specs, verify_spec
+
+    spec = all_specs()[claim.index]
+    name = f"kernel spec {spec.name}"
+    try:
+        checks = verify_spec(spec)
+    except ProofError as error:
+        return ClaimResult(name, "3", claim.group, "-", "fails", time.perf_counter() - start,
+                           detail=str(error))
+    methods = {verdict.method for _, verdict in checks}
+    return ClaimResult(
+        name=name, classes="3", group=claim.group,
+        method="numeric" if "numeric" in methods else "symbolic", result="holds",
+        seconds=time.perf_counter() - start, detail=f"{len(checks)} checks against the definition",
+    )
+
+
+def run_claims(
+    claims: list[Claim],
+    *,
+    jobs: int = 1,
+    progress: Callable[[int, int, ClaimResult], None] | None = None,
+) -> list[ClaimResult]:
+    """Run every claim (in ``jobs`` worker processes when > 1); results in registry order."""
+    results: dict[int, ClaimResult] = {}
+    for done, (position, result) in enumerate(_results(claims, jobs), start=1):
+        results[position] = result
+        if progress is not None:
+            progress(done, len(claims), result)
+    return [results[position] for position in range(len(claims))]
+
+
+def _run_task(claims: list[Claim]) -> list[ClaimResult]:
+    return [run_claim(claim) for claim in claims]
+
+
+def _tasks(claims: list[Claim]) -> list[list[int]]:
+    """Positions grouped by task, largest explicit C first so no worker ends on the longest."""
+    tasks: dict[str, list[int]] = {}
+    for position, claim in enumerate(claims):
+        tasks.setdefault(claim.task or f"#{position}", []).append(position)
+
+    def size(positions: list[int]) -> int:
+        claim = claims[positions[0]]
+        return -int(claim.args[0]) if claim.args else 0
+
+    return sorted(tasks.values(), key=size)
+
+
+def _results(claims: list[Claim], jobs: int) -> Iterator[tuple[int, ClaimResult]]:
+    if jobs <= 1:
+        for position, claim in enumerate(claims):
+            yield position, run_claim(claim)
+        return
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {
+            pool.submit(_run_task, [claims[n] for n in positions]): positions
+            for positions in _tasks(claims)
+        }
+        for future in as_completed(futures):
+            yield from zip(futures[future], future.result(), strict=True)

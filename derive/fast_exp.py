@@ -1,0 +1,378 @@
+"""A vectorisable exp for arguments x <= 0: range reduction, a Taylor polynomial, a proven bound.
+
+exp(x) = 2^k exp(r) with k the nearest integer to x*log2(e) and r = x - k ln2, so |r| <= ln2/2.
+The nearest integer comes from adding and subtracting the shifter 1.5*2^(p-1) (p the precision):
+under round-to-nearest the sum's last mantissa bit has weight 1, so the sum is k plus the
+shifter, exactly; its low bits are k, which the kernel turns into the bits of 2^(k+K) by integer
+arithmetic (no float-to-int conversion, which SSE2 lacks for doubles).  r is computed in two
+steps with ln2 = ln2_hi + ln2_lo (Cody and Waite): k*ln2_hi and x - k*ln2_hi are exact.
+exp(r) is the Taylor polynomial of degree n in Horner form.  The result is
+(P(r) * 2^(k+K)) * 2^-K: the first product is exact, the second rounds once, so results below the
+smallest normal number are the correctly scaled subnormals, and x below ``lower_clamp`` (also
+-inf) gives 0.  NaN passes through: the clamp's comparison is false for NaN, and P(NaN) is NaN.
+
+The error bound (:func:`verify_exp_approximation`) is a proof in exact rational arithmetic:
+Lagrange's remainder of the Taylor polynomial, the rounding of its coefficients, a running error
+bound of Horner's rule in working precision (each operation rounded once, so it also holds when
+the compiler fuses a multiply and an add), and the error of the reduced argument.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import cache
+
+import mpmath
+import sympy as sp
+
+from derive.check import ProofError, Verdict, check_equal
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class _Format:
+    precision: int  # significand bits, hidden bit included
+    exponent_bias: int
+    min_normal_exponent: int
+    degree: int  # Taylor degree that meets the claimed bound
+    lower_clamp: int  # below this exp(x) is under half the smallest subnormal
+    prescale_exponent: int  # K: 2^(k+K) stays normal for every k the clamp allows
+    claimed_relative_error: Fraction  # in units of 2^-(p-1), the machine epsilon
+
+
+_FORMATS = {
+    "float32": _Format(24, 127, -126, 7, -104, 32, Fraction(3, 2)),
+    "float64": _Format(53, 1023, -1022, 13, -746, 64, Fraction(3, 2)),
+}
+
+x = sp.Symbol("x", real=True)
+clamped = sp.Symbol("clamped", real=True)
+shifted = sp.Symbol("shifted", real=True)
+k = sp.Symbol("k", real=True)
+r_hi = sp.Symbol("r_hi", real=True)
+r = sp.Symbol("r", real=True)
+poly = sp.Symbol("poly", real=True)
+scale = sp.Symbol("scale", positive=True)
+scaled = sp.Symbol("scaled", real=True)
+result = sp.Symbol("result", real=True)
+
+
+@dataclass(frozen=True)
+class ExpApproximation:
+    """exp(x) for x <= 0 in one precision, as printable steps plus the integer constants.
+
+    ``steps`` are assignments evaluated in order.  Between ``poly`` and ``scaled`` the kernel
+    computes ``scale`` = 2^(k+K) from the bits of ``shifted`` (unsigned ``bit_width`` integers,
+    wrapping):  scale_bits = (bits(shifted) + scale_bits_offset) << mantissa_bits.  That is
+    structure, not arithmetic on values, so it is not a SymPy expression.  The last step gives
+    ``result``.  Every float constant is a ``sp.Float`` holding a value exactly representable in
+    ``dtype``, so a C printer with the type's decimal digits reproduces it exactly.
+    """
+
+    dtype: str
+    precision: int
+    degree: int
+    lower_clamp: sp.Float
+    log2e: sp.Float
+    shifter: sp.Float
+    ln2_hi: sp.Float
+    ln2_lo: sp.Float
+    post_scale: sp.Float
+    coefficients: tuple[sp.Float, ...]
+    polynomial: sp.Expr  # Horner form in r
+    steps: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    bit_width: int
+    mantissa_bits: int
+    exponent_bias: int
+    prescale_exponent: int
+    shifter_bits: int
+    scale_bits_offset: int
+    max_abs_k: int
+    underflow_absolute_error: Fraction  # half the smallest subnormal
+    claimed_relative_error: Fraction
+
+
+@dataclass(frozen=True)
+class ExpErrorBound:
+    """The proven bounds: result = exp(x) (1 + e) + d, |e| <= relative, |d| <= absolute."""
+
+    reduced_radius: Fraction  # |r| <= this for every computed r
+    polynomial_relative: Fraction  # Taylor remainder plus coefficient rounding
+    evaluation_relative: Fraction  # rounding in Horner's rule
+    reduction_relative: Fraction  # error of the computed r
+    relative: Fraction
+    absolute: Fraction
+    verdicts: tuple[tuple[str, Verdict], ...]
+
+    @property
+    def relative_in_epsilons(self) -> float:
+        return float(self.relative)
+
+
+def _round_to_precision(value: Fraction, precision: int) -> Fraction:
+    """Round to the nearest number with ``precision`` significant bits, ties to even."""
+    if value == 0:
+        return value
+    magnitude = abs(value)
+    exponent = magnitude.numerator.bit_length() - magnitude.denominator.bit_length()
+    while Fraction(2) ** exponent > magnitude:
+        exponent -= 1
+    while Fraction(2) ** (exponent + 1) <= magnitude:
+        exponent += 1
+    unit = Fraction(2) ** (exponent - precision + 1)
+    rounded = round(magnitude / unit) * unit
+    return rounded if value > 0 else -rounded
+
+
+def _significant_bits(value: Fraction) -> int:
+    """Bits between the leading one and the last one of a dyadic rational."""
+    numerator, denominator = abs(value.numerator), value.denominator
+    if denominator & (denominator - 1):
+        raise ProofError(f"{value} is not a dyadic rational")
+    while numerator % 2 == 0:
+        numerator //= 2
+    return numerator.bit_length()
+
+
+def _high_precision(value: mpmath.mpf) -> Fraction:
+    mantissa, exponent = value.man_exp
+    return Fraction(mantissa) * Fraction(2) ** exponent
+
+
+_GUARD_BITS = 300
+
+
+def _irrational(name: str) -> tuple[Fraction, Fraction]:
+    """(value to 300 bits, bound on its error) of ln2 or log2(e)."""
+    with mpmath.workprec(_GUARD_BITS + 20):
+        value = mpmath.log(2) if name == "ln2" else 1 / mpmath.log(2)
+        return _high_precision(value), Fraction(1, 2**_GUARD_BITS)
+
+
+def _float(value: Fraction) -> sp.Float:
+    return sp.Float(float(value))  # exact: every value here is a double
+
+
+def _bits(value: Fraction, dtype: str) -> int:
+    if dtype == "float32":
+        return struct.unpack("<I", struct.pack("<f", float(value)))[0]
+    return struct.unpack("<Q", struct.pack("<d", float(value)))[0]
+
+
+def _exact(value: sp.Float) -> Fraction:
+    return Fraction(float(value))
+
+
+@cache
+def exp_approximation(dtype: str, degree: int | None = None) -> ExpApproximation:
+    """Build the approximation for ``dtype`` ("float32" or "float64"); check it with verify."""
+    if dtype not in _FORMATS:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    fmt = _FORMATS[dtype]
+    degree = fmt.degree if degree is None else degree
+    if not isinstance(degree, int) or degree < 1:
+        raise ValueError(f"degree must be a positive integer, got {degree!r}")
+    p = fmt.precision
+    unit = Fraction(1, 2**p)
+    ln2, _ = _irrational("ln2")
+    log2e = _round_to_precision(_irrational("log2e")[0], p)
+    lower = Fraction(fmt.lower_clamp)
+    max_abs_k = math.ceil(-lower * log2e * (1 + unit) + Fraction(1, 2))
+    k_bits = max_abs_k.bit_length()
+    ln2_hi = _round_to_precision(ln2, p - k_bits)  # k*ln2_hi exact for |k| <= max_abs_k
+    ln2_lo = _round_to_precision(ln2 - ln2_hi, p)
+    shifter = Fraction(3, 2) * 2 ** (p - 1)
+    coefficients = tuple(
+        _round_to_precision(Fraction(1, math.factorial(i)), p) for i in range(degree + 1)
+    )
+    printed = tuple(_float(c) for c in coefficients)
+    polynomial = sp.horner(sum((c * r**i for i, c in enumerate(printed)), sp.Integer(0)), r)
+    lower_f, log2e_f, shifter_f = _float(lower), _float(log2e), _float(shifter)
+    hi_f, lo_f = _float(ln2_hi), _float(ln2_lo)
+    post = _float(Fraction(1, 2**fmt.prescale_exponent))
+    steps = (
+        (clamped, sp.Piecewise((lower_f, x < lower_f), (x, True))),
+        (shifted, clamped * log2e_f + shifter_f),
+        (k, shifted - shifter_f),
+        (r_hi, clamped - hi_f * k),
+        (r, r_hi - lo_f * k),
+        (poly, polynomial),
+        (scaled, poly * scale),
+        (result, scaled * post),
+    )
+    bit_width = 32 if dtype == "float32" else 64
+    shifter_bits = _bits(shifter, dtype)
+    offset = (fmt.exponent_bias + fmt.prescale_exponent - shifter_bits) % 2**bit_width
+    return ExpApproximation(
+        dtype=dtype,
+        precision=p,
+        degree=degree,
+        lower_clamp=lower_f,
+        log2e=log2e_f,
+        shifter=shifter_f,
+        ln2_hi=hi_f,
+        ln2_lo=lo_f,
+        post_scale=post,
+        coefficients=printed,
+        polynomial=polynomial,
+        steps=steps,
+        bit_width=bit_width,
+        mantissa_bits=p - 1,
+        exponent_bias=fmt.exponent_bias,
+        prescale_exponent=fmt.prescale_exponent,
+        shifter_bits=shifter_bits,
+        scale_bits_offset=offset,
+        max_abs_k=max_abs_k,
+        underflow_absolute_error=Fraction(1, 2) ** (p - fmt.min_normal_exponent),
+        claimed_relative_error=fmt.claimed_relative_error * Fraction(2) ** (1 - p),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The proof.
+
+
+def _exp_neg_lower(radius: Fraction) -> Fraction:
+    """A rational lower bound of exp(-radius) for 0 <= radius < 1 (alternating series)."""
+    return sum((Fraction(-radius) ** i / math.factorial(i) for i in range(8)), Fraction(0))
+
+
+def _require(condition: bool, step: str, detail: str) -> None:
+    if not condition:
+        raise ProofError(f"step '{step}' does not hold: {detail}")
+
+
+def _check_identities(approx: ExpApproximation) -> tuple[tuple[str, Verdict], ...]:
+    integer_k = sp.Symbol("k", integer=True)
+    prescale = sp.Integer(approx.prescale_exponent)
+    verdicts = [
+        ("exp(x) = 2^k exp(x - k ln2)", check_equal(
+            sp.exp(x), 2**integer_k * sp.exp(x - integer_k * sp.log(2)),
+            step="range reduction exp(x) = 2^k exp(x - k ln2)")),
+        ("2^k = 2^(k+K) 2^-K", check_equal(
+            2**integer_k, 2 ** (integer_k + prescale) * sp.Rational(1, 2) ** prescale,
+            step="scaling 2^k = 2^(k+K) 2^-K")),
+    ]
+    taylor = sum((sp.Rational(_exact(c)) * r**i for i, c in enumerate(approx.coefficients)),
+                 sp.Integer(0))
+    verdicts.append(("Horner form = coefficients", check_equal(
+        approx.polynomial, taylor, step="Horner form of the polynomial")))
+    return tuple(verdicts)
+
+
+def _check_structure(approx: ExpApproximation) -> None:
+    p, unit = approx.precision, Fraction(1, 2**approx.precision)
+    for name in ("lower_clamp", "log2e", "shifter", "ln2_hi", "ln2_lo", "post_scale"):
+        value = _exact(getattr(approx, name))
+        _require(_significant_bits(value) <= p, f"{name} representable", f"{value}")
+    for c in approx.coefficients:
+        _require(_significant_bits(_exact(c)) <= p, "coefficient representable", f"{c}")
+    lower, log2e = _exact(approx.lower_clamp), _exact(approx.log2e)
+    largest_t = -lower * log2e * (1 + unit)
+    _require(largest_t + Fraction(1, 2) <= approx.max_abs_k, "|k| <= max_abs_k", f"{largest_t}")
+    shifter = _exact(approx.shifter)
+    # shifter +- (max_abs_k + 1) stays in [2^(p-1), 2^p), where the spacing of floats is 1,
+    # so fl(t + shifter) = shifter + nearest integer of t, and subtracting it back is exact.
+    _require(2 ** (p - 1) <= shifter - approx.max_abs_k - 1 and
+             shifter + approx.max_abs_k + 1 < 2**p, "shifter rounds to integers", f"{shifter}")
+    _require(_significant_bits(_exact(approx.ln2_hi)) + approx.max_abs_k.bit_length() <= p,
+             "k*ln2_hi exact", f"{approx.ln2_hi}")
+    offset, width, mantissa = approx.scale_bits_offset, approx.bit_width, approx.mantissa_bits
+    for kk in range(-approx.max_abs_k, 1):
+        bits = (approx.shifter_bits + kk + offset) % 2**width << mantissa
+        pattern = struct.pack("<I" if width == 32 else "<Q", bits % 2**width)
+        value = struct.unpack("<f" if width == 32 else "<d", pattern)[0]
+        _require(value == 2.0 ** (kk + approx.prescale_exponent), "scale bits give 2^(k+K)",
+                 f"k={kk} gives {value}")
+        min_normal = Fraction(2) ** (1 - approx.exponent_bias)
+        # poly >= 1/2 and poly * 2^(k+K) must stay normal for the first product to be exact.
+        _require(Fraction(1, 2) * Fraction(2) ** (kk + approx.prescale_exponent) >= min_normal,
+                 "poly*scale normal", f"k={kk}")
+
+
+def _reduction_error(approx: ExpApproximation) -> tuple[Fraction, Fraction]:
+    """(radius of the computed r, bound on |computed r - (x - k ln2)|)."""
+    p, unit = approx.precision, Fraction(1, 2**approx.precision)
+    ln2, ln2_err = _irrational("ln2")
+    log2e_true, log2e_err = _irrational("log2e")
+    log2e, lower = _exact(approx.log2e), _exact(approx.lower_clamp)
+    hi, lo = _exact(approx.ln2_hi), _exact(approx.ln2_lo)
+    # t = fl(x log2e_float): |x log2(e) - t| <= |x| (|log2e - log2e_float| + u log2e_float).
+    slack = -lower * (abs(log2e_true - log2e) + log2e_err + unit * log2e)
+    exact_radius = ln2 * (Fraction(1, 2) + slack) + ln2_err
+    split_error = abs(ln2 - hi - lo) + ln2_err
+    kmax = approx.max_abs_k
+    # x - k ln2_hi is exact: for k != 0, |x| >= ln2 (1/2 - slack) > 1/4, so x and k*ln2_hi are
+    # multiples of 2^-(p+1), and their difference is below 1/2 = 2^-(p+1) * 2^p.
+    _require(ln2 * (Fraction(1, 2) - slack) > Fraction(1, 4), "x - k ln2_hi exact (|x| > 1/4)", "")
+    # ln2_hi in [1/2, 1) with m significant bits is a multiple of 2^-m, and so is k*ln2_hi.
+    _require(Fraction(1, 2) <= hi < 1 and _significant_bits(hi) <= p + 1,
+             "x - k ln2_hi exact (quantum of k ln2_hi)", f"{hi}")
+    _require(exact_radius + kmax * abs(ln2 - hi) < Fraction(1, 2), "x - k ln2_hi exact (size)", "")
+    lo_product = kmax * abs(lo)
+    error = kmax * split_error + unit * lo_product + unit * (
+        exact_radius + kmax * split_error + lo_product * (1 + unit))
+    return exact_radius + error, error
+
+
+def _horner_error(coefficients: tuple[Fraction, ...], radius: Fraction, unit: Fraction) -> Fraction:
+    """Absolute error bound of Horner's rule for |r| <= radius, each operation rounded once,
+    not counting the rounding of the last addition (a relative error of at most u itself)."""
+    bound, error = abs(coefficients[-1]), Fraction(0)
+    for position, c in enumerate(reversed(coefficients[:-1])):
+        before_add = radius * bound * (1 + unit) + abs(c)
+        error = radius * error + unit * radius * bound
+        if position < len(coefficients) - 2:
+            error += unit * before_add
+        bound = before_add * (1 + unit)
+    return error
+
+
+def verify_exp_approximation(approx: ExpApproximation) -> ExpErrorBound:
+    """Prove the error bound of ``approx``; raise ProofError naming the step that fails."""
+    verdicts = _check_identities(approx)
+    _check_structure(approx)
+    unit = Fraction(1, 2**approx.precision)
+    radius, r_error = _reduction_error(approx)
+    _require(radius < 1, "reduced radius < 1", f"{float(radius)}")
+    exp_neg = _exp_neg_lower(radius)  # exp(-R) >= this, exp(R) <= 1/this
+    n = approx.degree
+    coefficients = tuple(_exact(c) for c in approx.coefficients)
+    # Lagrange: |exp(r) - T_n(r)| / exp(r) = exp(xi - r) |r|^(n+1)/(n+1)! <= exp(R) R^(n+1)/(n+1)!.
+    remainder = radius ** (n + 1) / math.factorial(n + 1) / exp_neg
+    rounding = sum((abs(c - Fraction(1, math.factorial(i))) * radius**i
+                    for i, c in enumerate(coefficients)), Fraction(0)) / exp_neg
+    polynomial_relative = remainder + rounding
+    _require(polynomial_relative < Fraction(1, 2), "polynomial close to exp", "")
+    smallest_poly = exp_neg * (1 - polynomial_relative)
+    evaluation_relative = (1 + _horner_error(coefficients, radius, unit) / smallest_poly) * (
+        1 + unit) - 1
+    reduction_relative = r_error / (1 - r_error)  # exp(e) - 1 <= e / (1 - e) for 0 <= e < 1
+    relative = (1 + polynomial_relative) * (1 + evaluation_relative) * (1 + reduction_relative) - 1
+    bound = ExpErrorBound(
+        reduced_radius=radius,
+        polynomial_relative=polynomial_relative,
+        evaluation_relative=evaluation_relative,
+        reduction_relative=reduction_relative,
+        relative=relative,
+        absolute=approx.underflow_absolute_error,
+        verdicts=verdicts,
+    )
+    _require(relative <= approx.claimed_relative_error, "relative error within the claim",
+             f"proven {float(relative):.3e} > claimed {float(approx.claimed_relative_error):.3e} "
+             f"(degree {n})")
+    _check_underflow(approx, relative)
+    return bound
+
+
+def _check_underflow(approx: ExpApproximation, relative: Fraction) -> None:
+    """At the clamp the result is below half the smallest subnormal, so it rounds to 0."""
+    with mpmath.workprec(200):
+        enclosure = mpmath.iv.exp(mpmath.iv.mpf(int(_exact(approx.lower_clamp))))
+        upper = _high_precision(mpmath.mpf(enclosure.b))
+    _require(upper * (1 + relative) < approx.underflow_absolute_error,
+             "clamp gives 0", f"exp({approx.lower_clamp}) too large")

@@ -1,0 +1,229 @@
+"""Shared fixtures: the backends this machine can run, per-dtype tolerances, seeded inputs.
+
+A backend that cannot be used here (no C compiler, no GPU or CuPy, or ``codegen.load``
+refusing it) makes its tests skip with the reason.  Set ``GRADSMITH_REQUIRE_BACKENDS`` to a
+comma-separated list (for instance ``numpy,c``) to turn those skips into failures, so that CI
+notices a backend that stopped loading.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+BACKENDS = ("numpy", "c", "cuda")
+HOST_DTYPES = ("float64", "float32")
+CUDA_ONLY_DTYPES = ("float16", "bfloat16")
+LOAD_ERRORS = (ValueError, TypeError, ImportError, OSError, RuntimeError, NotImplementedError)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|actual - expected| <= rtol * |expected| + atol * scale`` elementwise.
+
+    ``scale`` is the largest finite magnitude of the expected array (1 when it is all zero),
+    so ``atol`` is relative to the size of the quantity (a mean gradient is about 1/N).
+    """
+
+    rtol: float
+    atol: float
+
+
+# Against the exact result on the inputs as stored in the dtype.  float64 and float32 allow a
+# few hundred ulps (row sums over up to ~100 classes, exp/log/tanh each within a few ulps);
+# float16 and bfloat16 store the result, so one rounding of the output dominates (2^-11 and
+# 2^-8 relative), with float32 arithmetic inside.
+TOLERANCES = {
+    "float64": Tolerance(rtol=1e-10, atol=1e-12),
+    "float32": Tolerance(rtol=3e-5, atol=3e-6),
+    "float16": Tolerance(rtol=2e-3, atol=1e-3),
+    "bfloat16": Tolerance(rtol=1.6e-2, atol=8e-3),
+}
+
+
+def _required_backends() -> set[str]:
+    value = os.environ.get("GRADSMITH_REQUIRE_BACKENDS", "")
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+def _prerequisite_missing(backend: str) -> str | None:
+    if backend == "c" and not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+        return "no C compiler (cc) on PATH"
+    if backend == "cuda":
+        try:
+            import cupy
+        except ImportError:
+            return "CuPy is not installed"
+        try:
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                return "no CUDA GPU"
+        except Exception as error:  # noqa: BLE001 - any CUDA runtime failure means no GPU
+            return f"no usable CUDA GPU ({type(error).__name__}: {error})"
+    return None
+
+
+@functools.cache
+def _load(backend: str, dtype: str):
+    """The backend's callable, or the reason it cannot be used here (a string)."""
+    missing = _prerequisite_missing(backend)
+    if missing is not None:
+        return missing
+    import codegen
+
+    try:
+        return codegen.load(backend, dtype)
+    except LOAD_ERRORS as error:
+        return f"codegen.load({backend!r}, {dtype!r}) failed: {type(error).__name__}: {error}"
+
+
+def load_backend(backend: str, dtype: str):
+    """The callable of ``backend`` for ``dtype``; skips the test (with the reason) when unusable."""
+    loaded = _load(backend, dtype)
+    if isinstance(loaded, str):
+        if backend in _required_backends():
+            pytest.fail(f"backend {backend} is required here but unusable: {loaded}")
+        pytest.skip(loaded)
+    return loaded
+
+
+def available_backends(dtype: str) -> dict[str, object]:
+    """Every backend usable here for ``dtype`` (no skip; for tests that compare backends)."""
+    found = {}
+    for backend in BACKENDS:
+        loaded = _load(backend, dtype)
+        if not isinstance(loaded, str):
+            found[backend] = loaded
+        elif backend in _required_backends():
+            pytest.fail(f"backend {backend} is required here but unusable: {loaded}")
+    return found
+
+
+def backend_params(dtypes=HOST_DTYPES, low_precision: bool = False):
+    """pytest params over (backend, dtype); CUDA ones carry the ``gpu`` marker.
+
+    With ``low_precision``, CUDA also gets float16 and bfloat16 (storage types it alone has).
+    """
+    params = []
+    for backend in BACKENDS:
+        marks = (pytest.mark.gpu,) if backend == "cuda" else ()
+        names = tuple(dtypes) + (CUDA_ONLY_DTYPES if low_precision and backend == "cuda" else ())
+        for dtype in names:
+            params.append(pytest.param(backend, dtype, marks=marks, id=f"{backend}-{dtype}"))
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays in each dtype, and back.
+
+
+def numpy_dtype(dtype: str):
+    if dtype == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            pytest.skip("bfloat16 host arrays need ml_dtypes, which is not installed")
+        return ml_dtypes.bfloat16
+    return np.dtype(dtype)
+
+
+def stored(values, dtype: str) -> np.ndarray:
+    """``values`` rounded to ``dtype`` as the kernel receives them."""
+    return np.ascontiguousarray(np.asarray(values, dtype=np.float64).astype(numpy_dtype(dtype)))
+
+
+def to_numpy(array) -> np.ndarray:
+    """A host float64 copy of a NumPy or CuPy array (or scalar)."""
+    if hasattr(array, "get"):
+        array = array.get()
+    return np.asarray(array).astype(np.float64)
+
+
+def call_backend(function, logits, target, dtype: str, **options):
+    """Call a backend with inputs stored in ``dtype``.
+
+    Returns ``(outputs, inputs)``: the outputs as float64 NumPy arrays, and the stored inputs
+    (float64 copies of exactly what the kernel saw) for the references.
+    """
+    logits_stored = stored(logits, dtype)
+    target = np.asarray(target)
+    if np.issubdtype(target.dtype, np.floating):
+        target_stored = stored(target, dtype)
+        target_seen = target_stored.astype(np.float64)
+    else:
+        target_stored = np.ascontiguousarray(target, dtype=np.int64)
+        target_seen = target_stored
+    call_options = dict(options)
+    seen_options = dict(options)
+    if options.get("weight") is not None:
+        call_options["weight"] = stored(options["weight"], dtype)
+        seen_options["weight"] = call_options["weight"].astype(np.float64)
+    outputs = function(logits_stored, target_stored, **call_options)
+    inputs = (logits_stored.astype(np.float64), target_seen, seen_options)
+    return tuple(to_numpy(x) for x in outputs), inputs
+
+
+def assert_close(actual, expected, dtype: str, what: str, factor: float = 1.0) -> None:
+    """Same shape, NaN in the same places, and within the dtype's tolerance elsewhere."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    nan_actual, nan_expected = np.isnan(actual), np.isnan(expected)
+    assert np.array_equal(nan_actual, nan_expected), (
+        f"{what}: NaN at {np.argwhere(nan_actual).tolist()}, expected at "
+        f"{np.argwhere(nan_expected).tolist()}"
+    )
+    tolerance = TOLERANCES[dtype]
+    finite = ~nan_expected
+    magnitudes = np.abs(expected[finite & np.isfinite(expected)])
+    scale = float(magnitudes.max()) if magnitudes.size and magnitudes.max() > 0 else 1.0
+    np.testing.assert_allclose(
+        actual[finite],
+        expected[finite],
+        rtol=tolerance.rtol * factor,
+        atol=tolerance.atol * factor * scale,
+        err_msg=f"{what} ({dtype})",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeded random inputs.
+
+
+def random_logits(rng: np.random.Generator, n: int, classes: int, scale: float = 3.0) -> np.ndarray:
+    return rng.normal(scale=scale, size=(n, classes))
+
+
+def random_index_target(
+    rng: np.random.Generator,
+    n: int,
+    classes: int,
+    ignore_fraction: float = 0.0,
+    ignore_index: int = -100,
+) -> np.ndarray:
+    target = rng.integers(0, classes, size=n).astype(np.int64)
+    target[rng.random(n) < ignore_fraction] = ignore_index
+    return target
+
+
+def random_prob_target(rng: np.random.Generator, n: int, classes: int) -> np.ndarray:
+    return rng.dirichlet(np.full(classes, 0.5), size=n) if n else np.zeros((0, classes))
+
+
+def random_weight(rng: np.random.Generator, classes: int, zero_fraction: float = 0.0) -> np.ndarray:
+    weight = rng.uniform(0.25, 2.0, size=classes)
+    weight[rng.random(classes) < zero_fraction] = 0.0
+    return weight
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20240531)

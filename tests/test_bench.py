@@ -1,0 +1,150 @@
+"""``gradsmith bench``: a tiny run reports every field, bad options fail in one line.
+
+No timing is asserted: only that the command runs, what it reports, and that every contender
+computed the same loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from codegen.bench.peers import textbook_cross_entropy
+from codegen.bench.probe import host_bandwidth
+from codegen.bench.report import COLUMNS
+from codegen.bench.runner import moved_bytes
+from codegen.bench.settings import CPU_SHAPES, GPU_SHAPES, Case, build_cases, parse_shapes
+from codegen.cli import main
+
+TINY = ["--shapes", "64x10,8x300", "--repeat", "1", "--inplace", "--no-progress"]
+ROW_FIELDS = {
+    "shape", "dtype", "name", "backend", "device", "generated", "status", "reason", "ms",
+    "times_ms", "gb_per_s", "pct_bandwidth", "peak_bytes", "memory_method", "loss", "speedup",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    path = folder / "bench.json"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = main(["bench", *TINY, "--json", str(path)])
+    assert status == 0
+    return stdout.getvalue(), json.loads(path.read_text())
+
+
+def test_tiny_run_prints_the_table(tiny_report):
+    table, report = tiny_report
+    header = next(line for line in table.splitlines() if line.startswith("shape"))
+    for column in COLUMNS:
+        assert column in header
+    assert "vs textbook" in header
+    assert report["machine"]["cpu"] in table
+    assert "copy bandwidth (read + write)" in table
+    assert "64x10" in table and "8x300" in table
+
+
+def test_tiny_run_reports_every_field(tiny_report):
+    _, report = tiny_report
+    assert report["machine"]["cores"] >= 1
+    assert report["settings"]["repeat"] == 1
+    assert report["bandwidth"]["cpu"]["gb_per_s"] > 0
+    rows = report["results"]
+    assert {(tuple(r["shape"]), r["name"]) for r in rows} >= {((64, 10), "textbook"), ((8, 300), "textbook")}
+    for row in rows:
+        assert row["status"] in ("ok", "skipped"), row  # a contender that fails is a bug
+        if row["status"] == "skipped":
+            assert row["reason"]
+            continue
+        assert set(row) == ROW_FIELDS
+        assert len(row["times_ms"]) == 1 and row["ms"] > 0
+        case = Case(*row["shape"], row["dtype"])
+        assert math.isclose(row["gb_per_s"], moved_bytes(case) / (row["ms"] * 1e6))
+        assert math.isclose(row["pct_bandwidth"], 100 * row["gb_per_s"] / report["bandwidth"]["cpu"]["gb_per_s"])
+        assert row["peak_bytes"] >= 0
+
+
+def test_every_contender_computes_the_same_loss(tiny_report):
+    _, report = tiny_report
+    by_shape: dict[tuple, dict[str, float]] = {}
+    for row in report["results"]:
+        if row["status"] == "ok":
+            by_shape.setdefault(tuple(row["shape"]), {})[row["name"]] = row["loss"]
+    for shape, losses in by_shape.items():
+        expected = losses["textbook"]
+        for name, loss in losses.items():
+            assert loss == pytest.approx(expected, rel=1e-5), (shape, name)
+
+
+def test_speedups_compare_with_peers_on_the_same_device(tiny_report):
+    _, report = tiny_report
+    rows = [r for r in report["results"] if r["status"] == "ok"]
+    for row in rows:
+        peers = {r["name"]: r for r in rows if r["shape"] == row["shape"] and not r["generated"]}
+        expected = {name for name, peer in peers.items() if name != row["name"] and peer["device"] == row["device"]}
+        assert set(row["speedup"]) == expected
+        for name, ratio in row["speedup"].items():
+            assert math.isclose(ratio, peers[name]["ms"] / row["ms"])
+
+
+def test_textbook_matches_a_float64_computation():
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((7, 5)) * 3
+    target = rng.integers(0, 5, size=7)
+    loss, grad = textbook_cross_entropy(logits, target)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    assert loss == pytest.approx(-log_probs[np.arange(7), target].mean(), rel=1e-12)
+    expected = np.exp(log_probs)
+    expected[np.arange(7), target] -= 1
+    np.testing.assert_allclose(grad, expected / 7, rtol=1e-12, atol=1e-15)
+
+
+def test_copy_probe_reports_a_rate():
+    probe = host_bandwidth(threads=2, repeat=2, buffer_bytes=2**20)
+    assert probe.gb_per_s > 0 and len(probe.samples_gb_per_s) == 2
+    assert probe.buffer_bytes == 2**20
+
+
+def test_default_plan():
+    cpu = build_cases(None, None, gpu=False)
+    assert [(c.n_rows, c.n_classes, c.dtype) for c in cpu] == [(n, c, "float32") for n, c in CPU_SHAPES]
+    gpu = build_cases(None, None, gpu=True)
+    extra = [(c.n_rows, c.n_classes, c.dtype) for c in gpu if c.gpu_only]
+    assert extra == [(n, c, d) for n, c in GPU_SHAPES for d in ("float32", "bfloat16")]
+    assert parse_shapes(" 4096x32000, 65536X10") == ((4096, 32000), (65536, 10))
+
+
+def test_plot_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bench.png"
+    assert main(["bench", "--shapes", "8x10", "--backends", "textbook", "--repeat", "1", "--plot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--shapes", "4096by10"], "--shapes"),
+        (["--shapes", "0x10"], "--shapes"),
+        (["--shapes", ""], "--shapes"),
+        (["--backends", "numpy,jax"], "jax"),
+        (["--dtypes", "int8"], "--dtypes"),
+        (["--repeat", "0"], "--repeat"),
+        (["--repeat", "two"], "--repeat"),
+        (["--threads", "0"], "--threads"),
+        (["--json", "/nonexistent-folder/x.json"], "nonexistent-folder"),
+    ],
+)
+def test_bad_arguments_fail_in_one_line(argv, needle, capsys):
+    assert main(["bench", *argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], captured.err
+    assert captured.out == ""

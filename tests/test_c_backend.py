@@ -1,0 +1,255 @@
+"""The emitted C kernels: strict compilation, and results against the mpmath reference.
+
+Tolerances (against the exact result on the inputs as stored): float64 rtol 1e-10, atol 1e-12;
+float32 rtol 3e-5, atol 3e-6, where atol is relative to the largest magnitude of the quantity
+(conftest.Tolerance).  Central differences (float64) agree to rtol 1e-6, atol 1e-8.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TOLERANCES
+from reference import finite_difference_grad, reference_cross_entropy
+
+from codegen.backends.c import build, runtime
+
+STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-Wdouble-promotion"]
+DTYPES = ("float64", "float32")
+REDUCTIONS = ("mean", "sum", "none")
+GS_OK, GS_ERR_NULL, GS_ERR_SHAPE, GS_ERR_TARGET, GS_ERR_PARAMS = range(5)
+
+if not shutil.which(build.compiler()[0]):
+    pytest.skip(f"no C compiler {build.compiler()[0]!r} on PATH", allow_module_level=True)
+
+
+def _strict_build(folder: Path, openmp: bool) -> ctypes.CDLL:
+    flags = STRICT + (["-fopenmp"] if openmp else []) + ["-fPIC", "-shared"]
+    target = folder / ("omp.so" if openmp else "serial.so")
+    command = [*build.compiler(), *flags, "-o", str(target), str(build.SOURCE_DIR / "gradsmith_ce.c"), "-lm"]
+    result = subprocess.run(command, check=False, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr}"
+    return build.load_library(target)
+
+
+@pytest.fixture(scope="module", params=["serial", "openmp"])
+def library(request, tmp_path_factory) -> ctypes.CDLL:
+    return _strict_build(tmp_path_factory.mktemp("c"), request.param == "openmp")
+
+
+def _assert_close(actual, expected, dtype: str, what: str) -> None:
+    tol = TOLERANCES[dtype]
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, what
+    assert np.array_equal(np.isnan(actual), np.isnan(expected)), f"{what}: NaN pattern differs"
+    finite = np.isfinite(expected)
+    scale = max(float(np.abs(expected[finite]).max(initial=0.0)), 1e-300) or 1.0
+    error = np.abs(actual[finite] - expected[finite])
+    bound = tol.rtol * np.abs(expected[finite]) + tol.atol * scale
+    assert np.all(error <= bound), f"{what}: max error {error.max(initial=0):.3e}"
+
+
+def _inputs(rng, dtype, n, classes, probs):
+    logits = (rng.standard_normal((n, classes)) * 3).astype(dtype)
+    if probs:
+        target = rng.uniform(size=(n, classes)).astype(dtype)
+        target /= target.sum(axis=1, keepdims=True)
+    else:
+        target = rng.integers(0, classes, n)
+        target[0] = -100
+    weight = rng.uniform(0.5, 2.0, classes).astype(dtype)
+    return logits, target, weight
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
+@pytest.mark.parametrize("softcap", [None, 4.0], ids=["nocap", "softcap"])
+def test_every_variant_against_reference(library, dtype, probs, weighted, softcap):
+    f = runtime.bind(library, dtype)
+    rng = np.random.default_rng(7)
+    logits, target, weight = _inputs(rng, dtype, 5, 9, probs)
+    options = {"weight": weight if weighted else None, "softcap": softcap,
+               "label_smoothing": 0.1, "lse_square_scale": 1e-2}
+    for reduction in REDUCTIONS:
+        grad_output = rng.uniform(0.5, 2, 5).astype(dtype) if reduction == "none" else 0.7
+        loss, dlogits, lse = f(logits, target, reduction=reduction, return_lse=True,
+                               grad_output=grad_output, **options)
+        ref = reference_cross_entropy(logits, target, reduction=reduction, return_lse=True,
+                                      grad_output=grad_output, **options)
+        for name, actual, expected in zip(("loss", "dlogits", "lse"), (loss, dlogits, lse), ref):
+            _assert_close(actual, expected, dtype, f"{reduction} {name}")
+        assert dlogits.dtype == dtype and loss.shape == ((5,) if reduction == "none" else ())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_many_chunks_with_growing_maximum(dtype):
+    """Rows longer than a chunk, whose maximum grows from chunk to chunk (the rescaling path)."""
+    f = runtime.load(dtype)
+    rng = np.random.default_rng(3)
+    classes = 1300
+    logits = (rng.standard_normal((2, classes)) + np.linspace(0, 12, classes)).astype(dtype)
+    target = np.array([5, classes - 1])
+    weight = rng.uniform(0.5, 2, classes).astype(dtype)
+    options = {"weight": weight, "label_smoothing": 0.2, "reduction": "sum"}
+    loss, dlogits = f(logits, target, **options)
+    ref_loss, ref_grad = reference_cross_entropy(logits, target, digits=20, **options)
+    _assert_close(loss, ref_loss, dtype, "loss")
+    _assert_close(dlogits, ref_grad, dtype, "dlogits")
+
+
+@pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
+def test_central_differences(probs):
+    f = runtime.load("float64")
+    rng = np.random.default_rng(11)
+    logits, target, weight = _inputs(rng, "float64", 3, 6, probs)
+    options = {"weight": weight, "label_smoothing": 0.05, "lse_square_scale": 0.01, "softcap": 5.0}
+    _, dlogits = f(logits, target, reduction="mean", **options)
+    numeric = finite_difference_grad(lambda z: float(f(z, target, **options)[0]), logits)
+    np.testing.assert_allclose(dlogits, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_finite_rows_are_isolated(dtype):
+    f = runtime.load(dtype)
+    rng = np.random.default_rng(5)
+    logits, target, _ = _inputs(rng, dtype, 6, 40, False)
+    target[0] = 1
+    logits[1, 3], logits[2, 39], logits[3, 0] = np.nan, np.inf, -np.inf
+    loss, dlogits = f(logits, target, reduction="none")
+    ref_loss, ref_grad = reference_cross_entropy(logits, target, reduction="none")
+    _assert_close(loss, ref_loss, dtype, "loss")
+    _assert_close(dlogits, ref_grad, dtype, "dlogits")
+    assert np.isnan(dlogits[1:4]).all() and np.isfinite(dlogits[[0, 4, 5]]).all()
+
+
+@pytest.mark.parametrize("dtype, magnitude", [("float32", 1e30), ("float64", 1e300)])
+def test_huge_logits_are_exact(dtype, magnitude):
+    f = runtime.load(dtype)
+    rng = np.random.default_rng(9)
+    logits = (rng.uniform(-1, 1, (4, 7)) * magnitude).astype(dtype)
+    logits[:, 2] = magnitude
+    target = np.array([2, 0, 6, 2])
+    for options in ({}, {"label_smoothing": 0.1}, {"softcap": 30.0}):
+        loss, dlogits, lse = f(logits, target, reduction="none", return_lse=True, **options)
+        ref = reference_cross_entropy(logits, target, reduction="none", return_lse=True, **options)
+        assert np.isfinite(loss).all() and np.isfinite(dlogits).all()
+        for name, actual, expected in zip(("loss", "dlogits", "lse"), (loss, dlogits, lse), ref):
+            _assert_close(actual, expected, dtype, f"{options} {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch_one_class_and_inplace(dtype):
+    f = runtime.load(dtype)
+    empty = np.zeros((0, 4), dtype=dtype)
+    loss, dlogits = f(empty, np.zeros(0, dtype=np.int64))
+    assert np.isnan(loss) and dlogits.shape == (0, 4)
+    assert float(f(empty, np.zeros(0, dtype=np.int64), reduction="sum")[0]) == 0.0
+    loss, dlogits = f(np.array([[3.0], [-2.0]], dtype=dtype), np.array([0, 0]))
+    assert float(loss) == 0.0 and np.all(dlogits == 0)
+    rng = np.random.default_rng(2)
+    logits, target, _ = _inputs(rng, dtype, 6, 37, False)
+    expected = f(logits, target)
+    buffer = logits.copy()
+    loss, dlogits = f(buffer, target, inplace=True)
+    assert dlogits is buffer and np.array_equal(dlogits, expected[1]) and loss == expected[0]
+
+
+def test_serial_and_parallel_builds_agree_bitwise(tmp_path):
+    serial = runtime.bind(_strict_build(tmp_path, openmp=False), "float32")
+    parallel = runtime.bind(_strict_build(tmp_path, openmp=True), "float32")
+    rng = np.random.default_rng(4)
+    logits, target, _ = _inputs(rng, "float32", 5000, 64, False)
+    for reduction in REDUCTIONS:
+        a, b = serial(logits, target, reduction=reduction), parallel(logits, target, reduction=reduction)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_row_offsets_past_two_to_the_31():
+    """Two rows 2^31 + 16 elements apart, in a lazily committed mapping (touches two pages)."""
+    stride = 2**31 + 16
+    classes = 16
+    size = (stride + classes) * 4
+    try:
+        mapping = mmap.mmap(-1, size)
+    except (OSError, OverflowError, ValueError) as error:
+        pytest.skip(f"cannot map {size} bytes of address space: {error}")
+    flat = np.frombuffer(mapping, dtype=np.float32)  # the mapping lives as long as the views
+    rows = np.lib.stride_tricks.as_strided(flat, shape=(2, classes), strides=(stride * 4, 4))
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal((2, classes)).astype(np.float32)
+    rows[0], rows[1] = values[0], values[1]
+    target = np.array([3, 15])
+    f = runtime.load("float32")
+    loss, dlogits = f(rows, target, reduction="none")
+    ref_loss, ref_grad = f(values, target, reduction="none")
+    assert np.array_equal(loss, ref_loss) and np.array_equal(dlogits, ref_grad)
+    f(rows, target, reduction="none", inplace=True)
+    assert np.array_equal(rows, ref_grad)
+
+
+# --- The C ABI directly: status codes, and nothing written on bad input. ---------------------
+
+
+def _abi_call(library, **change):
+    logits = np.arange(12, dtype=np.float64).reshape(3, 4)
+    targets = np.array([0, 3, -100], dtype=np.int64)
+    dlogits = np.full((3, 4), 7.0)
+    loss = np.full(1, 7.0)
+    bad_row = ctypes.c_int64(99)
+    params = build.Params(ignore_index=-100, reduction=1, reserved=0, label_smoothing=0.0,
+                          lse_square_scale=0.0, softcap=0.0)
+    for name in ("reduction", "reserved", "label_smoothing", "lse_square_scale", "softcap"):
+        if name in change:
+            setattr(params, name, change.pop(name))
+    pointer = ctypes.POINTER(ctypes.c_double)
+    arguments = {
+        "logits": logits.ctypes.data_as(pointer), "logits_stride": 4,
+        "targets": targets.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)), "weight": None,
+        "n_rows": 3, "n_classes": 4, "params": ctypes.byref(params), "grad_output": None,
+        "loss": loss.ctypes.data_as(pointer), "dlogits": dlogits.ctypes.data_as(pointer),
+        "dlogits_stride": 4, "lse": None, "bad_row": ctypes.byref(bad_row),
+    }
+    if "targets_values" in change:
+        targets[:] = change.pop("targets_values")
+    arguments.update(change)
+    status = library.gs_ce_index_f64(*arguments.values())
+    return status, bad_row.value, dlogits, loss
+
+
+def test_status_codes(library):
+    assert _abi_call(library)[0] == GS_OK
+    for name in ("logits", "targets", "params", "loss", "dlogits"):
+        status, _, dlogits, _ = _abi_call(library, **{name: None})
+        assert status == GS_ERR_NULL and np.all(dlogits == 7.0), name
+    for change in ({"n_classes": 0}, {"n_rows": -1}, {"logits_stride": 3}, {"dlogits_stride": 2},
+                   {"logits_stride": 2**62}):
+        status, _, dlogits, _ = _abi_call(library, **change)
+        assert status == GS_ERR_SHAPE and np.all(dlogits == 7.0), change
+    for change in ({"reduction": 3}, {"reduction": -1}, {"reserved": 1}, {"label_smoothing": 1.5},
+                   {"label_smoothing": float("nan")}, {"lse_square_scale": -1.0},
+                   {"lse_square_scale": float("inf")}, {"softcap": -1.0}, {"softcap": float("nan")}):
+        status, _, dlogits, _ = _abi_call(library, **change)
+        assert status == GS_ERR_PARAMS and np.all(dlogits == 7.0), change
+    for values, row in (([0, 4, 9], 1), ([-1, 0, 0], 0), ([0, 0, 2**40], 2)):
+        status, bad_row, dlogits, loss = _abi_call(library, targets_values=values)
+        assert (status, bad_row) == (GS_ERR_TARGET, row)
+        assert np.all(dlogits == 7.0) and loss[0] == 7.0
+    assert _abi_call(library, bad_row=None, targets_values=[0, 4, 0])[0] == GS_ERR_TARGET
+
+
+def test_runtime_errors_name_the_argument():
+    f = runtime.load("float32")
+    logits = np.zeros((3, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"target\[1\] = 4 is outside \[0, 4\)"):
+        f(logits, np.array([0, 4, 1]))
+    with pytest.raises(TypeError, match="logits"):
+        f(logits.astype(np.float64), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="weight"):
+        f(logits, np.array([0, 1, 2]), weight=np.ones(3, dtype=np.float32))

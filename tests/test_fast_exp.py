@@ -1,0 +1,150 @@
+"""The vectorisable exp: its error bound is proven, a weaker polynomial is rejected, and the
+SymPy expressions, evaluated in float32/float64 with NumPy, stay within the proven bound."""
+
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+
+import mpmath
+import numpy as np
+import pytest
+import sympy as sp
+
+from derive.check import ProofError
+from derive.fast_exp import (
+    DTYPES,
+    exp_approximation,
+    r,
+    result,
+    scale,
+    scaled,
+    shifted,
+    verify_exp_approximation,
+)
+
+NUMPY_TYPES = {"float32": (np.float32, np.uint32), "float64": (np.float64, np.uint64)}
+
+
+def _numeric(expr: sp.Expr, dtype: str):
+    """NumPy function of ``expr`` with every constant passed as an exact ``dtype`` scalar.
+
+    lambdify alone prints Floats with 15 digits, which is not enough for a double."""
+    floats = sorted(expr.atoms(sp.Float), key=sp.default_sort_key)
+    constants = sp.symbols(f"const0:{len(floats)}", real=True)
+    replaced = expr.xreplace(dict(zip(floats, constants, strict=True)))
+    variables = sorted(replaced.free_symbols - set(constants), key=sp.default_sort_key)
+    function = sp.lambdify(variables + list(constants), replaced, "numpy")
+    values = [NUMPY_TYPES[dtype][0](float(f)) for f in floats]
+    return lambda **inputs: function(*(inputs[v.name] for v in variables), *values)
+
+
+def _evaluate(approx, inputs: np.ndarray) -> np.ndarray:
+    """Run the steps in ``approx.dtype``; the bit manipulation for the scale is the template's."""
+    float_type, uint_type = NUMPY_TYPES[approx.dtype]
+    env = {"x": inputs.astype(float_type)}
+    with np.errstate(all="ignore"):
+        for symbol, expr in approx.steps:
+            if symbol == scaled:
+                bits = env[shifted.name].view(uint_type)
+                bits = bits + uint_type(approx.scale_bits_offset)
+                bits = bits << uint_type(approx.mantissa_bits)
+                env[scale.name] = bits.view(float_type)
+            value = _numeric(expr, approx.dtype)(**env)
+            env[symbol.name] = np.asarray(value, dtype=float_type)
+    assert env[result.name].dtype == float_type
+    return env[result.name]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_error_bound_is_proven(dtype):
+    approx = exp_approximation(dtype)
+    bound = verify_exp_approximation(approx)
+    assert bound.relative <= approx.claimed_relative_error
+    assert bound.relative == (1 + bound.polynomial_relative) * (1 + bound.evaluation_relative) * (
+        1 + bound.reduction_relative) - 1
+    assert Fraction(1, 3) < bound.reduced_radius < Fraction(7, 20)  # ln2/2 plus a little
+    steps = dict(bound.verdicts)
+    assert steps["exp(x) = 2^k exp(x - k ln2)"].method in ("symbolic", "numeric")
+    assert set(steps) == {
+        "exp(x) = 2^k exp(x - k ln2)", "2^k = 2^(k+K) 2^-K", "Horner form = coefficients"
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_too_low_degree_is_rejected(dtype):
+    weaker = exp_approximation(dtype, degree=exp_approximation(dtype).degree - 1)
+    with pytest.raises(ProofError, match="relative error within the claim"):
+        verify_exp_approximation(weaker)
+
+
+def test_split_of_ln2_that_is_not_exact_is_rejected():
+    approx = exp_approximation("float32")
+    unsplit = dataclasses.replace(approx, ln2_hi=sp.Float(float(np.float32(np.log(2)))))
+    with pytest.raises(ProofError, match=r"k\*ln2_hi exact"):
+        verify_exp_approximation(unsplit)
+
+
+def test_wrong_polynomial_is_rejected():
+    approx = exp_approximation("float32")
+    wrong = dataclasses.replace(approx, polynomial=approx.polynomial + r**3 / 1000)
+    with pytest.raises(ProofError, match="Horner form"):
+        verify_exp_approximation(wrong)
+
+
+def test_unknown_dtype_and_degree_are_refused():
+    with pytest.raises(ValueError, match="dtype"):
+        exp_approximation("float16")
+    with pytest.raises(ValueError, match="degree"):
+        exp_approximation("float32", degree=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_constants_are_exact_in_the_type(dtype):
+    approx = exp_approximation(dtype)
+    float_type = NUMPY_TYPES[dtype][0]
+    for value in (approx.log2e, approx.ln2_hi, approx.ln2_lo, approx.shifter, approx.post_scale,
+                  approx.lower_clamp, *approx.coefficients):
+        assert float(float_type(float(value))) == float(value)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_polynomial_in_working_precision_against_mpmath(dtype):
+    approx = exp_approximation(dtype)
+    bound = verify_exp_approximation(approx)
+    radius = float(bound.reduced_radius)
+    float_type = NUMPY_TYPES[dtype][0]
+    grid = np.linspace(-radius, radius, 4001).astype(float_type)
+    values = _numeric(approx.polynomial, dtype)(r=grid)
+    assert values.dtype == float_type
+    allowed = bound.polynomial_relative + bound.evaluation_relative
+    with mpmath.workdps(40):
+        worst = max(
+            abs(mpmath.mpf(float(v)) / mpmath.exp(mpmath.mpf(float(g))) - 1)
+            for g, v in zip(grid, values, strict=True)
+        )
+    assert worst <= mpmath.mpf(allowed.numerator) / allowed.denominator
+    assert worst > 0  # the check compares rounded values, not the same numbers
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_whole_approximation_against_reference(dtype):
+    approx = exp_approximation(dtype)
+    bound = verify_exp_approximation(approx)
+    lower = float(approx.lower_clamp)
+    inputs = np.concatenate([
+        np.linspace(lower - 20, 0, 200001),
+        -np.logspace(-30, 0, 2001),
+        [lower, np.nextafter(lower, 0), -1e-45, -0.0, 0.0],
+    ]).astype(NUMPY_TYPES[dtype][0])
+    outputs = _evaluate(approx, inputs)
+    with mpmath.workdps(40):
+        reference = [mpmath.exp(mpmath.mpf(float(v))) for v in inputs[::7]]
+        relative = mpmath.mpf(bound.relative.numerator) / bound.relative.denominator
+        absolute = mpmath.mpf(bound.absolute.numerator) / bound.absolute.denominator
+        for got, want in zip(outputs[::7], reference, strict=True):
+            assert abs(mpmath.mpf(float(got)) - want) <= relative * want + absolute
+    specials = _evaluate(approx, np.array([0.0, -0.0, -np.inf, np.nan, lower - 1]))
+    assert specials[0] == 1 and specials[1] == 1
+    assert specials[2] == 0 and specials[4] == 0
+    assert np.isnan(specials[3])
