@@ -98,10 +98,16 @@ def prepare_call(
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     label_smoothing = _real("label_smoothing", label_smoothing, low=0.0, high=1.0)
     lse_square_scale = _real("lse_square_scale", lse_square_scale, low=0.0)
+    limits = np.finfo(np.float32 if dtype in ("float32", "bfloat16", "float16") else np.float64)
+    if lse_square_scale > float(limits.max):
+        raise ValueError(f"lse_square_scale must be at most {float(limits.max):g} for {dtype}")
     if softcap is not None:
         softcap = _real("softcap", softcap, low=0.0)
-        if softcap == 0.0:
-            raise ValueError("softcap must be > 0 (or None to disable it)")
+        if not float(limits.tiny) <= softcap <= float(limits.max):
+            raise ValueError(
+                f"softcap must lie in [{float(limits.tiny):g}, {float(limits.max):g}] for {dtype} "
+                f"(or be None to disable it), got {softcap:g}"
+            )
     for name, flag in (("return_lse", return_lse), ("inplace", inplace)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")

@@ -30,7 +30,7 @@
 static int gs_check_arguments(const void *logits, int64_t logits_stride, const void *targets,
                               int64_t targets_stride, int64_t n_rows, int64_t n_classes,
                               const gs_ce_params *params, const void *loss, const void *dlogits,
-                              int64_t dlogits_stride)
+                              int64_t dlogits_stride, double real_min, double real_max)
 {
     if (logits == NULL || targets == NULL || params == NULL || loss == NULL || dlogits == NULL) {
         return GS_ERR_NULL_POINTER;
@@ -49,8 +49,9 @@ static int gs_check_arguments(const void *logits, int64_t logits_stride, const v
     if (params->reduction < GS_REDUCTION_NONE || params->reduction > GS_REDUCTION_SUM
         || params->reserved != 0
         || !(params->label_smoothing >= 0.0 && params->label_smoothing <= 1.0)
-        || !(params->lse_square_scale >= 0.0 && params->lse_square_scale <= DBL_MAX)
-        || !(params->softcap == 0.0 || (params->softcap > 0.0 && params->softcap <= DBL_MAX))) {
+        || !(params->lse_square_scale >= 0.0 && params->lse_square_scale <= real_max)
+        /* softcap must survive the conversion to the kernel's type: no overflow, no underflow */
+        || !(params->softcap == 0.0 || (params->softcap >= real_min && params->softcap <= real_max))) {
         return GS_ERR_PARAMS;
     }
     return GS_OK;
@@ -224,7 +225,9 @@ static int gs_rows_index_f32(
     const float label_smoothing = (float)params->label_smoothing;
     const float lse_square_scale = (float)params->lse_square_scale;
     const float softcap = (float)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -254,6 +257,11 @@ static int gs_rows_index_f32(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (float)scale_mean : (float)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (float)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -292,7 +300,8 @@ static int gs_rows_index_f32(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (float)loss_mean : (float)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (float)loss_total
+                      : denominator == 0.0 ? (float)NAN : (float)loss_mean;
     }
     return GS_OK;
 }
@@ -445,7 +454,9 @@ static int gs_rows_index_softcap_f32(
     const float label_smoothing = (float)params->label_smoothing;
     const float lse_square_scale = (float)params->lse_square_scale;
     const float softcap = (float)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -475,6 +486,11 @@ static int gs_rows_index_softcap_f32(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (float)scale_mean : (float)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (float)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -513,7 +529,8 @@ static int gs_rows_index_softcap_f32(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (float)loss_mean : (float)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (float)loss_total
+                      : denominator == 0.0 ? (float)NAN : (float)loss_mean;
     }
     return GS_OK;
 }
@@ -670,7 +687,9 @@ static int gs_rows_index_weighted_f32(
     const float label_smoothing = (float)params->label_smoothing;
     const float lse_square_scale = (float)params->lse_square_scale;
     const float softcap = (float)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -700,6 +719,11 @@ static int gs_rows_index_weighted_f32(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (float)scale_mean : (float)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (float)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -739,7 +763,8 @@ static int gs_rows_index_weighted_f32(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (float)loss_mean : (float)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (float)loss_total
+                      : denominator == 0.0 ? (float)NAN : (float)loss_mean;
     }
     return GS_OK;
 }
@@ -897,7 +922,9 @@ static int gs_rows_index_weighted_softcap_f32(
     const float label_smoothing = (float)params->label_smoothing;
     const float lse_square_scale = (float)params->lse_square_scale;
     const float softcap = (float)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -927,6 +954,11 @@ static int gs_rows_index_weighted_softcap_f32(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (float)scale_mean : (float)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (float)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -966,7 +998,8 @@ static int gs_rows_index_weighted_softcap_f32(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (float)loss_mean : (float)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (float)loss_total
+                      : denominator == 0.0 ? (float)NAN : (float)loss_mean;
     }
     return GS_OK;
 }
@@ -1098,7 +1131,9 @@ static int gs_rows_probs_f32(
     const float label_smoothing = (float)params->label_smoothing;
     const float lse_square_scale = (float)params->lse_square_scale;
     const float softcap = (float)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -1115,6 +1150,11 @@ static int gs_rows_probs_f32(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (float)scale_mean : (float)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (float)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -1151,7 +1191,8 @@ static int gs_rows_probs_f32(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (float)loss_mean : (float)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (float)loss_total
+                      : denominator == 0.0 ? (float)NAN : (float)loss_mean;
     }
     return GS_OK;
 }
@@ -1284,7 +1325,9 @@ static int gs_rows_probs_softcap_f32(
     const float label_smoothing = (float)params->label_smoothing;
     const float lse_square_scale = (float)params->lse_square_scale;
     const float softcap = (float)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -1301,6 +1344,11 @@ static int gs_rows_probs_softcap_f32(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (float)scale_mean : (float)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (float)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -1337,7 +1385,8 @@ static int gs_rows_probs_softcap_f32(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (float)loss_mean : (float)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (float)loss_total
+                      : denominator == 0.0 ? (float)NAN : (float)loss_mean;
     }
     return GS_OK;
 }
@@ -1473,7 +1522,9 @@ static int gs_rows_probs_weighted_f32(
     const float label_smoothing = (float)params->label_smoothing;
     const float lse_square_scale = (float)params->lse_square_scale;
     const float softcap = (float)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -1489,6 +1540,11 @@ static int gs_rows_probs_weighted_f32(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (float)scale_mean : (float)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (float)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -1526,7 +1582,8 @@ static int gs_rows_probs_weighted_f32(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (float)loss_mean : (float)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (float)loss_total
+                      : denominator == 0.0 ? (float)NAN : (float)loss_mean;
     }
     return GS_OK;
 }
@@ -1663,7 +1720,9 @@ static int gs_rows_probs_weighted_softcap_f32(
     const float label_smoothing = (float)params->label_smoothing;
     const float lse_square_scale = (float)params->lse_square_scale;
     const float softcap = (float)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -1679,6 +1738,11 @@ static int gs_rows_probs_weighted_softcap_f32(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (float)scale_mean : (float)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (float)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -1716,7 +1780,8 @@ static int gs_rows_probs_weighted_softcap_f32(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (float)loss_mean : (float)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (float)loss_total
+                      : denominator == 0.0 ? (float)NAN : (float)loss_mean;
     }
     return GS_OK;
 }
@@ -1729,7 +1794,8 @@ int gs_ce_index_f32(const float *logits, int64_t logits_stride,
 {
     const int64_t targets_stride = n_classes; /* one index per row; no stride to check */
     const int status = gs_check_arguments(logits, logits_stride, targets, targets_stride, n_rows,
-                                          n_classes, params, loss, dlogits, dlogits_stride);
+                                          n_classes, params, loss, dlogits, dlogits_stride,
+                                          FLT_MIN, FLT_MAX);
     if (bad_row != NULL) {
         *bad_row = -1;
     }
@@ -1763,7 +1829,8 @@ int gs_ce_probs_f32(const float *logits, int64_t logits_stride,
 {
     int64_t *const bad_row = NULL;
     const int status = gs_check_arguments(logits, logits_stride, targets, targets_stride, n_rows,
-                                          n_classes, params, loss, dlogits, dlogits_stride);
+                                          n_classes, params, loss, dlogits, dlogits_stride,
+                                          FLT_MIN, FLT_MAX);
     if (status != GS_OK) {
         return status;
     }
@@ -1958,7 +2025,9 @@ static int gs_rows_index_f64(
     const double label_smoothing = (double)params->label_smoothing;
     const double lse_square_scale = (double)params->lse_square_scale;
     const double softcap = (double)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -1988,6 +2057,11 @@ static int gs_rows_index_f64(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (double)scale_mean : (double)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (double)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -2026,7 +2100,8 @@ static int gs_rows_index_f64(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (double)loss_mean : (double)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (double)loss_total
+                      : denominator == 0.0 ? (double)NAN : (double)loss_mean;
     }
     return GS_OK;
 }
@@ -2179,7 +2254,9 @@ static int gs_rows_index_softcap_f64(
     const double label_smoothing = (double)params->label_smoothing;
     const double lse_square_scale = (double)params->lse_square_scale;
     const double softcap = (double)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -2209,6 +2286,11 @@ static int gs_rows_index_softcap_f64(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (double)scale_mean : (double)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (double)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -2247,7 +2329,8 @@ static int gs_rows_index_softcap_f64(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (double)loss_mean : (double)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (double)loss_total
+                      : denominator == 0.0 ? (double)NAN : (double)loss_mean;
     }
     return GS_OK;
 }
@@ -2404,7 +2487,9 @@ static int gs_rows_index_weighted_f64(
     const double label_smoothing = (double)params->label_smoothing;
     const double lse_square_scale = (double)params->lse_square_scale;
     const double softcap = (double)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -2434,6 +2519,11 @@ static int gs_rows_index_weighted_f64(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (double)scale_mean : (double)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (double)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -2473,7 +2563,8 @@ static int gs_rows_index_weighted_f64(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (double)loss_mean : (double)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (double)loss_total
+                      : denominator == 0.0 ? (double)NAN : (double)loss_mean;
     }
     return GS_OK;
 }
@@ -2631,7 +2722,9 @@ static int gs_rows_index_weighted_softcap_f64(
     const double label_smoothing = (double)params->label_smoothing;
     const double lse_square_scale = (double)params->lse_square_scale;
     const double softcap = (double)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -2661,6 +2754,11 @@ static int gs_rows_index_weighted_softcap_f64(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (double)scale_mean : (double)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (double)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -2700,7 +2798,8 @@ static int gs_rows_index_weighted_softcap_f64(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (double)loss_mean : (double)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (double)loss_total
+                      : denominator == 0.0 ? (double)NAN : (double)loss_mean;
     }
     return GS_OK;
 }
@@ -2832,7 +2931,9 @@ static int gs_rows_probs_f64(
     const double label_smoothing = (double)params->label_smoothing;
     const double lse_square_scale = (double)params->lse_square_scale;
     const double softcap = (double)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -2849,6 +2950,11 @@ static int gs_rows_probs_f64(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (double)scale_mean : (double)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (double)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -2885,7 +2991,8 @@ static int gs_rows_probs_f64(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (double)loss_mean : (double)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (double)loss_total
+                      : denominator == 0.0 ? (double)NAN : (double)loss_mean;
     }
     return GS_OK;
 }
@@ -3018,7 +3125,9 @@ static int gs_rows_probs_softcap_f64(
     const double label_smoothing = (double)params->label_smoothing;
     const double lse_square_scale = (double)params->lse_square_scale;
     const double softcap = (double)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -3035,6 +3144,11 @@ static int gs_rows_probs_softcap_f64(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (double)scale_mean : (double)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (double)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -3071,7 +3185,8 @@ static int gs_rows_probs_softcap_f64(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (double)loss_mean : (double)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (double)loss_total
+                      : denominator == 0.0 ? (double)NAN : (double)loss_mean;
     }
     return GS_OK;
 }
@@ -3207,7 +3322,9 @@ static int gs_rows_probs_weighted_f64(
     const double label_smoothing = (double)params->label_smoothing;
     const double lse_square_scale = (double)params->lse_square_scale;
     const double softcap = (double)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -3223,6 +3340,11 @@ static int gs_rows_probs_weighted_f64(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (double)scale_mean : (double)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (double)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -3260,7 +3382,8 @@ static int gs_rows_probs_weighted_f64(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (double)loss_mean : (double)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (double)loss_total
+                      : denominator == 0.0 ? (double)NAN : (double)loss_mean;
     }
     return GS_OK;
 }
@@ -3397,7 +3520,9 @@ static int gs_rows_probs_weighted_softcap_f64(
     const double label_smoothing = (double)params->label_smoothing;
     const double lse_square_scale = (double)params->lse_square_scale;
     const double softcap = (double)params->softcap;
-    const double grad_output = grad_outputs == NULL ? 1.0 : (double)grad_outputs[0];
+    /* with reduction "none" grad_outputs holds one value per row, and may be empty */
+    const double grad_output = grad_outputs == NULL || reduction == GS_REDUCTION_NONE
+                                   ? 1.0 : (double)grad_outputs[0];
     double denominator = 0.0;
     double loss_total = 0.0;
     double segment_losses[GS_ROW_BLOCK];
@@ -3413,6 +3538,11 @@ static int gs_rows_probs_weighted_softcap_f64(
         const double scale_mean = grad_output/denominator;
         const double scale_sum = grad_output;
         reduced_grad_scale = reduction == GS_REDUCTION_MEAN ? (double)scale_mean : (double)scale_sum;
+        /* A mean over nothing is undefined: as in PyTorch, every counted row's gradient is NaN
+           (ignored rows stay zero) and so is the loss. */
+        if (reduction == GS_REDUCTION_MEAN && denominator == 0.0) {
+            reduced_grad_scale = (double)NAN;
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -3450,7 +3580,8 @@ static int gs_rows_probs_weighted_softcap_f64(
     }
     if (reduction != GS_REDUCTION_NONE) {
         const double loss_mean = loss_total/denominator;
-        loss_out[0] = reduction == GS_REDUCTION_MEAN ? (double)loss_mean : (double)loss_total;
+        loss_out[0] = reduction == GS_REDUCTION_SUM ? (double)loss_total
+                      : denominator == 0.0 ? (double)NAN : (double)loss_mean;
     }
     return GS_OK;
 }
@@ -3463,7 +3594,8 @@ int gs_ce_index_f64(const double *logits, int64_t logits_stride,
 {
     const int64_t targets_stride = n_classes; /* one index per row; no stride to check */
     const int status = gs_check_arguments(logits, logits_stride, targets, targets_stride, n_rows,
-                                          n_classes, params, loss, dlogits, dlogits_stride);
+                                          n_classes, params, loss, dlogits, dlogits_stride,
+                                          DBL_MIN, DBL_MAX);
     if (bad_row != NULL) {
         *bad_row = -1;
     }
@@ -3497,7 +3629,8 @@ int gs_ce_probs_f64(const double *logits, int64_t logits_stride,
 {
     int64_t *const bad_row = NULL;
     const int status = gs_check_arguments(logits, logits_stride, targets, targets_stride, n_rows,
-                                          n_classes, params, loss, dlogits, dlogits_stride);
+                                          n_classes, params, loss, dlogits, dlogits_stride,
+                                          DBL_MIN, DBL_MAX);
     if (status != GS_OK) {
         return status;
     }

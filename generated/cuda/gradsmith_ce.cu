@@ -173,7 +173,8 @@ __global__ void __launch_bounds__(512) loss_kernel(const call<T> c) {
     }
     if (threadIdx.x == 0) {
         const double loss_total = totals[0];
-        c.loss[0] = (R)(c.reduction == 1 ? V::loss_mean(loss_total, c.workspace[0]) : loss_total);
+        c.loss[0] = (R)(c.reduction != 1 ? loss_total
+                        : c.workspace[0] == 0.0 ? (double)NAN : V::loss_mean(loss_total, c.workspace[0]));
     }
 }
 

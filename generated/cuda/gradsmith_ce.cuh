@@ -2486,7 +2486,8 @@ GS_HD int finish_row(typename V::row &r, double &row_loss, typename V::real &row
     typedef typename V::real R;
     const bool finite = check == R(0);
     double grad_scale = grad_output;
-    if (reduction == 1) grad_scale = V::scale_mean(grad_output, denominator);
+    // A mean over nothing is undefined: counted rows get NaN, as in PyTorch.
+    if (reduction == 1) grad_scale = denominator == 0.0 ? (double)NAN : V::scale_mean(grad_output, denominator);
     if (reduction == 2) grad_scale = V::scale_sum(grad_output);
     R target_weight;
     V::row_weight(st.target_class_weight, target_weight);

@@ -613,8 +613,8 @@ def cross_entropy(
                 grad_scale = grad_output
             elif denominator != 0:
                 grad_scale = grad_output/denominator
-            else:  # nothing counts: NaN loss, zero gradient (as PyTorch)
-                grad_scale = 0
+            else:  # a mean over nothing: NaN loss, NaN for counted rows, ignored rows zero (PyTorch)
+                grad_scale = np.nan
             grad_scales = np.asarray(grad_scale, dtype=DTYPE)
 
         def rows(start, stop):
@@ -638,7 +638,7 @@ def cross_entropy(
         else:
             loss_total = np.sum(loss_rows, dtype=np.float64)
             if reduction == "mean":
-                loss_total = loss_total/denominator
+                loss_total = loss_total/denominator if denominator != 0 else np.nan
             loss = np.asarray(loss_total, dtype=DTYPE)
     if return_lse:
         return loss, dlogits, lse_rows

@@ -258,12 +258,13 @@ static int shape_ok(const fuzz_case *c, int inplace)
     return !(inplace && c->logits_stride != c->dlogits_stride);
 }
 
-static int params_ok(const gs_ce_params *p)
+/* Valid parameters for a kernel whose type has smallest normal real_min and largest real_max. */
+static int params_ok(const gs_ce_params *p, double real_min, double real_max)
 {
     return p->reduction >= 0 && p->reduction <= 2 && p->reserved == 0
         && p->label_smoothing >= 0.0 && p->label_smoothing <= 1.0
-        && p->lse_square_scale >= 0.0 && p->lse_square_scale <= DBL_MAX
-        && (p->softcap == 0.0 || (p->softcap > 0.0 && p->softcap <= DBL_MAX));
+        && p->lse_square_scale >= 0.0 && p->lse_square_scale <= real_max
+        && (p->softcap == 0.0 || (p->softcap >= real_min && p->softcap <= real_max));
 }
 
 /* Elements a (rows, stride) buffer spans; 1 when the shape is invalid (nothing may be read). */
@@ -279,16 +280,22 @@ static int64_t span(const fuzz_case *c, int64_t row_stride)
 #define GS_REAL float
 #define GS_EPSILON ((double)FLT_EPSILON)
 #define GS_HUGE 1e30
+#define GS_REAL_MIN ((double)FLT_MIN)
+#define GS_REAL_MAX ((double)FLT_MAX)
 #include "fuzz_body.inc"
 #undef GS_SUFFIX
 #undef GS_REAL
 #undef GS_EPSILON
 #undef GS_HUGE
+#undef GS_REAL_MIN
+#undef GS_REAL_MAX
 
 #define GS_SUFFIX f64
 #define GS_REAL double
 #define GS_EPSILON DBL_EPSILON
 #define GS_HUGE 1e300
+#define GS_REAL_MIN DBL_MIN
+#define GS_REAL_MAX DBL_MAX
 #include "fuzz_body.inc"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
