@@ -171,8 +171,14 @@ def call_backend(function, logits, target, dtype: str, **options):
     return tuple(to_numpy(x) for x in outputs), inputs
 
 
-def assert_close(actual, expected, dtype: str, what: str, factor: float = 1.0) -> None:
-    """Same shape, NaN in the same places, and within the dtype's tolerance elsewhere."""
+def assert_close(
+    actual, expected, dtype: str, what: str, factor: float = 1.0, scale_of=None
+) -> None:
+    """Same shape, NaN in the same places, and within the dtype's tolerance elsewhere.
+
+    The absolute tolerance is relative to the largest magnitude of ``scale_of`` (default
+    ``expected``): two computed results are compared on the scale of the exact one.
+    """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
@@ -183,7 +189,8 @@ def assert_close(actual, expected, dtype: str, what: str, factor: float = 1.0) -
     )
     tolerance = TOLERANCES[dtype]
     finite = ~nan_expected
-    magnitudes = np.abs(expected[finite & np.isfinite(expected)])
+    reference = expected if scale_of is None else np.asarray(scale_of, dtype=np.float64)
+    magnitudes = np.abs(reference[np.isfinite(reference)])
     scale = float(magnitudes.max()) if magnitudes.size and magnitudes.max() > 0 else 1.0
     np.testing.assert_allclose(
         actual[finite],
