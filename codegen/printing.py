@@ -6,6 +6,7 @@ Templates lay out what this returns; they never contain a formula themselves.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -85,6 +86,22 @@ def _dependency_order(assignments: list[tuple[str, sp.Expr]]) -> list[str]:
         else:
             raise ValueError(f"assignments read each other in a cycle: {', '.join(pending)}")
     return done
+
+
+_IDENTIFIER = re.compile(r"(?<![\w.])([A-Za-z_]\w*)(?!\w*\s*\()")
+
+
+def check_reads(group: str, assignments: Iterable[tuple[str, str]], inputs: Iterable[str]) -> None:
+    """Every name a printed assignment reads is an input or assigned before it.
+
+    Checked on the printed text, so that a template can rely on it whatever the printer did.
+    """
+    known = set(inputs)
+    for name, code in assignments:
+        unknown = sorted(set(_IDENTIFIER.findall(code)) - known)
+        if unknown:
+            raise ValueError(f"group {group}: {name} = {code} reads {unknown} before assignment")
+        known.add(name)
 
 
 def print_expression(expr: sp.Expr, printer: CodePrinter) -> str:

@@ -7,7 +7,7 @@ one for a concrete C (explicit symbols z_0..z_{C-1}).  No derivative is written 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import sympy as sp
 
@@ -98,7 +98,7 @@ def validate_num_classes(num_classes: object) -> int:
     return num_classes
 
 
-@lru_cache(maxsize=None)
+@cache
 def concrete_classes(num_classes: int) -> ConcreteClasses:
     validate_num_classes(num_classes)
     return ConcreteClasses(

@@ -10,7 +10,7 @@ loss definition (PyTorch's ``cross_entropy``) by :func:`verify_spec`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from itertools import product
 
 import sympy as sp
@@ -134,7 +134,7 @@ def smoothed_target(prob: sp.Expr, classes: sp.Expr = num_classes) -> sp.Expr:
     return (1 - label_smoothing) * prob + label_smoothing / classes
 
 
-@lru_cache(maxsize=None)
+@cache
 def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpec:
     """Build the spec of one variant (checked separately by :func:`verify_spec`)."""
     if target_kind not in TARGET_KINDS:
@@ -299,11 +299,14 @@ def verify_online_rescale(spec: KernelSpec) -> Verdict:
     """The running sums, rescaled from old_max to new_max, equal the sums taken at new_max."""
     values = sp.symbols("v_0:3", real=True)
     coefficients = sp.symbols("a_0:3", real=True)
-    at = lambda pivot: (  # noqa: E731
-        sp.Add(*[sp.exp(v - pivot) for v in values]),
-        sp.Add(*coefficients),
-        sp.Add(*[a * (v - pivot) for a, v in zip(coefficients, values, strict=True)]),
-    )
+
+    def at(pivot: sp.Symbol) -> tuple[sp.Expr, sp.Expr, sp.Expr]:
+        return (
+            sp.Add(*[sp.exp(v - pivot) for v in values]),
+            sp.Add(*coefficients),
+            sp.Add(*[a * (v - pivot) for a, v in zip(coefficients, values, strict=True)]),
+        )
+
     old_sums, new_sums = at(old_max), at(new_max)
     state = {sum_exp: old_sums[0], weight_sum: old_sums[1], shifted_sum: old_sums[2]}
     check_equal(spec.rescale_sum_exp.subs(state), new_sums[0], step=f"{spec.name} rescale sum_exp")

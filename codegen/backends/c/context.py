@@ -3,18 +3,17 @@
 Expressions come from ``derive.kernel_spec`` (the loss, the gradient, the online normalizer)
 and ``derive.fast_exp`` (the vectorisable exp).  Each group of assignments is printed with one
 ``print_code`` call so that CSE temporaries stay in the scope where the template places them,
-and :func:`_check_order` makes sure that no assignment reads a name assigned after it.
+and ``check_reads`` makes sure that no assignment reads a name assigned after it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 
 import sympy as sp
 
 from codegen.backends.c.printer import C_TYPES, KernelCPrinter
-from codegen.printing import PrintedCode, expression_hash, print_code, print_expression
+from codegen.printing import PrintedCode, check_reads, expression_hash, print_code, print_expression
 from derive import kernel_spec as ks
 from derive.fast_exp import exp_approximation, verify_exp_approximation
 
@@ -37,18 +36,6 @@ _ROW_STATE = {"row_max", "sum_exp", "weight_sum", "shifted_sum", "target_logit",
 target_class_weight = sp.Symbol("target_class_weight", real=True)
 transformed = sp.Symbol("transformed", real=True)
 linear_coefficient = sp.Symbol("linear_coefficient", real=True)
-_IDENTIFIER = re.compile(r"(?<![\w.])([A-Za-z_]\w*)(?!\w*\s*\()")
-
-
-def _check_order(group: str, printed: PrintedCode, inputs: Iterable[str]) -> PrintedCode:
-    """Every name an assignment reads is an input or assigned earlier (CSE can hoist badly)."""
-    known = set(inputs)
-    for name, code in printed.assignments:
-        unknown = sorted(set(_IDENTIFIER.findall(code)) - known)
-        if unknown:
-            raise ValueError(f"C group {group}: {name} = {code} reads {unknown} before assignment")
-        known.add(name)
-    return printed
 
 
 def _group(
@@ -58,7 +45,9 @@ def _group(
     prefix: str,
     inputs: Iterable[str],
 ) -> PrintedCode:
-    return _check_order(group, print_code(outputs, printer, temp_prefix=prefix), inputs)
+    printed = print_code(outputs, printer, temp_prefix=prefix)
+    check_reads(f"C {group}", printed.assignments, inputs)
+    return printed
 
 
 def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str) -> dict:
@@ -126,7 +115,7 @@ def _fast_exp(dtype: str) -> dict:
     verify_exp_approximation(approx)  # refuse to emit an exp whose error bound does not hold
     printer = KernelCPrinter(dtype)
     steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
-    _check_order("fast_exp", PrintedCode((), steps, 0), {"x", "scale"})
+    check_reads("C fast_exp", steps, {"x", "scale"})
     uint = f"uint{approx.bit_width}_t"
     exponent_mask = (2 ** (approx.bit_width - 1) - 1) & ~(2**approx.mantissa_bits - 1)
     return {

@@ -7,13 +7,12 @@ refused, so a change in the derivation either prints or fails loudly, never sile
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import sympy as sp
 
 from codegen.backends.cuda.printer import ARITHMETIC_SUFFIX, STORAGE, KernelCudaPrinter
-from codegen.printing import PrintedCode, expression_hash, print_code
+from codegen.printing import check_reads, expression_hash, print_code
 from codegen.render import TemplateError
 from derive import kernel_spec as ks
 
@@ -23,7 +22,6 @@ target_class_weight = sp.Symbol("target_class_weight", real=True)
 
 _CONSTS = {name: f"k.{name}" for name in ("label_smoothing", "lse_square_scale", "softcap", "num_classes")}
 _STATE = {name: f"s.{name}" for name in ("row_max", "sum_exp", "weight_sum", "shifted_sum")}
-_IDENTIFIER = re.compile(r"(?<![\w.])([A-Za-z_]\w*)(?!\w*\s*\()")
 
 WARP_ROW_MAX_CLASSES = 1024  # up to this many classes a warp owns a row, above it a block
 ROW_THREADS = 512  # threads of a block that owns a row
@@ -41,8 +39,8 @@ def _group(
 ) -> dict:
     """Print a group and bind each free input: ``None`` marks a parameter of the function.
 
-    Outputs that read earlier outputs get them substituted first, so that CSE cannot hoist a
-    temporary above the output it reads.
+    Outputs that read earlier outputs get them substituted, so that only the ``keep`` outputs
+    need to be emitted.
     """
     inlined: dict[sp.Symbol, sp.Expr] = {}
     for name, expr in outputs:
@@ -54,22 +52,16 @@ def _group(
     unbound = [name for name in free if name not in bindings]
     if unbound:
         raise TemplateError(f"cuda group {group} reads {unbound}, which no argument provides")
-    _check_order(group, printed, set(free))
+    try:
+        check_reads(f"cuda {group}", printed.assignments, set(free))
+    except ValueError as error:
+        raise TemplateError(str(error)) from error
     return {
         "bindings": tuple((n, bindings[n]) for n in free if bindings[n] is not None),
         "intermediates": printed.intermediates,
         "outputs": printed.outputs,
         "op_count": printed.op_count,
     }
-
-
-def _check_order(group: str, printed: PrintedCode, inputs: set[str]) -> None:
-    known = set(inputs)
-    for name, code in printed.assignments:
-        unknown = sorted(set(_IDENTIFIER.findall(code)) - known)
-        if unknown:
-            raise TemplateError(f"cuda group {group}: {name} = {code} reads {unknown} first")
-        known.add(name)
 
 
 def _variant(spec: ks.KernelSpec, arithmetic: str) -> dict:

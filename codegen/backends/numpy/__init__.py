@@ -8,7 +8,6 @@ needed), then ``row_values`` and the gradient written straight into the output b
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import sympy as sp
@@ -35,7 +34,6 @@ transformed = sp.Symbol("transformed", real=True)
 exp_term = sp.Symbol("exp_term", real=True)
 linear_coefficient = sp.Symbol("linear_coefficient", real=True)
 linear_term = sp.Symbol("linear_term", real=True)
-_NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
 _ARRAY_SYMBOLS = (ks.logit, ks.weight, ks.target_prob, ks.shifted, transformed)
 
 
@@ -50,37 +48,15 @@ class Group:
     op_count: int
 
 
-def _in_dependency_order(assignments) -> tuple[tuple[str, str], ...]:
-    """Order CSE temporaries and outputs so that each name is assigned before it is read.
-
-    ``print_code`` lists every temporary before the outputs, but a temporary of row values
-    may read an earlier output (``log_sum_exp - target_shifted``): each assignment goes
-    right after the last one it reads, keeping the printed order otherwise.
-    """
-    defined = {name for name, _ in assignments}
-    pending = list(assignments)
-    ordered: list[tuple[str, str]] = []
-    done: set[str] = set()
-    while pending:
-        for position, (name, code) in enumerate(pending):
-            reads = set(_NAME.findall(code)) & defined - {name}
-            if reads <= done:
-                ordered.append(pending.pop(position))
-                done.add(name)
-                break
-        else:
-            raise ValueError(f"circular assignments: {[name for name, _ in pending]}")
-    return tuple(ordered)
-
-
 def print_group(
     outputs: list[tuple[str, sp.Expr]], dtype: str, prefix: str, arrays=_ARRAY_SYMBOLS
 ) -> Group:
     printer = KernelNumPyPrinter(dtype, arrays, temp_prefix=prefix, buffer_prefix=f"_{prefix}")
     printed: PrintedCode = print_code(outputs, printer, temp_prefix=prefix)
-    assignments = _in_dependency_order(printed.assignments)
-    names = [c_identifier(name) for name, _ in printed.assignments]
+    # The printer records destinations in printing order: temporaries, then outputs.
+    names = [c_identifier(name) for name, _ in printed.intermediates + printed.outputs]
     destinations = dict(zip(names, printer.destinations, strict=True))
+    assignments = printed.assignments
     buffers = tuple(buffer for buffer in printer.destinations if buffer is not None)
     return Group(assignments, buffers, destinations, printer.scratch_count, printed.op_count)
 
