@@ -108,10 +108,6 @@ class ExpErrorBound:
     absolute: Fraction
     verdicts: tuple[tuple[str, Verdict], ...]
 
-    @property
-    def relative_in_epsilons(self) -> float:
-        return float(self.relative)
-
 
 def _round_to_precision(value: Fraction, precision: int) -> Fraction:
     """Round to the nearest number with ``precision`` significant bits, ties to even."""
