@@ -363,9 +363,8 @@ def test_clear_error_without_gpu():
         pytest.skip("a GPU is present")
     from codegen import loading
 
-    f = loading.load("cuda", "float32")
     with pytest.raises(ValueError, match="cuda backend needs CuPy and an NVIDIA GPU"):
-        f(np.zeros((2, 3), np.float32), np.zeros(2, np.int64))
+        loading.load("cuda", "float32")
 
 
 @pytest.mark.gpu

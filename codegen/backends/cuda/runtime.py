@@ -149,6 +149,7 @@ def load(dtype: str) -> Callable:
     """The contract's callable for ``dtype`` on the current CuPy device and stream."""
     if dtype not in SUFFIX:
         raise ValueError(f"dtype for backend 'cuda' must be one of {tuple(SUFFIX)}, got {dtype!r}")
+    _cupy()  # fail here, not at the first call, when there is no CuPy or no GPU
 
     def cross_entropy(logits, target, *, inplace: bool = False, return_lse: bool = False, **options):
         cupy = _cupy()
