@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import jinja2
+
+from codegen.atomic import write_atomically
 
 TEMPLATE_ROOT = Path(__file__).parent / "templates"
 BACKEND_NAMES = ("numpy", "c", "cuda")
@@ -125,23 +125,9 @@ class WriteReport:
     unchanged: tuple[str, ...]
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_atomically(path, text)
 
 
 def write_tree(
@@ -156,7 +142,7 @@ def write_tree(
     done: list[str] = []
     try:
         for relative in changed:
-            _atomic_write(out_dir / relative, files[relative])
+            _write(out_dir / relative, files[relative])
             done.append(relative)
         for relative in stale:
             (out_dir / relative).unlink()
@@ -166,7 +152,7 @@ def write_tree(
             if backups[relative] is None:
                 (out_dir / relative).unlink(missing_ok=True)
             else:
-                _atomic_write(out_dir / relative, backups[relative])
+                _write(out_dir / relative, backups[relative])
         raise
     unchanged = tuple(p for p in files if p not in changed)
     return WriteReport(tuple(changed), tuple(stale), unchanged)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from codegen.atomic import write_atomically
 from derive.latex import FORMATS, document
 
 PDFLATEX_SECONDS = 120
@@ -30,27 +30,12 @@ def run(args: argparse.Namespace) -> int:
                       "or use --out FILE.tex")
     text = document(args.format)
     if args.out:
-        write_atomically(Path(args.out), text.encode())
+        write_atomically(Path(args.out), text)
     if args.pdf:
         compile_pdf(text, Path(args.pdf))
     if not args.out and not args.pdf:
         sys.stdout.write(text)
     return 0
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OSError(f"cannot write {path}: folder {folder} does not exist")
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def compile_pdf(text: str, path: Path) -> None:
