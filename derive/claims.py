@@ -27,7 +27,7 @@ _FIXED = (
     )),
     ("stability", "derive.stability", (
         "shift_invariance", "log_sum_exp_loss", "online_normalizer", "online_merge",
-        "exp2_rewrite",
+        "exp2_rewrite", "exp_range_reduction",
     )),
     ("options", "derive.options", (
         "class_weights", "label_smoothing", "weighted_label_smoothing",

@@ -53,6 +53,12 @@ coef_prob = sp.Symbol("coef_prob", real=True)
 coef_smooth = sp.Symbol("coef_smooth", real=True)
 coef_target = sp.Symbol("coef_target", real=True)
 dlogit = sp.Symbol("dlogit", real=True)
+# The first sweep may keep exp(transform - stored_max) per element, stored_max being the running
+# maximum when the element's chunk was summed; the gradient then needs no second exponential.
+stored = sp.Symbol("stored", nonnegative=True)
+stored_max = sp.Symbol("stored_max", real=True)
+stored_shifted = sp.Symbol("stored_shifted", real=True)
+stored_scale = sp.Symbol("stored_scale", positive=True)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,10 @@ class KernelSpec:
     ``rescale_shifted_sum``.  ``row_values`` are computed in order after the sweep;
     ``dlogit`` is each element's gradient and ``dlogit_target`` replaces it at the target
     class (index targets).  ``row_weight`` is the row's share of the "mean" denominator.
+    ``dlogit_from_stored`` is ``dlogit`` written with the stored exponential ``stored`` =
+    exp(transform - stored_max) times ``stored_scale``, whose value is ``stored_scale_value``
+    in terms of ``stored_shifted`` = ``stored_shifted_value`` (one per chunk, not per element;
+    the maxima are subtracted first, as for ``element_shifted``).
     """
 
     name: str
@@ -88,6 +98,9 @@ class KernelSpec:
     scale_mean: sp.Expr
     scale_sum: sp.Expr
     loss_mean: sp.Expr
+    stored_shifted_value: sp.Expr
+    stored_scale_value: sp.Expr
+    dlogit_from_stored: sp.Expr
 
     @property
     def element_symbols(self) -> tuple[sp.Symbol, ...]:
@@ -114,6 +127,9 @@ class KernelSpec:
             "scale_mean": self.scale_mean,
             "scale_sum": self.scale_sum,
             "loss_mean": self.loss_mean,
+            "stored_shifted_value": self.stored_shifted_value,
+            "stored_scale_value": self.stored_scale_value,
+            "dlogit_from_stored": self.dlogit_from_stored,
         }
         named.update({f"row:{symbol}": expr for symbol, expr in self.row_values})
         if self.dlogit_target is not None:
@@ -210,7 +226,21 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         scale_mean=grad_output / denominator,
         scale_sum=grad_output,
         loss_mean=loss_total / denominator,
+        stored_shifted_value=stored_max - row_max,
+        stored_scale_value=sp.exp(stored_shifted - log_sum_exp),
+        dlogit_from_stored=from_stored(dlogit_expr, softmax_term),
     )
+
+
+def from_stored(gradient: sp.Expr, softmax_term: sp.Expr) -> sp.Expr:
+    """``gradient`` with exp(shifted - log_sum_exp) written as stored * stored_scale.
+
+    exp(shifted - log_sum_exp) = exp(transform - stored_max) exp(stored_max - row_max -
+    log_sum_exp) since shifted = transform - row_max; checked by :func:`verify_stored_gradient`.
+    """
+    if softmax_term not in gradient.atoms(sp.exp):
+        raise ValueError(f"{softmax_term} does not occur in the gradient {gradient}")
+    return gradient.xreplace({softmax_term: stored * stored_scale})
 
 
 def all_specs() -> tuple[KernelSpec, ...]:
@@ -292,7 +322,28 @@ def verify_spec(spec: KernelSpec, classes: int = 3, target: int = 1) -> list[tup
             (f"{spec.name}: dlogit_{j}", _check(emitted, expected, f"{spec.name} dL/dz_{j}"))
         )
     results.append((f"{spec.name}: online rescale", verify_online_rescale(spec)))
+    results.append((f"{spec.name}: dlogit from stored", verify_stored_gradient(spec)))
     return results
+
+
+def verify_stored_gradient(
+    spec: KernelSpec,
+    gradient: sp.Expr | None = None,
+    scale_value: sp.Expr | None = None,
+) -> Verdict:
+    """``dlogit_from_stored`` equals ``dlogit`` for any stored_max (symbolically).
+
+    With stored = exp(transform - stored_max) and stored_scale = ``stored_scale_value``, and
+    shifted = transform - row_max in ``dlogit``.  ``gradient`` and ``scale_value`` replace the
+    spec's expressions (to show that a wrong one is refused).
+    """
+    gradient = spec.dlogit_from_stored if gradient is None else gradient
+    scale_value = spec.stored_scale_value if scale_value is None else scale_value
+    stored_value = sp.exp(spec.transform - stored_max)
+    lhs = gradient.xreplace({stored_scale: scale_value, stored: stored_value})
+    lhs = lhs.xreplace({stored_shifted: spec.stored_shifted_value})
+    rhs = spec.dlogit.xreplace({shifted: spec.element_shifted})
+    return check_equal(lhs, rhs, step=f"{spec.name} dlogit from the stored exponential")
 
 
 def verify_online_rescale(spec: KernelSpec) -> Verdict:

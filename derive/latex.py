@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import sympy as sp
 
-from derive import concrete, gradient, linear, options, reductions, stability
+from derive import concrete, fast_exp, gradient, linear, options, reductions, stability
 from derive.notation import LATEX_NAMES, i, p, softmax
 from derive.steps import Derivation, Step
 
@@ -65,6 +65,9 @@ def _sections() -> list[Section]:
             ("Merging two partial rows", stability.online_merge),
             ("exp through exp2", stability.exp2_rewrite),
         ]),
+        ("The kernels' exponential", _exp_intro(), [
+            ("Range reduction", stability.exp_range_reduction),
+        ]),
         ("Options of cross_entropy", "", [
             ("Class weights", options.class_weights),
             ("Label smoothing", options.label_smoothing),
@@ -80,6 +83,23 @@ def _sections() -> list[Section]:
             ("mean, probability targets", reductions.mean_probability_targets),
         ]),
     ]
+
+
+def _exp_intro() -> str:
+    """The kernels' exp, with the degrees and error bounds that derive.fast_exp proves."""
+    proven = []
+    for dtype in ("float32", "float64"):
+        approx = fast_exp.exp_approximation(dtype)
+        bound = fast_exp.verify_exp_approximation(approx)
+        proven.append(f"degree {approx.degree} and relative error at most "
+                      f"{float(bound.relative):.3g} in {dtype}")
+    return (
+        "The C kernels evaluate e^x (x <= 0 once the row maximum is subtracted) without a "
+        "library call, so that their loops vectorise: with r = x - k log 2 as below, e^r is a "
+        "Taylor polynomial in Horner form and 2^k is built from the exponent bits.  The "
+        f"proof in derive/fast_exp.py, in exact rational arithmetic with coefficient and Horner "
+        f"rounding included, gives {proven[0]}, and {proven[1]}."
+    )
 
 
 _TEXT_ESCAPES = {

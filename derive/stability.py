@@ -118,6 +118,21 @@ def exp2_rewrite() -> Derivation:
     return b.build()
 
 
+def exp_range_reduction() -> Derivation:
+    """exp(x) = 2^k exp(x - k log 2) for every integer k: the kernels' exp reduces its argument."""
+    x = sp.Symbol("x", real=True)
+    k = sp.Symbol("k", integer=True)
+    r = x - k * sp.log(2)
+    b = DerivationBuilder(
+        "exp(x) = 2^k exp(x - k log 2)", r"e^{x}", sp.exp(x), classes="-",
+        intro="The kernels pick k as the integer nearest to x log2 e, so |r| <= log(2)/2.",
+    )
+    b.then(sp.exp(sp.Add(k * sp.log(2), r, evaluate=False), evaluate=False),
+           "x = k log 2 + r with r = x - k log 2", shown=r"e^{k \log 2 + r}")
+    b.then(2**k * sp.exp(r), "exp of a sum; e^{k log 2} = 2^k", shown=r"2^{k} e^{r}")
+    return b.build()
+
+
 def stability_derivations() -> tuple[Derivation, ...]:
     return (shift_invariance(), log_sum_exp_loss(), online_normalizer(), online_merge(),
-            exp2_rewrite())
+            exp2_rewrite(), exp_range_reduction())
