@@ -19,9 +19,13 @@ from derive.fast_exp import exp_approximation, verify_exp_approximation
 
 DTYPES = ("float32", "float64")
 SUFFIXES = {"float32": "f32", "float64": "f64"}
-# Elements per lane array: one 256-bit vector of partial sums, so short rows still use it.
-LANES = {"float32": 8, "float64": 4}
 CHUNK = 512  # elements per online-normalizer step: the chunk stays in L1 between its two loops
+# Chunks whose running maximum a row keeps on the stack, so that the gradient reuses the
+# exponentials the first sweep stored; longer rows compute them again.
+STORED_CHUNKS = 4096
+# Chunks shorter than this are summed with 256-bit vectors (elements per vector below).
+SHORT_CHUNK = 64
+SHORT_SIMDLEN = {"float32": 8, "float64": 4}
 ROW_BLOCK = 4096  # segments per parallel region, their sums kept for a serial double sum
 SEGMENT_ROWS = 16  # rows per segment, summed in order by one thread
 PARALLEL_MIN_ELEMENTS = 32768  # below this a parallel region costs more than it saves
@@ -55,6 +59,8 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str) -> dict:
     sweep = KernelCPrinter(dtype, function_names={"exp": fast_exp})
     wide = KernelCPrinter("float64")
     index = spec.target_kind == "index"
+    # In place the logits are gone once the exponentials are stored over them.
+    stores = not ({ks.logit, ks.shifted} & spec.dlogit_from_stored.free_symbols)
     groups = {
         "transform": _group("transform", [(transformed, spec.transform)], exact, "m",
                             _ELEMENT_INPUTS),
@@ -76,15 +82,30 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str) -> dict:
         ),
         "row": _group("row", list(spec.row_values), exact, "r", _ROW_STATE),
         # Its own group: CSE across it and the row values would hoist reads of row values.
+        # Its exponent target_shifted - log_sum_exp is <= 0 (sum_exp >= 1 holds the row
+        # maximum's exp(0) = 1), the fast exp's domain.
         "target_gradient": _group(
             "target_gradient",
             [("dlogit_target", spec.dlogit_target)] if index else [],
-            exact, "g", _ROW_STATE | {str(s) for s, _ in spec.row_values},
+            sweep, "g", _ROW_STATE | {str(s) for s, _ in spec.row_values},
         ),
         "second_sweep": _group(
             "second_sweep",
             [(ks.shifted, spec.element_shifted), (ks.dlogit, spec.dlogit)],
             sweep, "d", _ELEMENT_INPUTS | {"grad_scale"} | {str(s) for s, _ in spec.row_values},
+        ),
+        # The gradient from exp(transform - stored_max), stored by the first sweep.
+        "stored_scale": _group(
+            "stored_scale",
+            [(ks.stored_shifted, spec.stored_shifted_value), (ks.stored_scale, spec.stored_scale_value)]
+            if stores else [],
+            sweep, "c",  # stored_shifted - log_sum_exp <= 0 too
+            _ROW_STATE | {"stored_max"} | {str(s) for s, _ in spec.row_values},
+        ),
+        "stored_sweep": _group(
+            "stored_sweep", [(ks.dlogit, spec.dlogit_from_stored)] if stores else [], sweep, "e",
+            (_ELEMENT_INPUTS - {"logit"}) | {"stored", "stored_scale", "grad_scale"}
+            | {str(s) for s, _ in spec.row_values},
         ),
         # The mean's denominator: each row's weight, from the target class's weight.
         "row_weight": _group(
@@ -105,6 +126,7 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str) -> dict:
         "target_kind": spec.target_kind,
         "weighted": spec.weighted,
         "softcapped": spec.softcapped,
+        "stores": stores,
         "groups": groups,
         "op_count": sum(g.op_count for g in groups.values()),
     }
@@ -140,7 +162,7 @@ def dtype_context(dtype: str) -> dict:
         "dtype": dtype,
         "real": C_TYPES[dtype],
         "sfx": SUFFIXES[dtype],
-        "lanes": LANES[dtype],
+        "short_simdlen": SHORT_SIMDLEN[dtype],
         "fast_exp": fast_exp,
         "variants": variants,
         "op_count": fast_exp["op_count"] + sum(v["op_count"] for v in variants),
@@ -155,6 +177,8 @@ def kernel_context() -> dict:
     return {
         "dtypes": dtypes,
         "chunk": CHUNK,
+        "stored_chunks": STORED_CHUNKS,
+        "short_chunk": SHORT_CHUNK,
         "row_block": ROW_BLOCK,
         "segment_rows": SEGMENT_ROWS,
         "parallel_min_elements": PARALLEL_MIN_ELEMENTS,

@@ -1,0 +1,48 @@
+"""The gradient from the stored exponential: holds for every variant, a wrong factor is refused."""
+
+import pytest
+import sympy as sp
+
+from derive import kernel_spec as ks
+from derive.check import ProofError
+
+
+@pytest.mark.parametrize("spec", ks.all_specs(), ids=lambda spec: spec.name)
+def test_dlogit_from_stored_equals_dlogit(spec):
+    verdict = ks.verify_stored_gradient(spec)
+    assert verdict.method == "symbolic"
+    assert ks.stored in spec.dlogit_from_stored.free_symbols
+    assert ks.stored_scale in spec.dlogit_from_stored.free_symbols
+    assert ks.shifted not in spec.dlogit_from_stored.free_symbols
+    assert spec.dlogit_from_stored.atoms(sp.exp) == set()
+
+
+@pytest.mark.parametrize(
+    "wrong_scale",
+    [
+        sp.exp(-ks.stored_shifted - ks.log_sum_exp),  # max difference with the wrong sign
+        sp.exp(ks.stored_shifted),  # the normalizer forgotten
+        sp.exp(-ks.log_sum_exp),  # as if every chunk had been stored at the row maximum
+    ],
+)
+def test_wrong_stored_scale_is_refused(wrong_scale):
+    spec = ks.kernel_spec("index", True, False)
+    with pytest.raises(ProofError, match="stored"):
+        ks.verify_stored_gradient(spec, scale_value=wrong_scale)
+
+
+def test_wrong_stored_gradient_is_refused():
+    spec = ks.kernel_spec("probs", False, True)
+    wrong = spec.dlogit_from_stored.xreplace({ks.stored: ks.stored * 2})
+    with pytest.raises(ProofError, match="stored"):
+        ks.verify_stored_gradient(spec, gradient=wrong)
+
+
+def test_from_stored_needs_the_softmax_term():
+    with pytest.raises(ValueError, match="does not occur"):
+        ks.from_stored(ks.coef_prob * sp.exp(ks.shifted), sp.exp(ks.shifted - ks.log_sum_exp))
+
+
+def test_verify_spec_includes_the_stored_gradient():
+    names = [name for name, _ in ks.verify_spec(ks.kernel_spec("index", False, False))]
+    assert "index: dlogit from stored" in names
