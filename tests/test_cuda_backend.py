@@ -358,6 +358,40 @@ def _gpu_available() -> bool:
 gpu = pytest.mark.skipif(not _gpu_available(), reason="no NVIDIA GPU / CuPy")
 
 
+@needs_nvcc
+@pytest.mark.parametrize("suffix", ["f32", "f64", "bf16", "f16"])
+def test_launchers_refuse_bad_arguments_before_any_launch(suffix):
+    """The runtime's library, loaded through its ctypes declarations, answers status codes
+    for bad arguments without touching a device (so this runs without a GPU)."""
+    import ctypes
+
+    from codegen.backends.cuda.runtime import _library
+    from codegen.native import Params
+
+    library = _library("sm_80")
+    assert library.gs_ce_cuda_workspace_bytes(1000) >= 1000 * 8
+    good = {"ignore_index": -100, "reduction": 1, "reserved": 0, "label_smoothing": 0.0,
+            "lse_square_scale": 0.0, "softcap": 0.0}
+    fake = ctypes.c_void_p(64)  # never dereferenced: every call below fails its checks first
+    index = getattr(library, f"gs_ce_cuda_index_{suffix}")
+    probs = getattr(library, f"gs_ce_cuda_probs_{suffix}")
+
+    def call_index(logits, n_rows, n_classes, **params):
+        p = Params(**{**good, **params})
+        return index(logits, n_classes, fake, None, n_rows, n_classes, ctypes.byref(p), None,
+                     fake, fake, n_classes, None, fake, fake, None)
+
+    assert call_index(None, 4, 10) == 1  # GS_ERR_NULL_POINTER
+    assert call_index(fake, 4, 0) == 2  # GS_ERR_SHAPE
+    assert call_index(fake, -1, 10) == 2
+    assert call_index(fake, 4, 10, reserved=1) == 4  # GS_ERR_PARAMS
+    assert call_index(fake, 4, 10, label_smoothing=1.5) == 4
+    assert call_index(fake, 4, 10, softcap=-1.0) == 4
+    p = Params(**{**good, "reduction": 7})
+    assert probs(fake, 10, fake, 10, None, 4, 10, ctypes.byref(p), None, fake, fake, 10, None,
+                 fake, None) == 4
+
+
 def test_clear_error_without_gpu():
     if _gpu_available():
         pytest.skip("a GPU is present")

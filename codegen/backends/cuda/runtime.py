@@ -9,11 +9,9 @@ for NumPy inputs.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from codegen.arguments import prepare_call
+from codegen.native import Params, build_once, cache_dir, content_key
 
 SOURCE_DIR = Path(__file__).resolve().parents[3] / "generated" / "cuda"
 SOURCES = ("gradsmith_ce.cu", "gradsmith_ce.cuh")
@@ -33,17 +32,6 @@ STATUS_MESSAGES = {
     4: "a parameter is out of range",
     5: "a CUDA launch failed",
 }
-
-
-class GsCeParams(ctypes.Structure):
-    _fields_ = [
-        ("ignore_index", ctypes.c_int64),
-        ("reduction", ctypes.c_int32),
-        ("reserved", ctypes.c_int32),
-        ("label_smoothing", ctypes.c_double),
-        ("lse_square_scale", ctypes.c_double),
-        ("softcap", ctypes.c_double),
-    ]
 
 
 def _cupy() -> Any:
@@ -71,8 +59,6 @@ def _nvcc() -> str:
     raise ValueError("cuda backend needs nvcc to build generated/cuda: install the CUDA toolkit or set CUDA_PATH")
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("GRADSMITH_CACHE", Path.home() / ".cache" / "gradsmith")) / "cuda"
 
 
 @cache
@@ -86,32 +72,20 @@ def build_library(arch: str) -> Path:
     flags = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC",
              "-gencode", f"arch=compute_{number},code=[sm_{number},compute_{number}]"]
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
-    digest = hashlib.sha256()
-    for name in SOURCES:
-        digest.update((SOURCE_DIR / name).read_bytes())
-    digest.update("\0".join(flags + [version]).encode())
-    target = _cache_dir() / f"gradsmith_ce_{arch}_{digest.hexdigest()[:24]}.so"
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
-    os.close(fd)
-    try:
-        result = subprocess.run([nvcc, *flags, "-o", temporary, str(SOURCE_DIR / "gradsmith_ce.cu")],
-                                capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise OSError(f"nvcc failed building generated/cuda for {arch}:\n{result.stderr.strip()}")
-        os.replace(temporary, target)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-    return target
+    key = content_key([*((SOURCE_DIR / name).read_bytes() for name in SOURCES), *flags, version])
+
+    def command(output: str) -> list[str]:
+        return [nvcc, *flags, "-o", output, str(SOURCE_DIR / "gradsmith_ce.cu")]
+
+    return build_once(cache_dir() / "cuda", f"gradsmith_ce_{arch}", key, command,
+                      f"nvcc building generated/cuda for {arch}")
 
 
 @cache
 def _library(arch: str) -> ctypes.CDLL:
     library = ctypes.CDLL(str(build_library(arch)))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    params = ctypes.POINTER(GsCeParams)
+    params = ctypes.POINTER(Params)
     for suffix in SUFFIX.values():
         index = getattr(library, f"gs_ce_cuda_index_{suffix}")
         index.argtypes = [p, i64, p, p, i64, i64, params, p, p, p, i64, p, p, p, p]
@@ -174,7 +148,7 @@ def load(dtype: str) -> Callable:
         lse = cupy.empty((n,), dtype=aux) if call.return_lse else None
         library = _library(f"sm_{cupy.cuda.Device().compute_capability}")
         workspace = cupy.empty(library.gs_ce_cuda_workspace_bytes(n) // 8 + 1, dtype=np.float64)
-        params = GsCeParams(call.ignore_index, call.reduction_code, 0, call.label_smoothing,
+        params = Params(call.ignore_index, call.reduction_code, 0, call.label_smoothing,
                             call.lse_square_scale, call.softcap or 0.0)
         stream = cupy.cuda.get_current_stream().ptr
         suffix = SUFFIX[dtype]
