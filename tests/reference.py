@@ -7,11 +7,11 @@ anything from ``derive/``.  ``torch_reference`` computes the same quantities wit
 autograd (used to validate the mpmath reference), and ``finite_difference_grad`` gives central
 differences of any loss function.
 
-Semantics where PyTorch and the project's contract differ (the reference follows the contract):
-a row holding NaN or +-Inf has NaN loss and gradient (PyTorch gives finite values for -Inf
-logits away from the target), an ignored row has zero loss and gradient whatever its logits
-(PyTorch gives a NaN gradient in an ignored row holding NaN), and ``ignore_index`` has no effect
-with probability targets (PyTorch raises unless it is -100).
+Where gradsmith differs from PyTorch the reference follows gradsmith: a row holding NaN or
++-Inf has NaN loss and gradient (PyTorch gives finite values for -Inf logits away from the
+target), and an ignored row has zero loss and gradient whatever its logits (PyTorch gives a NaN
+gradient in an ignored row holding NaN).  ``ignore_index`` is not used with probability targets
+(PyTorch and gradsmith refuse it unless it is -100).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def reference_cross_entropy(
     return_lse: bool = False,
     digits: int = DIGITS,
 ):
-    """``(loss, dlogits[, lse])`` of the contract's callable, as float64 arrays, at ``digits``.
+    """``(loss, dlogits[, lse])`` of ``codegen.load``'s callable, as float64 arrays, at ``digits``.
 
     Inputs are taken exactly (a float32 array is read as the float64 values it holds).
     """

@@ -18,7 +18,7 @@ import pytest
 from conftest import TOLERANCES
 from reference import finite_difference_grad, reference_cross_entropy
 
-from codegen.backends.c import build, runtime
+from codegen.backends.c import build, context, runtime
 
 STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-Wdouble-promotion"]
 DTYPES = ("float64", "float32")
@@ -102,6 +102,33 @@ def test_many_chunks_with_growing_maximum(dtype):
     ref_loss, ref_grad = reference_cross_entropy(logits, target, digits=20, **options)
     _assert_close(loss, ref_loss, dtype, "loss")
     _assert_close(dlogits, ref_grad, dtype, "dlogits")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
+@pytest.mark.parametrize("weighted_softcap", [False, True], ids=["plain", "weighted-softcap"])
+def test_short_rows_in_lanes_and_long_rows_agree_with_reference(dtype, probs, weighted_softcap):
+    """Rows up to SHORT_CLASSES classes run one row per SIMD lane, longer ones per row: both
+    sides of the threshold, a partial last segment, a non-finite row and an ignored row."""
+    f = runtime.load(dtype)
+    rng = np.random.default_rng(13)
+    for classes in (context.SHORT_CLASSES, context.SHORT_CLASSES + 1):
+        logits, target, weight = _inputs(rng, dtype, context.SEGMENT_ROWS + 3, classes, probs)
+        logits[4, classes - 1] = np.nan
+        logits[context.SEGMENT_ROWS + 1, 0] = np.inf
+        options = {"weight": weight if weighted_softcap else None,
+                   "softcap": 6.0 if weighted_softcap else None, "label_smoothing": 0.1,
+                   "lse_square_scale": 1e-2}
+        grad_output = rng.uniform(0.5, 2, len(logits)).astype(dtype)
+        loss, dlogits, lse = f(logits, target, reduction="none", return_lse=True,
+                               grad_output=grad_output, **options)
+        ref = reference_cross_entropy(logits, target, reduction="none", return_lse=True,
+                                      grad_output=grad_output, **options)
+        for name, actual, expected in zip(("loss", "dlogits", "lse"), (loss, dlogits, lse), ref):
+            _assert_close(actual, expected, dtype, f"C={classes} {name}")
+        buffer = logits.copy()
+        inplace = f(buffer, target, reduction="none", grad_output=grad_output, inplace=True, **options)
+        assert np.array_equal(inplace[1], dlogits, equal_nan=True)
 
 
 @pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])

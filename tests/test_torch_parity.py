@@ -5,7 +5,7 @@ the backend's dtype), so the tolerance is that of the backend's dtype alone (con
 float64 rtol 1e-10 / atol 1e-12, float32 3e-5 / 3e-6, float16 2e-3 / 1e-3, bfloat16 1.6e-2 /
 8e-3, atol relative to the largest expected magnitude).  z-loss and softcapping are compared
 with the plain PyTorch expression of their definitions (see ``reference.torch_reference``).
-Where the contract departs from PyTorch (-inf logits, NaN in ignored rows) the mpmath reference is the yardstick instead; test_reference.py
+Where gradsmith departs from PyTorch (-inf logits, NaN in ignored rows) the mpmath reference is the yardstick instead; test_reference.py
 pins PyTorch's own behaviour there.
 """
 
@@ -229,7 +229,7 @@ def test_non_finite_rows(backend, dtype, kind):
     for reduction in ("none", "mean", "sum"):
         _compare(function, dtype, logits, target, f"{backend} NaN/+inf {kind} {reduction}",
                  reduction=reduction)
-    # -inf: PyTorch keeps the row finite; the contract makes it NaN like any non-finite row.
+    # -inf: PyTorch keeps the row finite; gradsmith makes it NaN like any non-finite row.
     logits[1, 2] = -np.inf
     _compare(function, dtype, logits, target, f"{backend} -inf {kind}",
              reference=reference_cross_entropy, reduction="none")

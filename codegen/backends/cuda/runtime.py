@@ -120,7 +120,7 @@ def _to_device(cupy: Any, array: Any | None, dtype: Any = None) -> Any | None:
 
 
 def load(dtype: str) -> Callable:
-    """The contract's callable for ``dtype`` on the current CuPy device and stream."""
+    """The ``codegen.load`` callable for ``dtype`` on the current CuPy device and stream."""
     if dtype not in SUFFIX:
         raise ValueError(f"dtype for backend 'cuda' must be one of {tuple(SUFFIX)}, got {dtype!r}")
     _cupy()  # fail here, not at the first call, when there is no CuPy or no GPU

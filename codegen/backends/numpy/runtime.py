@@ -1,4 +1,4 @@
-"""Load the emitted NumPy module of a dtype and wrap it in the contract's callable.
+"""Load the emitted NumPy module of a dtype and wrap it in ``codegen.load``'s callable.
 
 The module is imported by file path from ``generated/numpy/`` next to the package (or from
 the folder named by ``GRADSMITH_GENERATED``), so what runs is exactly what is checked in.
