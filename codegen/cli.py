@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from derive.check import ProofError
+
 COMMANDS = {
     "prove": "run every proof and print a table of claims",
     "latex": "print the step-by-step derivation as LaTeX (or Markdown, or a PDF)",
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return int(_command_module(args.command).run(args) or 0)
-    except (UsageError, ValueError, TypeError, OSError) as error:
+    except (UsageError, ValueError, TypeError, OSError, ProofError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         if not isinstance(error, UsageError):
             message = f"gradsmith: error: {message}"

@@ -86,8 +86,18 @@ def _backend(name: str):
     return importlib.import_module(f"codegen.backends.{name}")
 
 
+@cache
+def verify_specs() -> None:
+    """Check every kernel spec against the definition; nothing is emitted from a failing one."""
+    from derive.kernel_spec import all_specs, verify_spec
+
+    for spec in all_specs():
+        verify_spec(spec)
+
+
 def render_all(backends: Iterable[str] = BACKEND_NAMES) -> dict[str, str]:
     """Every emitted file, keyed by its path relative to the output folder (posix)."""
+    verify_specs()
     files: dict[str, str] = {}
     for name in backends:
         for path, text in _backend(name).render().items():

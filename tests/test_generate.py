@@ -287,7 +287,9 @@ def test_a_different_target_definition_changes_the_emitted_code(respecify, tmp_p
 
 def test_a_replaced_gradient_expression_is_what_gets_emitted(tmp_path):
     spec = ks.kernel_spec("index", False, False)
-    doubled = dataclasses.replace(spec, dlogit=2 * spec.dlogit)
+    doubled = dataclasses.replace(
+        spec, dlogit=2 * spec.dlogit, dlogit_from_stored=2 * spec.dlogit_from_stored
+    )
     changed = numpy_backend.render_module("float64", (doubled,))
     original = numpy_backend.render_module("float64", (spec,))
     grad_line = [line for line in changed.splitlines() if line.strip().startswith("dlogit = ")]
@@ -313,3 +315,19 @@ def test_numpy_printer_keeps_the_dtype():
     assert "float64" not in printed and "0.333" not in printed
     with pytest.raises(ValueError, match="dtype"):
         KernelNumPyPrinter("float16")
+
+
+def test_generate_refuses_a_spec_that_fails_its_proof(tree, monkeypatch, capsys):
+    spec = ks.kernel_spec("index", False, False)
+    wrong = dataclasses.replace(spec, dlogit=2 * spec.dlogit)
+    monkeypatch.setattr(ks, "all_specs", lambda: (wrong,))
+    render.verify_specs.cache_clear()
+    before = snapshot(tree)
+    try:
+        assert generate("--out", str(tree)) == 2
+    finally:
+        render.verify_specs.cache_clear()
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "does not hold" in errors[0]
+    assert "Traceback" not in errors[0]
+    assert snapshot(tree) == before

@@ -16,7 +16,6 @@ from codegen.backends.numpy.printer import NUMPY_TYPES, KernelNumPyPrinter
 from codegen.printing import PrintedCode, expression_hash, print_code
 from codegen.render import c_identifier, preamble, render_template
 from derive import kernel_spec as ks
-from derive.check import check_equal
 
 TEMPLATE = "numpy/module.py.j2"
 DTYPES = ("float32", "float64")
@@ -70,17 +69,14 @@ def _linear_sums_need_smoothing(spec: ks.KernelSpec) -> bool:
 
 
 def reuse_exp_term(spec: ks.KernelSpec) -> sp.Expr:
-    """``dlogit`` with exp(shifted - log_sum_exp) split as exp(shifted) * exp(-log_sum_exp).
+    """The spec's ``dlogit_from_stored`` with the exponential stored at the row maximum.
 
-    The first sweep leaves exp(shifted) in a buffer (``exp_term``), so the gradient needs
-    no second exponential of the block.  The split is checked here; it cannot underflow
-    where the original does not, since 0 <= log_sum_exp <= log C.
+    The first sweep leaves exp(shifted) in a buffer (``exp_term``), so the gradient needs no
+    second exponential of the block: stored_max = row_max makes the stored scale
+    exp(-log_sum_exp) (the identity is checked by ``derive.kernel_spec.verify_spec``).
     """
-    split = sp.expand_power_exp(spec.dlogit).xreplace({spec.exp_term: exp_term})
-    if spec.exp_term in split.atoms(sp.exp) or exp_term not in split.free_symbols:
-        return spec.dlogit
-    check_equal(split.xreplace({exp_term: spec.exp_term}), spec.dlogit, step=f"{spec.name}: dlogit from exp_term")
-    return split
+    scale = spec.stored_scale_value.xreplace({ks.stored_shifted: 0})
+    return spec.dlogit_from_stored.xreplace({ks.stored: exp_term, ks.stored_scale: scale})
 
 
 def variant_context(spec: ks.KernelSpec, dtype: str) -> dict:
