@@ -19,6 +19,7 @@
 #define GS_SHORT_CHUNK 64
 #define GS_ROW_BLOCK 4096
 #define GS_SEGMENT_ROWS 16
+#define GS_SHORT_CLASSES 32
 #define GS_PARALLEL_MIN_ELEMENTS 32768
 
 #ifdef _OPENMP
@@ -30,11 +31,13 @@
    the order is fixed by the build, so results stay deterministic. */
 #if defined(_OPENMP) || defined(GS_OPENMP_SIMD)
 #define GS_SIMD_SUMS _Pragma("omp simd reduction(+:chunk_sum_exp, chunk_weight_sum, chunk_shifted_sum)")
+#define GS_SIMD_LANES _Pragma("omp simd")
 /* Short chunks (short rows): 256-bit vectors, so that fewer elements fall to the scalar tail. */
 #define GS_SIMD_SUMS_SHORT_F32 _Pragma("omp simd simdlen(8) reduction(+:chunk_sum_exp, chunk_weight_sum, chunk_shifted_sum)")
 #define GS_SIMD_SUMS_SHORT_F64 _Pragma("omp simd simdlen(4) reduction(+:chunk_sum_exp, chunk_weight_sum, chunk_shifted_sum)")
 #else
 #define GS_SIMD_SUMS
+#define GS_SIMD_LANES
 #define GS_SIMD_SUMS_SHORT_F32
 #define GS_SIMD_SUMS_SHORT_F64
 #endif
@@ -268,6 +271,229 @@ static float gs_row_index_f32(
         return loss;
     }
 }
+static void gs_lanes_index_f32(
+    const float *logits, int64_t logits_stride,
+    const int64_t *targets, int64_t ignore_index,
+    int64_t first, int64_t count, int64_t n_classes,
+    float label_smoothing, float lse_square_scale, float softcap,
+    int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
+    float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
+{
+    const float num_classes = (float)n_classes;
+    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float lane_max[GS_SEGMENT_ROWS];
+    float lane_sum_exp[GS_SEGMENT_ROWS];
+    float lane_weight_sum[GS_SEGMENT_ROWS];
+    float lane_shifted_sum[GS_SEGMENT_ROWS];
+    float lane_grad_scale[GS_SEGMENT_ROWS];
+    int32_t lane_key[GS_SEGMENT_ROWS];
+    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    int64_t lane_target[GS_SEGMENT_ROWS];
+    int lane_ignored[GS_SEGMENT_ROWS];
+    float lane_target_logit[GS_SEGMENT_ROWS];
+    float lane_dlogit_target[GS_SEGMENT_ROWS];
+    float lane_stored_scale[GS_SEGMENT_ROWS];
+    float lane_log_sum_exp[GS_SEGMENT_ROWS];
+    float lane_lse[GS_SEGMENT_ROWS];
+    float lane_target_shifted[GS_SEGMENT_ROWS];
+    float lane_zloss_slope[GS_SEGMENT_ROWS];
+    float lane_loss[GS_SEGMENT_ROWS];
+    float lane_coef_prob[GS_SEGMENT_ROWS];
+    float lane_coef_smooth[GS_SEGMENT_ROWS];
+    float lane_coef_target[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const float *logits_row = logits + row * logits_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+            }
+            lane_ignored[r] = targets[row] == ignore_index;
+            lane_target[r] = lane_ignored[r] ? 0 : targets[row];
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (float)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_ignored[r] = 0;
+            lane_target[r] = 0;
+            lane_grad_scale[r] = 0;
+        }
+        lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
+        lane_key[r] = INT32_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float transformed = logit;
+            int32_t key;
+            uint32_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT32_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT32_C(2139095040);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float row_max = lane_max[r];
+            const float shifted = logit - row_max;
+            const float exp_term = gs_exp_f32(shifted);
+            const float linear_coefficient = 1;
+            const float shifted_term = linear_coefficient*shifted;
+            tile[j * GS_SEGMENT_ROWS + r] = exp_term;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float sum_exp = lane_sum_exp[r];
+        const float weight_sum = lane_weight_sum[r];
+        const float shifted_sum = lane_shifted_sum[r];
+        const float grad_scale = lane_grad_scale[r];
+        const float target_logit = lane_target_logit[r];
+        const float target_weight = 1;
+        const float row_weight = target_weight;
+        const float r0 = label_smoothing/num_classes;
+        const float r1 = target_weight*(1 - label_smoothing);
+        const float log_sum_exp = logf(sum_exp);
+        const float lse = log_sum_exp + row_max;
+        const float target_shifted = -row_max + target_logit;
+        const float zloss_slope = lse*lse_square_scale;
+        const float loss = lse*zloss_slope + r0*(log_sum_exp*weight_sum - shifted_sum) + r1*(log_sum_exp - target_shifted);
+        const float coef_prob = grad_scale*(r0*weight_sum + r1 + 2*zloss_slope);
+        const float coef_smooth = grad_scale*r0;
+        const float coef_target = grad_scale*r1;
+        (void)row_weight;
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_target_shifted[r] = target_shifted;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+        lane_coef_smooth[r] = coef_smooth;
+        lane_coef_target[r] = coef_target;
+    }
+    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float log_sum_exp = lane_log_sum_exp[r];
+        const float lse = lane_lse[r];
+        const float target_shifted = lane_target_shifted[r];
+        const float zloss_slope = lane_zloss_slope[r];
+        const float loss = lane_loss[r];
+        const float coef_prob = lane_coef_prob[r];
+        const float coef_smooth = lane_coef_smooth[r];
+        const float coef_target = lane_coef_target[r];
+        (void)log_sum_exp;
+        (void)lse;
+        (void)target_shifted;
+        (void)zloss_slope;
+        (void)loss;
+        (void)coef_prob;
+        (void)coef_smooth;
+        (void)coef_target;
+        (void)row_max;
+        {
+            const float target_logit = lane_target_logit[r];
+            const float target_weight = 1;
+            const float row_weight = target_weight;
+            (void)target_logit;
+            const float dlogit_target = coef_prob*gs_exp_f32(-log_sum_exp + target_shifted) - coef_smooth*target_weight - coef_target;
+            (void)row_weight;
+            lane_dlogit_target[r] = dlogit_target;
+        }
+        {
+            const float stored_max = row_max; /* one chunk: the row's maximum */
+            const float stored_shifted = -row_max + stored_max;
+            const float stored_scale = gs_exp_f32(-log_sum_exp + stored_shifted);
+            lane_stored_scale[r] = stored_scale;
+        }
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float grad_scale = lane_grad_scale[r];
+            const float log_sum_exp = lane_log_sum_exp[r];
+            const float lse = lane_lse[r];
+            const float target_shifted = lane_target_shifted[r];
+            const float zloss_slope = lane_zloss_slope[r];
+            const float loss = lane_loss[r];
+            const float coef_prob = lane_coef_prob[r];
+            const float coef_smooth = lane_coef_smooth[r];
+            const float coef_target = lane_coef_target[r];
+            const float stored = tile[j * GS_SEGMENT_ROWS + r];
+            const float stored_scale = lane_stored_scale[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)target_shifted;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)coef_smooth;
+            (void)coef_target;
+            (void)grad_scale;
+            const float dlogit = coef_prob*stored*stored_scale - coef_smooth;
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        float *const dlogits_row = dlogits + row * dlogits_stride;
+        float row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT32_C(2139095040)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+            }
+            row_loss = (float)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (float)NAN;
+            }
+        } else {
+            tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        if (lane_ignored[r]) {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            row_loss = 0;
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_index_f32(
     const float *logits, int64_t logits_stride,
     const int64_t *targets,
@@ -330,6 +556,20 @@ static int gs_rows_index_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                float row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_index_f32(logits, logits_stride, targets,
+                    ignore_index,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const int64_t target = targets[row];
                 const int ignored = target == ignore_index;
@@ -493,6 +733,223 @@ static float gs_row_index_softcap_f32(
         return loss;
     }
 }
+static void gs_lanes_index_softcap_f32(
+    const float *logits, int64_t logits_stride,
+    const int64_t *targets, int64_t ignore_index,
+    int64_t first, int64_t count, int64_t n_classes,
+    float label_smoothing, float lse_square_scale, float softcap,
+    int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
+    float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
+{
+    const float num_classes = (float)n_classes;
+    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float lane_max[GS_SEGMENT_ROWS];
+    float lane_sum_exp[GS_SEGMENT_ROWS];
+    float lane_weight_sum[GS_SEGMENT_ROWS];
+    float lane_shifted_sum[GS_SEGMENT_ROWS];
+    float lane_grad_scale[GS_SEGMENT_ROWS];
+    int32_t lane_key[GS_SEGMENT_ROWS];
+    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    int64_t lane_target[GS_SEGMENT_ROWS];
+    int lane_ignored[GS_SEGMENT_ROWS];
+    float lane_target_logit[GS_SEGMENT_ROWS];
+    float lane_dlogit_target[GS_SEGMENT_ROWS];
+    float lane_log_sum_exp[GS_SEGMENT_ROWS];
+    float lane_lse[GS_SEGMENT_ROWS];
+    float lane_target_shifted[GS_SEGMENT_ROWS];
+    float lane_zloss_slope[GS_SEGMENT_ROWS];
+    float lane_loss[GS_SEGMENT_ROWS];
+    float lane_coef_prob[GS_SEGMENT_ROWS];
+    float lane_coef_smooth[GS_SEGMENT_ROWS];
+    float lane_coef_target[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const float *logits_row = logits + row * logits_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+            }
+            lane_ignored[r] = targets[row] == ignore_index;
+            lane_target[r] = lane_ignored[r] ? 0 : targets[row];
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (float)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_ignored[r] = 0;
+            lane_target[r] = 0;
+            lane_grad_scale[r] = 0;
+        }
+        lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
+        lane_key[r] = INT32_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float transformed = softcap*tanhf(logit/softcap);
+            int32_t key;
+            uint32_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT32_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT32_C(2139095040);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float row_max = lane_max[r];
+            const float shifted = -row_max + softcap*tanhf(logit/softcap);
+            const float exp_term = gs_exp_f32(shifted);
+            const float linear_coefficient = 1;
+            const float shifted_term = linear_coefficient*shifted;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float sum_exp = lane_sum_exp[r];
+        const float weight_sum = lane_weight_sum[r];
+        const float shifted_sum = lane_shifted_sum[r];
+        const float grad_scale = lane_grad_scale[r];
+        const float target_logit = lane_target_logit[r];
+        const float target_weight = 1;
+        const float row_weight = target_weight;
+        const float r0 = label_smoothing/num_classes;
+        const float r1 = target_weight*(1 - label_smoothing);
+        const float log_sum_exp = logf(sum_exp);
+        const float lse = log_sum_exp + row_max;
+        const float target_shifted = -row_max + softcap*tanhf(target_logit/softcap);
+        const float zloss_slope = lse*lse_square_scale;
+        const float loss = lse*zloss_slope + r0*(log_sum_exp*weight_sum - shifted_sum) + r1*(log_sum_exp - target_shifted);
+        const float coef_prob = grad_scale*(r0*weight_sum + r1 + 2*zloss_slope);
+        const float coef_smooth = grad_scale*r0;
+        const float coef_target = grad_scale*r1;
+        (void)row_weight;
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_target_shifted[r] = target_shifted;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+        lane_coef_smooth[r] = coef_smooth;
+        lane_coef_target[r] = coef_target;
+    }
+    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float log_sum_exp = lane_log_sum_exp[r];
+        const float lse = lane_lse[r];
+        const float target_shifted = lane_target_shifted[r];
+        const float zloss_slope = lane_zloss_slope[r];
+        const float loss = lane_loss[r];
+        const float coef_prob = lane_coef_prob[r];
+        const float coef_smooth = lane_coef_smooth[r];
+        const float coef_target = lane_coef_target[r];
+        (void)log_sum_exp;
+        (void)lse;
+        (void)target_shifted;
+        (void)zloss_slope;
+        (void)loss;
+        (void)coef_prob;
+        (void)coef_smooth;
+        (void)coef_target;
+        (void)row_max;
+        {
+            const float target_logit = lane_target_logit[r];
+            const float target_weight = 1;
+            const float row_weight = target_weight;
+            (void)target_logit;
+            const float dlogit_target = (1 - tanhf(target_logit/softcap)*tanhf(target_logit/softcap))*(coef_prob*gs_exp_f32(-log_sum_exp + target_shifted) - coef_smooth*target_weight - coef_target);
+            (void)row_weight;
+            lane_dlogit_target[r] = dlogit_target;
+        }
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float grad_scale = lane_grad_scale[r];
+            const float log_sum_exp = lane_log_sum_exp[r];
+            const float lse = lane_lse[r];
+            const float target_shifted = lane_target_shifted[r];
+            const float zloss_slope = lane_zloss_slope[r];
+            const float loss = lane_loss[r];
+            const float coef_prob = lane_coef_prob[r];
+            const float coef_smooth = lane_coef_smooth[r];
+            const float coef_target = lane_coef_target[r];
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float row_max = lane_max[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)target_shifted;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)coef_smooth;
+            (void)coef_target;
+            (void)grad_scale;
+            const float d0 = tanhf(logit/softcap);
+            const float shifted = d0*softcap - row_max;
+            const float dlogit = (1 - d0*d0)*(coef_prob*gs_exp_f32(-log_sum_exp + shifted) - coef_smooth);
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        float *const dlogits_row = dlogits + row * dlogits_stride;
+        float row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT32_C(2139095040)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+            }
+            row_loss = (float)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (float)NAN;
+            }
+        } else {
+            tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        if (lane_ignored[r]) {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            row_loss = 0;
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_index_softcap_f32(
     const float *logits, int64_t logits_stride,
     const int64_t *targets,
@@ -555,6 +1012,20 @@ static int gs_rows_index_softcap_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                float row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_index_softcap_f32(logits, logits_stride, targets,
+                    ignore_index,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const int64_t target = targets[row];
                 const int ignored = target == ignore_index;
@@ -771,6 +1242,234 @@ static float gs_row_index_weighted_f32(
         return loss;
     }
 }
+static void gs_lanes_index_weighted_f32(
+    const float *logits, int64_t logits_stride,
+    const int64_t *targets, int64_t ignore_index,
+    const float *class_weights,
+    int64_t first, int64_t count, int64_t n_classes,
+    float label_smoothing, float lse_square_scale, float softcap,
+    int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
+    float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
+{
+    const float num_classes = (float)n_classes;
+    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float lane_max[GS_SEGMENT_ROWS];
+    float lane_sum_exp[GS_SEGMENT_ROWS];
+    float lane_weight_sum[GS_SEGMENT_ROWS];
+    float lane_shifted_sum[GS_SEGMENT_ROWS];
+    float lane_grad_scale[GS_SEGMENT_ROWS];
+    int32_t lane_key[GS_SEGMENT_ROWS];
+    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    int64_t lane_target[GS_SEGMENT_ROWS];
+    int lane_ignored[GS_SEGMENT_ROWS];
+    float lane_target_logit[GS_SEGMENT_ROWS];
+    float lane_dlogit_target[GS_SEGMENT_ROWS];
+    float lane_stored_scale[GS_SEGMENT_ROWS];
+    float lane_log_sum_exp[GS_SEGMENT_ROWS];
+    float lane_lse[GS_SEGMENT_ROWS];
+    float lane_target_shifted[GS_SEGMENT_ROWS];
+    float lane_zloss_slope[GS_SEGMENT_ROWS];
+    float lane_loss[GS_SEGMENT_ROWS];
+    float lane_coef_prob[GS_SEGMENT_ROWS];
+    float lane_coef_smooth[GS_SEGMENT_ROWS];
+    float lane_coef_target[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const float *logits_row = logits + row * logits_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+            }
+            lane_ignored[r] = targets[row] == ignore_index;
+            lane_target[r] = lane_ignored[r] ? 0 : targets[row];
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (float)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_ignored[r] = 0;
+            lane_target[r] = 0;
+            lane_grad_scale[r] = 0;
+        }
+        lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
+        lane_key[r] = INT32_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float transformed = logit;
+            int32_t key;
+            uint32_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT32_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT32_C(2139095040);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const float weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float row_max = lane_max[r];
+            const float shifted = logit - row_max;
+            const float exp_term = gs_exp_f32(shifted);
+            const float linear_coefficient = weight;
+            const float shifted_term = linear_coefficient*shifted;
+            tile[j * GS_SEGMENT_ROWS + r] = exp_term;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float sum_exp = lane_sum_exp[r];
+        const float weight_sum = lane_weight_sum[r];
+        const float shifted_sum = lane_shifted_sum[r];
+        const float grad_scale = lane_grad_scale[r];
+        const float target_logit = lane_target_logit[r];
+        const float target_class_weight = class_weights[lane_target[r]];
+        const float target_weight = target_class_weight;
+        const float row_weight = target_weight;
+        const float r0 = label_smoothing/num_classes;
+        const float r1 = target_weight*(1 - label_smoothing);
+        const float log_sum_exp = logf(sum_exp);
+        const float lse = log_sum_exp + row_max;
+        const float target_shifted = -row_max + target_logit;
+        const float zloss_slope = lse*lse_square_scale;
+        const float loss = lse*zloss_slope + r0*(log_sum_exp*weight_sum - shifted_sum) + r1*(log_sum_exp - target_shifted);
+        const float coef_prob = grad_scale*(r0*weight_sum + r1 + 2*zloss_slope);
+        const float coef_smooth = grad_scale*r0;
+        const float coef_target = grad_scale*r1;
+        (void)row_weight;
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_target_shifted[r] = target_shifted;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+        lane_coef_smooth[r] = coef_smooth;
+        lane_coef_target[r] = coef_target;
+    }
+    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float log_sum_exp = lane_log_sum_exp[r];
+        const float lse = lane_lse[r];
+        const float target_shifted = lane_target_shifted[r];
+        const float zloss_slope = lane_zloss_slope[r];
+        const float loss = lane_loss[r];
+        const float coef_prob = lane_coef_prob[r];
+        const float coef_smooth = lane_coef_smooth[r];
+        const float coef_target = lane_coef_target[r];
+        (void)log_sum_exp;
+        (void)lse;
+        (void)target_shifted;
+        (void)zloss_slope;
+        (void)loss;
+        (void)coef_prob;
+        (void)coef_smooth;
+        (void)coef_target;
+        (void)row_max;
+        {
+            const float target_logit = lane_target_logit[r];
+            const float target_class_weight = class_weights[lane_target[r]];
+            const float target_weight = target_class_weight;
+            const float row_weight = target_weight;
+            (void)target_logit;
+            const float dlogit_target = coef_prob*gs_exp_f32(-log_sum_exp + target_shifted) - coef_smooth*target_weight - coef_target;
+            (void)row_weight;
+            lane_dlogit_target[r] = dlogit_target;
+        }
+        {
+            const float stored_max = row_max; /* one chunk: the row's maximum */
+            const float stored_shifted = -row_max + stored_max;
+            const float stored_scale = gs_exp_f32(-log_sum_exp + stored_shifted);
+            lane_stored_scale[r] = stored_scale;
+        }
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const float weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float grad_scale = lane_grad_scale[r];
+            const float log_sum_exp = lane_log_sum_exp[r];
+            const float lse = lane_lse[r];
+            const float target_shifted = lane_target_shifted[r];
+            const float zloss_slope = lane_zloss_slope[r];
+            const float loss = lane_loss[r];
+            const float coef_prob = lane_coef_prob[r];
+            const float coef_smooth = lane_coef_smooth[r];
+            const float coef_target = lane_coef_target[r];
+            const float stored = tile[j * GS_SEGMENT_ROWS + r];
+            const float stored_scale = lane_stored_scale[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)target_shifted;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)coef_smooth;
+            (void)coef_target;
+            (void)grad_scale;
+            const float dlogit = coef_prob*stored*stored_scale - coef_smooth*weight;
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        float *const dlogits_row = dlogits + row * dlogits_stride;
+        float row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT32_C(2139095040)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+            }
+            row_loss = (float)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (float)NAN;
+            }
+        } else {
+            tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        if (lane_ignored[r]) {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            row_loss = 0;
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_index_weighted_f32(
     const float *logits, int64_t logits_stride,
     const int64_t *targets,
@@ -833,6 +1532,21 @@ static int gs_rows_index_weighted_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                float row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_index_weighted_f32(logits, logits_stride, targets,
+                    ignore_index,
+                    class_weights,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const int64_t target = targets[row];
                 const int ignored = target == ignore_index;
@@ -1002,6 +1716,228 @@ static float gs_row_index_weighted_softcap_f32(
         return loss;
     }
 }
+static void gs_lanes_index_weighted_softcap_f32(
+    const float *logits, int64_t logits_stride,
+    const int64_t *targets, int64_t ignore_index,
+    const float *class_weights,
+    int64_t first, int64_t count, int64_t n_classes,
+    float label_smoothing, float lse_square_scale, float softcap,
+    int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
+    float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
+{
+    const float num_classes = (float)n_classes;
+    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float lane_max[GS_SEGMENT_ROWS];
+    float lane_sum_exp[GS_SEGMENT_ROWS];
+    float lane_weight_sum[GS_SEGMENT_ROWS];
+    float lane_shifted_sum[GS_SEGMENT_ROWS];
+    float lane_grad_scale[GS_SEGMENT_ROWS];
+    int32_t lane_key[GS_SEGMENT_ROWS];
+    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    int64_t lane_target[GS_SEGMENT_ROWS];
+    int lane_ignored[GS_SEGMENT_ROWS];
+    float lane_target_logit[GS_SEGMENT_ROWS];
+    float lane_dlogit_target[GS_SEGMENT_ROWS];
+    float lane_log_sum_exp[GS_SEGMENT_ROWS];
+    float lane_lse[GS_SEGMENT_ROWS];
+    float lane_target_shifted[GS_SEGMENT_ROWS];
+    float lane_zloss_slope[GS_SEGMENT_ROWS];
+    float lane_loss[GS_SEGMENT_ROWS];
+    float lane_coef_prob[GS_SEGMENT_ROWS];
+    float lane_coef_smooth[GS_SEGMENT_ROWS];
+    float lane_coef_target[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const float *logits_row = logits + row * logits_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+            }
+            lane_ignored[r] = targets[row] == ignore_index;
+            lane_target[r] = lane_ignored[r] ? 0 : targets[row];
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (float)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_ignored[r] = 0;
+            lane_target[r] = 0;
+            lane_grad_scale[r] = 0;
+        }
+        lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
+        lane_key[r] = INT32_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float transformed = softcap*tanhf(logit/softcap);
+            int32_t key;
+            uint32_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT32_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT32_C(2139095040);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const float weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float row_max = lane_max[r];
+            const float shifted = -row_max + softcap*tanhf(logit/softcap);
+            const float exp_term = gs_exp_f32(shifted);
+            const float linear_coefficient = weight;
+            const float shifted_term = linear_coefficient*shifted;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float sum_exp = lane_sum_exp[r];
+        const float weight_sum = lane_weight_sum[r];
+        const float shifted_sum = lane_shifted_sum[r];
+        const float grad_scale = lane_grad_scale[r];
+        const float target_logit = lane_target_logit[r];
+        const float target_class_weight = class_weights[lane_target[r]];
+        const float target_weight = target_class_weight;
+        const float row_weight = target_weight;
+        const float r0 = label_smoothing/num_classes;
+        const float r1 = target_weight*(1 - label_smoothing);
+        const float log_sum_exp = logf(sum_exp);
+        const float lse = log_sum_exp + row_max;
+        const float target_shifted = -row_max + softcap*tanhf(target_logit/softcap);
+        const float zloss_slope = lse*lse_square_scale;
+        const float loss = lse*zloss_slope + r0*(log_sum_exp*weight_sum - shifted_sum) + r1*(log_sum_exp - target_shifted);
+        const float coef_prob = grad_scale*(r0*weight_sum + r1 + 2*zloss_slope);
+        const float coef_smooth = grad_scale*r0;
+        const float coef_target = grad_scale*r1;
+        (void)row_weight;
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_target_shifted[r] = target_shifted;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+        lane_coef_smooth[r] = coef_smooth;
+        lane_coef_target[r] = coef_target;
+    }
+    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float log_sum_exp = lane_log_sum_exp[r];
+        const float lse = lane_lse[r];
+        const float target_shifted = lane_target_shifted[r];
+        const float zloss_slope = lane_zloss_slope[r];
+        const float loss = lane_loss[r];
+        const float coef_prob = lane_coef_prob[r];
+        const float coef_smooth = lane_coef_smooth[r];
+        const float coef_target = lane_coef_target[r];
+        (void)log_sum_exp;
+        (void)lse;
+        (void)target_shifted;
+        (void)zloss_slope;
+        (void)loss;
+        (void)coef_prob;
+        (void)coef_smooth;
+        (void)coef_target;
+        (void)row_max;
+        {
+            const float target_logit = lane_target_logit[r];
+            const float target_class_weight = class_weights[lane_target[r]];
+            const float target_weight = target_class_weight;
+            const float row_weight = target_weight;
+            (void)target_logit;
+            const float dlogit_target = (1 - tanhf(target_logit/softcap)*tanhf(target_logit/softcap))*(coef_prob*gs_exp_f32(-log_sum_exp + target_shifted) - coef_smooth*target_weight - coef_target);
+            (void)row_weight;
+            lane_dlogit_target[r] = dlogit_target;
+        }
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const float weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float grad_scale = lane_grad_scale[r];
+            const float log_sum_exp = lane_log_sum_exp[r];
+            const float lse = lane_lse[r];
+            const float target_shifted = lane_target_shifted[r];
+            const float zloss_slope = lane_zloss_slope[r];
+            const float loss = lane_loss[r];
+            const float coef_prob = lane_coef_prob[r];
+            const float coef_smooth = lane_coef_smooth[r];
+            const float coef_target = lane_coef_target[r];
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float row_max = lane_max[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)target_shifted;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)coef_smooth;
+            (void)coef_target;
+            (void)grad_scale;
+            const float d0 = tanhf(logit/softcap);
+            const float shifted = d0*softcap - row_max;
+            const float dlogit = (1 - d0*d0)*(coef_prob*gs_exp_f32(-log_sum_exp + shifted) - coef_smooth*weight);
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        float *const dlogits_row = dlogits + row * dlogits_stride;
+        float row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT32_C(2139095040)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+            }
+            row_loss = (float)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (float)NAN;
+            }
+        } else {
+            tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        if (lane_ignored[r]) {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            row_loss = 0;
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_index_weighted_softcap_f32(
     const float *logits, int64_t logits_stride,
     const int64_t *targets,
@@ -1064,6 +2000,21 @@ static int gs_rows_index_weighted_softcap_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                float row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_index_weighted_softcap_f32(logits, logits_stride, targets,
+                    ignore_index,
+                    class_weights,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const int64_t target = targets[row];
                 const int ignored = target == ignore_index;
@@ -1255,6 +2206,183 @@ static float gs_row_probs_f32(
         return loss;
     }
 }
+static void gs_lanes_probs_f32(
+    const float *logits, int64_t logits_stride,
+    const float *targets, int64_t targets_stride,
+    int64_t first, int64_t count, int64_t n_classes,
+    float label_smoothing, float lse_square_scale, float softcap,
+    int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
+    float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
+{
+    const float num_classes = (float)n_classes;
+    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float lane_max[GS_SEGMENT_ROWS];
+    float lane_sum_exp[GS_SEGMENT_ROWS];
+    float lane_weight_sum[GS_SEGMENT_ROWS];
+    float lane_shifted_sum[GS_SEGMENT_ROWS];
+    float lane_grad_scale[GS_SEGMENT_ROWS];
+    int32_t lane_key[GS_SEGMENT_ROWS];
+    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    float lane_stored_scale[GS_SEGMENT_ROWS];
+    float lane_log_sum_exp[GS_SEGMENT_ROWS];
+    float lane_lse[GS_SEGMENT_ROWS];
+    float lane_zloss_slope[GS_SEGMENT_ROWS];
+    float lane_loss[GS_SEGMENT_ROWS];
+    float lane_coef_prob[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const float *logits_row = logits + row * logits_stride;
+            const float *targets_row = targets + row * targets_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+                prob_tile[j * GS_SEGMENT_ROWS + r] = targets_row[j];
+            }
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (float)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+                prob_tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_grad_scale[r] = 0;
+        }
+        lane_key[r] = INT32_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float transformed = logit;
+            int32_t key;
+            uint32_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT32_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT32_C(2139095040);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const float row_max = lane_max[r];
+            const float shifted = logit - row_max;
+            const float exp_term = gs_exp_f32(shifted);
+            const float linear_coefficient = label_smoothing/num_classes + target_prob*(1 - label_smoothing);
+            const float shifted_term = linear_coefficient*shifted;
+            tile[j * GS_SEGMENT_ROWS + r] = exp_term;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float sum_exp = lane_sum_exp[r];
+        const float weight_sum = lane_weight_sum[r];
+        const float shifted_sum = lane_shifted_sum[r];
+        const float grad_scale = lane_grad_scale[r];
+        const float log_sum_exp = logf(sum_exp);
+        const float lse = log_sum_exp + row_max;
+        const float zloss_slope = lse*lse_square_scale;
+        const float loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
+        const float coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+    }
+    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float log_sum_exp = lane_log_sum_exp[r];
+        const float lse = lane_lse[r];
+        const float zloss_slope = lane_zloss_slope[r];
+        const float loss = lane_loss[r];
+        const float coef_prob = lane_coef_prob[r];
+        (void)log_sum_exp;
+        (void)lse;
+        (void)zloss_slope;
+        (void)loss;
+        (void)coef_prob;
+        (void)row_max;
+        {
+            const float stored_max = row_max; /* one chunk: the row's maximum */
+            const float stored_shifted = -row_max + stored_max;
+            const float stored_scale = gs_exp_f32(-log_sum_exp + stored_shifted);
+            lane_stored_scale[r] = stored_scale;
+        }
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const float grad_scale = lane_grad_scale[r];
+            const float log_sum_exp = lane_log_sum_exp[r];
+            const float lse = lane_lse[r];
+            const float zloss_slope = lane_zloss_slope[r];
+            const float loss = lane_loss[r];
+            const float coef_prob = lane_coef_prob[r];
+            const float stored = tile[j * GS_SEGMENT_ROWS + r];
+            const float stored_scale = lane_stored_scale[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)grad_scale;
+            const float dlogit = coef_prob*stored*stored_scale - grad_scale*(label_smoothing/num_classes + target_prob*(1 - label_smoothing));
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        float *const dlogits_row = dlogits + row * dlogits_stride;
+        float row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT32_C(2139095040)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+            }
+            row_loss = (float)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (float)NAN;
+            }
+        } else {
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_probs_f32(
     const float *logits, int64_t logits_stride,
     const float *targets, int64_t targets_stride,
@@ -1304,6 +2432,20 @@ static int gs_rows_probs_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                float row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_probs_f32(logits, logits_stride, targets,
+                    targets_stride,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const float grad_scale = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                     : grad_outputs == NULL ? (float)1 : grad_outputs[row];
@@ -1444,6 +2586,161 @@ static float gs_row_probs_softcap_f32(
         return loss;
     }
 }
+static void gs_lanes_probs_softcap_f32(
+    const float *logits, int64_t logits_stride,
+    const float *targets, int64_t targets_stride,
+    int64_t first, int64_t count, int64_t n_classes,
+    float label_smoothing, float lse_square_scale, float softcap,
+    int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
+    float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
+{
+    const float num_classes = (float)n_classes;
+    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float lane_max[GS_SEGMENT_ROWS];
+    float lane_sum_exp[GS_SEGMENT_ROWS];
+    float lane_weight_sum[GS_SEGMENT_ROWS];
+    float lane_shifted_sum[GS_SEGMENT_ROWS];
+    float lane_grad_scale[GS_SEGMENT_ROWS];
+    int32_t lane_key[GS_SEGMENT_ROWS];
+    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    float lane_log_sum_exp[GS_SEGMENT_ROWS];
+    float lane_lse[GS_SEGMENT_ROWS];
+    float lane_zloss_slope[GS_SEGMENT_ROWS];
+    float lane_loss[GS_SEGMENT_ROWS];
+    float lane_coef_prob[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const float *logits_row = logits + row * logits_stride;
+            const float *targets_row = targets + row * targets_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+                prob_tile[j * GS_SEGMENT_ROWS + r] = targets_row[j];
+            }
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (float)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+                prob_tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_grad_scale[r] = 0;
+        }
+        lane_key[r] = INT32_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float transformed = softcap*tanhf(logit/softcap);
+            int32_t key;
+            uint32_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT32_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT32_C(2139095040);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const float row_max = lane_max[r];
+            const float shifted = -row_max + softcap*tanhf(logit/softcap);
+            const float exp_term = gs_exp_f32(shifted);
+            const float linear_coefficient = label_smoothing/num_classes + target_prob*(1 - label_smoothing);
+            const float shifted_term = linear_coefficient*shifted;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float sum_exp = lane_sum_exp[r];
+        const float weight_sum = lane_weight_sum[r];
+        const float shifted_sum = lane_shifted_sum[r];
+        const float grad_scale = lane_grad_scale[r];
+        const float log_sum_exp = logf(sum_exp);
+        const float lse = log_sum_exp + row_max;
+        const float zloss_slope = lse*lse_square_scale;
+        const float loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
+        const float coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const float grad_scale = lane_grad_scale[r];
+            const float log_sum_exp = lane_log_sum_exp[r];
+            const float lse = lane_lse[r];
+            const float zloss_slope = lane_zloss_slope[r];
+            const float loss = lane_loss[r];
+            const float coef_prob = lane_coef_prob[r];
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float row_max = lane_max[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)grad_scale;
+            const float d0 = tanhf(logit/softcap);
+            const float shifted = d0*softcap - row_max;
+            const float dlogit = (1 - d0*d0)*(coef_prob*gs_exp_f32(-log_sum_exp + shifted) - grad_scale*(label_smoothing/num_classes + target_prob*(1 - label_smoothing)));
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        float *const dlogits_row = dlogits + row * dlogits_stride;
+        float row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT32_C(2139095040)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+            }
+            row_loss = (float)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (float)NAN;
+            }
+        } else {
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_probs_softcap_f32(
     const float *logits, int64_t logits_stride,
     const float *targets, int64_t targets_stride,
@@ -1493,6 +2790,20 @@ static int gs_rows_probs_softcap_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                float row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_probs_softcap_f32(logits, logits_stride, targets,
+                    targets_stride,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const float grad_scale = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                     : grad_outputs == NULL ? (float)1 : grad_outputs[row];
@@ -1688,6 +2999,186 @@ static float gs_row_probs_weighted_f32(
         return loss;
     }
 }
+static void gs_lanes_probs_weighted_f32(
+    const float *logits, int64_t logits_stride,
+    const float *targets, int64_t targets_stride,
+    const float *class_weights,
+    int64_t first, int64_t count, int64_t n_classes,
+    float label_smoothing, float lse_square_scale, float softcap,
+    int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
+    float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
+{
+    const float num_classes = (float)n_classes;
+    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float lane_max[GS_SEGMENT_ROWS];
+    float lane_sum_exp[GS_SEGMENT_ROWS];
+    float lane_weight_sum[GS_SEGMENT_ROWS];
+    float lane_shifted_sum[GS_SEGMENT_ROWS];
+    float lane_grad_scale[GS_SEGMENT_ROWS];
+    int32_t lane_key[GS_SEGMENT_ROWS];
+    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    float lane_stored_scale[GS_SEGMENT_ROWS];
+    float lane_log_sum_exp[GS_SEGMENT_ROWS];
+    float lane_lse[GS_SEGMENT_ROWS];
+    float lane_zloss_slope[GS_SEGMENT_ROWS];
+    float lane_loss[GS_SEGMENT_ROWS];
+    float lane_coef_prob[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const float *logits_row = logits + row * logits_stride;
+            const float *targets_row = targets + row * targets_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+                prob_tile[j * GS_SEGMENT_ROWS + r] = targets_row[j];
+            }
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (float)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+                prob_tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_grad_scale[r] = 0;
+        }
+        lane_key[r] = INT32_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float transformed = logit;
+            int32_t key;
+            uint32_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT32_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT32_C(2139095040);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const float weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const float row_max = lane_max[r];
+            const float shifted = logit - row_max;
+            const float exp_term = gs_exp_f32(shifted);
+            const float linear_coefficient = weight*(label_smoothing/num_classes + target_prob*(1 - label_smoothing));
+            const float shifted_term = linear_coefficient*shifted;
+            tile[j * GS_SEGMENT_ROWS + r] = exp_term;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float sum_exp = lane_sum_exp[r];
+        const float weight_sum = lane_weight_sum[r];
+        const float shifted_sum = lane_shifted_sum[r];
+        const float grad_scale = lane_grad_scale[r];
+        const float log_sum_exp = logf(sum_exp);
+        const float lse = log_sum_exp + row_max;
+        const float zloss_slope = lse*lse_square_scale;
+        const float loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
+        const float coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+    }
+    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float log_sum_exp = lane_log_sum_exp[r];
+        const float lse = lane_lse[r];
+        const float zloss_slope = lane_zloss_slope[r];
+        const float loss = lane_loss[r];
+        const float coef_prob = lane_coef_prob[r];
+        (void)log_sum_exp;
+        (void)lse;
+        (void)zloss_slope;
+        (void)loss;
+        (void)coef_prob;
+        (void)row_max;
+        {
+            const float stored_max = row_max; /* one chunk: the row's maximum */
+            const float stored_shifted = -row_max + stored_max;
+            const float stored_scale = gs_exp_f32(-log_sum_exp + stored_shifted);
+            lane_stored_scale[r] = stored_scale;
+        }
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const float weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const float grad_scale = lane_grad_scale[r];
+            const float log_sum_exp = lane_log_sum_exp[r];
+            const float lse = lane_lse[r];
+            const float zloss_slope = lane_zloss_slope[r];
+            const float loss = lane_loss[r];
+            const float coef_prob = lane_coef_prob[r];
+            const float stored = tile[j * GS_SEGMENT_ROWS + r];
+            const float stored_scale = lane_stored_scale[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)grad_scale;
+            const float dlogit = coef_prob*stored*stored_scale - grad_scale*weight*(label_smoothing/num_classes + target_prob*(1 - label_smoothing));
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        float *const dlogits_row = dlogits + row * dlogits_stride;
+        float row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT32_C(2139095040)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+            }
+            row_loss = (float)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (float)NAN;
+            }
+        } else {
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_probs_weighted_f32(
     const float *logits, int64_t logits_stride,
     const float *targets, int64_t targets_stride,
@@ -1736,6 +3227,21 @@ static int gs_rows_probs_weighted_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                float row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_probs_weighted_f32(logits, logits_stride, targets,
+                    targets_stride,
+                    class_weights,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const float grad_scale = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                     : grad_outputs == NULL ? (float)1 : grad_outputs[row];
@@ -1881,6 +3387,164 @@ static float gs_row_probs_weighted_softcap_f32(
         return loss;
     }
 }
+static void gs_lanes_probs_weighted_softcap_f32(
+    const float *logits, int64_t logits_stride,
+    const float *targets, int64_t targets_stride,
+    const float *class_weights,
+    int64_t first, int64_t count, int64_t n_classes,
+    float label_smoothing, float lse_square_scale, float softcap,
+    int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
+    float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
+{
+    const float num_classes = (float)n_classes;
+    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float lane_max[GS_SEGMENT_ROWS];
+    float lane_sum_exp[GS_SEGMENT_ROWS];
+    float lane_weight_sum[GS_SEGMENT_ROWS];
+    float lane_shifted_sum[GS_SEGMENT_ROWS];
+    float lane_grad_scale[GS_SEGMENT_ROWS];
+    int32_t lane_key[GS_SEGMENT_ROWS];
+    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    float lane_log_sum_exp[GS_SEGMENT_ROWS];
+    float lane_lse[GS_SEGMENT_ROWS];
+    float lane_zloss_slope[GS_SEGMENT_ROWS];
+    float lane_loss[GS_SEGMENT_ROWS];
+    float lane_coef_prob[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const float *logits_row = logits + row * logits_stride;
+            const float *targets_row = targets + row * targets_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+                prob_tile[j * GS_SEGMENT_ROWS + r] = targets_row[j];
+            }
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (float)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+                prob_tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_grad_scale[r] = 0;
+        }
+        lane_key[r] = INT32_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float transformed = softcap*tanhf(logit/softcap);
+            int32_t key;
+            uint32_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT32_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT32_C(2139095040);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const float weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const float row_max = lane_max[r];
+            const float shifted = -row_max + softcap*tanhf(logit/softcap);
+            const float exp_term = gs_exp_f32(shifted);
+            const float linear_coefficient = weight*(label_smoothing/num_classes + target_prob*(1 - label_smoothing));
+            const float shifted_term = linear_coefficient*shifted;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const float row_max = lane_max[r];
+        const float sum_exp = lane_sum_exp[r];
+        const float weight_sum = lane_weight_sum[r];
+        const float shifted_sum = lane_shifted_sum[r];
+        const float grad_scale = lane_grad_scale[r];
+        const float log_sum_exp = logf(sum_exp);
+        const float lse = log_sum_exp + row_max;
+        const float zloss_slope = lse*lse_square_scale;
+        const float loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
+        const float coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const float weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const float grad_scale = lane_grad_scale[r];
+            const float log_sum_exp = lane_log_sum_exp[r];
+            const float lse = lane_lse[r];
+            const float zloss_slope = lane_zloss_slope[r];
+            const float loss = lane_loss[r];
+            const float coef_prob = lane_coef_prob[r];
+            const float logit = tile[j * GS_SEGMENT_ROWS + r];
+            const float row_max = lane_max[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)grad_scale;
+            const float d0 = tanhf(logit/softcap);
+            const float shifted = d0*softcap - row_max;
+            const float dlogit = (1 - d0*d0)*(coef_prob*gs_exp_f32(-log_sum_exp + shifted) - grad_scale*weight*(label_smoothing/num_classes + target_prob*(1 - label_smoothing)));
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        float *const dlogits_row = dlogits + row * dlogits_stride;
+        float row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT32_C(2139095040)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+            }
+            row_loss = (float)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (float)NAN;
+            }
+        } else {
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_probs_weighted_softcap_f32(
     const float *logits, int64_t logits_stride,
     const float *targets, int64_t targets_stride,
@@ -1929,6 +3593,21 @@ static int gs_rows_probs_weighted_softcap_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                float row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_probs_weighted_softcap_f32(logits, logits_stride, targets,
+                    targets_stride,
+                    class_weights,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const float grad_scale = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                     : grad_outputs == NULL ? (float)1 : grad_outputs[row];
@@ -2228,6 +3907,229 @@ static double gs_row_index_f64(
         return loss;
     }
 }
+static void gs_lanes_index_f64(
+    const double *logits, int64_t logits_stride,
+    const int64_t *targets, int64_t ignore_index,
+    int64_t first, int64_t count, int64_t n_classes,
+    double label_smoothing, double lse_square_scale, double softcap,
+    int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
+    double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
+{
+    const double num_classes = (double)n_classes;
+    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double lane_max[GS_SEGMENT_ROWS];
+    double lane_sum_exp[GS_SEGMENT_ROWS];
+    double lane_weight_sum[GS_SEGMENT_ROWS];
+    double lane_shifted_sum[GS_SEGMENT_ROWS];
+    double lane_grad_scale[GS_SEGMENT_ROWS];
+    int64_t lane_key[GS_SEGMENT_ROWS];
+    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    int64_t lane_target[GS_SEGMENT_ROWS];
+    int lane_ignored[GS_SEGMENT_ROWS];
+    double lane_target_logit[GS_SEGMENT_ROWS];
+    double lane_dlogit_target[GS_SEGMENT_ROWS];
+    double lane_stored_scale[GS_SEGMENT_ROWS];
+    double lane_log_sum_exp[GS_SEGMENT_ROWS];
+    double lane_lse[GS_SEGMENT_ROWS];
+    double lane_target_shifted[GS_SEGMENT_ROWS];
+    double lane_zloss_slope[GS_SEGMENT_ROWS];
+    double lane_loss[GS_SEGMENT_ROWS];
+    double lane_coef_prob[GS_SEGMENT_ROWS];
+    double lane_coef_smooth[GS_SEGMENT_ROWS];
+    double lane_coef_target[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const double *logits_row = logits + row * logits_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+            }
+            lane_ignored[r] = targets[row] == ignore_index;
+            lane_target[r] = lane_ignored[r] ? 0 : targets[row];
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (double)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_ignored[r] = 0;
+            lane_target[r] = 0;
+            lane_grad_scale[r] = 0;
+        }
+        lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
+        lane_key[r] = INT64_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double transformed = logit;
+            int64_t key;
+            uint64_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT64_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT64_C(9218868437227405312);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double row_max = lane_max[r];
+            const double shifted = logit - row_max;
+            const double exp_term = gs_exp_f64(shifted);
+            const double linear_coefficient = 1;
+            const double shifted_term = linear_coefficient*shifted;
+            tile[j * GS_SEGMENT_ROWS + r] = exp_term;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double sum_exp = lane_sum_exp[r];
+        const double weight_sum = lane_weight_sum[r];
+        const double shifted_sum = lane_shifted_sum[r];
+        const double grad_scale = lane_grad_scale[r];
+        const double target_logit = lane_target_logit[r];
+        const double target_weight = 1;
+        const double row_weight = target_weight;
+        const double r0 = label_smoothing/num_classes;
+        const double r1 = target_weight*(1 - label_smoothing);
+        const double log_sum_exp = log(sum_exp);
+        const double lse = log_sum_exp + row_max;
+        const double target_shifted = -row_max + target_logit;
+        const double zloss_slope = lse*lse_square_scale;
+        const double loss = lse*zloss_slope + r0*(log_sum_exp*weight_sum - shifted_sum) + r1*(log_sum_exp - target_shifted);
+        const double coef_prob = grad_scale*(r0*weight_sum + r1 + 2*zloss_slope);
+        const double coef_smooth = grad_scale*r0;
+        const double coef_target = grad_scale*r1;
+        (void)row_weight;
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_target_shifted[r] = target_shifted;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+        lane_coef_smooth[r] = coef_smooth;
+        lane_coef_target[r] = coef_target;
+    }
+    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double log_sum_exp = lane_log_sum_exp[r];
+        const double lse = lane_lse[r];
+        const double target_shifted = lane_target_shifted[r];
+        const double zloss_slope = lane_zloss_slope[r];
+        const double loss = lane_loss[r];
+        const double coef_prob = lane_coef_prob[r];
+        const double coef_smooth = lane_coef_smooth[r];
+        const double coef_target = lane_coef_target[r];
+        (void)log_sum_exp;
+        (void)lse;
+        (void)target_shifted;
+        (void)zloss_slope;
+        (void)loss;
+        (void)coef_prob;
+        (void)coef_smooth;
+        (void)coef_target;
+        (void)row_max;
+        {
+            const double target_logit = lane_target_logit[r];
+            const double target_weight = 1;
+            const double row_weight = target_weight;
+            (void)target_logit;
+            const double dlogit_target = coef_prob*gs_exp_f64(-log_sum_exp + target_shifted) - coef_smooth*target_weight - coef_target;
+            (void)row_weight;
+            lane_dlogit_target[r] = dlogit_target;
+        }
+        {
+            const double stored_max = row_max; /* one chunk: the row's maximum */
+            const double stored_shifted = -row_max + stored_max;
+            const double stored_scale = gs_exp_f64(-log_sum_exp + stored_shifted);
+            lane_stored_scale[r] = stored_scale;
+        }
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double grad_scale = lane_grad_scale[r];
+            const double log_sum_exp = lane_log_sum_exp[r];
+            const double lse = lane_lse[r];
+            const double target_shifted = lane_target_shifted[r];
+            const double zloss_slope = lane_zloss_slope[r];
+            const double loss = lane_loss[r];
+            const double coef_prob = lane_coef_prob[r];
+            const double coef_smooth = lane_coef_smooth[r];
+            const double coef_target = lane_coef_target[r];
+            const double stored = tile[j * GS_SEGMENT_ROWS + r];
+            const double stored_scale = lane_stored_scale[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)target_shifted;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)coef_smooth;
+            (void)coef_target;
+            (void)grad_scale;
+            const double dlogit = coef_prob*stored*stored_scale - coef_smooth;
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        double *const dlogits_row = dlogits + row * dlogits_stride;
+        double row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+            }
+            row_loss = (double)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (double)NAN;
+            }
+        } else {
+            tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        if (lane_ignored[r]) {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            row_loss = 0;
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_index_f64(
     const double *logits, int64_t logits_stride,
     const int64_t *targets,
@@ -2290,6 +4192,20 @@ static int gs_rows_index_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                double row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_index_f64(logits, logits_stride, targets,
+                    ignore_index,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const int64_t target = targets[row];
                 const int ignored = target == ignore_index;
@@ -2453,6 +4369,223 @@ static double gs_row_index_softcap_f64(
         return loss;
     }
 }
+static void gs_lanes_index_softcap_f64(
+    const double *logits, int64_t logits_stride,
+    const int64_t *targets, int64_t ignore_index,
+    int64_t first, int64_t count, int64_t n_classes,
+    double label_smoothing, double lse_square_scale, double softcap,
+    int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
+    double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
+{
+    const double num_classes = (double)n_classes;
+    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double lane_max[GS_SEGMENT_ROWS];
+    double lane_sum_exp[GS_SEGMENT_ROWS];
+    double lane_weight_sum[GS_SEGMENT_ROWS];
+    double lane_shifted_sum[GS_SEGMENT_ROWS];
+    double lane_grad_scale[GS_SEGMENT_ROWS];
+    int64_t lane_key[GS_SEGMENT_ROWS];
+    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    int64_t lane_target[GS_SEGMENT_ROWS];
+    int lane_ignored[GS_SEGMENT_ROWS];
+    double lane_target_logit[GS_SEGMENT_ROWS];
+    double lane_dlogit_target[GS_SEGMENT_ROWS];
+    double lane_log_sum_exp[GS_SEGMENT_ROWS];
+    double lane_lse[GS_SEGMENT_ROWS];
+    double lane_target_shifted[GS_SEGMENT_ROWS];
+    double lane_zloss_slope[GS_SEGMENT_ROWS];
+    double lane_loss[GS_SEGMENT_ROWS];
+    double lane_coef_prob[GS_SEGMENT_ROWS];
+    double lane_coef_smooth[GS_SEGMENT_ROWS];
+    double lane_coef_target[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const double *logits_row = logits + row * logits_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+            }
+            lane_ignored[r] = targets[row] == ignore_index;
+            lane_target[r] = lane_ignored[r] ? 0 : targets[row];
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (double)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_ignored[r] = 0;
+            lane_target[r] = 0;
+            lane_grad_scale[r] = 0;
+        }
+        lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
+        lane_key[r] = INT64_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double transformed = softcap*tanh(logit/softcap);
+            int64_t key;
+            uint64_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT64_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT64_C(9218868437227405312);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double row_max = lane_max[r];
+            const double shifted = -row_max + softcap*tanh(logit/softcap);
+            const double exp_term = gs_exp_f64(shifted);
+            const double linear_coefficient = 1;
+            const double shifted_term = linear_coefficient*shifted;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double sum_exp = lane_sum_exp[r];
+        const double weight_sum = lane_weight_sum[r];
+        const double shifted_sum = lane_shifted_sum[r];
+        const double grad_scale = lane_grad_scale[r];
+        const double target_logit = lane_target_logit[r];
+        const double target_weight = 1;
+        const double row_weight = target_weight;
+        const double r0 = label_smoothing/num_classes;
+        const double r1 = target_weight*(1 - label_smoothing);
+        const double log_sum_exp = log(sum_exp);
+        const double lse = log_sum_exp + row_max;
+        const double target_shifted = -row_max + softcap*tanh(target_logit/softcap);
+        const double zloss_slope = lse*lse_square_scale;
+        const double loss = lse*zloss_slope + r0*(log_sum_exp*weight_sum - shifted_sum) + r1*(log_sum_exp - target_shifted);
+        const double coef_prob = grad_scale*(r0*weight_sum + r1 + 2*zloss_slope);
+        const double coef_smooth = grad_scale*r0;
+        const double coef_target = grad_scale*r1;
+        (void)row_weight;
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_target_shifted[r] = target_shifted;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+        lane_coef_smooth[r] = coef_smooth;
+        lane_coef_target[r] = coef_target;
+    }
+    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double log_sum_exp = lane_log_sum_exp[r];
+        const double lse = lane_lse[r];
+        const double target_shifted = lane_target_shifted[r];
+        const double zloss_slope = lane_zloss_slope[r];
+        const double loss = lane_loss[r];
+        const double coef_prob = lane_coef_prob[r];
+        const double coef_smooth = lane_coef_smooth[r];
+        const double coef_target = lane_coef_target[r];
+        (void)log_sum_exp;
+        (void)lse;
+        (void)target_shifted;
+        (void)zloss_slope;
+        (void)loss;
+        (void)coef_prob;
+        (void)coef_smooth;
+        (void)coef_target;
+        (void)row_max;
+        {
+            const double target_logit = lane_target_logit[r];
+            const double target_weight = 1;
+            const double row_weight = target_weight;
+            (void)target_logit;
+            const double dlogit_target = (1 - tanh(target_logit/softcap)*tanh(target_logit/softcap))*(coef_prob*gs_exp_f64(-log_sum_exp + target_shifted) - coef_smooth*target_weight - coef_target);
+            (void)row_weight;
+            lane_dlogit_target[r] = dlogit_target;
+        }
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double grad_scale = lane_grad_scale[r];
+            const double log_sum_exp = lane_log_sum_exp[r];
+            const double lse = lane_lse[r];
+            const double target_shifted = lane_target_shifted[r];
+            const double zloss_slope = lane_zloss_slope[r];
+            const double loss = lane_loss[r];
+            const double coef_prob = lane_coef_prob[r];
+            const double coef_smooth = lane_coef_smooth[r];
+            const double coef_target = lane_coef_target[r];
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double row_max = lane_max[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)target_shifted;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)coef_smooth;
+            (void)coef_target;
+            (void)grad_scale;
+            const double d0 = tanh(logit/softcap);
+            const double shifted = d0*softcap - row_max;
+            const double dlogit = (1 - d0*d0)*(coef_prob*gs_exp_f64(-log_sum_exp + shifted) - coef_smooth);
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        double *const dlogits_row = dlogits + row * dlogits_stride;
+        double row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+            }
+            row_loss = (double)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (double)NAN;
+            }
+        } else {
+            tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        if (lane_ignored[r]) {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            row_loss = 0;
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_index_softcap_f64(
     const double *logits, int64_t logits_stride,
     const int64_t *targets,
@@ -2515,6 +4648,20 @@ static int gs_rows_index_softcap_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                double row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_index_softcap_f64(logits, logits_stride, targets,
+                    ignore_index,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const int64_t target = targets[row];
                 const int ignored = target == ignore_index;
@@ -2731,6 +4878,234 @@ static double gs_row_index_weighted_f64(
         return loss;
     }
 }
+static void gs_lanes_index_weighted_f64(
+    const double *logits, int64_t logits_stride,
+    const int64_t *targets, int64_t ignore_index,
+    const double *class_weights,
+    int64_t first, int64_t count, int64_t n_classes,
+    double label_smoothing, double lse_square_scale, double softcap,
+    int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
+    double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
+{
+    const double num_classes = (double)n_classes;
+    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double lane_max[GS_SEGMENT_ROWS];
+    double lane_sum_exp[GS_SEGMENT_ROWS];
+    double lane_weight_sum[GS_SEGMENT_ROWS];
+    double lane_shifted_sum[GS_SEGMENT_ROWS];
+    double lane_grad_scale[GS_SEGMENT_ROWS];
+    int64_t lane_key[GS_SEGMENT_ROWS];
+    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    int64_t lane_target[GS_SEGMENT_ROWS];
+    int lane_ignored[GS_SEGMENT_ROWS];
+    double lane_target_logit[GS_SEGMENT_ROWS];
+    double lane_dlogit_target[GS_SEGMENT_ROWS];
+    double lane_stored_scale[GS_SEGMENT_ROWS];
+    double lane_log_sum_exp[GS_SEGMENT_ROWS];
+    double lane_lse[GS_SEGMENT_ROWS];
+    double lane_target_shifted[GS_SEGMENT_ROWS];
+    double lane_zloss_slope[GS_SEGMENT_ROWS];
+    double lane_loss[GS_SEGMENT_ROWS];
+    double lane_coef_prob[GS_SEGMENT_ROWS];
+    double lane_coef_smooth[GS_SEGMENT_ROWS];
+    double lane_coef_target[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const double *logits_row = logits + row * logits_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+            }
+            lane_ignored[r] = targets[row] == ignore_index;
+            lane_target[r] = lane_ignored[r] ? 0 : targets[row];
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (double)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_ignored[r] = 0;
+            lane_target[r] = 0;
+            lane_grad_scale[r] = 0;
+        }
+        lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
+        lane_key[r] = INT64_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double transformed = logit;
+            int64_t key;
+            uint64_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT64_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT64_C(9218868437227405312);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const double weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double row_max = lane_max[r];
+            const double shifted = logit - row_max;
+            const double exp_term = gs_exp_f64(shifted);
+            const double linear_coefficient = weight;
+            const double shifted_term = linear_coefficient*shifted;
+            tile[j * GS_SEGMENT_ROWS + r] = exp_term;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double sum_exp = lane_sum_exp[r];
+        const double weight_sum = lane_weight_sum[r];
+        const double shifted_sum = lane_shifted_sum[r];
+        const double grad_scale = lane_grad_scale[r];
+        const double target_logit = lane_target_logit[r];
+        const double target_class_weight = class_weights[lane_target[r]];
+        const double target_weight = target_class_weight;
+        const double row_weight = target_weight;
+        const double r0 = label_smoothing/num_classes;
+        const double r1 = target_weight*(1 - label_smoothing);
+        const double log_sum_exp = log(sum_exp);
+        const double lse = log_sum_exp + row_max;
+        const double target_shifted = -row_max + target_logit;
+        const double zloss_slope = lse*lse_square_scale;
+        const double loss = lse*zloss_slope + r0*(log_sum_exp*weight_sum - shifted_sum) + r1*(log_sum_exp - target_shifted);
+        const double coef_prob = grad_scale*(r0*weight_sum + r1 + 2*zloss_slope);
+        const double coef_smooth = grad_scale*r0;
+        const double coef_target = grad_scale*r1;
+        (void)row_weight;
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_target_shifted[r] = target_shifted;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+        lane_coef_smooth[r] = coef_smooth;
+        lane_coef_target[r] = coef_target;
+    }
+    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double log_sum_exp = lane_log_sum_exp[r];
+        const double lse = lane_lse[r];
+        const double target_shifted = lane_target_shifted[r];
+        const double zloss_slope = lane_zloss_slope[r];
+        const double loss = lane_loss[r];
+        const double coef_prob = lane_coef_prob[r];
+        const double coef_smooth = lane_coef_smooth[r];
+        const double coef_target = lane_coef_target[r];
+        (void)log_sum_exp;
+        (void)lse;
+        (void)target_shifted;
+        (void)zloss_slope;
+        (void)loss;
+        (void)coef_prob;
+        (void)coef_smooth;
+        (void)coef_target;
+        (void)row_max;
+        {
+            const double target_logit = lane_target_logit[r];
+            const double target_class_weight = class_weights[lane_target[r]];
+            const double target_weight = target_class_weight;
+            const double row_weight = target_weight;
+            (void)target_logit;
+            const double dlogit_target = coef_prob*gs_exp_f64(-log_sum_exp + target_shifted) - coef_smooth*target_weight - coef_target;
+            (void)row_weight;
+            lane_dlogit_target[r] = dlogit_target;
+        }
+        {
+            const double stored_max = row_max; /* one chunk: the row's maximum */
+            const double stored_shifted = -row_max + stored_max;
+            const double stored_scale = gs_exp_f64(-log_sum_exp + stored_shifted);
+            lane_stored_scale[r] = stored_scale;
+        }
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const double weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double grad_scale = lane_grad_scale[r];
+            const double log_sum_exp = lane_log_sum_exp[r];
+            const double lse = lane_lse[r];
+            const double target_shifted = lane_target_shifted[r];
+            const double zloss_slope = lane_zloss_slope[r];
+            const double loss = lane_loss[r];
+            const double coef_prob = lane_coef_prob[r];
+            const double coef_smooth = lane_coef_smooth[r];
+            const double coef_target = lane_coef_target[r];
+            const double stored = tile[j * GS_SEGMENT_ROWS + r];
+            const double stored_scale = lane_stored_scale[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)target_shifted;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)coef_smooth;
+            (void)coef_target;
+            (void)grad_scale;
+            const double dlogit = coef_prob*stored*stored_scale - coef_smooth*weight;
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        double *const dlogits_row = dlogits + row * dlogits_stride;
+        double row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+            }
+            row_loss = (double)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (double)NAN;
+            }
+        } else {
+            tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        if (lane_ignored[r]) {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            row_loss = 0;
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_index_weighted_f64(
     const double *logits, int64_t logits_stride,
     const int64_t *targets,
@@ -2793,6 +5168,21 @@ static int gs_rows_index_weighted_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                double row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_index_weighted_f64(logits, logits_stride, targets,
+                    ignore_index,
+                    class_weights,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const int64_t target = targets[row];
                 const int ignored = target == ignore_index;
@@ -2962,6 +5352,228 @@ static double gs_row_index_weighted_softcap_f64(
         return loss;
     }
 }
+static void gs_lanes_index_weighted_softcap_f64(
+    const double *logits, int64_t logits_stride,
+    const int64_t *targets, int64_t ignore_index,
+    const double *class_weights,
+    int64_t first, int64_t count, int64_t n_classes,
+    double label_smoothing, double lse_square_scale, double softcap,
+    int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
+    double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
+{
+    const double num_classes = (double)n_classes;
+    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double lane_max[GS_SEGMENT_ROWS];
+    double lane_sum_exp[GS_SEGMENT_ROWS];
+    double lane_weight_sum[GS_SEGMENT_ROWS];
+    double lane_shifted_sum[GS_SEGMENT_ROWS];
+    double lane_grad_scale[GS_SEGMENT_ROWS];
+    int64_t lane_key[GS_SEGMENT_ROWS];
+    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    int64_t lane_target[GS_SEGMENT_ROWS];
+    int lane_ignored[GS_SEGMENT_ROWS];
+    double lane_target_logit[GS_SEGMENT_ROWS];
+    double lane_dlogit_target[GS_SEGMENT_ROWS];
+    double lane_log_sum_exp[GS_SEGMENT_ROWS];
+    double lane_lse[GS_SEGMENT_ROWS];
+    double lane_target_shifted[GS_SEGMENT_ROWS];
+    double lane_zloss_slope[GS_SEGMENT_ROWS];
+    double lane_loss[GS_SEGMENT_ROWS];
+    double lane_coef_prob[GS_SEGMENT_ROWS];
+    double lane_coef_smooth[GS_SEGMENT_ROWS];
+    double lane_coef_target[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const double *logits_row = logits + row * logits_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+            }
+            lane_ignored[r] = targets[row] == ignore_index;
+            lane_target[r] = lane_ignored[r] ? 0 : targets[row];
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (double)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_ignored[r] = 0;
+            lane_target[r] = 0;
+            lane_grad_scale[r] = 0;
+        }
+        lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
+        lane_key[r] = INT64_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double transformed = softcap*tanh(logit/softcap);
+            int64_t key;
+            uint64_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT64_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT64_C(9218868437227405312);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const double weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double row_max = lane_max[r];
+            const double shifted = -row_max + softcap*tanh(logit/softcap);
+            const double exp_term = gs_exp_f64(shifted);
+            const double linear_coefficient = weight;
+            const double shifted_term = linear_coefficient*shifted;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double sum_exp = lane_sum_exp[r];
+        const double weight_sum = lane_weight_sum[r];
+        const double shifted_sum = lane_shifted_sum[r];
+        const double grad_scale = lane_grad_scale[r];
+        const double target_logit = lane_target_logit[r];
+        const double target_class_weight = class_weights[lane_target[r]];
+        const double target_weight = target_class_weight;
+        const double row_weight = target_weight;
+        const double r0 = label_smoothing/num_classes;
+        const double r1 = target_weight*(1 - label_smoothing);
+        const double log_sum_exp = log(sum_exp);
+        const double lse = log_sum_exp + row_max;
+        const double target_shifted = -row_max + softcap*tanh(target_logit/softcap);
+        const double zloss_slope = lse*lse_square_scale;
+        const double loss = lse*zloss_slope + r0*(log_sum_exp*weight_sum - shifted_sum) + r1*(log_sum_exp - target_shifted);
+        const double coef_prob = grad_scale*(r0*weight_sum + r1 + 2*zloss_slope);
+        const double coef_smooth = grad_scale*r0;
+        const double coef_target = grad_scale*r1;
+        (void)row_weight;
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_target_shifted[r] = target_shifted;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+        lane_coef_smooth[r] = coef_smooth;
+        lane_coef_target[r] = coef_target;
+    }
+    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double log_sum_exp = lane_log_sum_exp[r];
+        const double lse = lane_lse[r];
+        const double target_shifted = lane_target_shifted[r];
+        const double zloss_slope = lane_zloss_slope[r];
+        const double loss = lane_loss[r];
+        const double coef_prob = lane_coef_prob[r];
+        const double coef_smooth = lane_coef_smooth[r];
+        const double coef_target = lane_coef_target[r];
+        (void)log_sum_exp;
+        (void)lse;
+        (void)target_shifted;
+        (void)zloss_slope;
+        (void)loss;
+        (void)coef_prob;
+        (void)coef_smooth;
+        (void)coef_target;
+        (void)row_max;
+        {
+            const double target_logit = lane_target_logit[r];
+            const double target_class_weight = class_weights[lane_target[r]];
+            const double target_weight = target_class_weight;
+            const double row_weight = target_weight;
+            (void)target_logit;
+            const double dlogit_target = (1 - tanh(target_logit/softcap)*tanh(target_logit/softcap))*(coef_prob*gs_exp_f64(-log_sum_exp + target_shifted) - coef_smooth*target_weight - coef_target);
+            (void)row_weight;
+            lane_dlogit_target[r] = dlogit_target;
+        }
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const double weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double grad_scale = lane_grad_scale[r];
+            const double log_sum_exp = lane_log_sum_exp[r];
+            const double lse = lane_lse[r];
+            const double target_shifted = lane_target_shifted[r];
+            const double zloss_slope = lane_zloss_slope[r];
+            const double loss = lane_loss[r];
+            const double coef_prob = lane_coef_prob[r];
+            const double coef_smooth = lane_coef_smooth[r];
+            const double coef_target = lane_coef_target[r];
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double row_max = lane_max[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)target_shifted;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)coef_smooth;
+            (void)coef_target;
+            (void)grad_scale;
+            const double d0 = tanh(logit/softcap);
+            const double shifted = d0*softcap - row_max;
+            const double dlogit = (1 - d0*d0)*(coef_prob*gs_exp_f64(-log_sum_exp + shifted) - coef_smooth*weight);
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        double *const dlogits_row = dlogits + row * dlogits_stride;
+        double row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+            }
+            row_loss = (double)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (double)NAN;
+            }
+        } else {
+            tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        if (lane_ignored[r]) {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            row_loss = 0;
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_index_weighted_softcap_f64(
     const double *logits, int64_t logits_stride,
     const int64_t *targets,
@@ -3024,6 +5636,21 @@ static int gs_rows_index_weighted_softcap_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                double row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_index_weighted_softcap_f64(logits, logits_stride, targets,
+                    ignore_index,
+                    class_weights,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const int64_t target = targets[row];
                 const int ignored = target == ignore_index;
@@ -3215,6 +5842,183 @@ static double gs_row_probs_f64(
         return loss;
     }
 }
+static void gs_lanes_probs_f64(
+    const double *logits, int64_t logits_stride,
+    const double *targets, int64_t targets_stride,
+    int64_t first, int64_t count, int64_t n_classes,
+    double label_smoothing, double lse_square_scale, double softcap,
+    int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
+    double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
+{
+    const double num_classes = (double)n_classes;
+    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double lane_max[GS_SEGMENT_ROWS];
+    double lane_sum_exp[GS_SEGMENT_ROWS];
+    double lane_weight_sum[GS_SEGMENT_ROWS];
+    double lane_shifted_sum[GS_SEGMENT_ROWS];
+    double lane_grad_scale[GS_SEGMENT_ROWS];
+    int64_t lane_key[GS_SEGMENT_ROWS];
+    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    double lane_stored_scale[GS_SEGMENT_ROWS];
+    double lane_log_sum_exp[GS_SEGMENT_ROWS];
+    double lane_lse[GS_SEGMENT_ROWS];
+    double lane_zloss_slope[GS_SEGMENT_ROWS];
+    double lane_loss[GS_SEGMENT_ROWS];
+    double lane_coef_prob[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const double *logits_row = logits + row * logits_stride;
+            const double *targets_row = targets + row * targets_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+                prob_tile[j * GS_SEGMENT_ROWS + r] = targets_row[j];
+            }
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (double)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+                prob_tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_grad_scale[r] = 0;
+        }
+        lane_key[r] = INT64_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double transformed = logit;
+            int64_t key;
+            uint64_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT64_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT64_C(9218868437227405312);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const double row_max = lane_max[r];
+            const double shifted = logit - row_max;
+            const double exp_term = gs_exp_f64(shifted);
+            const double linear_coefficient = label_smoothing/num_classes + target_prob*(1 - label_smoothing);
+            const double shifted_term = linear_coefficient*shifted;
+            tile[j * GS_SEGMENT_ROWS + r] = exp_term;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double sum_exp = lane_sum_exp[r];
+        const double weight_sum = lane_weight_sum[r];
+        const double shifted_sum = lane_shifted_sum[r];
+        const double grad_scale = lane_grad_scale[r];
+        const double log_sum_exp = log(sum_exp);
+        const double lse = log_sum_exp + row_max;
+        const double zloss_slope = lse*lse_square_scale;
+        const double loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
+        const double coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+    }
+    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double log_sum_exp = lane_log_sum_exp[r];
+        const double lse = lane_lse[r];
+        const double zloss_slope = lane_zloss_slope[r];
+        const double loss = lane_loss[r];
+        const double coef_prob = lane_coef_prob[r];
+        (void)log_sum_exp;
+        (void)lse;
+        (void)zloss_slope;
+        (void)loss;
+        (void)coef_prob;
+        (void)row_max;
+        {
+            const double stored_max = row_max; /* one chunk: the row's maximum */
+            const double stored_shifted = -row_max + stored_max;
+            const double stored_scale = gs_exp_f64(-log_sum_exp + stored_shifted);
+            lane_stored_scale[r] = stored_scale;
+        }
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const double grad_scale = lane_grad_scale[r];
+            const double log_sum_exp = lane_log_sum_exp[r];
+            const double lse = lane_lse[r];
+            const double zloss_slope = lane_zloss_slope[r];
+            const double loss = lane_loss[r];
+            const double coef_prob = lane_coef_prob[r];
+            const double stored = tile[j * GS_SEGMENT_ROWS + r];
+            const double stored_scale = lane_stored_scale[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)grad_scale;
+            const double dlogit = coef_prob*stored*stored_scale - grad_scale*(label_smoothing/num_classes + target_prob*(1 - label_smoothing));
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        double *const dlogits_row = dlogits + row * dlogits_stride;
+        double row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+            }
+            row_loss = (double)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (double)NAN;
+            }
+        } else {
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_probs_f64(
     const double *logits, int64_t logits_stride,
     const double *targets, int64_t targets_stride,
@@ -3264,6 +6068,20 @@ static int gs_rows_probs_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                double row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_probs_f64(logits, logits_stride, targets,
+                    targets_stride,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const double grad_scale = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                     : grad_outputs == NULL ? (double)1 : grad_outputs[row];
@@ -3404,6 +6222,161 @@ static double gs_row_probs_softcap_f64(
         return loss;
     }
 }
+static void gs_lanes_probs_softcap_f64(
+    const double *logits, int64_t logits_stride,
+    const double *targets, int64_t targets_stride,
+    int64_t first, int64_t count, int64_t n_classes,
+    double label_smoothing, double lse_square_scale, double softcap,
+    int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
+    double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
+{
+    const double num_classes = (double)n_classes;
+    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double lane_max[GS_SEGMENT_ROWS];
+    double lane_sum_exp[GS_SEGMENT_ROWS];
+    double lane_weight_sum[GS_SEGMENT_ROWS];
+    double lane_shifted_sum[GS_SEGMENT_ROWS];
+    double lane_grad_scale[GS_SEGMENT_ROWS];
+    int64_t lane_key[GS_SEGMENT_ROWS];
+    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    double lane_log_sum_exp[GS_SEGMENT_ROWS];
+    double lane_lse[GS_SEGMENT_ROWS];
+    double lane_zloss_slope[GS_SEGMENT_ROWS];
+    double lane_loss[GS_SEGMENT_ROWS];
+    double lane_coef_prob[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const double *logits_row = logits + row * logits_stride;
+            const double *targets_row = targets + row * targets_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+                prob_tile[j * GS_SEGMENT_ROWS + r] = targets_row[j];
+            }
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (double)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+                prob_tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_grad_scale[r] = 0;
+        }
+        lane_key[r] = INT64_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double transformed = softcap*tanh(logit/softcap);
+            int64_t key;
+            uint64_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT64_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT64_C(9218868437227405312);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const double row_max = lane_max[r];
+            const double shifted = -row_max + softcap*tanh(logit/softcap);
+            const double exp_term = gs_exp_f64(shifted);
+            const double linear_coefficient = label_smoothing/num_classes + target_prob*(1 - label_smoothing);
+            const double shifted_term = linear_coefficient*shifted;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double sum_exp = lane_sum_exp[r];
+        const double weight_sum = lane_weight_sum[r];
+        const double shifted_sum = lane_shifted_sum[r];
+        const double grad_scale = lane_grad_scale[r];
+        const double log_sum_exp = log(sum_exp);
+        const double lse = log_sum_exp + row_max;
+        const double zloss_slope = lse*lse_square_scale;
+        const double loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
+        const double coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+    }
+    for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const double grad_scale = lane_grad_scale[r];
+            const double log_sum_exp = lane_log_sum_exp[r];
+            const double lse = lane_lse[r];
+            const double zloss_slope = lane_zloss_slope[r];
+            const double loss = lane_loss[r];
+            const double coef_prob = lane_coef_prob[r];
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double row_max = lane_max[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)grad_scale;
+            const double d0 = tanh(logit/softcap);
+            const double shifted = d0*softcap - row_max;
+            const double dlogit = (1 - d0*d0)*(coef_prob*gs_exp_f64(-log_sum_exp + shifted) - grad_scale*(label_smoothing/num_classes + target_prob*(1 - label_smoothing)));
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        double *const dlogits_row = dlogits + row * dlogits_stride;
+        double row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+            }
+            row_loss = (double)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (double)NAN;
+            }
+        } else {
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_probs_softcap_f64(
     const double *logits, int64_t logits_stride,
     const double *targets, int64_t targets_stride,
@@ -3453,6 +6426,20 @@ static int gs_rows_probs_softcap_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                double row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_probs_softcap_f64(logits, logits_stride, targets,
+                    targets_stride,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const double grad_scale = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                     : grad_outputs == NULL ? (double)1 : grad_outputs[row];
@@ -3648,6 +6635,186 @@ static double gs_row_probs_weighted_f64(
         return loss;
     }
 }
+static void gs_lanes_probs_weighted_f64(
+    const double *logits, int64_t logits_stride,
+    const double *targets, int64_t targets_stride,
+    const double *class_weights,
+    int64_t first, int64_t count, int64_t n_classes,
+    double label_smoothing, double lse_square_scale, double softcap,
+    int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
+    double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
+{
+    const double num_classes = (double)n_classes;
+    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double lane_max[GS_SEGMENT_ROWS];
+    double lane_sum_exp[GS_SEGMENT_ROWS];
+    double lane_weight_sum[GS_SEGMENT_ROWS];
+    double lane_shifted_sum[GS_SEGMENT_ROWS];
+    double lane_grad_scale[GS_SEGMENT_ROWS];
+    int64_t lane_key[GS_SEGMENT_ROWS];
+    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    double lane_stored_scale[GS_SEGMENT_ROWS];
+    double lane_log_sum_exp[GS_SEGMENT_ROWS];
+    double lane_lse[GS_SEGMENT_ROWS];
+    double lane_zloss_slope[GS_SEGMENT_ROWS];
+    double lane_loss[GS_SEGMENT_ROWS];
+    double lane_coef_prob[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const double *logits_row = logits + row * logits_stride;
+            const double *targets_row = targets + row * targets_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+                prob_tile[j * GS_SEGMENT_ROWS + r] = targets_row[j];
+            }
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (double)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+                prob_tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_grad_scale[r] = 0;
+        }
+        lane_key[r] = INT64_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double transformed = logit;
+            int64_t key;
+            uint64_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT64_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT64_C(9218868437227405312);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const double weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const double row_max = lane_max[r];
+            const double shifted = logit - row_max;
+            const double exp_term = gs_exp_f64(shifted);
+            const double linear_coefficient = weight*(label_smoothing/num_classes + target_prob*(1 - label_smoothing));
+            const double shifted_term = linear_coefficient*shifted;
+            tile[j * GS_SEGMENT_ROWS + r] = exp_term;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double sum_exp = lane_sum_exp[r];
+        const double weight_sum = lane_weight_sum[r];
+        const double shifted_sum = lane_shifted_sum[r];
+        const double grad_scale = lane_grad_scale[r];
+        const double log_sum_exp = log(sum_exp);
+        const double lse = log_sum_exp + row_max;
+        const double zloss_slope = lse*lse_square_scale;
+        const double loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
+        const double coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+    }
+    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double log_sum_exp = lane_log_sum_exp[r];
+        const double lse = lane_lse[r];
+        const double zloss_slope = lane_zloss_slope[r];
+        const double loss = lane_loss[r];
+        const double coef_prob = lane_coef_prob[r];
+        (void)log_sum_exp;
+        (void)lse;
+        (void)zloss_slope;
+        (void)loss;
+        (void)coef_prob;
+        (void)row_max;
+        {
+            const double stored_max = row_max; /* one chunk: the row's maximum */
+            const double stored_shifted = -row_max + stored_max;
+            const double stored_scale = gs_exp_f64(-log_sum_exp + stored_shifted);
+            lane_stored_scale[r] = stored_scale;
+        }
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const double weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const double grad_scale = lane_grad_scale[r];
+            const double log_sum_exp = lane_log_sum_exp[r];
+            const double lse = lane_lse[r];
+            const double zloss_slope = lane_zloss_slope[r];
+            const double loss = lane_loss[r];
+            const double coef_prob = lane_coef_prob[r];
+            const double stored = tile[j * GS_SEGMENT_ROWS + r];
+            const double stored_scale = lane_stored_scale[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)grad_scale;
+            const double dlogit = coef_prob*stored*stored_scale - grad_scale*weight*(label_smoothing/num_classes + target_prob*(1 - label_smoothing));
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        double *const dlogits_row = dlogits + row * dlogits_stride;
+        double row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+            }
+            row_loss = (double)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (double)NAN;
+            }
+        } else {
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_probs_weighted_f64(
     const double *logits, int64_t logits_stride,
     const double *targets, int64_t targets_stride,
@@ -3696,6 +6863,21 @@ static int gs_rows_probs_weighted_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                double row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_probs_weighted_f64(logits, logits_stride, targets,
+                    targets_stride,
+                    class_weights,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const double grad_scale = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                     : grad_outputs == NULL ? (double)1 : grad_outputs[row];
@@ -3841,6 +7023,164 @@ static double gs_row_probs_weighted_softcap_f64(
         return loss;
     }
 }
+static void gs_lanes_probs_weighted_softcap_f64(
+    const double *logits, int64_t logits_stride,
+    const double *targets, int64_t targets_stride,
+    const double *class_weights,
+    int64_t first, int64_t count, int64_t n_classes,
+    double label_smoothing, double lse_square_scale, double softcap,
+    int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
+    double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
+{
+    const double num_classes = (double)n_classes;
+    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double lane_max[GS_SEGMENT_ROWS];
+    double lane_sum_exp[GS_SEGMENT_ROWS];
+    double lane_weight_sum[GS_SEGMENT_ROWS];
+    double lane_shifted_sum[GS_SEGMENT_ROWS];
+    double lane_grad_scale[GS_SEGMENT_ROWS];
+    int64_t lane_key[GS_SEGMENT_ROWS];
+    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    double lane_log_sum_exp[GS_SEGMENT_ROWS];
+    double lane_lse[GS_SEGMENT_ROWS];
+    double lane_zloss_slope[GS_SEGMENT_ROWS];
+    double lane_loss[GS_SEGMENT_ROWS];
+    double lane_coef_prob[GS_SEGMENT_ROWS];
+    int64_t j;
+    int64_t r;
+    (void)label_smoothing;
+    (void)lse_square_scale;
+    (void)softcap;
+    (void)num_classes;
+    /* Lanes past `count` hold zeros (finite, never written back): every lane runs the same code. */
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t row = first + r;
+        if (r < count) {
+            const double *logits_row = logits + row * logits_stride;
+            const double *targets_row = targets + row * targets_stride;
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = logits_row[j];
+                prob_tile[j * GS_SEGMENT_ROWS + r] = targets_row[j];
+            }
+            lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
+                : grad_outputs == NULL ? (double)1 : grad_outputs[row];
+        } else {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = 0;
+                prob_tile[j * GS_SEGMENT_ROWS + r] = 0;
+            }
+            lane_grad_scale[r] = 0;
+        }
+        lane_key[r] = INT64_MIN;
+        lane_exponent[r] = 0;
+        lane_sum_exp[r] = 0;
+        lane_weight_sum[r] = 0;
+        lane_shifted_sum[r] = 0;
+    }
+    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
+       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    for (j = 0; j < n_classes; ++j) {
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double transformed = softcap*tanh(logit/softcap);
+            int64_t key;
+            uint64_t logit_bits;
+            memcpy(&key, &transformed, sizeof key);
+            memcpy(&logit_bits, &logit, sizeof logit_bits);
+            key = key < 0 ? key ^ INT64_MAX : key;
+            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
+            logit_bits &= UINT64_C(9218868437227405312);
+            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+        }
+    }
+    GS_SIMD_LANES
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
+        memcpy(&lane_max[r], &key, sizeof key);
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const double weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const double row_max = lane_max[r];
+            const double shifted = -row_max + softcap*tanh(logit/softcap);
+            const double exp_term = gs_exp_f64(shifted);
+            const double linear_coefficient = weight*(label_smoothing/num_classes + target_prob*(1 - label_smoothing));
+            const double shifted_term = linear_coefficient*shifted;
+            lane_sum_exp[r] += exp_term;
+            lane_weight_sum[r] += linear_coefficient;
+            lane_shifted_sum[r] += shifted_term;
+        }
+    }
+    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+        const double row_max = lane_max[r];
+        const double sum_exp = lane_sum_exp[r];
+        const double weight_sum = lane_weight_sum[r];
+        const double shifted_sum = lane_shifted_sum[r];
+        const double grad_scale = lane_grad_scale[r];
+        const double log_sum_exp = log(sum_exp);
+        const double lse = log_sum_exp + row_max;
+        const double zloss_slope = lse*lse_square_scale;
+        const double loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
+        const double coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
+    }
+    for (j = 0; j < n_classes; ++j) {
+        const double weight = class_weights[j];
+        GS_SIMD_LANES
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
+            const double grad_scale = lane_grad_scale[r];
+            const double log_sum_exp = lane_log_sum_exp[r];
+            const double lse = lane_lse[r];
+            const double zloss_slope = lane_zloss_slope[r];
+            const double loss = lane_loss[r];
+            const double coef_prob = lane_coef_prob[r];
+            const double logit = tile[j * GS_SEGMENT_ROWS + r];
+            const double row_max = lane_max[r];
+            (void)log_sum_exp;
+            (void)lse;
+            (void)zloss_slope;
+            (void)loss;
+            (void)coef_prob;
+            (void)grad_scale;
+            const double d0 = tanh(logit/softcap);
+            const double shifted = d0*softcap - row_max;
+            const double dlogit = (1 - d0*d0)*(coef_prob*gs_exp_f64(-log_sum_exp + shifted) - grad_scale*weight*(label_smoothing/num_classes + target_prob*(1 - label_smoothing)));
+            tile[j * GS_SEGMENT_ROWS + r] = dlogit;
+        }
+    }
+    for (r = 0; r < count; ++r) {
+        const int64_t row = first + r;
+        double *const dlogits_row = dlogits + row * dlogits_stride;
+        double row_loss = lane_loss[r];
+        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
+            /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+            }
+            row_loss = (double)NAN;
+            if (lse_rows != NULL) {
+                lse_rows[row] = (double)NAN;
+            }
+        } else {
+            if (lse_rows != NULL) {
+                lse_rows[row] = lane_lse[r];
+            }
+        }
+        for (j = 0; j < n_classes; ++j) {
+            dlogits_row[j] = tile[j * GS_SEGMENT_ROWS + r];
+        }
+        row_losses[r] = row_loss;
+    }
+}
 static int gs_rows_probs_weighted_softcap_f64(
     const double *logits, int64_t logits_stride,
     const double *targets, int64_t targets_stride,
@@ -3889,6 +7229,21 @@ static int gs_rows_probs_weighted_softcap_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
+            if (n_classes <= GS_SHORT_CLASSES) {
+                double row_losses[GS_SEGMENT_ROWS];
+                gs_lanes_probs_weighted_softcap_f64(logits, logits_stride, targets,
+                    targets_stride,
+                    class_weights,
+                    first, last - first, n_classes, label_smoothing, lse_square_scale, softcap,
+                    reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
+                    row_losses);
+                for (row = first; row < last; ++row) {
+                    if (reduction == GS_REDUCTION_NONE) {
+                        loss_out[row] = row_losses[row - first];
+                    }
+                    segment_loss += (double)row_losses[row - first];
+                }
+            } else
             for (row = first; row < last; ++row) {
                 const double grad_scale = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                     : grad_outputs == NULL ? (double)1 : grad_outputs[row];

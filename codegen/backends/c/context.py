@@ -29,6 +29,9 @@ SHORT_SIMDLEN = {"float32": 8, "float64": 4}
 ROW_BLOCK = 4096  # segments per parallel region, their sums kept for a serial double sum
 SEGMENT_ROWS = 16  # rows per segment, summed in order by one thread
 PARALLEL_MIN_ELEMENTS = 32768  # below this a parallel region costs more than it saves
+# Rows of at most this many classes are processed a segment at a time, one row per SIMD lane
+# (a transposed tile of SEGMENT_ROWS rows): no per-row reductions, tails or calls.
+SHORT_CLASSES = 32
 
 # Names the template itself declares before a group is evaluated.
 _ELEMENT_INPUTS = {"logit", "weight", "target_prob", "row_max", "num_classes",
@@ -127,6 +130,7 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str) -> dict:
         "weighted": spec.weighted,
         "softcapped": spec.softcapped,
         "stores": stores,
+        "row_names": [str(symbol) for symbol, _ in spec.row_values],
         "groups": groups,
         "op_count": sum(g.op_count for g in groups.values()),
     }
@@ -181,6 +185,7 @@ def kernel_context() -> dict:
         "short_chunk": SHORT_CHUNK,
         "row_block": ROW_BLOCK,
         "segment_rows": SEGMENT_ROWS,
+        "short_classes": SHORT_CLASSES,
         "parallel_min_elements": PARALLEL_MIN_ELEMENTS,
         "spec_hash": expression_hash(expressions),
         "op_count": sum(d["op_count"] for d in dtypes),

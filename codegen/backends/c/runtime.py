@@ -58,14 +58,14 @@ def _raise_for(status: int, call, bad_row: int) -> None:
 
 
 def load(dtype: str) -> Callable:
-    """The contract's callable for ``dtype`` ("float32" or "float64"), running the C kernels."""
+    """The ``codegen.load`` callable for ``dtype`` ("float32" or "float64"), running the C kernels."""
     if dtype not in SUFFIXES:
         raise ValueError(f"dtype for backend 'c' must be one of {tuple(SUFFIXES)}, got {dtype!r}")
     return bind(build.library(), dtype)
 
 
 def bind(library: ctypes.CDLL, dtype: str) -> Callable:
-    """The contract's callable over an already loaded library (see :func:`build.load_library`)."""
+    """The ``codegen.load`` callable over an already loaded library (see :func:`build.load_library`)."""
     suffix = SUFFIXES[dtype]
     index_kernel = getattr(library, f"gs_ce_index_{suffix}")
     probs_kernel = getattr(library, f"gs_ce_probs_{suffix}")
