@@ -80,6 +80,22 @@ def render_template(template: str, **context) -> str:
         raise TemplateError(f"template {template}: {error}") from error
 
 
+def render_with_preamble(templates: Mapping[str, str], context: dict, abi: str) -> dict[str, str]:
+    """Render ``{path: template}`` with one context, each file headed by its preamble.
+
+    ``context`` carries the spec hash and op count of what it prints (``spec_hash``,
+    ``op_count``); templates lay the ``preamble`` lines out in their comment syntax.
+    """
+    return {
+        path: render_template(
+            template,
+            preamble=preamble(template, context["spec_hash"], context["op_count"], abi),
+            **context,
+        )
+        for path, template in templates.items()
+    }
+
+
 def _backend(name: str):
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from codegen.backends.c.context import kernel_context
-from codegen.render import preamble, render_template
+from codegen.render import render_with_preamble
 
 ABI = (
     "C99; int gs_ce_index_f32/f64 and gs_ce_probs_f32/f64 (see gradsmith_ce.h); "
@@ -17,9 +17,4 @@ TEMPLATES = {
 
 def render() -> dict[str, str]:
     """The emitted C files, keyed by their path relative to generated/."""
-    context = kernel_context()
-    files = {}
-    for path, template in TEMPLATES.items():
-        header = preamble(template, context["spec_hash"], context["op_count"], ABI)
-        files[path] = render_template(template, preamble=header, **context)
-    return files
+    return render_with_preamble(TEMPLATES, kernel_context(), ABI)

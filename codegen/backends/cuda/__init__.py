@@ -7,7 +7,7 @@ functions, usable from host code too) and ``cuda/gradsmith_ce.cu`` (kernels and 
 from __future__ import annotations
 
 from codegen.backends.cuda.context import kernel_context
-from codegen.render import preamble, render_template
+from codegen.render import render_with_preamble
 
 TEMPLATES = {
     "cuda/gradsmith_ce.cuh": "cuda/gradsmith_ce.cuh.j2",
@@ -20,9 +20,5 @@ ABI = (
 
 
 def render() -> dict[str, str]:
-    context = kernel_context()
-    files = {}
-    for path, template in TEMPLATES.items():
-        header = preamble(template, context["spec_hash"], context["op_count"], ABI)
-        files[path] = render_template(template, header=header, **context)
-    return files
+    """The emitted CUDA files, keyed by their path relative to generated/."""
+    return render_with_preamble(TEMPLATES, kernel_context(), ABI)
