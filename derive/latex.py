@@ -141,15 +141,27 @@ def _definitions() -> list[tuple[str, str]]:
     ]
 
 
+def _rows(derivation: Derivation) -> list[tuple[str, str, Step]]:
+    """(left side, "= right side", step) per line; a start that is its own left side is not
+    written as an equality with itself."""
+    rows = []
+    for n, step in enumerate(derivation.steps):
+        shown = expression_latex(step)
+        if n == 0 and shown.strip() == derivation.lhs.strip():
+            rows.append(("", shown, step))
+        else:
+            rows.append((derivation.lhs if n == 0 else "", f"= {shown}", step))
+    return rows
+
+
 def _latex_derivation(title: str, derivation: Derivation) -> str:
     lines = [rf"\subsection*{{{escape_text(title)}}}"]
     if derivation.intro:
         lines.append(escape_text(derivation.intro))
     lines.append(r"\begin{align*}")
-    for n, step in enumerate(derivation.steps):
-        left = derivation.lhs if n == 0 else ""
+    for n, (left, right, step) in enumerate(_rows(derivation)):
         end = r" \\" if n < len(derivation.steps) - 1 else ""
-        lines.append(f"{left} &= {expression_latex(step)} "
+        lines.append(f"{left} &{right} "
                      rf"\tag*{{\footnotesize {escape_text(_how(step))}}}{end}")
     lines.append(r"\end{align*}")
     lines.append(r"\noindent Claim: \texttt{" + escape_text(derivation.name) + "}"
@@ -165,9 +177,8 @@ def _md_derivation(title: str, derivation: Derivation) -> str:
     lines = [f"### {title}", ""]
     if derivation.intro:
         lines += [derivation.intro, ""]
-    for n, step in enumerate(derivation.steps):
-        left = derivation.lhs if n == 0 else ""
-        lines += [f"*{_how(step)}*", "", f"$${left} = {expression_latex(step)}$$", ""]
+    for left, right, step in _rows(derivation):
+        lines += [f"*{_how(step)}*", "", f"$${left} {right}$$", ""]
     lines.append(f"Claim: `{derivation.name}` (C: {derivation.classes}, {derivation.method}).")
     assumptions = _assumption_lines(derivation)
     if assumptions:
