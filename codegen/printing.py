@@ -16,7 +16,8 @@ from sympy.printing.codeprinter import CodePrinter
 
 @dataclass(frozen=True)
 class PrintedCode:
-    """Printed assignments: ``intermediates`` first (CSE temporaries), then ``outputs``."""
+    """Printed CSE temporaries (``intermediates``) and ``outputs``, in printing order;
+    ``assignments`` lays them out so that each follows every name it reads."""
 
     intermediates: tuple[tuple[str, str], ...]
     outputs: tuple[tuple[str, str], ...]
@@ -27,9 +28,6 @@ class PrintedCode:
     def assignments(self) -> tuple[tuple[str, str], ...]:
         """Temporaries and outputs together, each after every name it reads."""
         return self.ordered or self.intermediates + self.outputs
-
-    def output(self, name: str) -> str:
-        return dict(self.outputs)[name]
 
 
 def print_code(

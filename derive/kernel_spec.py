@@ -102,15 +102,6 @@ class KernelSpec:
     stored_scale_value: sp.Expr
     dlogit_from_stored: sp.Expr
 
-    @property
-    def element_symbols(self) -> tuple[sp.Symbol, ...]:
-        symbols = (logit,)
-        if self.weighted:
-            symbols += (weight,)
-        if self.target_kind == "probs":
-            symbols += (target_prob,)
-        return symbols
-
     def expressions(self) -> dict[str, sp.Expr]:
         """Every expression of the spec by name (for hashing and for tests)."""
         named = {
