@@ -280,3 +280,27 @@ def test_runtime_errors_name_the_argument():
         f(logits.astype(np.float64), np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="weight"):
         f(logits, np.array([0, 1, 2]), weight=np.ones(3, dtype=np.float32))
+
+
+def test_rows_beyond_the_stored_chunks_take_the_recomputing_path():
+    """Rows longer than CHUNK * STORED_CHUNKS classes recompute the exponential in the second
+    sweep instead of scaling the stored one; both sides of that boundary are exact."""
+    boundary = context.CHUNK * context.STORED_CHUNKS
+    function = runtime.load("float32")
+    rng = np.random.default_rng(5)
+    eps = 0.1
+    for classes in (boundary, boundary + 1):
+        logits = (3 * rng.standard_normal((2, classes))).astype(np.float32)
+        logits[1, classes // 2 + 7] = 40.0  # the row maximum moves late in the row
+        target = np.array([7, classes // 2 + 7])
+        loss, dlogits = function(logits, target, reduction="none", label_smoothing=eps)
+        # Independent float64 evaluation of PyTorch's definition.
+        z = logits.astype(np.float64)
+        top = z.max(axis=1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+        rows = np.arange(2)
+        expected_loss = (1 - eps) * (lse - z[rows, target]) + eps / classes * (classes * lse - z.sum(axis=1))
+        expected = np.exp(z - lse[:, None]) - eps / classes
+        expected[rows, target] -= 1 - eps
+        np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+        np.testing.assert_allclose(dlogits, expected, rtol=0, atol=1e-7)
