@@ -119,6 +119,9 @@ def prepare_call(
             raise TypeError(f"target of shape (N,) must hold integer class indices, got {target.dtype}")
         if target.shape[0] != n_rows:
             raise ValueError(f"target must have shape ({n_rows},) to match logits, got {tuple(target.shape)}")
+        if target.dtype.kind == "u" and n_rows and int(target.max()) > np.iinfo(np.int64).max:
+            row = int(xp.argmax(target > np.iinfo(np.int64).max))
+            raise ValueError(f"target[{row}] = {int(target[row])} is outside [0, {n_classes})")
         target = xp.ascontiguousarray(target, dtype=xp.int64)
         target_kind = "index"
         if check_targets and n_rows:

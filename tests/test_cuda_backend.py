@@ -335,6 +335,31 @@ def test_huge_and_non_finite_rows(harness, storage, huge):
 
 
 @needs_nvcc
+@pytest.mark.parametrize("name", [n for n in VARIANTS if "softcap" not in n])
+@pytest.mark.parametrize(("storage", "huge"), [("float32", 1e30), ("float64", 1e300), ("float32", 1e4)])
+def test_shifts_are_taken_before_the_log_sum_exp_is_added(harness, name, storage, huge):
+    """Tied maxima far from 0: the printed code must form logit - row_max (and log_sum_exp -
+    target_shifted) as the spec names them; folding them into lse - target_logit or
+    exp(-log_sum_exp + logit - row_max) rounds log 2 away next to |logit| = huge."""
+    logits = np.array([[huge, huge, 0.0, -huge], [huge, huge - huge / 2**10, huge, 1.0],
+                       [-huge, 3.0, 3.0, 2.0]])
+    logits = _round_to(logits, storage)
+    if name.startswith("probs"):
+        target = _round_to(np.array([[0.5, 0.5, 0, 0], [0.25, 0, 0.75, 0], [0, 0.5, 0.25, 0.25]]), storage)
+    else:
+        target = np.array([1, 2, 1])
+    weight = np.array([0.5, 2.0, 1.0, 1.5]) if "weighted" in name else None
+    loss, grad, lse, _ = _run_harness(harness, name, storage, logits, target, weight, (0.0, 0.0, 0.0), 32,
+                                      True, "none", None)
+    ref_loss, ref_grad, ref_lse = reference_cross_entropy(logits, target, weight=weight, reduction="none",
+                                                          return_lse=True)
+    tol = TOLERANCE[storage]
+    np.testing.assert_allclose(loss, ref_loss, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol)
+    np.testing.assert_allclose(lse, ref_lse, rtol=tol)
+
+
+@needs_nvcc
 def test_bad_target_is_reported_without_reading_out_of_bounds(harness):
     logits = np.zeros((4, 8))
     target = np.array([1, 9, -5, 2])

@@ -28,6 +28,11 @@ def run(args: argparse.Namespace) -> int:
     if args.pdf and shutil.which("pdflatex") is None:
         raise OSError("--pdf: pdflatex not found; install it (Debian: texlive-latex-base) "
                       "or use --out FILE.tex")
+    for option, target in (("--out", args.out), ("--pdf", args.pdf)):
+        folder = Path(target).parent if target else None
+        if folder is not None and not folder.is_dir():
+            raise OSError(f"{option}: cannot write {target}: folder {folder} does not exist")
+    print("building and checking every derivation ...", file=sys.stderr)
     text = document(args.format)
     if args.out:
         write_atomically(Path(args.out), text)

@@ -35,20 +35,18 @@ def _group(
     printer: KernelCudaPrinter,
     prefix: str,
     bindings: Mapping[str, str | None],
-    keep: set[str] | None = None,
 ) -> dict:
     """Print a group and bind each free input: ``None`` marks a parameter of the function.
 
-    Outputs that read earlier outputs get them substituted, so that only the ``keep`` outputs
-    need to be emitted.
+    Outputs that read earlier outputs keep reading them by name (each is emitted, in dependency
+    order): substituting them would let SymPy reassociate the spec's evaluation order, e.g.
+    ``log_sum_exp - target_shifted`` into ``lse - target_logit`` or ``exp(shifted -
+    log_sum_exp)`` into ``exp(-log_sum_exp + logit - row_max)``, which round the row's log-sum
+    away next to logits of large magnitude.
     """
-    inlined: dict[sp.Symbol, sp.Expr] = {}
-    for name, expr in outputs:
-        inlined[sp.Symbol(str(name), real=True)] = sp.sympify(expr).xreplace(inlined)
-    kept = [(n, e) for n, e in inlined.items() if keep is None or str(n) in keep]
-    printed = print_code(kept, printer, temp_prefix=prefix)
+    printed = print_code(outputs, printer, temp_prefix=prefix)
     names = {str(name) for name, _ in outputs}
-    free = sorted({str(s) for e in inlined.values() for s in e.free_symbols} - names)
+    free = sorted({str(s) for _, e in outputs for s in sp.sympify(e).free_symbols} - names)
     unbound = [name for name in free if name not in bindings]
     if unbound:
         raise TemplateError(f"cuda group {group} reads {unbound}, which no argument provides")
@@ -58,8 +56,7 @@ def _group(
         raise TemplateError(str(error)) from error
     return {
         "bindings": tuple((n, bindings[n]) for n in free if bindings[n] is not None),
-        "intermediates": printed.intermediates,
-        "outputs": printed.outputs,
+        "assignments": printed.assignments,
         "op_count": printed.op_count,
     }
 
@@ -89,7 +86,6 @@ def _variant(spec: ks.KernelSpec, arithmetic: str) -> dict:
                 ("shifted_term", linear_coefficient * ks.shifted),
             ],
             real, "a", {"transformed": None, "row_max": "s.row_max", **element},
-            keep={"exp_term", "linear_coefficient", "shifted_term"},
         ),
         "rescale": _group(
             "rescale",
@@ -114,7 +110,6 @@ def _variant(spec: ks.KernelSpec, arithmetic: str) -> dict:
             [(ks.shifted, spec.element_shifted), (ks.dlogit, spec.dlogit)],
             real, "d",
             {"logit": None, **element, **{f: f"r.{f}" for f in row_fields}},
-            keep={"dlogit"},
         ),
         # The target's weight and the row's share of the mean's denominator.
         "row_weight": _group(
