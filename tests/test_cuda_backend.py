@@ -284,7 +284,8 @@ def _case(rng, name, storage, n, classes, reduction):
 @needs_nvcc
 @pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.parametrize("name", VARIANTS)
-@pytest.mark.parametrize(("classes", "threads", "warp_rows"), [(37, 32, True), (64, 32, True), (70, 64, False)])
+@pytest.mark.parametrize(("classes", "threads", "warp_rows"),
+                         [(37, 32, True), (64, 32, True), (70, 64, False), (5, 32, True), (1, 64, False)])
 def test_host_arithmetic_matches_reference(harness, storage, name, classes, threads, warp_rows):
     rng = np.random.default_rng([VARIANTS.index(name), STORAGES.index(storage), classes])
     reduction = ("none", "mean", "sum")[(classes + VARIANTS.index(name)) % 3]
@@ -415,6 +416,59 @@ def test_launchers_refuse_bad_arguments_before_any_launch(suffix):
     p = Params(**{**good, "reduction": 7})
     assert probs(fake, 10, fake, 10, None, 4, 10, ctypes.byref(p), None, fake, fake, 10, None,
                  fake, None) == 4
+
+
+@needs_nvcc
+@pytest.mark.parametrize("suffix", ["f32", "bf16"])
+def test_launchers_accept_null_row_arrays_for_an_empty_batch(suffix):
+    """N = 0 is valid, and an allocator's empty arrays (CuPy's) have a NULL data pointer: the
+    launchers must not refuse them (only loss, for mean and sum, is still needed)."""
+    import ctypes
+
+    from codegen.backends.cuda.runtime import _library
+    from codegen.native import Params
+
+    library = _library("sm_80")
+    fake = ctypes.c_void_p(64)
+    index = getattr(library, f"gs_ce_cuda_index_{suffix}")
+    probs = getattr(library, f"gs_ce_cuda_probs_{suffix}")
+
+    def params(reduction):
+        return ctypes.byref(Params(-100, reduction, 0, 0.0, 0.0, 0.0))
+
+    # Rows, or a mean or sum with nowhere to put it: refused before any launch.
+    assert index(None, 10, fake, None, 3, 10, params(0), None, fake, fake, 10, None, None, fake, None) == 1
+    assert index(fake, 10, None, None, 3, 10, params(0), None, fake, fake, 10, None, None, fake, None) == 1
+    for reduction in (1, 2):
+        assert index(None, 10, None, None, 0, 10, params(reduction), None, None, None, 10, None, None,
+                     fake, None) == 1
+    # No rows and reduction "none": nothing to launch, nothing to refuse (without a device the
+    # runtime then reports its missing driver, GS_ERR_CUDA).
+    code = probs(None, 10, None, 10, None, 0, 10, params(0), None, None, None, 10, None, fake, None)
+    assert code == (0 if _gpu_available() else 5)
+    if not _gpu_available():  # on a device these would launch (and write the fake workspace)
+        for reduction in (0, 1, 2):
+            loss = fake if reduction else None
+            assert index(None, 10, None, None, 0, 10, params(reduction), None, loss, None, 10, None, None,
+                         fake, None) == 5
+
+
+def test_rows_the_kernels_cannot_walk_are_copied():
+    """A broadcast (row stride 0) or overlapping view would be read past its end with stride C."""
+    from codegen.backends.cuda.runtime import _row_stride, _walkable
+
+    base = np.arange(12, dtype=np.float32)
+    broadcast = np.broadcast_to(base[:4], (3, 4))
+    overlapping = np.lib.stride_tricks.as_strided(base, shape=(3, 4), strides=(8, 4))
+    padded = base.reshape(2, 6)[:, :4]
+    for array in (broadcast, overlapping):
+        walked = _walkable(np, array)
+        assert walked is not array and walked.flags.c_contiguous
+        np.testing.assert_array_equal(walked, array)
+        assert _row_stride(walked, 4) == 4
+    assert _walkable(np, padded) is padded and _row_stride(padded, 4) == 6
+    single = np.broadcast_to(base[:4], (1, 4))
+    assert _walkable(np, single) is single
 
 
 def test_clear_error_without_gpu():

@@ -140,13 +140,21 @@ __global__ void __launch_bounds__(threads, 1) row_kernel(const call<T> c,
             s = merged;
             check = merged_check;
         }
+        if (warp_rows) {
+            // Orders every lane's reads of this row (the target's logit included) before any
+            // lane's writes of its gradient, which may overwrite them in place.  (A block's rows
+            // are ordered by the __syncthreads above.)
+            __syncwarp();
+        }
         double grad_output = 1.0;
         if (c.grad_output != nullptr) grad_output = (double)c.grad_output[c.reduction == 0 ? row : 0];
+        // Only a mean has a denominator (the workspace's first word is not written otherwise).
+        const double denominator = c.reduction == 1 ? c.workspace[0] : 0.0;
         typename V::row r;
         double row_loss;
         R row_lse;
         const int mode = finish_row<V>(r, row_loss, row_lse, s, check, st, sweep, c.reduction,
-                                       grad_output, c.workspace[0], k);
+                                       grad_output, denominator, k);
         second_sweep<V, T>(dlogits, logits, probs, c.weight, c.n_classes, st.target, mode, r,
                            first, step, vectorized, k);
         if (first == 0) {
@@ -208,14 +216,17 @@ static bool valid_params(const gs_ce_params *p) {
     return p->softcap == 0.0 || (p->softcap > 0.0 && p->softcap <= 1.7976931348623157e308);
 }
 
-// Checks shared by both target kinds, in the order of the C ABI's status codes.
+// Checks shared by both target kinds, in the order of the C ABI's status codes.  With no rows
+// the row arrays may be NULL (an allocator's empty array), and so may loss for reduction none.
 template <typename T>
 static int check_call(const call<T> &c, const gs_ce_params *p, const void *workspace) {
-    if (c.logits == nullptr || c.dlogits == nullptr || c.loss == nullptr || p == nullptr ||
-        workspace == nullptr) {
+    if (p == nullptr || workspace == nullptr) return GS_ERR_NULL_POINTER;
+    const bool rows = c.n_rows > 0;
+    if (rows && (c.logits == nullptr || c.dlogits == nullptr ||
+                 (c.target_index == nullptr && c.target_probs == nullptr))) {
         return GS_ERR_NULL_POINTER;
     }
-    if (c.n_rows > 0 && c.target_index == nullptr && c.target_probs == nullptr) return GS_ERR_NULL_POINTER;
+    if (c.loss == nullptr && (rows || p->reduction != 0)) return GS_ERR_NULL_POINTER;
     if (c.n_rows < 0 || c.n_classes < 1 || c.logits_stride < c.n_classes ||
         c.dlogits_stride < c.n_classes) {
         return GS_ERR_SHAPE;

@@ -9,6 +9,7 @@ for NumPy inputs.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -103,8 +104,24 @@ def _pointer(array: Any | None) -> int | None:
 
 
 def _row_stride(array: Any, n_classes: int) -> int:
+    """The row stride in elements of an array that ``_walkable`` accepts (any stride >= C for a
+    single row)."""
     stride = int(array.strides[0]) // int(array.itemsize) if array.shape[0] > 1 else n_classes
     return max(stride, n_classes)
+
+
+def _walkable(xp: Any, array: Any) -> Any:
+    """``array`` if the kernels can walk its rows by one element stride >= C, else a copy.
+
+    Rows that overlap or repeat (a broadcast array has row stride 0) or whose stride is not a
+    whole number of elements would be read past their end, or written over each other.
+    """
+    if array is None or array.ndim != 2 or array.shape[0] < 2:
+        return array
+    stride, itemsize = int(array.strides[0]), int(array.itemsize)
+    if stride % itemsize or stride // itemsize < int(array.shape[1]):
+        return xp.ascontiguousarray(array)
+    return array
 
 
 def _to_device(cupy: Any, array: Any | None, dtype: Any = None) -> Any | None:
@@ -130,8 +147,11 @@ def load(dtype: str) -> Callable:
         on_host = isinstance(logits, np.ndarray)
         if dtype == "bfloat16" and not on_host:
             raise TypeError("logits: CuPy has no bfloat16 dtype; pass NumPy arrays of ml_dtypes.bfloat16")
-        call = prepare_call(logits, target, dtype=dtype, xp=np if on_host else cupy,
-                            return_lse=return_lse, check_targets=False, **options)
+        xp = np if on_host else cupy
+        call = prepare_call(logits, target, dtype=dtype, xp=xp, return_lse=return_lse,
+                            inplace=inplace, check_targets=False, **options)
+        call = dataclasses.replace(call, logits=_walkable(xp, call.logits),
+                                   target=_walkable(xp, call.target))
         if inplace and call.logits is not logits:
             raise ValueError("inplace=True needs logits whose rows are contiguous; pass a contiguous array")
         return _run(cupy, call, logits, inplace, on_host)
