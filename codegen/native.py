@@ -9,6 +9,7 @@ first uses never load a half-written file.
 from __future__ import annotations
 
 import ctypes
+import enum
 import hashlib
 import os
 import shlex
@@ -18,6 +19,30 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 COMPILE_SECONDS = 600
+
+
+class Status(enum.IntEnum):
+    """Status codes of the C and CUDA entry points (``GS_OK``, ``GS_ERR_*`` in the headers)."""
+
+    OK = 0
+    NULL_POINTER = 1
+    SHAPE = 2
+    TARGET = 3
+    PARAMS = 4
+    CUDA = 5
+
+    def describe(self) -> str:
+        return _STATUS_TEXT[self]
+
+
+_STATUS_TEXT = {
+    Status.OK: "success",
+    Status.NULL_POINTER: "a required pointer is NULL",
+    Status.SHAPE: "bad shape or stride",
+    Status.TARGET: "a target is outside [0, C) and is not ignore_index",
+    Status.PARAMS: "a parameter is out of range",
+    Status.CUDA: "a CUDA launch failed",
+}
 
 
 class Params(ctypes.Structure):

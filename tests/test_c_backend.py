@@ -304,3 +304,15 @@ def test_rows_beyond_the_stored_chunks_take_the_recomputing_path():
         expected[rows, target] -= 1 - eps
         np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
         np.testing.assert_allclose(dlogits, expected, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("header", ["c/gradsmith_ce.h", "cuda/gradsmith_ce.cuh"])
+def test_status_codes_of_the_runtimes_match_the_headers(header):
+    import re
+
+    from codegen.native import Status
+
+    text = (build.SOURCE_DIR.parent / header).read_text()
+    defined = {name: int(value) for name, value in re.findall(r"#define GS_(OK|ERR_\w+) (\d+)", text)}
+    expected = {("OK" if s is Status.OK else f"ERR_{s.name}"): int(s) for s in Status}
+    assert defined == expected

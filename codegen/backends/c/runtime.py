@@ -14,9 +14,9 @@ import numpy as np
 
 from codegen.arguments import prepare_call
 from codegen.backends.c import build
+from codegen.native import Status
 
 SUFFIXES = {"float32": "f32", "float64": "f64"}
-GS_OK, GS_ERR_NULL_POINTER, GS_ERR_SHAPE, GS_ERR_TARGET, GS_ERR_PARAMS = range(5)
 
 
 def _pointer(array: np.ndarray | None, ctype) -> ctypes._Pointer | None:
@@ -42,17 +42,17 @@ def _aligned(array: np.ndarray | None) -> np.ndarray | None:
 
 
 def _raise_for(status: int, call, bad_row: int) -> None:
-    if status == GS_OK:
+    if status == Status.OK:
         return
-    if status == GS_ERR_TARGET:
+    if status == Status.TARGET:
         value = int(call.target[bad_row])
         raise ValueError(
             f"target[{bad_row}] = {value} is outside [0, {call.n_classes}) and is not "
             f"ignore_index ({call.ignore_index})"
         )
-    if status == GS_ERR_PARAMS:
+    if status == Status.PARAMS:
         raise ValueError("options out of range (reduction, label_smoothing, lse_square_scale, softcap)")
-    if status == GS_ERR_SHAPE:
+    if status == Status.SHAPE:
         raise ValueError(f"logits shape {call.logits.shape} or its strides are not supported")
     raise ValueError(f"C kernel rejected its arguments (status {status})")
 

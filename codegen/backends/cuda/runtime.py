@@ -21,18 +21,12 @@ from typing import Any
 import numpy as np
 
 from codegen.arguments import prepare_call
-from codegen.native import Params, build_once, cache_dir, content_key
+from codegen.native import Params, Status, build_once, cache_dir, content_key
 
 SOURCE_DIR = Path(__file__).resolve().parents[3] / "generated" / "cuda"
 SOURCES = ("gradsmith_ce.cu", "gradsmith_ce.cuh")
 SUFFIX = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16": "f16"}
 AUX_DTYPE = {"float32": np.float32, "float64": np.float64, "bfloat16": np.float32, "float16": np.float32}
-STATUS_MESSAGES = {
-    1: "a required pointer is NULL",
-    2: "bad shape or stride",
-    4: "a parameter is out of range",
-    5: "a CUDA launch failed",
-}
 
 
 def _cupy() -> Any:
@@ -186,8 +180,9 @@ def load(dtype: str) -> Callable:
                 _row_stride(target, classes), _pointer(weight), n, classes, ctypes.byref(params),
                 _pointer(grad_output), _pointer(loss), _pointer(dlogits),
                 _row_stride(dlogits, classes), _pointer(lse), _pointer(workspace), stream)
-        if code != 0:
-            raise ValueError(f"cuda kernel refused the call: {STATUS_MESSAGES.get(code, f'status {code}')}")
+        if code != Status.OK:
+            text = Status(code).describe() if code in Status.__members__.values() else f"status {code}"
+            raise ValueError(f"cuda kernel refused the call: {text}")
         if status is not None:
             bad_row = int(status.get()[0])
             if bad_row >= 0:
