@@ -1,5 +1,2 @@
-"""Turn the kernel spec of ``derive`` into NumPy, C and CUDA source, and load what was emitted."""
-
-from codegen.loading import load
-
-__all__ = ["load"]
+"""Turn the kernel spec of ``gradsmith.derive`` into NumPy, C and CUDA source, and load what
+was emitted."""

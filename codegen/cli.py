@@ -1,4 +1,4 @@
-"""The ``gradsmith`` command line: sub-commands dispatch to ``codegen.commands.<name>``."""
+"""The ``gradsmith`` command line: sub-commands dispatch to ``gradsmith.codegen.commands.<name>``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from derive.check import ProofError
+from gradsmith.derive.check import ProofError
 
 COMMANDS = {
     "prove": "run every proof and print a table of claims",
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_module(name: str):
-    return importlib.import_module(f"codegen.commands.{name}")
+    return importlib.import_module(f"gradsmith.codegen.commands.{name}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,7 @@ from functools import cache
 from pathlib import Path
 
 import jinja2
-
-from codegen.atomic import write_atomically
+from gradsmith.codegen.atomic import write_atomically
 
 TEMPLATE_ROOT = Path(__file__).parent / "templates"
 BACKEND_NAMES = ("numpy", "c", "cuda")
@@ -99,13 +98,13 @@ def render_with_preamble(templates: Mapping[str, str], context: dict, abi: str) 
 def _backend(name: str):
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")
-    return importlib.import_module(f"codegen.backends.{name}")
+    return importlib.import_module(f"gradsmith.codegen.backends.{name}")
 
 
 @cache
 def verify_specs() -> None:
     """Check every kernel spec against the definition; nothing is emitted from a failing one."""
-    from derive.kernel_spec import all_specs, verify_spec
+    from gradsmith.derive.kernel_spec import all_specs, verify_spec
 
     for spec in all_specs():
         verify_spec(spec)

@@ -13,31 +13,31 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 
-from derive.check import ProofError
-from derive.definitions import validate_num_classes
+from gradsmith.derive.check import ProofError
+from gradsmith.derive.definitions import validate_num_classes
 
 SYMBOLIC_GROUP = "symbolic C"
 
 # (group, module, [function or (function, index)]) in reading order.
 _FIXED = (
-    (SYMBOLIC_GROUP, "derive.gradient", (
+    (SYMBOLIC_GROUP, "gradsmith.derive.gradient", (
         "loss_rewrite", "gradient_general", "gradient_sum_to_one", "index_loss_rewrite",
         "gradient_index_target", ("index_target_cases", 0), ("index_target_cases", 1),
         "onehot_sums_to_one", "softmax_jacobian",
     )),
-    ("stability", "derive.stability", (
+    ("stability", "gradsmith.derive.stability", (
         "shift_invariance", "log_sum_exp_loss", "online_normalizer", "online_merge",
         "exp2_rewrite", "exp_range_reduction",
     )),
-    ("options", "derive.options", (
+    ("options", "gradsmith.derive.options", (
         "class_weights", "label_smoothing", "weighted_label_smoothing",
         "weighted_probability_targets", "z_loss", "softcapping",
     )),
-    ("reductions", "derive.reductions", (
+    ("reductions", "gradsmith.derive.reductions", (
         "mean_with_ignore_index", "sum_reduction", "none_with_grad_output",
         "mean_probability_targets",
     )),
-    ("linear classifier", "derive.linear", (
+    ("linear classifier", "gradsmith.derive.linear", (
         ("single_sample", 0), ("single_sample", 1), ("single_sample", 2),
         ("batch", 0), ("batch", 1), ("batch", 2), "verify_batch_parameter_gradients",
     )),
@@ -119,16 +119,16 @@ def registry(class_counts: Iterable[int]) -> list[Claim]:
             claims.append(Claim(group, module, function, (), index, task=task))
     for classes in class_counts:
         claims.extend(
-            Claim(f"C = {classes}", "derive.concrete", function, (classes,), task=f"C={classes}")
+            Claim(f"C = {classes}", "gradsmith.derive.concrete", function, (classes,), task=f"C={classes}")
             for function in _CONCRETE
         )
     claims.extend(
-        Claim("kernel specs", "derive.kernel_spec", "all_specs", (), index, kind="kernel spec",
+        Claim("kernel specs", "gradsmith.derive.kernel_spec", "all_specs", (), index, kind="kernel spec",
               task=f"spec {index}")
         for index in range(SPEC_COUNT)
     )
     claims.extend(
-        Claim("kernel exp", "derive.fast_exp", "exp_approximation", (dtype,), kind="exp bound",
+        Claim("kernel exp", "gradsmith.derive.fast_exp", "exp_approximation", (dtype,), kind="exp bound",
               task=f"exp {dtype}")
         for dtype in EXP_DTYPES
     )
@@ -170,7 +170,7 @@ def _classes_of(claim: Claim) -> str:
 
 def _run_exp_bound(claim: Claim, start: float) -> ClaimResult:
     """The kernels' exp: its identities and its error bound, proven in exact arithmetic."""
-    from derive.fast_exp import exp_approximation, verify_exp_approximation
+    from gradsmith.derive.fast_exp import exp_approximation, verify_exp_approximation
 
     dtype = claim.args[0]
     approx = exp_approximation(dtype)
@@ -185,7 +185,7 @@ def _run_exp_bound(claim: Claim, start: float) -> ClaimResult:
 
 
 def _run_spec(claim: Claim, start: float) -> ClaimResult:
-    from derive.kernel_spec import all_specs, verify_spec
+    from gradsmith.derive.kernel_spec import all_specs, verify_spec
 
     spec = all_specs()[claim.index]
     name = f"kernel spec {spec.name}"

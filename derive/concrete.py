@@ -13,10 +13,9 @@ from functools import cache
 
 import mpmath
 import sympy as sp
-
-from derive.check import Assumption
-from derive.definitions import ConcreteClasses, concrete_classes
-from derive.steps import Derivation, DerivationBuilder
+from gradsmith.derive.check import Assumption
+from gradsmith.derive.definitions import ConcreteClasses, concrete_classes
+from gradsmith.derive.steps import Derivation, DerivationBuilder
 
 GRADIENT = r"\nabla_z L"
 

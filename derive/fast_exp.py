@@ -27,8 +27,7 @@ from functools import cache
 
 import mpmath
 import sympy as sp
-
-from derive.check import ProofError, Verdict, check_equal
+from gradsmith.derive.check import ProofError, Verdict, check_equal
 
 DTYPES = ("float32", "float64")
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import sympy as sp
-
-from derive.notation import (
+from gradsmith.derive.notation import (
     C,
     class_index,
     class_sum,
@@ -29,7 +28,7 @@ from derive.notation import (
     y,
     z,
 )
-from derive.steps import Derivation, DerivationBuilder
+from gradsmith.derive.steps import Derivation, DerivationBuilder
 
 DL_DZ = r"\frac{\partial L}{\partial z_i}"
 

@@ -14,8 +14,7 @@ from functools import cache
 from itertools import product
 
 import sympy as sp
-
-from derive.check import Verdict, check_equal
+from gradsmith.derive.check import Verdict, check_equal
 
 TARGET_KINDS = ("index", "probs")
 

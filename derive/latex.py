@@ -1,6 +1,6 @@
 """The derivation as a document: LaTeX (amsmath ``align*``) or Markdown with ``$$`` math.
 
-Every equality shown is a step of a checked :class:`~derive.steps.Derivation`; each line
+Every equality shown is a step of a checked :class:`~gradsmith.derive.steps.Derivation`; each line
 carries its rule and the method that checked it (symbolic, or numeric at 40 digits).
 """
 
@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import sympy as sp
-
-from derive import concrete, fast_exp, gradient, linear, options, reductions, stability
-from derive.notation import LATEX_NAMES, i, p, softmax
-from derive.steps import Derivation, Step
+from gradsmith.derive import concrete, fast_exp, gradient, linear, options, reductions, stability
+from gradsmith.derive.notation import LATEX_NAMES, i, p, softmax
+from gradsmith.derive.steps import Derivation, Step
 
 FORMATS = ("latex", "md")
 
@@ -131,8 +130,8 @@ def _assumption_lines(derivation: Derivation) -> list[str]:
 
 
 def _definitions() -> list[tuple[str, str]]:
-    """The definitions everything starts from (from derive.definitions)."""
-    from derive.definitions import symbolic_classes
+    """The definitions everything starts from (from gradsmith.derive.definitions)."""
+    from gradsmith.derive.definitions import symbolic_classes
 
     classes = symbolic_classes()
     return [

@@ -10,9 +10,8 @@ from __future__ import annotations
 from functools import cache
 
 import sympy as sp
-
-from derive.check import Assumption
-from derive.steps import Derivation, DerivationBuilder
+from gradsmith.derive.check import Assumption
+from gradsmith.derive.steps import Derivation, DerivationBuilder
 
 NUM_CLASSES, NUM_FEATURES, NUM_SAMPLES = 3, 2, 2
 

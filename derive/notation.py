@@ -2,7 +2,7 @@
 
 Derivations show ``p_i`` and ``lse`` where a student reads them; before a step is checked,
 :func:`expand_notation` replaces them by their definitions, so the check sees only the
-definitions of :mod:`derive.definitions`.
+definitions of :mod:`gradsmith.derive.definitions`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from functools import lru_cache
 
 import mpmath
 import sympy as sp
-
-from derive.check import Assumption
-from derive.definitions import symbolic_classes
+from gradsmith.derive.check import Assumption
+from gradsmith.derive.definitions import symbolic_classes
 
 S = symbolic_classes()
 C, z, y, i, j, k = S.C, S.z, S.y, S.i, S.j, S.k

@@ -9,8 +9,7 @@ from __future__ import annotations
 from functools import cache
 
 import sympy as sp
-
-from derive.notation import (
+from gradsmith.derive.notation import (
     C,
     class_index,
     class_sum,
@@ -28,7 +27,7 @@ from derive.notation import (
     y,
     z,
 )
-from derive.steps import Derivation, DerivationBuilder
+from gradsmith.derive.steps import Derivation, DerivationBuilder
 
 eps = sp.Symbol("epsilon", nonnegative=True)
 lam = sp.Symbol("lambda", nonnegative=True)

@@ -10,8 +10,7 @@ from __future__ import annotations
 from functools import cache
 
 import sympy as sp
-
-from derive.steps import Derivation, DerivationBuilder
+from gradsmith.derive.steps import Derivation, DerivationBuilder
 
 ROWS, CLASSES = 3, 3
 TARGETS = (0, None, 2)  # None: the row's target is ignore_index

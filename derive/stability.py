@@ -10,9 +10,19 @@ from __future__ import annotations
 from functools import cache
 
 import sympy as sp
-
-from derive.notation import C, class_index, expand_notation, i, j, normalizer, p, softmax, t, z
-from derive.steps import Derivation, DerivationBuilder
+from gradsmith.derive.notation import (
+    C,
+    class_index,
+    expand_notation,
+    i,
+    j,
+    normalizer,
+    p,
+    softmax,
+    t,
+    z,
+)
+from gradsmith.derive.steps import Derivation, DerivationBuilder
 
 shift = sp.Symbol("c", real=True)
 pivot = sp.Symbol("m", real=True)

@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import sympy as sp
-
-from derive.check import Assumption, ProofError, Verdict, check_equal
+from gradsmith.derive.check import Assumption, ProofError, Verdict, check_equal
 
 Prepare = Callable[[sp.Basic], sp.Basic]
 

@@ -1,6 +1,6 @@
 """Shared fixtures: the backends this machine can run, per-dtype tolerances, seeded inputs.
 
-A backend that cannot be used here (no C compiler, no GPU or CuPy, or ``codegen.load``
+A backend that cannot be used here (no C compiler, no GPU or CuPy, or ``gradsmith.load``
 refusing it) makes its tests skip with the reason.  Set ``GRADSMITH_REQUIRE_BACKENDS`` to a
 comma-separated list (for instance ``numpy,c``) to turn those skips into failures, so that CI
 notices a backend that stopped loading.
@@ -77,12 +77,12 @@ def _load(backend: str, dtype: str):
     missing = _prerequisite_missing(backend)
     if missing is not None:
         return missing
-    import codegen
+    import gradsmith
 
     try:
-        return codegen.load(backend, dtype)
+        return gradsmith.load(backend, dtype)
     except LOAD_ERRORS as error:
-        return f"codegen.load({backend!r}, {dtype!r}) failed: {type(error).__name__}: {error}"
+        return f"gradsmith.gradsmith.load({backend!r}, {dtype!r}) failed: {type(error).__name__}: {error}"
 
 
 def load_backend(backend: str, dtype: str):

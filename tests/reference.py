@@ -140,7 +140,7 @@ def reference_cross_entropy(
     return_lse: bool = False,
     digits: int = DIGITS,
 ):
-    """``(loss, dlogits[, lse])`` of ``codegen.load``'s callable, as float64 arrays, at ``digits``.
+    """``(loss, dlogits[, lse])`` of ``gradsmith.load``'s callable, as float64 arrays, at ``digits``.
 
     Inputs are taken exactly (a float32 array is read as the float64 values it holds).
     """

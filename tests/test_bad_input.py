@@ -1,4 +1,4 @@
-"""Bad input and extreme values through ``codegen.load`` for every backend and dtype, and bad
+"""Bad input and extreme values through ``gradsmith.load`` for every backend and dtype, and bad
 arguments to every ``gradsmith`` command.
 
 Each bad input gives a ``ValueError``/``TypeError`` naming the argument, or an exact result;
@@ -436,7 +436,7 @@ CLI_CASES = [
 @pytest.mark.parametrize("arguments", CLI_CASES, ids=lambda a: " ".join(a) or "(none)")
 def test_cli_bad_arguments_one_line_exit_2(arguments: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "codegen", *arguments], check=False, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "gradsmith", *arguments], check=False, capture_output=True, text=True, timeout=120
     )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])

@@ -13,13 +13,12 @@ import math
 
 import numpy as np
 import pytest
-
-from codegen.bench.peers import textbook_cross_entropy
-from codegen.bench.probe import host_bandwidth
-from codegen.bench.report import COLUMNS
-from codegen.bench.runner import moved_bytes
-from codegen.bench.settings import CPU_SHAPES, GPU_SHAPES, Case, build_cases, parse_shapes
-from codegen.cli import main
+from gradsmith.codegen.bench.peers import textbook_cross_entropy
+from gradsmith.codegen.bench.probe import host_bandwidth
+from gradsmith.codegen.bench.report import COLUMNS
+from gradsmith.codegen.bench.runner import moved_bytes
+from gradsmith.codegen.bench.settings import CPU_SHAPES, GPU_SHAPES, Case, build_cases, parse_shapes
+from gradsmith.codegen.cli import main
 
 TINY = ["--shapes", "64x10,8x300", "--repeat", "1", "--inplace", "--no-progress"]
 ROW_FIELDS = {

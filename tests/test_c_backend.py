@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TOLERANCES
+from gradsmith.codegen.backends.c import build, context, runtime
 from reference import finite_difference_grad, reference_cross_entropy
-
-from codegen.backends.c import build, context, runtime
 
 STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-Wdouble-promotion"]
 DTYPES = ("float64", "float32")
@@ -310,7 +309,7 @@ def test_rows_beyond_the_stored_chunks_take_the_recomputing_path():
 def test_status_codes_of_the_runtimes_match_the_headers(header):
     import re
 
-    from codegen.native import Status
+    from gradsmith.codegen.native import Status
 
     text = (build.SOURCE_DIR.parent / header).read_text()
     defined = {name: int(value) for name, value in re.findall(r"#define GS_(OK|ERR_\w+) (\d+)", text)}

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from codegen.cli import main
-from derive import claims, concrete
-from derive.check import ProofError
+from gradsmith.codegen.cli import main
+from gradsmith.derive import claims, concrete
+from gradsmith.derive.check import ProofError
 
 
 def test_registry_lists_every_group():

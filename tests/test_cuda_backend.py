@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from codegen.backends.cuda import render
-from derive.kernel_spec import all_specs
+from gradsmith.codegen.backends.cuda import render
+from gradsmith.derive.kernel_spec import all_specs
 
 try:
     from tests.reference import reference_cross_entropy
@@ -391,8 +390,8 @@ def test_launchers_refuse_bad_arguments_before_any_launch(suffix):
     for bad arguments without touching a device (so this runs without a GPU)."""
     import ctypes
 
-    from codegen.backends.cuda.runtime import _library
-    from codegen.native import Params
+    from gradsmith.codegen.backends.cuda.runtime import _library
+    from gradsmith.codegen.native import Params
 
     library = _library("sm_80")
     assert library.gs_ce_cuda_workspace_bytes(1000) >= 1000 * 8
@@ -425,8 +424,8 @@ def test_launchers_accept_null_row_arrays_for_an_empty_batch(suffix):
     launchers must not refuse them (only loss, for mean and sum, is still needed)."""
     import ctypes
 
-    from codegen.backends.cuda.runtime import _library
-    from codegen.native import Params
+    from gradsmith.codegen.backends.cuda.runtime import _library
+    from gradsmith.codegen.native import Params
 
     library = _library("sm_80")
     fake = ctypes.c_void_p(64)
@@ -455,7 +454,7 @@ def test_launchers_accept_null_row_arrays_for_an_empty_batch(suffix):
 
 def test_rows_the_kernels_cannot_walk_are_copied():
     """A broadcast (row stride 0) or overlapping view would be read past its end with stride C."""
-    from codegen.backends.cuda.runtime import _row_stride, _walkable
+    from gradsmith.codegen.backends.cuda.runtime import _row_stride, _walkable
 
     base = np.arange(12, dtype=np.float32)
     broadcast = np.broadcast_to(base[:4], (3, 4))
@@ -474,7 +473,7 @@ def test_rows_the_kernels_cannot_walk_are_copied():
 def test_clear_error_without_gpu():
     if _gpu_available():
         pytest.skip("a GPU is present")
-    from codegen import loading
+    from gradsmith.codegen import loading
 
     with pytest.raises(ValueError, match="cuda backend needs CuPy and an NVIDIA GPU"):
         loading.load("cuda", "float32")
@@ -487,8 +486,7 @@ def test_clear_error_without_gpu():
 @pytest.mark.parametrize("classes", [10, 1000, 5003])
 def test_gpu_kernels_match_reference(dtype, name, classes):
     import cupy
-
-    from codegen import loading
+    from gradsmith.codegen import loading
 
     rng = np.random.default_rng(classes)
     reduction = ("none", "mean", "sum")[classes % 3]
@@ -511,7 +509,7 @@ def test_gpu_kernels_match_reference(dtype, name, classes):
 @pytest.mark.gpu
 @gpu
 def test_gpu_inplace_numpy_bad_target_and_empty_batch():
-    from codegen import loading
+    from gradsmith.codegen import loading
 
     f = loading.load("cuda", "float32")
     rng = np.random.default_rng(0)

@@ -6,9 +6,8 @@ import re
 
 import pytest
 from conftest import available_backends
-
-from codegen.cli import main
-from codegen.datasets import digits_split, load_digits
+from gradsmith.codegen.cli import main
+from gradsmith.codegen.datasets import digits_split, load_digits
 
 
 def test_digits_data_and_split_are_fixed():
@@ -38,12 +37,12 @@ def test_demo_reaches_90_percent_with_every_backend(dtype, capsys):
 
 
 def test_demo_skips_an_unavailable_backend_with_its_reason(capsys, monkeypatch):
-    import codegen
+    import gradsmith
 
     def refuse(backend, dtype="float32"):
         raise RuntimeError(f"no GPU for {backend}")
 
-    monkeypatch.setattr(codegen, "load", refuse)
+    monkeypatch.setattr(gradsmith, "load", refuse)
     assert main(["demo", "--backends", "cuda", "--epochs", "1"]) == 1
     out = capsys.readouterr().out
     assert "cuda: skipped (no GPU for cuda)" in out and "no backend could run" in out

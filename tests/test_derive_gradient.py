@@ -6,11 +6,10 @@ import dataclasses
 
 import pytest
 import sympy as sp
-
-from derive import concrete, gradient
-from derive.check import ProofError, check_equal
-from derive.notation import C, class_index, class_sum, i, j, k, p, softmax, t, y
-from derive.steps import DerivationBuilder, recheck
+from gradsmith.derive import concrete, gradient
+from gradsmith.derive.check import ProofError, check_equal
+from gradsmith.derive.notation import C, class_index, class_sum, i, j, k, p, softmax, t, y
+from gradsmith.derive.steps import DerivationBuilder, recheck
 
 
 def test_symbolic_claims_hold_with_their_results():
@@ -39,7 +38,7 @@ def test_derivative_is_sympys_piecewise_before_the_assumption():
 
 
 def _general_builder() -> DerivationBuilder:
-    from derive.notation import expand_notation
+    from gradsmith.derive.notation import expand_notation
 
     start = gradient.gradient_general().steps[2].expr  # SymPy's collapsed derivative
     builder = DerivationBuilder("wrong claim", "dL/dz_i", start, class_symbol=C,
@@ -60,7 +59,7 @@ def test_p_minus_y_without_the_sum_to_one_assumption_is_rejected():
 
 
 def test_corrupted_step_names_the_step():
-    from derive.notation import expand_notation
+    from gradsmith.derive.notation import expand_notation
 
     derivation = gradient.gradient_general()
     steps = list(derivation.steps)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy as sp
-
-from derive import linear, options, reductions, stability
-from derive.check import ProofError
-from derive.notation import class_sum, i, k, lse, p, y
-from derive.steps import DerivationBuilder
+from gradsmith.derive import linear, options, reductions, stability
+from gradsmith.derive.check import ProofError
+from gradsmith.derive.notation import class_sum, i, k, lse, p, y
+from gradsmith.derive.steps import DerivationBuilder
 
 
 @pytest.mark.parametrize("build", [
@@ -35,7 +34,7 @@ def test_option_results_are_the_closed_forms():
 
 def test_z_loss_without_the_factor_two_is_rejected():
     start = options.z_loss().steps[-2].expr  # p_i sum y - y_i + 2 lambda lse p_i
-    from derive.notation import C, expand_notation
+    from gradsmith.derive.notation import C, expand_notation
 
     builder = DerivationBuilder("z-loss typo", "dL/dz_i", start, class_symbol=C,
                                 prepare=expand_notation)

@@ -10,9 +10,8 @@ import mpmath
 import numpy as np
 import pytest
 import sympy as sp
-
-from derive.check import ProofError
-from derive.fast_exp import (
+from gradsmith.derive.check import ProofError
+from gradsmith.derive.fast_exp import (
     DTYPES,
     exp_approximation,
     r,

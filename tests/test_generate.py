@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sympy as sp
-
-from codegen import render
-from codegen.backends import numpy as numpy_backend
-from codegen.cli import main
-from derive import kernel_spec as ks
+from gradsmith.codegen import render
+from gradsmith.codegen.backends import numpy as numpy_backend
+from gradsmith.codegen.cli import main
+from gradsmith.derive import kernel_spec as ks
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 GENERATED = REPOSITORY / "generated"
@@ -27,7 +26,7 @@ GENERATED = REPOSITORY / "generated"
 
 def _has_renderer(name: str) -> bool:
     try:
-        return callable(getattr(importlib.import_module(f"codegen.backends.{name}"), "render", None))
+        return callable(getattr(importlib.import_module(f"gradsmith.codegen.backends.{name}"), "render", None))
     except ImportError:
         return False
 
@@ -80,7 +79,7 @@ def test_output_is_byte_identical_across_hash_seeds(tmp_path):
         out = tmp_path / f"seed{seed}"
         environment = {**os.environ, "PYTHONHASHSEED": seed}
         subprocess.run(
-            [sys.executable, "-m", "codegen", "generate", "--backends", BACKENDS_ARGUMENT, "--out", str(out)],
+            [sys.executable, "-m", "gradsmith", "generate", "--backends", BACKENDS_ARGUMENT, "--out", str(out)],
             check=True,
             env=environment,
             cwd=REPOSITORY,
@@ -306,7 +305,7 @@ def test_a_replaced_gradient_expression_is_what_gets_emitted(tmp_path):
 
 
 def test_numpy_printer_keeps_the_dtype():
-    from codegen.backends.numpy.printer import KernelNumPyPrinter
+    from gradsmith.codegen.backends.numpy.printer import KernelNumPyPrinter
 
     x = sp.Symbol("x", real=True)
     y = sp.Symbol("y", real=True)

@@ -2,9 +2,8 @@
 
 import pytest
 import sympy as sp
-
-from derive import kernel_spec as ks
-from derive.check import ProofError
+from gradsmith.derive import kernel_spec as ks
+from gradsmith.derive.check import ProofError
 
 
 @pytest.mark.parametrize("spec", ks.all_specs(), ids=lambda spec: spec.name)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
-from codegen.cli import main
-from derive.latex import document, escape_text
+from gradsmith.codegen.cli import main
+from gradsmith.derive.latex import document, escape_text
 
 
 @pytest.fixture(scope="module")

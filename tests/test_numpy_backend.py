@@ -13,11 +13,12 @@ import sys
 import tracemalloc
 from itertools import product
 
+import gradsmith
 import numpy as np
 import pytest
+from gradsmith.codegen.backends.numpy import runtime
+from gradsmith.codegen.loading import shipped_kernels
 
-import codegen
-from codegen.backends.numpy import runtime
 from tests.reference import finite_difference_grad, reference_cross_entropy
 
 DTYPES = ("float32", "float64")
@@ -68,7 +69,7 @@ def assert_close(actual, expected, dtype, *, scale=1.0):
 def test_every_variant_matches_the_reference(dtype, kind, weighted, softcapped, reduction):
     logits, target, weight = make_inputs(dtype, kind, weighted)
     options = options_for(dtype, reduction, softcapped, n=len(logits))
-    loss, dlogits, lse = codegen.load("numpy", dtype)(
+    loss, dlogits, lse = gradsmith.load("numpy", dtype)(
         logits, target, weight=weight, return_lse=True, **options
     )
     expected = reference_cross_entropy(logits, target, weight=weight, return_lse=True, **options)
@@ -83,7 +84,7 @@ def test_every_variant_matches_the_reference(dtype, kind, weighted, softcapped, 
 def test_plain_call_matches_the_reference(dtype, kind):
     logits, target, _ = make_inputs(dtype, kind, False, n=9, classes=7, seed=3)
     for reduction in REDUCTIONS:
-        loss, dlogits = codegen.load("numpy", dtype)(logits, target, reduction=reduction)
+        loss, dlogits = gradsmith.load("numpy", dtype)(logits, target, reduction=reduction)
         expected_loss, expected_grad = reference_cross_entropy(logits, target, reduction=reduction)
         assert_close(loss, expected_loss, dtype)
         assert_close(dlogits, expected_grad, dtype)
@@ -95,8 +96,8 @@ def test_plain_call_matches_the_reference(dtype, kind):
 def test_gradient_matches_central_differences(dtype, kind, weighted, softcapped, reduction):
     logits, target, weight = make_inputs(dtype, kind, weighted, seed=5)
     options = options_for(dtype, reduction, softcapped, n=len(logits))
-    _, dlogits = codegen.load("numpy", dtype)(logits, target, weight=weight, **options)
-    f64 = codegen.load("numpy", "float64")
+    _, dlogits = gradsmith.load("numpy", dtype)(logits, target, weight=weight, **options)
+    f64 = gradsmith.load("numpy", "float64")
     upstream = np.asarray(options["grad_output"], dtype=np.float64)
     options64 = {**options, "grad_output": None}
     weight64 = None if weight is None else weight.astype(np.float64)
@@ -113,7 +114,7 @@ def test_gradient_matches_central_differences(dtype, kind, weighted, softcapped,
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_empty_batch(dtype):
-    f = codegen.load("numpy", dtype)
+    f = gradsmith.load("numpy", dtype)
     logits = np.zeros((0, 4), dtype)
     target = np.zeros(0, np.int64)
     loss, dlogits = f(logits, target)
@@ -129,7 +130,7 @@ def test_empty_batch(dtype):
 def test_one_class(dtype, kind):
     logits = np.array([[2.5], [-1.0], [30.0]], dtype)
     target = np.zeros(3, np.int64) if kind == "index" else np.ones((3, 1), dtype)
-    loss, dlogits, lse = codegen.load("numpy", dtype)(
+    loss, dlogits, lse = gradsmith.load("numpy", dtype)(
         logits, target, reduction="none", return_lse=True, label_smoothing=0.2
     )
     expected = reference_cross_entropy(
@@ -145,7 +146,7 @@ def test_one_class(dtype, kind):
 def test_all_rows_ignored(dtype, weighted):
     logits, _, weight = make_inputs(dtype, "index", weighted)
     target = np.full(len(logits), 7, np.int64)
-    f = codegen.load("numpy", dtype)
+    f = gradsmith.load("numpy", dtype)
     loss, dlogits = f(logits, target, weight=weight, ignore_index=7, label_smoothing=0.3)
     assert np.isnan(loss)  # 0 / 0, as PyTorch
     np.testing.assert_array_equal(dlogits, 0)
@@ -163,7 +164,7 @@ def test_non_finite_rows_are_nan_and_others_exact(dtype, kind, weighted, softcap
     logits[3, 4] = -np.inf
     logits[1, 3] = np.nan  # row 1 is ignored for index targets: stays zero there
     options = {"reduction": "none", "softcap": 2.0 if softcapped else None, "label_smoothing": 0.1}
-    loss, dlogits, lse = codegen.load("numpy", dtype)(
+    loss, dlogits, lse = gradsmith.load("numpy", dtype)(
         logits, target, weight=weight, return_lse=True, **options
     )
     expected = reference_cross_entropy(logits, target, weight=weight, return_lse=True, **options)
@@ -173,7 +174,7 @@ def test_non_finite_rows_are_nan_and_others_exact(dtype, kind, weighted, softcap
     assert np.isfinite(dlogits[good]).all()
     for actual, reference in zip((loss, dlogits, lse), expected, strict=True):
         assert_close(actual, reference, dtype)
-    mean, _ = codegen.load("numpy", dtype)(logits, target, weight=weight)
+    mean, _ = gradsmith.load("numpy", dtype)(logits, target, weight=weight)
     assert np.isnan(mean)
 
 
@@ -184,7 +185,7 @@ def test_huge_logits_stay_exact(dtype, magnitude, kind, weighted, softcapped):
     logits = (logits.astype(np.float64) * magnitude).astype(dtype)
     logits[4] = np.array([magnitude, magnitude, -magnitude, 0, magnitude / 2], dtype)
     options = {"reduction": "sum", "softcap": 10.0 if softcapped else None}
-    loss, dlogits, lse = codegen.load("numpy", dtype)(
+    loss, dlogits, lse = gradsmith.load("numpy", dtype)(
         logits, target, weight=weight, return_lse=True, **options
     )
     expected = reference_cross_entropy(logits, target, weight=weight, return_lse=True, **options)
@@ -198,7 +199,7 @@ def test_huge_logits_stay_exact(dtype, magnitude, kind, weighted, softcapped):
 def test_inplace_writes_the_gradient_over_the_logits(dtype, softcapped):
     logits, target, _ = make_inputs(dtype, "index", False, n=40, classes=33)
     softcap = 3.0 if softcapped else None
-    f = codegen.load("numpy", dtype)
+    f = gradsmith.load("numpy", dtype)
     expected_loss, expected_grad = f(logits.copy(), target, softcap=softcap)
     buffer = logits.copy()
     loss, dlogits = f(buffer, target, softcap=softcap, inplace=True)
@@ -211,11 +212,11 @@ def test_inplace_writes_the_gradient_over_the_logits(dtype, softcapped):
 def test_many_blocks_and_threads_agree_with_one(dtype, monkeypatch):
     logits, target, weight = make_inputs(dtype, "index", True, n=301, classes=37)
     module = runtime.module(dtype)
-    whole = codegen.load("numpy", dtype)(logits, target, weight=weight, reduction="none")
+    whole = gradsmith.load("numpy", dtype)(logits, target, weight=weight, reduction="none")
     monkeypatch.setattr(module, "BLOCK_ELEMENTS", 100)
     monkeypatch.setattr(module, "THREAD_ELEMENTS", 1000)
     monkeypatch.setattr(module, "THREADS", 3)
-    split = codegen.load("numpy", dtype)(logits, target, weight=weight, reduction="none")
+    split = gradsmith.load("numpy", dtype)(logits, target, weight=weight, reduction="none")
     for a, b in zip(whole, split, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -223,7 +224,7 @@ def test_many_blocks_and_threads_agree_with_one(dtype, monkeypatch):
 def test_strided_logits_are_read_correctly():
     base = np.random.default_rng(2).standard_normal((12, 10)).astype(np.float64)
     target = np.arange(6) % 5
-    f = codegen.load("numpy", "float64")
+    f = gradsmith.load("numpy", "float64")
     for logits in (base[::2, :5], base[:6, ::2], base[:5, :6].T):
         rows = logits.shape[0]
         loss, dlogits = f(logits, target[:rows] % logits.shape[1])
@@ -237,7 +238,7 @@ def test_no_temporary_of_the_batch_size(monkeypatch):
     (made small here); the NumPy allocator reports to tracemalloc."""
     monkeypatch.setattr(runtime.module("float32"), "BLOCK_ELEMENTS", 8192)
     logits, target, _ = make_inputs("float32", "index", False, n=512, classes=4096)
-    f = codegen.load("numpy", "float32")
+    f = gradsmith.load("numpy", "float32")
     f(logits, target)
     tracemalloc.start()
     try:
@@ -278,18 +279,18 @@ def test_bad_arguments_name_the_argument(change, argument):
     arguments = {"logits": np.zeros((3, 4), np.float32), "target": np.array([0, 1, 2])}
     arguments.update(change)
     with pytest.raises((ValueError, TypeError), match=argument.replace("[", r"\[")):
-        codegen.load("numpy", "float32")(**arguments)
+        gradsmith.load("numpy", "float32")(**arguments)
 
 
 def test_unknown_dtype_is_refused():
     with pytest.raises(ValueError, match="dtype"):
-        codegen.load("numpy", "float16")
+        gradsmith.load("numpy", "float16")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_emitted_module_imports_on_its_own(dtype):
     """Only NumPy is needed: run it in an isolated interpreter that cannot see the project."""
-    path = runtime.generated_root() / f"numpy/gradsmith_ce_{dtype.replace('float', 'f')}.py"
+    path = shipped_kernels() / f"numpy/gradsmith_ce_{dtype.replace('float', 'f')}.py"
     script = (
         "import importlib.util, sys, numpy as np\n"
         f"spec = importlib.util.spec_from_file_location('ce', {str(path)!r})\n"
@@ -297,19 +298,20 @@ def test_emitted_module_imports_on_its_own(dtype):
         f"z = np.array([[1.0, 2.0, 3.0]], {dtype!r}); t = np.array([2])\n"
         "loss, g = m.cross_entropy(z, t)\n"
         "assert abs(float(loss) - float(np.log(np.exp(z).sum()) - 3.0)) < 1e-6\n"
-        "assert not {'sympy', 'jinja2', 'codegen', 'derive'} & set(sys.modules)\n"
+        "assert not {'sympy', 'jinja2', 'gradsmith'} & set(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-I", "-c", script], check=True, cwd=path.parent)
 
 
-def test_generated_folder_can_be_moved(tmp_path, monkeypatch):
-    source = runtime.generated_root() / "numpy"
+def test_generated_folder_can_be_moved(tmp_path):
+    source = shipped_kernels() / "numpy"
     (tmp_path / "numpy").mkdir()
     for file in source.glob("*.py"):
         (tmp_path / "numpy" / file.name).write_text(file.read_text())
-    monkeypatch.setenv(runtime.ENVIRONMENT_VARIABLE, str(tmp_path))
-    module = runtime.module("float64")
+    module = runtime.module("float64", tmp_path)
     assert module.__file__ == str(tmp_path / "numpy" / "gradsmith_ce_f64.py")
-    monkeypatch.setenv(runtime.ENVIRONMENT_VARIABLE, str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError, match="gradsmith generate"):
-        runtime.module("float32")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="gradsmith generate --out"):
+        gradsmith.load("numpy", "float32", kernels=tmp_path / "empty")
+    with pytest.raises(ValueError, match="kernels="):
+        gradsmith.load("numpy", "float32", kernels=tmp_path / "missing")

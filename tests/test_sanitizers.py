@@ -18,8 +18,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from codegen.backends.c import build
+from gradsmith.codegen.backends.c import build
 
 ROOT = Path(__file__).resolve().parents[1]
 C_DIR = ROOT / "generated" / "c"
@@ -173,7 +172,7 @@ VALIDATION_SCRIPT = textwrap.dedent(
 
     import numpy as np
 
-    from codegen.backends.c import build, runtime
+    from gradsmith.codegen.backends.c import build, runtime
     from reference import reference_cross_entropy
 
     library = build.load_library(Path(sys.argv[1]))

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from codegen.bench import machine
-from codegen.bench.settings import Case
-from codegen.bench.timing import (
+from gradsmith.codegen.bench import machine
+from gradsmith.codegen.bench.settings import Case
+from gradsmith.codegen.bench.timing import (
     Clock,
     CupyClock,
     CupyMeter,
@@ -128,7 +127,7 @@ def _generated(backend: str, device: str, *, inplace: bool = False) -> Callable[
     """The generated kernel; ``inplace`` writes dlogits over a copy of the logits, refilled untimed."""
 
     def prepare(inputs: Inputs) -> Prepared:
-        from codegen.loading import DTYPES, load
+        from gradsmith.codegen.loading import DTYPES, load
 
         if inputs.case.dtype not in DTYPES[backend]:
             raise Skip(f"{backend} backend has no {inputs.case.dtype}")

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from codegen.bench.timing import CupyClock, HostClock, TorchCudaClock
+from gradsmith.codegen.bench.timing import CupyClock, HostClock, TorchCudaClock
 
 MIN_HOST_BYTES = 256 * 2**20
 GPU_BYTES = 2 * 2**30

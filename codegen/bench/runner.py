@@ -6,11 +6,11 @@ import gc
 import sys
 from typing import Any, TextIO
 
-from codegen.bench import machine
-from codegen.bench.peers import Contender, Inputs, Skip, contenders
-from codegen.bench.probe import gpu_bandwidth, host_bandwidth
-from codegen.bench.settings import Case, Settings
-from codegen.bench.timing import measure
+from gradsmith.codegen.bench import machine
+from gradsmith.codegen.bench.peers import Contender, Inputs, Skip, contenders
+from gradsmith.codegen.bench.probe import gpu_bandwidth, host_bandwidth
+from gradsmith.codegen.bench.settings import Case, Settings
+from gradsmith.codegen.bench.timing import measure
 
 ITEMSIZE = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from codegen.bench import machine
-from codegen.bench.report import format_table, require_matplotlib, write_json, write_plot
-from codegen.bench.runner import run_benchmark
-from codegen.bench.settings import (
+from gradsmith.codegen.bench import machine
+from gradsmith.codegen.bench.report import format_table, require_matplotlib, write_json, write_plot
+from gradsmith.codegen.bench.runner import run_benchmark
+from gradsmith.codegen.bench.settings import (
     BACKENDS,
     CPU_SHAPES,
     GPU_SHAPES,

@@ -1,8 +1,8 @@
 """gradsmith demo: train a linear softmax classifier on handwritten digits with every backend.
 
 ``z = W x + b`` on the UCI digits (features scaled to [0, 1]).  The loss and ``dL/dz`` come from
-the generated kernels (``codegen.load``); ``dL/dW`` and ``dL/db`` are the matrix expressions of
-``derive.linear.batch_parameter_gradients()``, printed to NumPy by ``sympy.lambdify``.  Every
+the generated kernels (``gradsmith.load``); ``dL/dW`` and ``dL/db`` are the matrix expressions of
+``gradsmith.derive.linear.batch_parameter_gradients()``, printed to NumPy by ``sympy.lambdify``.  Every
 backend starts from the same zero weights and sees the same mini-batches, so all of them must
 reach the same held-out accuracy and, within rounding, the same final loss.
 """
@@ -14,11 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import gradsmith
 import numpy as np
 import sympy as sp
-
-import codegen
-from codegen.datasets import Split, digits_split
+from gradsmith.codegen.datasets import Split, digits_split
 
 BACKEND_NAMES = ("numpy", "c", "cuda")
 MIN_ACCURACY = 0.90
@@ -74,7 +73,7 @@ class Result:
 
 def parameter_gradient_functions() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
     """``dW(dZ, X)`` and ``db(dZ, X)`` as NumPy functions of the derived matrix expressions."""
-    from derive import linear
+    from gradsmith.derive import linear
 
     expressions = linear.batch_parameter_gradients()
     matrices = {
@@ -83,7 +82,7 @@ def parameter_gradient_functions() -> dict[str, Callable[[np.ndarray, np.ndarray
         for symbol in expressions[name].atoms(sp.MatrixSymbol)
     }
     if "dZ" not in matrices:
-        raise ValueError("derive.linear.batch_parameter_gradients(): no MatrixSymbol named dZ")
+        raise ValueError("gradsmith.derive.linear.batch_parameter_gradients(): no MatrixSymbol named dZ")
     dz = matrices["dZ"]
     x = matrices.get("X", sp.MatrixSymbol("X", dz.shape[0], sp.Symbol("D")))
     sizes = [(dim, position) for position, dim in enumerate((*dz.shape, x.shape[1]))
@@ -152,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for backend in args.backends:
         try:
-            kernel = codegen.load(backend, args.dtype)
+            kernel = gradsmith.load(backend, args.dtype)
         except UNAVAILABLE as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(f"{backend}: skipped ({reason})")

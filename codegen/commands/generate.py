@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from codegen.render import BACKEND_NAMES, diff_tree, render_all, write_tree
+from gradsmith.codegen.render import BACKEND_NAMES, diff_tree, render_all, write_tree
 
 
 def _backends(text: str) -> tuple[str, ...]:

@@ -9,8 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from codegen.atomic import write_atomically
-from derive.latex import FORMATS, document
+from gradsmith.codegen.atomic import write_atomically
+from gradsmith.derive.latex import FORMATS, document
 
 PDFLATEX_SECONDS = 120
 

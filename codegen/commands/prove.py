@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from derive.claims import SYMBOLIC_GROUP, ClaimResult, parse_classes, registry, run_claims
+from gradsmith.derive.claims import SYMBOLIC_GROUP, ClaimResult, parse_classes, registry, run_claims
 
 DEFAULT_CLASSES = "1..16"
 

@@ -7,7 +7,7 @@
 """Fused softmax cross-entropy, forward and backward, in NumPy (float64).
 
 ``cross_entropy`` follows ``torch.nn.functional.cross_entropy`` and expects arguments that
-have been validated (shapes, dtypes, ranges): see ``codegen.arguments.prepare_call``.
+have been validated (shapes, dtypes, ranges): see ``gradsmith.codegen.arguments.prepare_call``.
 Each ``*_rows`` routine handles a block of rows at a time in preallocated buffers and writes
 the gradient straight into ``dlogits``, so no array of size N x C is allocated besides it.
 """

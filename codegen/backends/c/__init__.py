@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from codegen.backends.c.context import kernel_context
-from codegen.render import render_with_preamble
+from gradsmith.codegen.backends.c.context import kernel_context
+from gradsmith.codegen.render import render_with_preamble
 
 ABI = (
     "C99; int gs_ce_index_f32/f64 and gs_ce_probs_f32/f64 (see gradsmith_ce.h); "

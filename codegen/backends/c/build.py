@@ -14,9 +14,10 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-from codegen.native import Params, build_once, cache_dir, content_key
+from gradsmith.codegen.loading import shipped_kernels
+from gradsmith.codegen.native import Params, build_once, cache_dir, content_key
 
-SOURCE_DIR = Path(__file__).resolve().parents[3] / "generated" / "c"
+SOURCE_DIR = shipped_kernels() / "c"
 SOURCES = ("gradsmith_ce.c",)
 HEADERS = ("gradsmith_ce.h",)
 # Contraction into fused multiply-adds is allowed (the exp bound holds with or without it);
@@ -59,7 +60,8 @@ def build(source_dir: Path = SOURCE_DIR, *, openmp: bool = True) -> Path:
     source_dir = Path(source_dir)
     missing = [name for name in SOURCES + HEADERS if not (source_dir / name).is_file()]
     if missing:
-        raise OSError(f"{source_dir} lacks {', '.join(missing)}: run 'gradsmith generate'")
+        raise OSError(f"{source_dir} lacks {', '.join(missing)}: write a complete tree with "
+                      "'gradsmith generate --out DIR'")
     sources = [(source_dir / name).read_bytes() for name in SOURCES + HEADERS]
     cc = compiler()
     machine = (_compiler_version(cc), _cpu_flags())

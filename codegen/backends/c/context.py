@@ -1,7 +1,7 @@
 """What the C templates lay out: every expression of every variant, printed per dtype.
 
-Expressions come from ``derive.kernel_spec`` (the loss, the gradient, the online normalizer)
-and ``derive.fast_exp`` (the vectorisable exp).  Each group of assignments is printed with one
+Expressions come from ``gradsmith.derive.kernel_spec`` (the loss, the gradient, the online normalizer)
+and ``gradsmith.derive.fast_exp`` (the vectorisable exp).  Each group of assignments is printed with one
 ``print_code`` call so that CSE temporaries stay in the scope where the template places them,
 and ``check_reads`` makes sure that no assignment reads a name assigned after it.
 """
@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import sympy as sp
-
-from codegen.backends.c.printer import C_TYPES, KernelCPrinter
-from codegen.printing import PrintedCode, check_reads, expression_hash, print_code, print_expression
-from derive import kernel_spec as ks
-from derive.fast_exp import exp_approximation, verify_exp_approximation
+from gradsmith.codegen.backends.c.printer import C_TYPES, KernelCPrinter
+from gradsmith.codegen.printing import (
+    PrintedCode,
+    check_reads,
+    expression_hash,
+    print_code,
+    print_expression,
+)
+from gradsmith.derive import kernel_spec as ks
+from gradsmith.derive.fast_exp import exp_approximation, verify_exp_approximation
 
 DTYPES = ("float32", "float64")
 SUFFIXES = {"float32": "f32", "float64": "f64"}

@@ -1,6 +1,6 @@
 """``load(dtype)``: the C kernels behind the callable every backend returns.
 
-Arguments are validated by :func:`codegen.arguments.prepare_call`, except the class indices,
+Arguments are validated by :func:`gradsmith.codegen.arguments.prepare_call`, except the class indices,
 which the C entry point checks itself before reading any logit; its status codes become
 ``ValueError``/``TypeError`` naming the argument (and the first bad row).
 """
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
-
-from codegen.arguments import prepare_call
-from codegen.backends.c import build
-from codegen.native import Status
+from gradsmith.codegen.arguments import prepare_call
+from gradsmith.codegen.backends.c import build
+from gradsmith.codegen.native import Status
 
 SUFFIXES = {"float32": "f32", "float64": "f64"}
 
@@ -57,15 +57,17 @@ def _raise_for(status: int, call, bad_row: int) -> None:
     raise ValueError(f"C kernel rejected its arguments (status {status})")
 
 
-def load(dtype: str) -> Callable:
-    """The ``codegen.load`` callable for ``dtype`` ("float32" or "float64"), running the C kernels."""
+def load(dtype: str, kernels: Path | None = None) -> Callable:
+    """The ``gradsmith.load`` callable for ``dtype`` ("float32" or "float64"), running the C
+    kernels of the tree ``kernels`` (default: the shipped one)."""
     if dtype not in SUFFIXES:
         raise ValueError(f"dtype for backend 'c' must be one of {tuple(SUFFIXES)}, got {dtype!r}")
-    return bind(build.library(), dtype)
+    source_dir = build.SOURCE_DIR if kernels is None else Path(kernels) / "c"
+    return bind(build.library(str(source_dir)), dtype)
 
 
 def bind(library: ctypes.CDLL, dtype: str) -> Callable:
-    """The ``codegen.load`` callable over an already loaded library (see :func:`build.load_library`)."""
+    """The ``gradsmith.load`` callable over an already loaded library (see :func:`build.load_library`)."""
     suffix = SUFFIXES[dtype]
     index_kernel = getattr(library, f"gs_ce_index_{suffix}")
     probs_kernel = getattr(library, f"gs_ce_probs_{suffix}")

@@ -6,8 +6,8 @@ functions, usable from host code too) and ``cuda/gradsmith_ce.cu`` (kernels and 
 
 from __future__ import annotations
 
-from codegen.backends.cuda.context import kernel_context
-from codegen.render import render_with_preamble
+from gradsmith.codegen.backends.cuda.context import kernel_context
+from gradsmith.codegen.render import render_with_preamble
 
 TEMPLATES = {
     "cuda/gradsmith_ce.cuh": "cuda/gradsmith_ce.cuh.j2",

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import sympy as sp
-
-from codegen.backends.cuda.printer import ARITHMETIC_SUFFIX, STORAGE, KernelCudaPrinter
-from codegen.printing import check_reads, expression_hash, print_code
-from codegen.render import TemplateError
-from derive import kernel_spec as ks
+from gradsmith.codegen.backends.cuda.printer import ARITHMETIC_SUFFIX, STORAGE, KernelCudaPrinter
+from gradsmith.codegen.printing import check_reads, expression_hash, print_code
+from gradsmith.codegen.render import TemplateError
+from gradsmith.derive import kernel_spec as ks
 
 transformed = sp.Symbol("transformed", real=True)
 linear_coefficient = sp.Symbol("linear_coefficient", real=True)

@@ -7,7 +7,7 @@ used because no derivation bounds their error) and double for float64 storage.
 
 from __future__ import annotations
 
-from codegen.backends.c.printer import KernelCPrinter
+from gradsmith.codegen.backends.c.printer import KernelCPrinter
 
 # storage dtype -> (C++ storage type, arithmetic dtype, suffix of the entry points)
 STORAGE = {

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gradsmith.codegen.arguments import prepare_call
+from gradsmith.codegen.loading import shipped_kernels
+from gradsmith.codegen.native import Params, Status, build_once, cache_dir, content_key
 
-from codegen.arguments import prepare_call
-from codegen.native import Params, Status, build_once, cache_dir, content_key
-
-SOURCE_DIR = Path(__file__).resolve().parents[3] / "generated" / "cuda"
+SOURCE_DIR = shipped_kernels() / "cuda"
 SOURCES = ("gradsmith_ce.cu", "gradsmith_ce.cuh")
 SUFFIX = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16": "f16"}
 AUX_DTYPE = {"float32": np.float32, "float64": np.float64, "bfloat16": np.float32, "float16": np.float32}
@@ -57,28 +57,30 @@ def _nvcc() -> str:
 
 
 @cache
-def build_library(arch: str) -> Path:
-    """Compile generated/cuda for ``arch`` (e.g. "sm_90") into the cache; return the library."""
+def build_library(arch: str, source_dir: Path = SOURCE_DIR) -> Path:
+    """Compile the tree's cuda/ folder for ``arch`` (e.g. "sm_90") into the cache; return the
+    library."""
     nvcc = _nvcc()
-    missing = [name for name in SOURCES if not (SOURCE_DIR / name).is_file()]
+    missing = [name for name in SOURCES if not (source_dir / name).is_file()]
     if missing:
-        raise ValueError(f"generated/cuda lacks {missing}: run 'gradsmith generate'")
+        raise ValueError(f"{source_dir} lacks {missing}: write a complete tree with "
+                         "'gradsmith generate --out DIR'")
     number = arch.removeprefix("sm_")
     flags = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC",
              "-gencode", f"arch=compute_{number},code=[sm_{number},compute_{number}]"]
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
-    key = content_key([*((SOURCE_DIR / name).read_bytes() for name in SOURCES), *flags, version])
+    key = content_key([*((source_dir / name).read_bytes() for name in SOURCES), *flags, version])
 
     def command(output: str) -> list[str]:
-        return [nvcc, *flags, "-o", output, str(SOURCE_DIR / "gradsmith_ce.cu")]
+        return [nvcc, *flags, "-o", output, str(source_dir / "gradsmith_ce.cu")]
 
     return build_once(cache_dir() / "cuda", f"gradsmith_ce_{arch}", key, command,
                       f"nvcc building generated/cuda for {arch}")
 
 
 @cache
-def _library(arch: str) -> ctypes.CDLL:
-    library = ctypes.CDLL(str(build_library(arch)))
+def _library(arch: str, source_dir: Path = SOURCE_DIR) -> ctypes.CDLL:
+    library = ctypes.CDLL(str(build_library(arch, Path(source_dir))))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     params = ctypes.POINTER(Params)
     for suffix in SUFFIX.values():
@@ -130,8 +132,10 @@ def _to_device(cupy: Any, array: Any | None, dtype: Any = None) -> Any | None:
     return array if dtype is None else array.astype(dtype, copy=False)
 
 
-def load(dtype: str) -> Callable:
-    """The ``codegen.load`` callable for ``dtype`` on the current CuPy device and stream."""
+def load(dtype: str, kernels: Path | None = None) -> Callable:
+    """The ``gradsmith.load`` callable for ``dtype`` on the current CuPy device and stream,
+    running the CUDA kernels of the tree ``kernels`` (default: the shipped one)."""
+    source_dir = SOURCE_DIR if kernels is None else Path(kernels) / "cuda"
     if dtype not in SUFFIX:
         raise ValueError(f"dtype for backend 'cuda' must be one of {tuple(SUFFIX)}, got {dtype!r}")
     _cupy()  # fail here, not at the first call, when there is no CuPy or no GPU
@@ -160,7 +164,7 @@ def load(dtype: str) -> Callable:
         dlogits = logits if inplace else cupy.empty((n, classes), dtype=logits.dtype)
         loss = cupy.empty((n,) if call.reduction == "none" else (1,), dtype=aux)
         lse = cupy.empty((n,), dtype=aux) if call.return_lse else None
-        library = _library(f"sm_{cupy.cuda.Device().compute_capability}")
+        library = _library(f"sm_{cupy.cuda.Device().compute_capability}", source_dir)
         workspace = cupy.empty(library.gs_ce_cuda_workspace_bytes(n) // 8 + 1, dtype=np.float64)
         params = Params(call.ignore_index, call.reduction_code, 0, call.label_smoothing,
                             call.lse_square_scale, call.softcap or 0.0)

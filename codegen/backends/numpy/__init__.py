@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sympy as sp
-
-from codegen.backends.numpy.printer import NUMPY_TYPES, KernelNumPyPrinter
-from codegen.printing import PrintedCode, expression_hash, print_code
-from codegen.render import c_identifier, preamble, render_template
-from derive import kernel_spec as ks
+from gradsmith.codegen.backends.numpy.printer import NUMPY_TYPES, KernelNumPyPrinter
+from gradsmith.codegen.printing import PrintedCode, expression_hash, print_code
+from gradsmith.codegen.render import c_identifier, preamble, render_template
+from gradsmith.derive import kernel_spec as ks
 
 TEMPLATE = "numpy/module.py.j2"
 DTYPES = ("float32", "float64")
@@ -73,7 +72,7 @@ def reuse_exp_term(spec: ks.KernelSpec) -> sp.Expr:
 
     The first sweep leaves exp(shifted) in a buffer (``exp_term``), so the gradient needs no
     second exponential of the block: stored_max = row_max makes the stored scale
-    exp(-log_sum_exp) (the identity is checked by ``derive.kernel_spec.verify_spec``).
+    exp(-log_sum_exp) (the identity is checked by ``gradsmith.derive.kernel_spec.verify_spec``).
     """
     scale = spec.stored_scale_value.xreplace({ks.stored_shifted: 0})
     return spec.dlogit_from_stored.xreplace({ks.stored: exp_term, ks.stored_scale: scale})

@@ -1,13 +1,12 @@
-"""Load the emitted NumPy module of a dtype and wrap it in ``codegen.load``'s callable.
+"""Load the emitted NumPy module of a dtype and wrap it in ``gradsmith.load``'s callable.
 
-The module is imported by file path from ``generated/numpy/`` next to the package (or from
-the folder named by ``GRADSMITH_GENERATED``), so what runs is exactly what is checked in.
+The module is imported by file path from the kernel tree's ``numpy/`` folder (the shipped
+``generated/`` by default), so what runs is exactly what was emitted.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from collections.abc import Callable
 from functools import cache
@@ -15,26 +14,16 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-
-from codegen.arguments import prepare_call
-from codegen.backends.numpy import DTYPES, module_path
-
-ENVIRONMENT_VARIABLE = "GRADSMITH_GENERATED"
-
-
-def generated_root() -> Path:
-    """The folder holding the emitted files: ``$GRADSMITH_GENERATED`` or ``<repo>/generated``."""
-    override = os.environ.get(ENVIRONMENT_VARIABLE)
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[3] / "generated"
+from gradsmith.codegen.arguments import prepare_call
+from gradsmith.codegen.backends.numpy import DTYPES, module_path
+from gradsmith.codegen.loading import kernel_tree
 
 
 @cache
 def _import(path: Path) -> ModuleType:
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} is missing: run 'gradsmith generate' (or set {ENVIRONMENT_VARIABLE})"
+            f"{path} is missing: write a complete tree with 'gradsmith generate --out DIR'"
         )
     name = f"gradsmith_generated_numpy_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
@@ -48,16 +37,16 @@ def _import(path: Path) -> ModuleType:
     return module
 
 
-def module(dtype: str) -> ModuleType:
-    """The emitted module of ``dtype`` (imported once per path)."""
+def module(dtype: str, kernels: Path | None = None) -> ModuleType:
+    """The emitted module of ``dtype`` in the kernel tree ``kernels`` (imported once per path)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype for backend 'numpy' must be one of {DTYPES}, got {dtype!r}")
-    return _import(generated_root() / module_path(dtype))
+    return _import(kernel_tree(kernels) / module_path(dtype))
 
 
-def load(dtype: str = "float32") -> Callable:
+def load(dtype: str = "float32", kernels: Path | None = None) -> Callable:
     """``f(logits, target, **options) -> (loss, dlogits[, lse])`` running the emitted module."""
-    emitted = module(dtype)
+    emitted = module(dtype, kernels)
 
     def cross_entropy(logits, target, **options):
         call = prepare_call(logits, target, dtype=dtype, xp=np, **options)

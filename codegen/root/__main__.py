@@ -1,0 +1,3 @@
+from gradsmith.codegen.cli import main
+
+raise SystemExit(main())
