@@ -20,7 +20,7 @@
 #define GS_CHUNK 512
 #define GS_STORED_CHUNKS 4096
 #define GS_SHORT_CHUNK 64
-#define GS_ROW_BLOCK 16384
+#define GS_ROW_BLOCK 4096
 #define GS_SEGMENT_ROWS 16
 #define GS_SHORT_CLASSES 32
 #define GS_PARALLEL_MIN_ELEMENTS 32768
@@ -38,12 +38,14 @@
 #if defined(_OPENMP) || defined(GS_OPENMP_SIMD)
 #define GS_SIMD_SUMS _Pragma("omp simd reduction(+:chunk_sum_exp, chunk_weight_sum, chunk_shifted_sum)")
 #define GS_SIMD_LANES _Pragma("omp simd")
+#define GS_SIMD_LANES_SPECIAL _Pragma("omp simd reduction(|:special)")
 /* Short chunks (short rows): 256-bit vectors, so that fewer elements fall to the scalar tail. */
 #define GS_SIMD_SUMS_SHORT_F32 _Pragma("omp simd simdlen(8) reduction(+:chunk_sum_exp, chunk_weight_sum, chunk_shifted_sum)")
 #define GS_SIMD_SUMS_SHORT_F64 _Pragma("omp simd simdlen(4) reduction(+:chunk_sum_exp, chunk_weight_sum, chunk_shifted_sum)")
 #else
 #define GS_SIMD_SUMS
 #define GS_SIMD_LANES
+#define GS_SIMD_LANES_SPECIAL
 #define GS_SIMD_SUMS_SHORT_F32
 #define GS_SIMD_SUMS_SHORT_F64
 #endif
@@ -292,8 +294,7 @@ static void gs_lanes_index_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int32_t lane_key[GS_SEGMENT_ROWS];
-    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     int64_t lane_target[GS_SEGMENT_ROWS];
     int lane_ignored[GS_SEGMENT_ROWS];
     float lane_target_logit[GS_SEGMENT_ROWS];
@@ -356,32 +357,22 @@ static void gs_lanes_index_f32(
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
-        lane_key[r] = INT32_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(float)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = logit;
-            int32_t key;
-            uint32_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT32_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT32_C(2139095040);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -497,26 +488,32 @@ static void gs_lanes_index_f32(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT32_C(2139095040)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
-            }
-        }
-        else {
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            special |= lane_ignored[r];
+            special |= lane_nonfinite[r];
         }
-        if (lane_ignored[r]) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = 0;
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+                }
+            }
+            if (lane_ignored[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = 0;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT32_C(2139095040);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (float)0 : finite ? lane_loss[r] : (float)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (float)NAN;
     }
@@ -807,8 +804,7 @@ static void gs_lanes_index_softcap_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int32_t lane_key[GS_SEGMENT_ROWS];
-    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     int64_t lane_target[GS_SEGMENT_ROWS];
     int lane_ignored[GS_SEGMENT_ROWS];
     float lane_target_logit[GS_SEGMENT_ROWS];
@@ -870,32 +866,22 @@ static void gs_lanes_index_softcap_f32(
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
-        lane_key[r] = INT32_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(float)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = softcap*tanhf(logit/softcap);
-            int32_t key;
-            uint32_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT32_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT32_C(2139095040);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -1006,26 +992,32 @@ static void gs_lanes_index_softcap_f32(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT32_C(2139095040)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
-            }
-        }
-        else {
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            special |= lane_ignored[r];
+            special |= lane_nonfinite[r];
         }
-        if (lane_ignored[r]) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = 0;
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+                }
+            }
+            if (lane_ignored[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = 0;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT32_C(2139095040);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (float)0 : finite ? lane_loss[r] : (float)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (float)NAN;
     }
@@ -1370,8 +1362,7 @@ static void gs_lanes_index_weighted_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int32_t lane_key[GS_SEGMENT_ROWS];
-    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     int64_t lane_target[GS_SEGMENT_ROWS];
     int lane_ignored[GS_SEGMENT_ROWS];
     float lane_target_logit[GS_SEGMENT_ROWS];
@@ -1434,32 +1425,22 @@ static void gs_lanes_index_weighted_f32(
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
-        lane_key[r] = INT32_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(float)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = logit;
-            int32_t key;
-            uint32_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT32_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT32_C(2139095040);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
@@ -1579,26 +1560,32 @@ static void gs_lanes_index_weighted_f32(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT32_C(2139095040)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
-            }
-        }
-        else {
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            special |= lane_ignored[r];
+            special |= lane_nonfinite[r];
         }
-        if (lane_ignored[r]) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = 0;
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+                }
+            }
+            if (lane_ignored[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = 0;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT32_C(2139095040);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (float)0 : finite ? lane_loss[r] : (float)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (float)NAN;
     }
@@ -1897,8 +1884,7 @@ static void gs_lanes_index_weighted_softcap_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int32_t lane_key[GS_SEGMENT_ROWS];
-    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     int64_t lane_target[GS_SEGMENT_ROWS];
     int lane_ignored[GS_SEGMENT_ROWS];
     float lane_target_logit[GS_SEGMENT_ROWS];
@@ -1960,32 +1946,22 @@ static void gs_lanes_index_weighted_softcap_f32(
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
-        lane_key[r] = INT32_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(float)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = softcap*tanhf(logit/softcap);
-            int32_t key;
-            uint32_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT32_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT32_C(2139095040);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
@@ -2100,26 +2076,32 @@ static void gs_lanes_index_weighted_softcap_f32(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT32_C(2139095040)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
-            }
-        }
-        else {
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            special |= lane_ignored[r];
+            special |= lane_nonfinite[r];
         }
-        if (lane_ignored[r]) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = 0;
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+                }
+            }
+            if (lane_ignored[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = 0;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT32_C(2139095040);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (float)0 : finite ? lane_loss[r] : (float)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (float)NAN;
     }
@@ -2440,8 +2422,7 @@ static void gs_lanes_probs_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int32_t lane_key[GS_SEGMENT_ROWS];
-    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     float lane_stored_scale[GS_SEGMENT_ROWS];
     float lane_log_sum_exp[GS_SEGMENT_ROWS];
     float lane_lse[GS_SEGMENT_ROWS];
@@ -2495,32 +2476,22 @@ static void gs_lanes_probs_f32(
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_key[r] = INT32_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(float)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = logit;
-            int32_t key;
-            uint32_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT32_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT32_C(2139095040);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -2605,18 +2576,25 @@ static void gs_lanes_probs_f32(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT32_C(2139095040)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            special |= lane_nonfinite[r];
+        }
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT32_C(2139095040);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (float)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (float)NAN;
     }
@@ -2872,8 +2850,7 @@ static void gs_lanes_probs_softcap_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int32_t lane_key[GS_SEGMENT_ROWS];
-    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     float lane_log_sum_exp[GS_SEGMENT_ROWS];
     float lane_lse[GS_SEGMENT_ROWS];
     float lane_zloss_slope[GS_SEGMENT_ROWS];
@@ -2926,32 +2903,22 @@ static void gs_lanes_probs_softcap_f32(
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_key[r] = INT32_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(float)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = softcap*tanhf(logit/softcap);
-            int32_t key;
-            uint32_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT32_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT32_C(2139095040);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -3015,18 +2982,25 @@ static void gs_lanes_probs_softcap_f32(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT32_C(2139095040)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            special |= lane_nonfinite[r];
+        }
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT32_C(2139095040);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (float)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (float)NAN;
     }
@@ -3338,8 +3312,7 @@ static void gs_lanes_probs_weighted_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int32_t lane_key[GS_SEGMENT_ROWS];
-    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     float lane_stored_scale[GS_SEGMENT_ROWS];
     float lane_log_sum_exp[GS_SEGMENT_ROWS];
     float lane_lse[GS_SEGMENT_ROWS];
@@ -3393,32 +3366,22 @@ static void gs_lanes_probs_weighted_f32(
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_key[r] = INT32_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(float)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = logit;
-            int32_t key;
-            uint32_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT32_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT32_C(2139095040);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
@@ -3505,18 +3468,25 @@ static void gs_lanes_probs_weighted_f32(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT32_C(2139095040)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            special |= lane_nonfinite[r];
+        }
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT32_C(2139095040);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (float)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (float)NAN;
     }
@@ -3778,8 +3748,7 @@ static void gs_lanes_probs_weighted_softcap_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int32_t lane_key[GS_SEGMENT_ROWS];
-    uint32_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     float lane_log_sum_exp[GS_SEGMENT_ROWS];
     float lane_lse[GS_SEGMENT_ROWS];
     float lane_zloss_slope[GS_SEGMENT_ROWS];
@@ -3832,32 +3801,22 @@ static void gs_lanes_probs_weighted_softcap_f32(
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_key[r] = INT32_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(float)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = softcap*tanhf(logit/softcap);
-            int32_t key;
-            uint32_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT32_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT32_C(2139095040);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int32_t key = lane_key[r] < 0 ? lane_key[r] ^ INT32_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
@@ -3923,18 +3882,25 @@ static void gs_lanes_probs_weighted_softcap_f32(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT32_C(2139095040)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            special |= lane_nonfinite[r];
+        }
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT32_C(2139095040);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (float)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (float)NAN;
     }
@@ -4348,8 +4314,7 @@ static void gs_lanes_index_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int64_t lane_key[GS_SEGMENT_ROWS];
-    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     int64_t lane_target[GS_SEGMENT_ROWS];
     int lane_ignored[GS_SEGMENT_ROWS];
     double lane_target_logit[GS_SEGMENT_ROWS];
@@ -4412,32 +4377,22 @@ static void gs_lanes_index_f64(
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
-        lane_key[r] = INT64_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(double)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
-            int64_t key;
-            uint64_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT64_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT64_C(9218868437227405312);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -4553,26 +4508,32 @@ static void gs_lanes_index_f64(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
-            }
-        }
-        else {
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            special |= lane_ignored[r];
+            special |= lane_nonfinite[r];
         }
-        if (lane_ignored[r]) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = 0;
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+                }
+            }
+            if (lane_ignored[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = 0;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT64_C(9218868437227405312);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (double)0 : finite ? lane_loss[r] : (double)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (double)NAN;
     }
@@ -4863,8 +4824,7 @@ static void gs_lanes_index_softcap_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int64_t lane_key[GS_SEGMENT_ROWS];
-    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     int64_t lane_target[GS_SEGMENT_ROWS];
     int lane_ignored[GS_SEGMENT_ROWS];
     double lane_target_logit[GS_SEGMENT_ROWS];
@@ -4926,32 +4886,22 @@ static void gs_lanes_index_softcap_f64(
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
-        lane_key[r] = INT64_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(double)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*tanh(logit/softcap);
-            int64_t key;
-            uint64_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT64_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT64_C(9218868437227405312);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -5062,26 +5012,32 @@ static void gs_lanes_index_softcap_f64(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
-            }
-        }
-        else {
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            special |= lane_ignored[r];
+            special |= lane_nonfinite[r];
         }
-        if (lane_ignored[r]) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = 0;
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+                }
+            }
+            if (lane_ignored[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = 0;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT64_C(9218868437227405312);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (double)0 : finite ? lane_loss[r] : (double)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (double)NAN;
     }
@@ -5426,8 +5382,7 @@ static void gs_lanes_index_weighted_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int64_t lane_key[GS_SEGMENT_ROWS];
-    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     int64_t lane_target[GS_SEGMENT_ROWS];
     int lane_ignored[GS_SEGMENT_ROWS];
     double lane_target_logit[GS_SEGMENT_ROWS];
@@ -5490,32 +5445,22 @@ static void gs_lanes_index_weighted_f64(
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
-        lane_key[r] = INT64_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(double)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
-            int64_t key;
-            uint64_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT64_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT64_C(9218868437227405312);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
@@ -5635,26 +5580,32 @@ static void gs_lanes_index_weighted_f64(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
-            }
-        }
-        else {
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            special |= lane_ignored[r];
+            special |= lane_nonfinite[r];
         }
-        if (lane_ignored[r]) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = 0;
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+                }
+            }
+            if (lane_ignored[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = 0;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT64_C(9218868437227405312);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (double)0 : finite ? lane_loss[r] : (double)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (double)NAN;
     }
@@ -5953,8 +5904,7 @@ static void gs_lanes_index_weighted_softcap_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int64_t lane_key[GS_SEGMENT_ROWS];
-    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     int64_t lane_target[GS_SEGMENT_ROWS];
     int lane_ignored[GS_SEGMENT_ROWS];
     double lane_target_logit[GS_SEGMENT_ROWS];
@@ -6016,32 +5966,22 @@ static void gs_lanes_index_weighted_softcap_f64(
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
-        lane_key[r] = INT64_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(double)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*tanh(logit/softcap);
-            int64_t key;
-            uint64_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT64_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT64_C(9218868437227405312);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
@@ -6156,26 +6096,32 @@ static void gs_lanes_index_weighted_softcap_f64(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
-            }
-        }
-        else {
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             tile[lane_target[r] * GS_SEGMENT_ROWS + r] = lane_dlogit_target[r];
+            special |= lane_ignored[r];
+            special |= lane_nonfinite[r];
         }
-        if (lane_ignored[r]) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = 0;
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+                }
+            }
+            if (lane_ignored[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = 0;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT64_C(9218868437227405312);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (double)0 : finite ? lane_loss[r] : (double)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (double)NAN;
     }
@@ -6496,8 +6442,7 @@ static void gs_lanes_probs_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int64_t lane_key[GS_SEGMENT_ROWS];
-    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     double lane_stored_scale[GS_SEGMENT_ROWS];
     double lane_log_sum_exp[GS_SEGMENT_ROWS];
     double lane_lse[GS_SEGMENT_ROWS];
@@ -6551,32 +6496,22 @@ static void gs_lanes_probs_f64(
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_key[r] = INT64_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(double)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
-            int64_t key;
-            uint64_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT64_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT64_C(9218868437227405312);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -6661,18 +6596,25 @@ static void gs_lanes_probs_f64(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            special |= lane_nonfinite[r];
+        }
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT64_C(9218868437227405312);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (double)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (double)NAN;
     }
@@ -6928,8 +6870,7 @@ static void gs_lanes_probs_softcap_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int64_t lane_key[GS_SEGMENT_ROWS];
-    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     double lane_log_sum_exp[GS_SEGMENT_ROWS];
     double lane_lse[GS_SEGMENT_ROWS];
     double lane_zloss_slope[GS_SEGMENT_ROWS];
@@ -6982,32 +6923,22 @@ static void gs_lanes_probs_softcap_f64(
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_key[r] = INT64_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(double)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*tanh(logit/softcap);
-            int64_t key;
-            uint64_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT64_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT64_C(9218868437227405312);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -7071,18 +7002,25 @@ static void gs_lanes_probs_softcap_f64(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            special |= lane_nonfinite[r];
+        }
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT64_C(9218868437227405312);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (double)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (double)NAN;
     }
@@ -7394,8 +7332,7 @@ static void gs_lanes_probs_weighted_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int64_t lane_key[GS_SEGMENT_ROWS];
-    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     double lane_stored_scale[GS_SEGMENT_ROWS];
     double lane_log_sum_exp[GS_SEGMENT_ROWS];
     double lane_lse[GS_SEGMENT_ROWS];
@@ -7449,32 +7386,22 @@ static void gs_lanes_probs_weighted_f64(
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_key[r] = INT64_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(double)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
-            int64_t key;
-            uint64_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT64_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT64_C(9218868437227405312);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
@@ -7561,18 +7488,25 @@ static void gs_lanes_probs_weighted_f64(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            special |= lane_nonfinite[r];
+        }
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT64_C(9218868437227405312);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (double)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (double)NAN;
     }
@@ -7834,8 +7768,7 @@ static void gs_lanes_probs_weighted_softcap_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int64_t lane_key[GS_SEGMENT_ROWS];
-    uint64_t lane_exponent[GS_SEGMENT_ROWS];
+    int lane_nonfinite[GS_SEGMENT_ROWS];
     double lane_log_sum_exp[GS_SEGMENT_ROWS];
     double lane_lse[GS_SEGMENT_ROWS];
     double lane_zloss_slope[GS_SEGMENT_ROWS];
@@ -7888,32 +7821,22 @@ static void gs_lanes_probs_weighted_softcap_f64(
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_key[r] = INT64_MIN;
-        lane_exponent[r] = 0;
+        lane_max[r] = -(double)INFINITY;
+        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* The maximum on the bits as ordered integers, non-finite logits from their exponent bits
-       (no simd pragma here: it would privatise the memcpy'd locals and block vectorisation). */
+    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
+       and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
+        GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*tanh(logit/softcap);
-            int64_t key;
-            uint64_t logit_bits;
-            memcpy(&key, &transformed, sizeof key);
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            key = key < 0 ? key ^ INT64_MAX : key;
-            lane_key[r] = key > lane_key[r] ? key : lane_key[r];
-            logit_bits &= UINT64_C(9218868437227405312);
-            lane_exponent[r] = logit_bits > lane_exponent[r] ? logit_bits : lane_exponent[r];
+            lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
+            lane_nonfinite[r] |= logit - logit != 0;
         }
-    }
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int64_t key = lane_key[r] < 0 ? lane_key[r] ^ INT64_MAX : lane_key[r];
-        memcpy(&lane_max[r], &key, sizeof key);
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
@@ -7979,18 +7902,25 @@ static void gs_lanes_probs_weighted_softcap_f64(
             tile[j * GS_SEGMENT_ROWS + r] = dlogit;
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets); the
-       target class's gradient goes in place. */
-    for (r = 0; r < count; ++r) {
-        if (lane_exponent[r] == UINT64_C(9218868437227405312)) {
-            for (j = 0; j < n_classes; ++j) {
-                tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+    /* The target class's gradient in place (lanes with a non-finite logit are overwritten
+       below); rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    {
+        int special = 0;
+        GS_SIMD_LANES_SPECIAL
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            special |= lane_nonfinite[r];
+        }
+        for (r = 0; special && r < count; ++r) {
+            if (lane_nonfinite[r]) {
+                for (j = 0; j < n_classes; ++j) {
+                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
+                }
             }
         }
     }
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = lane_exponent[r] != UINT64_C(9218868437227405312);
+        const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (double)NAN;
         lane_lse[r] = finite ? lane_lse[r] : (double)NAN;
     }

@@ -31,7 +31,7 @@ STORED_CHUNKS = 4096
 # Chunks shorter than this are summed with 256-bit vectors (elements per vector below).
 SHORT_CHUNK = 64
 SHORT_SIMDLEN = {"float32": 8, "float64": 4}
-ROW_BLOCK = 16384  # segments per parallel region, their sums kept for a serial double sum
+ROW_BLOCK = 4096  # segments per parallel region, their sums kept for a serial double sum
 SEGMENT_ROWS = 16  # rows per segment, summed in order by one thread
 # Elements per thread below which a thread costs more than it saves: two threads broke even
 # between 20480 and 40960 elements at C = 10 and between 32000 and 64000 at C = 1000.
