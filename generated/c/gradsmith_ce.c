@@ -26,12 +26,48 @@
 #define GS_PARALLEL_MIN_ELEMENTS 32768
 #define GS_PARALLEL_CHUNK_ELEMENTS 32768
 
+#define GS_LATE_TEAM_SERIAL_ELEMENTS 67108864
+
 #ifdef _OPENMP
 /* Many more chunks than threads, handed out as threads come: a thread whose core is taken by
    another process takes fewer, and the others do its share. */
-#define GS_PARALLEL_FOR _Pragma("omp parallel for schedule(dynamic, gs_chunk_segments) num_threads(gs_threads) if (gs_threads > 1)")
+#define GS_PARALLEL _Pragma("omp parallel num_threads(gs_threads) if (gs_threads > 1)")
+#define GS_FOR_SEGMENTS _Pragma("omp for schedule(dynamic, gs_chunk_segments) nowait")
+
+/* Elements left to run on one thread.  A region that took longer than the calling thread
+   alone would have (its own time per segment times all segments) waited for threads whose
+   cores are taken: the next GS_LATE_TEAM_SERIAL_ELEMENTS elements run serially, then the
+   team is tried again. */
+static int64_t gs_serial_elements;
+
+static int gs_team_threads(int wanted, int64_t elements)
+{
+    int64_t left;
+    if (wanted <= 1) {
+        return wanted;
+    }
+#pragma omp atomic read
+    left = gs_serial_elements;
+    if (left > 0) {
+#pragma omp atomic update
+        gs_serial_elements -= elements;
+        return 1;
+    }
+    return wanted;
+}
+
+static void gs_note_team(int threads, double region_seconds, double caller_seconds,
+                         int64_t caller_segments, int64_t segments)
+{
+    if (threads > 1 && caller_segments > 0
+        && region_seconds * (double)caller_segments > caller_seconds * (double)segments) {
+#pragma omp atomic write
+        gs_serial_elements = GS_LATE_TEAM_SERIAL_ELEMENTS;
+    }
+}
 #else
-#define GS_PARALLEL_FOR
+#define GS_PARALLEL
+#define GS_FOR_SEGMENTS
 #endif
 /* A chunk's sums may be reassociated across SIMD lanes (and only they: no fast-math);
    the order is fixed by the build, so results stay deterministic. */
@@ -596,18 +632,28 @@ static int gs_rows_index_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -643,6 +689,20 @@ static int gs_rows_index_f32(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -1100,18 +1160,28 @@ static int gs_rows_index_softcap_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -1147,6 +1217,20 @@ static int gs_rows_index_softcap_f32(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -1668,18 +1752,28 @@ static int gs_rows_index_weighted_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -1717,6 +1811,20 @@ static int gs_rows_index_weighted_f32(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -2184,18 +2292,28 @@ static int gs_rows_index_weighted_softcap_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -2233,6 +2351,20 @@ static int gs_rows_index_weighted_softcap_f32(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -2664,18 +2796,28 @@ static int gs_rows_probs_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -2709,6 +2851,20 @@ static int gs_rows_probs_f32(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -3070,18 +3226,28 @@ static int gs_rows_probs_softcap_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -3115,6 +3281,20 @@ static int gs_rows_probs_softcap_f32(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -3555,18 +3735,28 @@ static int gs_rows_probs_weighted_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -3602,6 +3792,20 @@ static int gs_rows_probs_weighted_f32(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -3969,18 +4173,28 @@ static int gs_rows_probs_weighted_softcap_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -4016,6 +4230,20 @@ static int gs_rows_probs_weighted_softcap_f32(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -4616,18 +4844,28 @@ static int gs_rows_index_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -4663,6 +4901,20 @@ static int gs_rows_index_f64(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -5120,18 +5372,28 @@ static int gs_rows_index_softcap_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -5167,6 +5429,20 @@ static int gs_rows_index_softcap_f64(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -5688,18 +5964,28 @@ static int gs_rows_index_weighted_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -5737,6 +6023,20 @@ static int gs_rows_index_weighted_f64(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -6204,18 +6504,28 @@ static int gs_rows_index_weighted_softcap_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -6253,6 +6563,20 @@ static int gs_rows_index_weighted_softcap_f64(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -6684,18 +7008,28 @@ static int gs_rows_probs_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -6729,6 +7063,20 @@ static int gs_rows_probs_f64(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -7090,18 +7438,28 @@ static int gs_rows_probs_softcap_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -7135,6 +7493,20 @@ static int gs_rows_probs_softcap_f64(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -7575,18 +7947,28 @@ static int gs_rows_probs_weighted_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -7622,6 +8004,20 @@ static int gs_rows_probs_weighted_f64(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];
@@ -7989,18 +8385,28 @@ static int gs_rows_probs_weighted_softcap_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_work < (double)omp_get_max_threads() ? (int)gs_work
-                               : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               block_rows * n_classes);
 #else
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        int64_t gs_master_segments = 0;
+        double gs_master_seconds = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
         int64_t segment;
         (void)gs_work;
         (void)gs_threads;
         (void)gs_chunk_segments;
-        GS_PARALLEL_FOR
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = block + segment * GS_SEGMENT_ROWS;
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
@@ -8036,6 +8442,20 @@ static int gs_rows_probs_weighted_softcap_f64(
             }
             segment_losses[segment] = segment_loss;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) {
+            gs_master_segments = gs_segments_done;
+            gs_master_seconds = omp_get_wtime() - gs_start;
+        }
+#endif
+        (void)gs_segments_done;
+        }
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_master_seconds,
+                     gs_master_segments, n_segments);
+#endif
+        (void)gs_master_segments;
+        (void)gs_master_seconds;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
         for (segment = 0; segment < n_segments; ++segment) {
             loss_total += segment_losses[segment];

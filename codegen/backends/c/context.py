@@ -39,6 +39,10 @@ PARALLEL_MIN_ELEMENTS = 32768
 # Elements per chunk of rows handed to a thread: small enough that a thread whose core is
 # taken holds back little work, large enough that handing out chunks costs nothing.
 PARALLEL_CHUNK_ELEMENTS = 32768
+# Elements run on the calling thread alone after a parallel region that took longer than that
+# thread alone would have (the others' cores busy), before the team is tried again: about 60 ms
+# of one thread's work, so that a wrong call costs little and a busy machine is re-checked often.
+LATE_TEAM_SERIAL_ELEMENTS = 1 << 26
 # Rows of at most this many classes are processed a segment at a time, one row per SIMD lane
 # (a transposed tile of SEGMENT_ROWS rows): no per-row reductions, tails or calls.
 SHORT_CLASSES = 32
@@ -213,6 +217,7 @@ def kernel_context() -> dict:
         "short_classes": SHORT_CLASSES,
         "parallel_min_elements": PARALLEL_MIN_ELEMENTS,
         "parallel_chunk_elements": PARALLEL_CHUNK_ELEMENTS,
+        "late_team_serial_elements": LATE_TEAM_SERIAL_ELEMENTS,
         "spec_hash": expression_hash(expressions),
         "op_count": sum(d["op_count"] for d in dtypes),
     }
