@@ -158,7 +158,11 @@ def prepare_call(
         expected = (n_rows,) if reduction == "none" else ()
         if tuple(grad_output.shape) != expected:
             raise ValueError(f"grad_output must have shape {expected} for reduction={reduction!r}, got {tuple(grad_output.shape)}")
-        grad_output = xp.ascontiguousarray(grad_output, dtype=logits.dtype)
+        # asarray, not ascontiguousarray: that makes a 0-d grad_output 1-d, which the NumPy
+        # kernels then slice per block of rows.
+        grad_output = xp.asarray(grad_output, dtype=logits.dtype)
+        if grad_output.ndim:
+            grad_output = xp.ascontiguousarray(grad_output)
 
     original = logits
     logits = _row_major("logits", logits, xp)

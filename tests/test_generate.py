@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sympy as sp
-from gradsmith.codegen import render
+from gradsmith.codegen import registry, render
 from gradsmith.codegen.backends import numpy as numpy_backend
 from gradsmith.codegen.cli import main
 from gradsmith.derive import kernel_spec as ks
@@ -24,14 +24,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 GENERATED = REPOSITORY / "generated"
 
 
-def _has_renderer(name: str) -> bool:
-    try:
-        return callable(getattr(importlib.import_module(f"gradsmith.codegen.backends.{name}"), "render", None))
-    except ImportError:
-        return False
-
-
-PRESENT = tuple(name for name in render.BACKEND_NAMES if _has_renderer(name))
+PRESENT = registry.names()
 BACKENDS_ARGUMENT = ",".join(PRESENT)
 
 
