@@ -34,10 +34,6 @@ def c_identifier(name: str) -> str:
     return name
 
 
-def _raise(message: str) -> None:
-    raise TemplateError(message)
-
-
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -49,7 +45,6 @@ def environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["c_identifier"] = c_identifier
-    env.globals["raise_error"] = _raise
     return env
 
 

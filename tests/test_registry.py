@@ -105,3 +105,16 @@ def test_an_internal_error_is_not_passed_off_as_bad_input(monkeypatch, capsys):
     monkeypatch.setattr(generate, "run", refused)
     assert cli.main(["generate"]) == 2
     assert capsys.readouterr().err == "gradsmith: error: --out: no\n"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_a_dtype_mismatch_advises_only_what_the_backend_can_load(backend):
+    import numpy as np
+
+    function = gradsmith.load(backend, "float32")
+    target = np.array([0])
+    with pytest.raises(TypeError, match=r"got float64; cast it or load dtype='float64'"):
+        function(np.zeros((1, 3)), target)
+    for dtype in ("float16", "object"):
+        with pytest.raises(TypeError, match=rf"got {dtype}; cast it to one of float32, float64$"):
+            function(np.zeros((1, 3), dtype=dtype), target)

@@ -74,7 +74,8 @@ def bind(library: ctypes.CDLL, dtype: str) -> Callable:
     scalar = ctypes.c_float if dtype == "float32" else ctypes.c_double
 
     def cross_entropy(logits, target, **options):
-        call = prepare_call(logits, target, dtype=dtype, check_targets=False, **options)
+        call = prepare_call(logits, target, dtype=dtype, check_targets=False,
+                            backend_dtypes=DTYPES, **options)
         n_rows, n_classes = call.n_rows, call.n_classes
         logits_array, logits_stride = _rows("logits", call.logits, call.inplace)
         if call.inplace:

@@ -20,13 +20,9 @@ ARITHMETICS = ("float32", "float64")
 
 
 class KernelCudaPrinter(KernelCPrinter):
-    """Prints in the arithmetic type of a storage dtype; knows the storage type's C++ name."""
+    """Prints in the arithmetic type of a storage dtype."""
 
     def __init__(self, storage_dtype: str):
         if storage_dtype not in STORAGE:
             raise ValueError(f"dtype must be one of {tuple(STORAGE)}, got {storage_dtype!r}")
-        storage_type, arithmetic = STORAGE[storage_dtype]
-        super().__init__(arithmetic)
-        self.storage_dtype = storage_dtype
-        self.storage_type = storage_type
-        self.arithmetic_dtype = arithmetic
+        super().__init__(STORAGE[storage_dtype][1])

@@ -143,7 +143,8 @@ def load(dtype: str, kernels: Path | None = None) -> Callable:
             raise TypeError("logits: CuPy has no bfloat16 dtype; pass NumPy arrays of ml_dtypes.bfloat16")
         xp = np if on_host else cupy
         call = prepare_call(logits, target, dtype=dtype, xp=xp, return_lse=return_lse,
-                            inplace=inplace, check_targets=False, **options)
+                            inplace=inplace, check_targets=False, backend_dtypes=DTYPES,
+                            **options)
         call = dataclasses.replace(call, logits=_walkable(xp, call.logits),
                                    target=_walkable(xp, call.target))
         if inplace and call.logits is not logits:

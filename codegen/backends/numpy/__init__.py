@@ -134,7 +134,7 @@ def _per_kind(specs, attribute: str, dtype: str) -> dict[str, str]:
 
 
 def _common(specs, attribute: str, dtype: str) -> str:
-    (text,) = {_scalar(getattr(spec, attribute), dtype) for spec in specs} or {""}
+    (text,) = {_scalar(getattr(spec, attribute), dtype) for spec in specs}
     return text
 
 
