@@ -56,7 +56,7 @@ def _as_json(rows: list[Row], tree: Path, seconds: float) -> dict:
         "passed": all(row.passed or row.skipped is not None for row in rows),
         "rows": [
             {"backend": row.backend, "dtype": row.dtype, "variant": row.variant,
-             "skipped": row.skipped, "passed": row.passed,
+             "skipped": row.skipped, "passed": None if row.skipped else row.passed,
              "worst_fraction": None if math.isinf(row.fraction) else row.fraction,
              "cases": [{"case": o.case.label, "n_rows": o.case.n_rows,
                         "n_classes": o.case.n_classes,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -39,7 +38,6 @@ class Row:
     variant: str
     outcomes: list[Outcome] = field(default_factory=list)
     skipped: str | None = None
-    seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -163,7 +161,6 @@ def validate_backend(backend, cases: Iterable[Case], kernels, progress: Callable
         if missing is not None:
             rows.append(Row(backend.name, dtype, "-", skipped=missing))
             continue
-        start = time.perf_counter()
         progress(f"validate: {backend.name} {dtype}: loading")
         try:
             function = backend.load(dtype, kernels)
@@ -181,8 +178,5 @@ def validate_backend(backend, cases: Iterable[Case], kernels, progress: Callable
                                         Row(backend.name, dtype, case.variant.name))
             fd = function if dtype == "float64" else None
             row.outcomes.append(run_case(function, case, dtype, fd))
-        elapsed = time.perf_counter() - start
-        for row in by_variant.values():
-            row.seconds = elapsed / max(1, len(by_variant))
         rows.extend(by_variant.values())
     return rows
