@@ -129,9 +129,10 @@ def _generated(backend: str, device: str, *, mode: str = "new") -> Callable[[Inp
     a copy of the logits, refilled untimed."""
 
     def prepare(inputs: Inputs) -> Prepared:
-        from gradsmith.codegen.loading import DTYPES, load
+        from gradsmith.codegen.loading import load
+        from gradsmith.codegen.registry import backends
 
-        if inputs.case.dtype not in DTYPES[backend]:
+        if inputs.case.dtype not in backends()[backend].dtypes:
             raise Skip(f"{backend} backend has no {inputs.case.dtype}")
         if device == "gpu":
             xp = machine.optional_cupy()
@@ -287,9 +288,12 @@ def contenders(
     backends: tuple[str, ...], *, gpu: bool, inplace: bool = False, single_thread: bool = False
 ) -> Iterator[Contender]:
     """In table order: generated backends (with ``out=``, in place, on one thread), then the peers."""
-    for backend, device in (("numpy", "cpu"), ("c", "cpu"), ("cuda", "gpu")):
+    from gradsmith.codegen.registry import backends as registered
+
+    for backend, declared in registered().items():
         if backend not in backends:
             continue
+        device = "gpu" if declared.gpu else "cpu"
         yield Contender(backend, backend, device, True, _generated(backend, device))
         if backend != "numpy":
             yield Contender(f"{backend}-out", backend, device, True, _generated(backend, device, mode="out"))
