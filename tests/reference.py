@@ -113,8 +113,8 @@ def _row(
         nll = -(w[target] * log_probs[target])
         smooth = -_dual_sum([wj * lp for wj, lp in zip(w, log_probs)], classes)
         loss = (1 - eps) * nll + (eps / classes) * smooth
-    loss = loss + mpmath.mpf(lse_square_scale) * (lse * lse)
-    return loss.value, loss.grad, lse.value
+    z_loss = mpmath.mpf(lse_square_scale) * (lse * lse)
+    return (loss + z_loss).value, (loss + z_loss).grad, lse.value, z_loss
 
 
 def _as_index_target(target: np.ndarray, n: int, classes: int, ignore_index: int) -> np.ndarray:
@@ -171,6 +171,10 @@ def reference_cross_entropy(
         row_loss = [mpmath.mpf(0)] * n
         row_grad = np.zeros((n, classes), dtype=object)
         row_grad[:] = mpmath.mpf(0)
+        # The z-term of each row: under "mean" it is divided by the counted rows, not the weights.
+        row_z_loss = [mpmath.mpf(0)] * n
+        row_z_grad = np.zeros((n, classes), dtype=object)
+        row_z_grad[:] = mpmath.mpf(0)
         lse = np.full(n, np.nan)
         kept = np.ones(n, dtype=bool) if probs else target != ignore_index
         finite = np.isfinite(logits).all(axis=1)
@@ -180,7 +184,7 @@ def reference_cross_entropy(
                 denominator += 1 if probs else mpmath.mpf(float(weight[target[i]]))
             if not finite[i]:
                 continue
-            loss_i, grad_i, lse_i = _row(
+            loss_i, grad_i, lse_i, z_i = _row(
                 logits[i],
                 target[i] if probs else int(target[i]) if kept[i] else 0,
                 weight,
@@ -191,18 +195,24 @@ def reference_cross_entropy(
             lse[i] = float(lse_i)
             if kept[i]:
                 row_loss[i], row_grad[i] = loss_i, grad_i
+                row_z_loss[i], row_z_grad[i] = z_i.value, z_i.grad
 
         dlogits = np.zeros((n, classes))
         if reduction == "mean":
             factor = scales[0] / denominator if denominator != 0 else mpmath.nan
+            counted = int(kept.sum())
+            z_factor = scales[0] / counted - factor if denominator != 0 else mpmath.nan
         for i in range(n):
             if not kept[i]:
                 continue
             if not finite[i]:
                 dlogits[i] = np.nan
                 continue
-            scale = factor if reduction == "mean" else scales[i]
-            dlogits[i] = [float(scale * g) for g in row_grad[i]]
+            if reduction == "mean":
+                dlogits[i] = [float(factor * g + z_factor * zg)
+                              for g, zg in zip(row_grad[i], row_z_grad[i])]
+            else:
+                dlogits[i] = [float(scales[i] * g) for g in row_grad[i]]
         per_row = np.array([float(x) for x in row_loss], dtype=np.float64)
         per_row[kept & ~finite] = np.nan
         if reduction == "none":
@@ -212,7 +222,9 @@ def reference_cross_entropy(
         elif denominator == 0 or not finite[kept].all():
             loss = np.array(np.nan)
         else:
-            loss = np.array(float(mpmath.fsum(row_loss) / denominator))
+            z_total = mpmath.fsum(row_z_loss)
+            loss = np.array(float((mpmath.fsum(row_loss) - z_total) / denominator
+                                  + z_total / int(kept.sum())))
     if return_lse:
         return loss, dlogits, lse
     return loss, dlogits
@@ -258,7 +270,7 @@ def torch_reference(
     Without z-loss and softcapping this is PyTorch's own reduction; with either, the loss is
     the plain expression of the definition: per-row cross-entropy of ``s*tanh(z/s)`` plus
     ``lse_square_scale * logsumexp^2`` on the rows that count, reduced like PyTorch reduces the
-    row loss.  ``ignore_index`` is passed to PyTorch only with index targets.
+    row loss, except that a mean divides the z-term by the number of counted rows.  ``ignore_index`` is passed to PyTorch only with index targets.
     """
     import torch
     import torch.nn.functional as F
@@ -280,7 +292,8 @@ def torch_reference(
     else:
         rows = F.cross_entropy(capped, t, reduction="none", **options)
         counted = torch.ones_like(lse, dtype=torch.bool) if probs else t != ignore_index
-        rows = rows + torch.where(counted, lse_square_scale * lse**2, torch.zeros_like(lse))
+        z_rows = torch.where(counted, lse_square_scale * lse**2, torch.zeros_like(lse))
+        rows = rows + z_rows
         if reduction == "none":
             loss = rows
         elif reduction == "sum":
@@ -292,7 +305,8 @@ def torch_reference(
                 denominator = counted.sum().to(torch.float64)
             else:
                 denominator = w[t[counted]].sum()
-            loss = rows.sum() / denominator
+            # The z-term is a mean over the counted rows, whatever the class weights.
+            loss = (rows - z_rows).sum() / denominator + z_rows.sum() / counted.sum()
     if reduction == "none":
         upstream = torch.ones_like(loss) if grad_output is None else torch.as_tensor(
             np.broadcast_to(np.asarray(grad_output, dtype=np.float64), loss.shape).copy()

@@ -110,7 +110,7 @@ class InplaceCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, weight, ignore_index, reduction, label_smoothing,
                 lse_square_scale, softcap, check_targets):
-        loss, dlogits, _ = fused_cross_entropy(
+        loss, _, _ = fused_cross_entropy(
             logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
             label_smoothing=label_smoothing, lse_square_scale=lse_square_scale,
             softcap=softcap, dlogits=logits, check_targets=check_targets)
