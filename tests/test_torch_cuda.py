@@ -8,9 +8,8 @@ import shutil
 import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (optional test dependency)")
-import torch.nn.functional as F  # noqa: E402
-
-import gradsmith.torch as gt  # noqa: E402
+import gradsmith.torch as gt
+import torch.nn.functional as F
 
 HAS_GPU = torch.cuda.is_available()
 # Judged as Cut Cross-Entropy does: against float64, no worse than torch's own error in the

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 GENERATED = ("numpy", "c", "cuda")
-PEERS = ("torch", "textbook")
+PEERS = ("torch", "gradsmith.torch", "textbook")
 BACKENDS = GENERATED + PEERS
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 

@@ -3,6 +3,8 @@ kernels, plus z-loss, softcapping, a differentiable lse and an in-place-gradient
 
 from __future__ import annotations
 
+import torch
+from gradsmith.codegen.arguments import check_options
 from gradsmith.codegen.torch_op.op import InplaceCrossEntropy, cross_entropy_op
 from torch import Tensor
 
@@ -63,11 +65,12 @@ def cross_entropy(
     if not isinstance(check_targets, bool):
         raise TypeError(f"check_targets must be a bool, got {type(check_targets).__name__}")
     rows, row_target, _, positions = _as_rows(input, target)
-    if isinstance(softcap, Tensor) or isinstance(label_smoothing, Tensor):
-        raise TypeError("softcap and label_smoothing must be Python numbers, not tensors")
-    options = (int(ignore_index) if not isinstance(ignore_index, bool) else ignore_index,
-               reduction, label_smoothing, lse_square_scale,
-               None if softcap is None else softcap)
+    # Checked here too, so that the op's float arguments are Python floats in range.
+    label_smoothing, lse_square_scale, softcap = check_options(
+        "float64" if input.dtype == torch.float64 else "float32", ignore_index=ignore_index,
+        reduction=reduction, label_smoothing=label_smoothing, lse_square_scale=lse_square_scale,
+        softcap=softcap)
+    options = (ignore_index, reduction, label_smoothing, lse_square_scale, softcap)
     if inplace_backward:
         if return_lse:
             raise ValueError("return_lse=True needs the logits in the backward: it cannot be "

@@ -85,6 +85,7 @@ def lse_gradient(logits: Tensor, grad_lse: Tensor, softcap: float | None) -> Ten
 def _setup_context(ctx, inputs, output):
     logits = inputs[0]
     ctx.softcap, ctx.want_lse = inputs[7], inputs[8]
+    ctx.set_materialize_grads(False)  # no N x C zeros for the unused dlogits output
     # dlogits stays differentiable so that a second derivative reaches the backward op's error.
     ctx.save_for_backward(output[2], logits if ctx.want_lse else None)
 
