@@ -11,7 +11,11 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (optional 
 import gradsmith.torch as gt
 import torch.nn.functional as F
 from gradsmith.codegen.torch_op import kernel as kernel_module
-from gradsmith.codegen.torch_op.op import DOUBLE_BACKWARD, cross_entropy_op
+from gradsmith.codegen.torch_op.op import (
+    DOUBLE_BACKWARD,
+    cross_entropy_backward_op,
+    cross_entropy_op,
+)
 
 TARGETS = torch.tensor([1, 2, -100, 3, 4, 0])
 
@@ -47,6 +51,13 @@ def test_opcheck_grid(kind, reduction, weighted, smoothing, zloss, softcap):
     if full:
         tests += ("test_aot_dispatch_static", "test_aot_dispatch_dynamic")
     torch.library.opcheck(cross_entropy_op, args, test_utils=tests)
+
+
+@pytest.mark.parametrize("grad_loss", [torch.tensor(0.5), torch.linspace(-1, 2, 6)], ids=("scalar", "rows"))
+def test_opcheck_backward_op(grad_loss):
+    # Its autograd formula only raises (no second derivative), so the AOT checks do not apply.
+    torch.library.opcheck(cross_entropy_backward_op, (torch.randn(6, 5), grad_loss),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("kind", ("index", "probs"))
