@@ -20,6 +20,7 @@ from gradsmith.codegen.bench.settings import (
     parse_dtypes,
     parse_shapes,
 )
+from gradsmith.codegen.errors import UserError
 
 
 def _shapes_help() -> str:
@@ -65,12 +66,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    if args.plot is not None:
-        require_matplotlib()
+    try:  # everything here checks the options, before anything is measured
+        settings = settings_from(args)
+        if args.plot is not None:
+            require_matplotlib()
+    except ValueError as error:
+        raise UserError(str(error)) from error
     for path in (args.json, args.plot):
         if path is not None and not path.parent.is_dir():
-            raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
+            raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
     report = run_benchmark(settings)
     print(format_table(report))
     if args.json is not None:

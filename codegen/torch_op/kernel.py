@@ -22,9 +22,6 @@ CUDA_DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16
                torch.float16: "f16"}
 _NUMPY_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
                 torch.float16: "float16"}
-_P, _I64 = ctypes.c_void_p, ctypes.c_int64
-_CPU_INDEX = [_P, _I64, _P, _P, _I64, _I64, _P, _P, _P, _P, _I64, _P, _P]
-_CPU_PROBS = [_P, _I64, _P, _I64, _P, _I64, _I64, _P, _P, _P, _P, _I64, _P]
 
 
 def arithmetic_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -39,23 +36,25 @@ def targets_checked(check_targets: bool) -> bool:
 
 
 @cache
-def _cpu_entry(kind: str, suffix: str):
+def _cpu_library() -> ctypes.CDLL:
+    """The C kernels, opened a second time so that their entry points can be declared with
+    plain pointers (``data_ptr()`` integers) without touching the NumPy runtime's typed ones."""
+    from gradsmith.codegen.abi import declare
     from gradsmith.codegen.backends.c import build
 
-    # A fresh function object (indexing is not cached by ctypes), declared with plain pointers
-    # so that data_ptr() integers pass without building ctypes pointer objects.
-    entry = build.library()[f"gs_ce_{kind}_{suffix}"]
-    entry.argtypes = _CPU_INDEX if kind == "index" else _CPU_PROBS
-    entry.restype = ctypes.c_int
-    return entry
+    library = ctypes.CDLL(str(build.build()))
+    declare(library, "c", tuple(CPU_DTYPES.values()), lambda argument, suffix: ctypes.c_void_p)
+    return library
+
+
+def _cpu_entry(kind: str, suffix: str):
+    return getattr(_cpu_library(), f"gs_ce_{kind}_{suffix}")
 
 
 @cache
 def _omp_set_num_threads():
-    from gradsmith.codegen.backends.c import build
-
     try:
-        setter = build.library().omp_set_num_threads
+        setter = _cpu_library().omp_set_num_threads
     except AttributeError:  # built without OpenMP: serial
         return None
     setter.argtypes = [ctypes.c_int]
