@@ -14,14 +14,15 @@ import os
 from functools import cache
 
 import torch
+from gradsmith.codegen.abi import SUFFIXES
 from gradsmith.codegen.arguments import REDUCTION_CODES, check_options
 from gradsmith.codegen.native import Params, Status
 
-CPU_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
-CUDA_DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16",
-               torch.float16: "f16"}
 _NUMPY_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
                 torch.float16: "float16"}
+# Entry-point suffixes of the dtypes each device runs.
+CUDA_DTYPES = {dtype: SUFFIXES[name] for dtype, name in _NUMPY_NAMES.items()}
+CPU_DTYPES = {dtype: CUDA_DTYPES[dtype] for dtype in (torch.float32, torch.float64)}
 
 
 def arithmetic_dtype(dtype: torch.dtype) -> torch.dtype:
