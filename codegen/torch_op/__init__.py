@@ -1,0 +1,1 @@
+"""The PyTorch side of gradsmith: the generated kernels called on torch tensors."""
