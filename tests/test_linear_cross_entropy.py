@@ -160,15 +160,22 @@ def test_torch_compile_fullgraph():
         assert torch.allclose(got, want)
 
 
-def test_backward_twice_and_module():
+def test_retained_graph_and_module():
     torch.manual_seed(0)
     head = LinearCrossEntropyLoss(HIDDEN, CLASSES, bias=True, label_smoothing=0.1,
                                   chunk_size=40)
     x, _, _, target, _ = _inputs(7)
     loss = head(x, target)
-    first = torch.autograd.grad(loss, [head.linear.weight], retain_graph=True)[0].clone()
-    second = torch.autograd.grad(loss, [head.linear.weight])[0]
-    assert torch.equal(first, second)
+    weight = head.linear.weight
+    first = torch.autograd.grad(loss, [weight], retain_graph=True)[0].clone()
+    assert torch.equal(torch.autograd.grad(loss, [weight], retain_graph=True)[0], first)
+    assert torch.allclose(torch.autograd.grad(loss, [weight], torch.tensor(2.0),
+                                              retain_graph=True)[0], 2 * first)
+    loss.backward(retain_graph=True)
+    assert torch.equal(weight.grad, first)
+    weight.grad.zero_()  # as zero_grad(set_to_none=False) does: the saved gradient is intact
+    loss.backward()
+    assert torch.equal(weight.grad, first)
     expected = torch.nn.functional.cross_entropy(head.linear(x), target, label_smoothing=0.1)
     assert abs(loss.item() - expected.item()) < 1e-5
 

@@ -18,14 +18,17 @@ from gradsmith.codegen.torch_op.spec_functions import evaluate, spec_for
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 ACCUM_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# Chunk logits of about this many elements (16 MiB in float32) unless chunk_size says otherwise.
-CHUNK_ELEMENTS = 1 << 22
-MIN_CHUNK_ROWS = 32
+# Chunks of about 16M logits (64 MiB in float32), at least 256 rows (grad_weight is updated once
+# per chunk, so thin chunks make that update memory-bound) and at most a quarter of the rows.
+CHUNK_ELEMENTS = 1 << 24
+MIN_CHUNK_ROWS = 256
+MIN_CHUNKS = 4
 
 
 def default_chunk_size(rows: int, classes: int) -> int:
-    """Rows per chunk: chunk logits of about CHUNK_ELEMENTS, at least MIN_CHUNK_ROWS rows."""
-    return max(1, min(rows, max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(classes, 1))))
+    """Rows per chunk when ``chunk_size`` is None."""
+    wanted = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(classes, 1))
+    return max(1, min(wanted, -(-rows // MIN_CHUNKS)))
 
 
 def _kernel_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -82,6 +85,12 @@ def chunked_linear_cross_entropy(
     kernel_dtype = _kernel_dtype(input)
     class_weight = None if ce_weight is None else ce_weight.to(kernel_dtype)
     want_grads = need_input or need_weight or need_bias
+    if kind == "index":
+        bad = (target != ignore_index) & ((target < 0) | (target >= classes))
+        if bool(bad.any()):  # checked here for all rows, so that the message names the row
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(f"target[{row}] = {int(target[row])} is outside [0, {classes}) and "
+                             f"is not ignore_index ({ignore_index})")
     per_row = reduction == "none" or row_grad_output is not None
     scale = None
     if reduction == "mean" and row_grad_output is None:
@@ -212,6 +221,10 @@ _OPTIONS = ("ignore_index", "reduction", "label_smoothing", "lse_square_scale", 
 
 def _setup_context(ctx, inputs, output) -> None:
     named = dict(zip(_TENSORS + _OPTIONS, inputs, strict=True))
+    # Only the loss is differentiable; unmaterialised gradients of the other outputs spare
+    # autograd a zero tensor the size of weight.
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
     ctx.options = {name: named[name] for name in _OPTIONS}
     if named["reduction"] == "none":
         ctx.save_for_backward(*(named[name] for name in _TENSORS))
@@ -219,8 +232,29 @@ def _setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(*output[1:])
 
 
+def _is_one(grad_loss: torch.Tensor) -> bool:
+    """Whether a scalar grad_output is exactly 1, where asking costs no device sync and no
+    graph break (eager, on the CPU)."""
+    return (grad_loss.device.type == "cpu" and type(grad_loss) is torch.Tensor
+            and not torch.compiler.is_compiling() and bool(grad_loss == 1))
+
+
+def _scaled(grads: tuple[torch.Tensor, ...], grad_loss: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The saved gradients times the scalar grad_output.
+
+    At grad_output 1 they are returned as they are: autograd then takes them over as ``.grad``
+    once this graph is freed, or copies them when the graph is retained, so that nothing saved
+    is ever changed and no second copy of grad_weight exists.
+    """
+    if _is_one(grad_loss):
+        return grads
+    return tuple(grad * grad_loss.to(grad.dtype) for grad in grads)
+
+
 def _backward(ctx, grad_loss, *unused):
     options = ctx.options
+    if grad_loss is None:
+        return (None,) * (len(_TENSORS) + len(_OPTIONS))
     if options["reduction"] == "none":
         input, weight, target, bias, ce_weight = ctx.saved_tensors
         grads = _linear_cross_entropy_backward_op(
@@ -228,7 +262,7 @@ def _backward(ctx, grad_loss, *unused):
             *(options[name] for name in _OPTIONS if name != "reduction"),
         )
     else:
-        grads = tuple(grad * grad_loss.to(grad.dtype) for grad in ctx.saved_tensors)
+        grads = _scaled(ctx.saved_tensors, grad_loss)
     wanted = (options["need_input"], options["need_weight"], options["need_bias"])
     grad_input, grad_weight, grad_bias = (g if want else None for g, want in zip(grads, wanted, strict=True))
     return (grad_input, grad_weight, None, grad_bias, None) + (None,) * len(_OPTIONS)
@@ -256,7 +290,7 @@ def linear_cross_entropy(
     full logits: ``input`` (..., H), ``weight`` (V, H) as in ``nn.Linear``, ``target`` (...)
     class indices or (..., V) probabilities; the loss is () or, for "none", ``target``'s shape.
 
-    ``chunk_size`` rows are processed at a time (default: chunk logits of about 4M elements);
+    ``chunk_size`` rows are processed at a time (default: :func:`default_chunk_size`);
     ``accum_dtype`` is the dtype ``grad_weight`` and ``grad_bias`` are summed in (float32 for
     bfloat16/float16 weights, else the weight's dtype).
     """
