@@ -204,3 +204,37 @@ def test_bad_shapes_and_targets():
     target[2] = CLASSES
     with pytest.raises(ValueError, match=r"target\[2\]"):
         linear_cross_entropy(x, weight, target)
+
+
+def test_linear_bench_reports_time_and_memory_beside_naive():
+    from gradsmith.codegen.bench.linear import format_linear, run_linear
+
+    report = run_linear([(64, 16, 100)], contenders=("gradsmith", "naive"), repeat=1)
+    rows = {row["name"]: row for row in report["results"]}
+    assert {row["status"] for row in rows.values()} == {"ok"}
+    assert abs(rows["gradsmith"]["loss"] - rows["naive"]["loss"]) < 1e-5
+    assert all(row["ms"] > 0 and row["extra_peak_bytes"] >= -(1 << 20) for row in rows.values())
+    table = format_linear(report)
+    assert "64x16x100" in table and "memory vs naive" in table and "VmHWM" in table
+
+
+@pytest.mark.parametrize("spec", ["4096x1024", "0x1x2", "axbxc"])
+def test_linear_bench_bad_shape_is_one_line(spec, capsys):
+    from gradsmith.codegen.cli import main
+
+    assert main(["bench", "--linear", spec]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--linear" in error and len(error.splitlines()) == 1
+
+
+def test_frozen_weight_and_inference():
+    x, weight, b, target, _ = _inputs(12, rows=50)
+    x.requires_grad_()
+    loss = linear_cross_entropy(x, weight, target, b, chunk_size=16)
+    (grad,) = torch.autograd.grad(loss, [x])
+    exact = x.detach().double().requires_grad_()
+    (want,) = torch.autograd.grad(_naive(exact, weight.double(), b.double(), target, {}, "mean"),
+                                  [exact])
+    assert (grad.double() - want).abs().max().item() < 1e-6
+    with torch.no_grad():
+        assert torch.allclose(linear_cross_entropy(x, weight, target, b), loss.detach())

@@ -50,13 +50,11 @@ def _loss_function(name: str):
     def naive(x, weight, target):
         return F.cross_entropy(x @ weight.T, target)
 
-    functions = {
-        "gradsmith": linear_cross_entropy,
-        "naive": naive,
-        "torch-linear": lambda x, weight, target: F.linear_cross_entropy(x, weight, target),
-        "compiled": torch.compile(naive),
-    }
-    return functions[name]
+    if name == "gradsmith":
+        return linear_cross_entropy
+    if name == "torch-linear":
+        return lambda x, weight, target: F.linear_cross_entropy(x, weight, target)
+    return torch.compile(naive) if name == "compiled" else naive
 
 
 def _status_kib(field: str) -> int:
@@ -82,7 +80,7 @@ def measure(name: str, shape: tuple[int, int, int], repeat: int, warmup: int,
         x.grad = weight.grad = None
         loss = function(x, weight, target)
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     for _ in range(warmup):
         call()

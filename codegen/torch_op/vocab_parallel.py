@@ -16,7 +16,7 @@ import struct
 import torch
 import torch.distributed as dist
 from gradsmith.codegen.torch_op.checks import check_class_weight, check_options
-from gradsmith.codegen.torch_op.linear import _grad_scale, _kernel_dtype, mean_denominator
+from gradsmith.codegen.torch_op.linear import LOW_PRECISION, _grad_scale, mean_denominator
 from gradsmith.codegen.torch_op.spec_functions import evaluate, row_values, spec_for
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
@@ -88,7 +88,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             raise ValueError(f"target[{row}] = {int(target[row])} is outside [0, {classes}) and "
                              f"is not ignore_index ({ignore_index})")
         spec = spec_for("index", weight is not None, options["softcap"] is not None)
-        dtype = _kernel_dtype(local_logits)
+        # The statistics are summed in float32 at least, whatever the logits' storage.
+        dtype = torch.float32 if local_logits.dtype in LOW_PRECISION else local_logits.dtype
         logits = local_logits.detach().to(dtype)
         softcap = {} if options["softcap"] is None else {"softcap": options["softcap"]}
         transformed = evaluate(spec.transform, {"logit": logits, **softcap})
