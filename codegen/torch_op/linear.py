@@ -55,11 +55,9 @@ def mean_denominator(target: torch.Tensor, kind: str, ce_weight: torch.Tensor | 
     return torch.where(counted, rows, torch.zeros((), dtype=dtype)).sum()
 
 
-def _grad_scale(reduction: str, denominator: torch.Tensor | None, kind: str,
-                weighted: bool) -> torch.Tensor | None:
-    """The per-chunk kernel's scalar grad_output that makes chunk sums the whole call's loss."""
-    if reduction != "mean":
-        return None
+def mean_scale(denominator: torch.Tensor, kind: str, weighted: bool) -> torch.Tensor:
+    """The gradient scale of "mean" at grad_output 1: the per-chunk (or per-shard) factor that
+    makes sums over parts of the rows the mean over all of them."""
     spec = spec_for(kind, weighted, False)
     one = torch.ones((), dtype=denominator.dtype)
     scale = evaluate(spec.scale_mean, {"grad_output": one, "denominator": denominator})
@@ -95,7 +93,7 @@ def chunked_linear_cross_entropy(
     scale = None
     if reduction == "mean" and row_grad_output is None:
         denominator = mean_denominator(target, kind, ce_weight, ignore_index, kernel_dtype)
-        scale = _grad_scale(reduction, denominator, kind, ce_weight is not None)
+        scale = mean_scale(denominator, kind, ce_weight is not None)
     grad_input = torch.empty_like(input) if need_input else None
     grad_weight = torch.zeros(classes, hidden, dtype=accum_dtype) if need_weight else None
     grad_bias = torch.zeros(classes, dtype=accum_dtype) if need_bias else None

@@ -16,7 +16,7 @@ import struct
 import torch
 import torch.distributed as dist
 from gradsmith.codegen.torch_op.checks import check_class_weight, check_options
-from gradsmith.codegen.torch_op.linear import LOW_PRECISION, _grad_scale, mean_denominator
+from gradsmith.codegen.torch_op.linear import LOW_PRECISION, mean_denominator, mean_scale
 from gradsmith.codegen.torch_op.spec_functions import evaluate, row_values, spec_for
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
@@ -133,7 +133,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         spec, dtype = ctx.spec, logits.dtype
         grad_loss = grad_loss.to(dtype)
         if ctx.reduction == "mean":
-            scale = grad_loss * _grad_scale("mean", ctx.denominator, "index", local_weight is not None)
+            scale = grad_loss * mean_scale(ctx.denominator, "index", local_weight is not None)
         else:
             scale = grad_loss
         zero = torch.zeros((), dtype=dtype)
