@@ -72,6 +72,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                 own = torch.tensor_split(whole.grad, world, dim=1)[rank]
                 report["errors"].append([number, reduction, float((loss - expected).abs().max()),
                                          float((shard.grad - own).abs().max())])
+        report["linear"] = _linear_case(rank, world, counts)
         try:
             smoothing = 0.1 if rank == world - 1 else 0.0
             vocab_parallel_cross_entropy(torch.randn(ROWS, 3), torch.zeros(ROWS, dtype=torch.int64),
@@ -88,6 +89,34 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     finally:
         Path(out, f"{rank}.json").write_text(json.dumps(report))
         dist.destroy_process_group()
+
+
+def _linear_case(rank: int, world: int, counts: dict) -> dict:
+    """The head sharded by vocabulary: loss and the gradients of input, weight rows and bias."""
+    from gradsmith.torch import vocab_parallel_linear_cross_entropy
+
+    generator = torch.Generator().manual_seed(9)
+    x = torch.randn(ROWS, 5, generator=generator, dtype=torch.float64)
+    weight = torch.randn(CLASSES, 5, generator=generator, dtype=torch.float64)
+    bias = torch.randn(CLASSES, generator=generator, dtype=torch.float64)
+    target = torch.randint(0, CLASSES, (ROWS,), generator=generator)
+    grad_output = torch.rand(ROWS, generator=generator, dtype=torch.float64)
+    whole = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    expected = naive_cross_entropy(whole[0] @ whole[1].T + whole[2], target,
+                                   {"label_smoothing": 0.1}, "none")
+    expected.backward(grad_output)
+    local = [x.clone().requires_grad_()] + [
+        torch.tensor_split(t, world)[rank].clone().requires_grad_() for t in (weight, bias)]
+    before = dict(counts)
+    loss = vocab_parallel_linear_cross_entropy(*local[:2], target, local[2], reduction="none",
+                                               label_smoothing=0.1)
+    forward = {k: counts[k] - before[k] for k in counts}
+    loss.backward(grad_output)
+    own = [whole[0].grad] + [torch.tensor_split(t.grad, world)[rank] for t in whole[1:]]
+    return {"loss": float((loss - expected).abs().max()),
+            "grads": [float((a.grad - b).abs().max()) for a, b in zip(local, own, strict=True)],
+            "forward": forward,
+            "backward": {k: counts[k] - before[k] - forward[k] for k in counts}}
 
 
 def _free_port() -> int:
@@ -140,6 +169,15 @@ def test_disagreeing_rank_is_a_clear_error_on_every_rank(reports):
     for report in per_rank:
         assert "disagree on label_smoothing" in report["disagreement"]
         assert "disagree on rows" in report["rows"]
+
+
+def test_vocab_parallel_linear_head(reports):
+    _, per_rank = reports
+    for report in per_rank:
+        linear = report["linear"]
+        assert linear["loss"] < 1e-12 and max(linear["grads"]) < 1e-12
+        assert linear["forward"] == {"all_reduce": 2, "all_gather": 1}
+        assert linear["backward"] == {"all_reduce": 1, "all_gather": 0}
 
 
 def test_merge_identity_is_proven_for_every_spec_variant():

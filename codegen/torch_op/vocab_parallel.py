@@ -196,3 +196,44 @@ def vocab_parallel_cross_entropy(
                "softcap": softcap}
     return _VocabParallelCrossEntropy.apply(local_logits, target.to(torch.int64), weight, group,
                                             options)
+
+
+class _SumGradientOverRanks(torch.autograd.Function):
+    """Identity forward; the backward all-reduces the gradient (the input of a head whose
+    vocabulary is sharded feeds every rank, so its gradient is the sum of theirs)."""
+
+    @staticmethod
+    def forward(ctx, input, group):
+        ctx.group = group
+        return input.view_as(input)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+def vocab_parallel_linear_cross_entropy(
+    input: torch.Tensor,
+    local_weight: torch.Tensor,
+    target: torch.Tensor,
+    local_bias: torch.Tensor | None = None,
+    *,
+    group: dist.ProcessGroup | None = None,
+    **options,
+) -> torch.Tensor:
+    """:func:`vocab_parallel_cross_entropy` of ``input @ local_weight.T + local_bias``: the output
+    head sharded by vocabulary (Megatron's layout), ``input`` (N, H) the same on every rank and
+    ``local_weight`` (V_r, H) this rank's rows.  ``input``'s gradient is summed over the ranks
+    (one more all-reduce, in the backward); the weight's stays local.
+    """
+    if not isinstance(input, torch.Tensor) or input.dim() != 2:
+        raise ValueError(f"input must have shape (N, H), got {tuple(getattr(input, 'shape', ()))}")
+    if (not isinstance(local_weight, torch.Tensor) or local_weight.dim() != 2
+            or local_weight.shape[1] != input.shape[1]):
+        raise ValueError(f"local_weight must have shape (V_r, {input.shape[1]}), got "
+                         f"{tuple(getattr(local_weight, 'shape', ()))}")
+    shared = _SumGradientOverRanks.apply(input, group) if input.requires_grad else input
+    local_logits = torch.nn.functional.linear(shared, local_weight, local_bias)
+    return vocab_parallel_cross_entropy(local_logits, target, group=group, **options)
