@@ -149,7 +149,7 @@ def format_linear(report: dict[str, Any]) -> str:
         time_ratio = f"{row['ms'] / base['ms']:.2f}x" if base else "-"
         memory_ratio = (f"{row['extra_peak_bytes'] / base['extra_peak_bytes']:.3f}x"
                         if base and base["extra_peak_bytes"] > 0 else "-")
-        table.append((label, row["name"], f"{row['ms']:.1f}", f"{row['extra_peak_bytes'] / 1e6:.1f}",
+        table.append((label, row["name"], f"{row['ms']:.1f}", f"{max(row['extra_peak_bytes'], 0) / 1e6:.1f}",
                       time_ratio, memory_ratio))
     widths = [max(len(str(r[c])) for r in table) for c in range(len(header))]
     for n, row in enumerate(table):
