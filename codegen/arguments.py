@@ -78,17 +78,24 @@ def prepare_call(
     lse_square_scale: float = 0.0,
     softcap: float | None = None,
     grad_output: Any = None,
+    backend_dtypes: tuple[str, ...] = (),
     return_lse: bool = False,
     inplace: bool = False,
     check_targets: bool = True,
 ) -> CrossEntropyCall:
-    """Check every argument against ``torch.nn.functional.cross_entropy``'s rules."""
+    """Check every argument against ``torch.nn.functional.cross_entropy``'s rules.
+
+    ``backend_dtypes`` (the dtypes the calling backend can load) lets a dtype mismatch advise
+    only what can work."""
     if not hasattr(logits, "ndim") or not hasattr(logits, "dtype"):
         raise TypeError(f"logits must be an array, got {type(logits).__name__}")
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (N, C), got shape {tuple(logits.shape)}")
     if str(logits.dtype) != dtype:
-        raise TypeError(f"logits must be {dtype} for this kernel, got {logits.dtype}; cast it or load dtype={str(logits.dtype)!r}")
+        given = str(logits.dtype)
+        advice = (f"cast it or load dtype={given!r}" if given in backend_dtypes else
+                  f"cast it to one of {', '.join(backend_dtypes)}" if backend_dtypes else "cast it")
+        raise TypeError(f"logits must be {dtype} for this kernel, got {given}; {advice}")
     n_rows, n_classes = (int(s) for s in logits.shape)
     if n_classes < 1:
         raise ValueError("logits must have at least one class (C >= 1)")
@@ -158,7 +165,11 @@ def prepare_call(
         expected = (n_rows,) if reduction == "none" else ()
         if tuple(grad_output.shape) != expected:
             raise ValueError(f"grad_output must have shape {expected} for reduction={reduction!r}, got {tuple(grad_output.shape)}")
-        grad_output = xp.ascontiguousarray(grad_output, dtype=logits.dtype)
+        # asarray, not ascontiguousarray: that makes a 0-d grad_output 1-d, which the NumPy
+        # kernels then slice per block of rows.
+        grad_output = xp.asarray(grad_output, dtype=logits.dtype)
+        if grad_output.ndim:
+            grad_output = xp.ascontiguousarray(grad_output)
 
     original = logits
     logits = _row_major("logits", logits, xp)

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-
-BACKENDS = ("numpy", "c", "cuda")
-DTYPES = {
-    "numpy": ("float32", "float64"),
-    "c": ("float32", "float64"),
-    "cuda": ("float32", "float64", "bfloat16", "float16"),
-}
 
 
 def shipped_kernels() -> Path:
@@ -45,9 +37,10 @@ def load(backend: str, dtype: str = "float32", *, kernels: str | os.PathLike | N
     of ``torch.nn.functional.cross_entropy``; see the README for every option.  ``kernels``
     names a kernel tree written by ``gradsmith generate --out DIR`` (default: the shipped one).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if dtype not in DTYPES[backend]:
-        raise ValueError(f"dtype for backend {backend!r} must be one of {DTYPES[backend]}, got {dtype!r}")
-    runtime = importlib.import_module(f"gradsmith.codegen.backends.{backend}.runtime")
-    return runtime.load(dtype, kernels=kernel_tree(kernels))
+    from gradsmith.codegen.registry import backend as find
+
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype must be a str such as 'float32', got {type(dtype).__name__}")
+    return find(backend).load(dtype, kernel_tree(kernels))

@@ -20,6 +20,7 @@ from gradsmith.codegen.bench.settings import (
     parse_dtypes,
     parse_shapes,
 )
+from gradsmith.codegen.errors import UserError
 
 
 def _shapes_help() -> str:
@@ -72,12 +73,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     if args.linear is not None:
         return _run_linear(args)
-    settings = settings_from(args)
-    if args.plot is not None:
-        require_matplotlib()
+    try:  # everything here checks the options, before anything is measured
+        settings = settings_from(args)
+        if args.plot is not None:
+            require_matplotlib()
+    except ValueError as error:
+        raise UserError(str(error)) from error
     for path in (args.json, args.plot):
         if path is not None and not path.parent.is_dir():
-            raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
+            raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
     report = run_benchmark(settings)
     print(format_table(report))
     if args.json is not None:
@@ -88,12 +92,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_linear(args: argparse.Namespace) -> int:
-    shapes = linear.parse_linear(args.linear)
-    repeat, threads = check_repeat(args.repeat), check_threads(args.threads)
-    if args.warmup < 1:
-        raise ValueError(f"--warmup must be >= 1 with --linear (compilation), got {args.warmup}")
+    try:  # the options, checked before anything is measured
+        shapes = linear.parse_linear(args.linear)
+        repeat, threads = check_repeat(args.repeat), check_threads(args.threads)
+        if args.warmup < 1:
+            raise ValueError(f"--warmup must be >= 1 with --linear (compilation), got {args.warmup}")
+    except ValueError as error:
+        raise UserError(str(error)) from error
     if args.json is not None and not args.json.parent.is_dir():
-        raise ValueError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
+        raise UserError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
     report = linear.run_linear(shapes, repeat=repeat, warmup=args.warmup, threads=threads,
                                seed=args.seed)
     print(linear.format_linear(report))

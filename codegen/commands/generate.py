@@ -6,29 +6,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from gradsmith.codegen.render import BACKEND_NAMES, diff_tree, render_all, write_tree
-
-
-def _backends(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [name for name in names if name not in BACKEND_NAMES]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"--backends takes a comma-separated subset of {','.join(BACKEND_NAMES)}, got {text!r}"
-        )
-    return names
+from gradsmith.codegen.errors import UserError
+from gradsmith.codegen.registry import backends_option, names
+from gradsmith.codegen.render import diff_tree, render_all, write_tree
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("generated"), help="output folder (default: generated)")
     parser.add_argument("--check", action="store_true", help="compare with --out instead of writing; exit 1 and show a diff if it differs")
-    parser.add_argument("--backends", type=_backends, default=BACKEND_NAMES, help="comma-separated subset of numpy,c,cuda")
+    parser.add_argument("--backends", type=backends_option(), default=names(),
+                        help=f"comma-separated subset of {','.join(names())} (default: all)")
 
 
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+        raise UserError(f"--out {out} exists and is not a folder")
     print(f"deriving and rendering {', '.join(args.backends)} ...", file=sys.stderr)
     files = render_all(args.backends)
     if args.check:

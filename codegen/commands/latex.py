@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from gradsmith.codegen.atomic import write_atomically
+from gradsmith.codegen.errors import UserError
 from gradsmith.derive.latex import FORMATS, document
 
 PDFLATEX_SECONDS = 120
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.pdf and args.format != "latex":
-        raise ValueError("--pdf needs --format latex")
+        raise UserError("--pdf needs --format latex")
     if args.pdf and shutil.which("pdflatex") is None:
         raise OSError("--pdf: pdflatex not found; install it (Debian: texlive-latex-base) "
                       "or use --out FILE.tex")

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from gradsmith.codegen.errors import UserError
 from gradsmith.derive.claims import SYMBOLIC_GROUP, ClaimResult, parse_classes, registry, run_claims
 
 DEFAULT_CLASSES = "1..16"
@@ -26,9 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    class_counts = parse_classes(args.classes)
+    try:
+        class_counts = parse_classes(args.classes)
+    except ValueError as error:
+        raise UserError(str(error)) from error
     if args.jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     claims = registry(class_counts)
     start = time.perf_counter()
     results = run_claims(claims, jobs=args.jobs, progress=_progress)
