@@ -43,7 +43,7 @@ def mean_denominator(target: torch.Tensor, kind: str, ce_weight: torch.Tensor | 
     """The "mean" denominator over all rows: the sum of the spec's row weights of counted rows."""
     spec = spec_for(kind, ce_weight is not None, False)
     if kind == "probs":
-        rows = evaluate(spec.row_weight, {}) * torch.ones(target.shape[0], dtype=dtype)
+        rows = evaluate(spec.row_weight, {}) * torch.ones(target.shape[0], dtype=dtype, device=target.device)
         return rows.sum()
     counted = target != ignore_index
     if ce_weight is None:
@@ -52,17 +52,17 @@ def mean_denominator(target: torch.Tensor, kind: str, ce_weight: torch.Tensor | 
         classes = ce_weight.shape[0]
         target_weight = ce_weight.to(dtype)[target.clamp(0, classes - 1)]
     rows = evaluate(spec.row_weight, {"target_weight": target_weight})
-    return torch.where(counted, rows, torch.zeros((), dtype=dtype)).sum()
+    return torch.where(counted, rows, torch.zeros((), dtype=dtype, device=target.device)).sum()
 
 
 def mean_scale(denominator: torch.Tensor, kind: str, weighted: bool) -> torch.Tensor:
     """The gradient scale of "mean" at grad_output 1: the per-chunk (or per-shard) factor that
     makes sums over parts of the rows the mean over all of them."""
     spec = spec_for(kind, weighted, False)
-    one = torch.ones((), dtype=denominator.dtype)
+    one = torch.ones((), dtype=denominator.dtype, device=denominator.device)
     scale = evaluate(spec.scale_mean, {"grad_output": one, "denominator": denominator})
     # A mean over nothing is NaN with NaN gradients on counted rows, as in PyTorch.
-    return torch.where(denominator > 0, scale, torch.full((), torch.nan, dtype=scale.dtype))
+    return torch.where(denominator > 0, scale, torch.full_like(scale, torch.nan))
 
 
 def chunked_linear_cross_entropy(
@@ -94,12 +94,13 @@ def chunked_linear_cross_entropy(
     if reduction == "mean" and row_grad_output is None:
         denominator = mean_denominator(target, kind, ce_weight, ignore_index, kernel_dtype)
         scale = mean_scale(denominator, kind, ce_weight is not None)
+    device = input.device
     grad_input = torch.empty_like(input) if need_input else None
-    grad_weight = torch.zeros(classes, hidden, dtype=accum_dtype) if need_weight else None
-    grad_bias = torch.zeros(classes, dtype=accum_dtype) if need_bias else None
-    losses = torch.empty(rows, dtype=kernel_dtype) if reduction == "none" else None
-    total = torch.zeros((), dtype=kernel_dtype)
-    buffer = torch.empty(min(chunk_size, rows), classes, dtype=input.dtype)
+    grad_weight = torch.zeros(classes, hidden, dtype=accum_dtype, device=device) if need_weight else None
+    grad_bias = torch.zeros(classes, dtype=accum_dtype, device=device) if need_bias else None
+    losses = torch.empty(rows, dtype=kernel_dtype, device=device) if reduction == "none" else None
+    total = torch.zeros((), dtype=kernel_dtype, device=device)
+    buffer = torch.empty(min(chunk_size, rows), classes, dtype=input.dtype, device=device)
     for start in range(0, rows, chunk_size):
         stop = min(start + chunk_size, rows)
         chunk_input = input[start:stop]

@@ -101,7 +101,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         raw_target = logits.gather(1, local[:, None])[:, 0]
         local_weight = None if weight is None else weight.to(dtype)[offset:offset + logits.shape[1]]
         packed = _statistics(spec, shifted, local_weight,
-                             torch.where(owned, raw_target, torch.zeros((), dtype=dtype)))
+                             torch.where(owned, raw_target, torch.zeros_like(raw_target)))
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
         if weight is None:
             target_weight = torch.ones_like(row_max)
@@ -115,7 +115,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             "lse_square_scale": options["lse_square_scale"],
             "grad_scale": torch.ones_like(row_max), **softcap,
         }
-        losses = torch.where(counted, row_values(spec, state)["loss"], torch.zeros((), dtype=dtype))
+        losses = torch.where(counted, row_values(spec, state)["loss"], torch.zeros_like(row_max))
         denominator = None
         if reduction == "mean":
             denominator = mean_denominator(target, "index", weight, ignore_index, dtype)
@@ -136,7 +136,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             scale = grad_loss * mean_scale(ctx.denominator, "index", local_weight is not None)
         else:
             scale = grad_loss
-        zero = torch.zeros((), dtype=dtype)
+        zero = torch.zeros((), dtype=dtype, device=logits.device)
         grad_scale = torch.where(counted, torch.broadcast_to(scale, counted.shape), zero)
         values = row_values(spec, {**ctx.state, "grad_scale": grad_scale})
         columns = {name: values[name][:, None] for name in
