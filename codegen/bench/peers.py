@@ -306,3 +306,7 @@ def contenders(
     for backend, name, device, prepare, gpu_only in PEERS:
         if backend in backends and (gpu or not gpu_only):
             yield Contender(name, backend, device, False, prepare)
+    if "gradsmith.torch" in backends:
+        from gradsmith.codegen.bench import torch_peer
+
+        yield from torch_peer.contenders(gpu)

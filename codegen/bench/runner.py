@@ -185,6 +185,11 @@ def _run_benchmark(settings: Settings, stream: TextIO | None) -> dict[str, Any]:
             _free_device_memory()
         gc.collect()
     progress.close()
+    extra = {}
+    if "gradsmith.torch" in settings.backends:
+        from gradsmith.codegen.bench import torch_peer
+
+        extra["torch_overhead"] = torch_peer.overhead(settings.repeat)
     return {
         "machine": described,
         "settings": {
@@ -201,4 +206,5 @@ def _run_benchmark(settings: Settings, stream: TextIO | None) -> dict[str, Any]:
         },
         "bandwidth": bandwidth,
         "results": rows,
+        **extra,
     }
