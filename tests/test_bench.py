@@ -22,7 +22,7 @@ from gradsmith.codegen.cli import main
 
 # The compiling peers (torch.compile, jax.jit) take seconds to compile: not in the tiny run.
 TINY = ["--shapes", "64x10,8x300", "--repeat", "1", "--inplace", "--no-progress",
-        "--backends", "numpy,c,cuda,torch,textbook"]
+        "--backends", "numpy,c,cuda,torch,gradsmith.torch,textbook"]
 ROW_FIELDS = {
     "shape", "dtype", "name", "backend", "device", "generated", "status", "reason", "ms",
     "times_ms", "gb_per_s", "pct_bandwidth", "peak_bytes", "memory_method", "loss", "speedup",
