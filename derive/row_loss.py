@@ -1,0 +1,400 @@
+"""Any row-wise loss over the softmax of one or two rows of logits, from its definition alone.
+
+A loss module (see ``gradsmith.derive.losses``) states its per-row loss for a symbolic number
+of classes C.  From that definition SymPy's ``diff`` gives dL/dz_j, which is fitted to the
+shape the generic kernels evaluate,
+
+    dL/dz_j = coef_p p_j + coef_target [j = t] + coef_q q_j,
+
+with row coefficients built from row statistics (the log-sum-exp of each normalizer, the
+gathered z_t and alpha_t, the loss's options) and sums over the row that the kernels
+accumulate.  A definition that does not reduce to this shape raises :class:`RowLossError`
+naming what does not fit; it never becomes a kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy.codegen.cfunctions import expm1
+
+C = sp.Symbol("C", integer=True, positive=True)
+z = sp.IndexedBase("z", real=True)
+u = sp.IndexedBase("u", real=True)
+alpha = sp.IndexedBase("alpha", positive=True)
+j = sp.Symbol("j", integer=True, nonnegative=True)
+t = sp.Symbol("t", integer=True, nonnegative=True)
+
+# Row statistics: the log-sum-exp of each normalizer's scaled logits, and gathered entries.
+lse_z = sp.Symbol("lse_z", real=True)
+lse_u = sp.Symbol("lse_u", real=True)
+target_logit = sp.Symbol("target_logit", real=True)
+target_alpha = sp.Symbol("target_alpha", positive=True)
+log_p_target = sp.Symbol("log_p_target", nonpositive=True)
+p_target = sp.Symbol("p_target", positive=True)
+one_minus_p_target = sp.Symbol("one_minus_p_target", nonnegative=True)
+# Element values of class j in the gradient sweep.
+logit = sp.Symbol("logit", real=True)
+teacher_logit = sp.Symbol("teacher_logit", real=True)
+class_alpha = sp.Symbol("class_alpha", positive=True)
+log_p = sp.Symbol("log_p", nonpositive=True)
+log_q = sp.Symbol("log_q", nonpositive=True)
+p_j = sp.Symbol("p_j", positive=True)
+q_j = sp.Symbol("q_j", positive=True)
+is_target = sp.Symbol("is_target", nonnegative=True)
+# Row coefficients of the gradient and the row's loss.
+coef_p = sp.Symbol("coef_p", real=True)
+coef_target = sp.Symbol("coef_target", real=True)
+coef_q = sp.Symbol("coef_q", real=True)
+row_loss = sp.Symbol("row_loss", real=True)
+grad_scale = sp.Symbol("grad_scale", real=True)
+
+KINDS = ("index", "teacher")
+DENOMINATORS = (None, "one", "rows", "elements")
+
+
+class RowLossError(ValueError):
+    """A loss definition does not reduce to the shape the generic kernels evaluate."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """A scalar option of a loss: its symbol's name, default and valid range."""
+
+    name: str
+    default: float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    doc: str = ""
+
+    @property
+    def symbol(self) -> sp.Symbol:
+        positive = self.low is not None and (self.low > 0 or (self.low == 0 and self.low_open))
+        nonnegative = self.low is not None and self.low >= 0
+        return sp.Symbol(self.name, real=True, positive=positive or None,
+                         nonnegative=nonnegative or None)
+
+    def describe(self) -> str:
+        low = "(" if self.low_open else "["
+        low += "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf)" if self.high is None else f"{self.high:g}]"
+        return f"{low}, {high}"
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """rows: divide by the counted rows; elements: by N C; one: the sum; None: per row."""
+
+    name: str
+    denominator: str | None
+
+
+@dataclass(frozen=True)
+class LossDefinition:
+    """What a loss module states: name, options, reductions, and the per-row loss of ``row``."""
+
+    name: str
+    title: str
+    kind: str  # "index": logits and class targets; "teacher": student and teacher logits
+    loss: Callable[..., sp.Expr]  # loss(row, **options) -> per-row loss
+    options: tuple[Option, ...] = ()
+    scale: Callable[..., sp.Expr] = lambda **_: sp.Integer(1)  # logits -> softmax input factor
+    class_weights: bool = False  # an optional per-class alpha (index kind)
+    reductions: tuple[Reduction, ...] = (
+        Reduction("mean", "rows"), Reduction("sum", "one"), Reduction("none", None),
+    )
+    default_reduction: str = "mean"
+    assumptions: tuple[str, ...] = ()
+    closed_form: Callable[..., sp.Expr] | None = None  # dL/dz_j as a reader would write it
+    reduces_to: tuple[tuple[str, dict, str], ...] = ()  # (claim, option values, other loss)
+    sample: dict = field(default_factory=dict)  # option values for numeric checks
+
+    def option_symbols(self) -> dict[str, sp.Symbol]:
+        return {option.name: option.symbol for option in self.options}
+
+    def reduction(self, name: str) -> Reduction:
+        for reduction in self.reductions:
+            if reduction.name == name:
+                return reduction
+        raise KeyError(name)
+
+
+class SymbolicRow:
+    """One row for a symbolic number of classes: logits z (and teacher u), target t, alpha."""
+
+    def __init__(self, scale: sp.Expr, class_weights: bool):
+        self.C = C
+        self.t = t
+        self.scale = scale
+        self.class_weights = class_weights
+        self._dummies = sp.numbered_symbols("k", integer=True, nonnegative=True)
+
+    def z(self, k: sp.Basic) -> sp.Expr:
+        return z[k]
+
+    def u(self, k: sp.Basic) -> sp.Expr:
+        return u[k]
+
+    def alpha(self, k: sp.Basic) -> sp.Expr:
+        return alpha[k] if self.class_weights else sp.Integer(1)
+
+    def sum(self, term: Callable[[sp.Symbol], sp.Expr]) -> sp.Expr:
+        dummy = next(self._dummies)
+        return sp.Sum(term(dummy), (dummy, 0, self.C - 1))
+
+    def lse(self, logits: Callable | None = None) -> sp.Expr:
+        logits = logits or self.z
+        return sp.log(self.sum(lambda k: sp.exp(self.scale * logits(k))))
+
+    def log_p(self, k: sp.Basic) -> sp.Expr:
+        return self.scale * self.z(k) - self.lse(self.z)
+
+    def log_q(self, k: sp.Basic) -> sp.Expr:
+        return self.scale * self.u(k) - self.lse(self.u)
+
+    def p(self, k: sp.Basic) -> sp.Expr:
+        return sp.exp(self.log_p(k))
+
+    def q(self, k: sp.Basic) -> sp.Expr:
+        return sp.exp(self.log_q(k))
+
+
+class ConcreteRow:
+    """One row of a concrete number of classes, with explicit entries (for concrete checks)."""
+
+    def __init__(self, z, alpha=None, y=None, t: int | None = None):
+        self._z, self.t = tuple(z), t
+        self.C = len(self._z)
+        self._alpha = tuple(alpha) if alpha is not None else (sp.Integer(1),) * self.C
+        self._y = tuple(y) if y is not None else (sp.Integer(0),) * self.C
+
+    def z(self, k: int) -> sp.Expr:
+        return self._z[k]
+
+    def alpha(self, k: int) -> sp.Expr:
+        return self._alpha[k]
+
+    def y(self, k: int) -> sp.Expr:
+        return self._y[k]
+
+    def sum(self, term: Callable[[int], sp.Expr]) -> sp.Expr:
+        return sp.Add(*[term(k) for k in range(self.C)])
+
+    def lse(self) -> sp.Expr:
+        return sp.log(self.sum(lambda k: sp.exp(self._z[k])))
+
+    def log_p(self, k: int) -> sp.Expr:
+        return self._z[k] - self.lse()
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    """A sum over the row, ``sum_j term``, accumulated in the gradient sweep."""
+
+    symbol: sp.Symbol
+    term: sp.Expr  # in log_p, log_q, class_alpha and the options
+
+
+@dataclass(frozen=True)
+class RowLossSpec:
+    """The kernel spec of a loss: everything a generic template prints, as SymPy expressions.
+
+    ``scale`` multiplies each logit before its softmax (both normalizers).  ``row_values``
+    follow the first sweep (which gives ``lse_z`` and ``lse_u``), in order; the gradient
+    sweep evaluates ``element_values`` and adds each accumulator's term; ``final_values``
+    then give ``row_loss``.  ``dlogit`` is each element's gradient; ``coef_target`` is added
+    at the target class.  Options are symbols named as the loss module names them.
+    """
+
+    name: str
+    kind: str
+    class_weights: bool
+    options: tuple[Option, ...]
+    scale: sp.Expr
+    gathered: tuple[sp.Symbol, ...]
+    row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    element_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    dlogit: sp.Expr
+    accumulators: tuple[Accumulator, ...]
+    final_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    reductions: tuple[Reduction, ...]
+    default_reduction: str
+
+    def expressions(self) -> list[sp.Expr]:
+        """Every expression of the spec, in a fixed order (for the content hash)."""
+        named = [self.scale, self.dlogit]
+        named += [e for _, e in self.row_values + self.element_values + self.final_values]
+        named += [a.term for a in self.accumulators]
+        return named
+
+
+def restrict_to_class(expr: sp.Expr) -> sp.Expr:
+    """Piecewise((value, j <= C - 1), (0, True)) -> value: j is a class index."""
+    def first(piecewise: sp.Piecewise) -> sp.Expr:
+        (value, _), *rest = piecewise.args
+        if len(rest) != 1 or rest[0][1] != sp.true or rest[0][0].doit() != 0:
+            raise RowLossError(f"a case split that is not the class range: {piecewise}")
+        return value
+    return expr.replace(lambda e: isinstance(e, sp.Piecewise), first)
+
+
+def split_exp(expr: sp.Expr) -> sp.Expr:
+    """exp(a + b) -> exp(a) exp(b), so that exp(lse) exp(-lse) cancels."""
+    return expr.replace(
+        lambda e: isinstance(e, sp.exp),
+        lambda e: sp.Mul(*[sp.exp(a) for a in sp.Add.make_args(sp.expand(e.args[0]))]),
+    )
+
+
+class _Translator:
+    """From the definition's sums and entries to row statistics and accumulators."""
+
+    ELEMENT = (log_p, log_q, class_alpha)
+
+    def __init__(self, scale: sp.Expr):
+        self.scale = scale
+        self.accumulators: list[Accumulator] = []
+
+    def element(self, index: sp.Basic) -> dict:
+        return {z[index]: (log_p + lse_z) / self.scale, u[index]: (log_q + lse_u) / self.scale,
+                alpha[index]: class_alpha}
+
+    def _sum(self, total: sp.Sum) -> sp.Expr:
+        if len(total.limits) != 1 or tuple(total.limits[0][1:]) != (0, C - 1):
+            raise RowLossError(f"a sum that is not over the classes 0..C-1: {total}")
+        dummy = total.limits[0][0]
+        term = split_exp(total.function.xreplace(self.element(dummy)))
+        if dummy in term.free_symbols:
+            raise RowLossError(f"a sum whose term reads its index other than as z, u or alpha: {total}")
+        result = sp.Integer(0)
+        for part in sp.Add.make_args(sp.expand(term, power_exp=False, log=False)):
+            constant, varying = part.as_independent(*self.ELEMENT, as_Add=False)
+            if varying in (sp.exp(log_p), sp.exp(log_q)):
+                result += constant  # the probabilities sum to one
+            elif varying == 1:
+                result += constant * C
+            else:
+                result += constant * self._accumulator(varying)
+        return result
+
+    def _accumulator(self, term: sp.Expr) -> sp.Symbol:
+        for existing in self.accumulators:
+            if existing.term == term:
+                return existing.symbol
+        symbol = sp.Symbol(f"row_sum_{len(self.accumulators)}", real=True)
+        self.accumulators.append(Accumulator(symbol, term))
+        return symbol
+
+    def __call__(self, expr: sp.Expr) -> sp.Expr:
+        expr = restrict_to_class(expr)
+        expr = expr.replace(lambda e: isinstance(e, sp.Sum), self._sum)
+        expr = expr.xreplace({**self.element(j), z[t]: (log_p_target + lse_z) / self.scale,
+                              alpha[t]: target_alpha, sp.KroneckerDelta(j, t): is_target,
+                              sp.KroneckerDelta(t, j): is_target})
+        expr = split_exp(expr)
+        expr = expr.xreplace({sp.exp(log_p): p_j, sp.exp(log_q): q_j,
+                              sp.exp(log_p_target): p_target})
+        return stable(expr)
+
+
+def stable(expr: sp.Expr) -> sp.Expr:
+    """1 - p_t -> one_minus_p_t (evaluated as -expm1(log p_t), exact as p_t -> 1)."""
+    return sp.powsimp(expr.subs(1 - p_target, one_minus_p_target))
+
+
+def _free_of(what: str, expr: sp.Expr, forbidden: set) -> None:
+    bad = sorted(map(str, expr.free_symbols & forbidden))
+    if bad or expr.has(sp.Sum, sp.Indexed, sp.KroneckerDelta):
+        reads = bad or [str(a) for a in expr.atoms(sp.Sum, sp.Indexed, sp.KroneckerDelta)]
+        raise RowLossError(f"{what} depends on {', '.join(reads)}: the gradient is not "
+                           "coef_p p_j + coef_target [j = t] + coef_q q_j with row coefficients")
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The definition's loss and SymPy's derivative, raw and fitted to the kernel shape."""
+
+    loss: sp.Expr
+    derivative: sp.Expr
+    coefficients: dict[sp.Symbol, sp.Expr]
+    row_loss: sp.Expr
+    accumulators: tuple[Accumulator, ...]
+
+
+def fit(definition: LossDefinition) -> Fit:
+    """Differentiate ``definition`` for symbolic C and fit dL/dz_j to the kernel shape."""
+    if definition.kind not in KINDS:
+        raise RowLossError(f"{definition.name}: kind must be one of {KINDS}, got {definition.kind!r}")
+    options = definition.option_symbols()
+    scale = sp.sympify(definition.scale(**options))
+    row = SymbolicRow(scale, definition.class_weights)
+    loss = sp.sympify(definition.loss(row, **options))
+    if definition.kind == "index" and loss.has(u):
+        raise RowLossError(f"{definition.name}: an index-target loss reads teacher logits u")
+    derivative = restrict_to_class(sp.diff(loss, z[j]).doit())
+    translate = _Translator(scale)
+    gradient = translate(derivative)
+    if translate.accumulators:
+        raise RowLossError(f"{definition.name}: the gradient reads sums over the row "
+                           f"({', '.join(sp.sstr(a.term) for a in translate.accumulators)})")
+    coefficients = {coef_p: sp.diff(gradient, p_j), coef_target: sp.diff(gradient, is_target),
+                    coef_q: sp.diff(gradient, q_j)}
+    rest = sp.expand(gradient - coefficients[coef_p] * p_j - coefficients[coef_target] * is_target
+                     - coefficients[coef_q] * q_j)
+    if sp.simplify(rest) != 0:
+        raise RowLossError(f"{definition.name}: dL/dz_j has the term {sp.sstr(rest)}, which is "
+                           "not coef_p p_j + coef_target [j = t] + coef_q q_j")
+    element = {p_j, q_j, is_target, log_p, log_q, class_alpha, j}
+    for symbol, coefficient in coefficients.items():
+        _free_of(f"{definition.name}: {symbol}", coefficient, element)
+    value = translate(loss)
+    _free_of(f"{definition.name}: the row's loss", value, element)
+    for accumulator in translate.accumulators:
+        _free_of(f"{definition.name}: the row sum {accumulator.term}", accumulator.term,
+                 {p_j, q_j, is_target, j, p_target})
+    return Fit(loss, derivative, {k: v for k, v in coefficients.items() if v != 0}, value,
+               tuple(translate.accumulators))
+
+
+def kernel_spec(definition: LossDefinition) -> RowLossSpec:
+    """The generic kernel spec of ``definition`` (proven by :mod:`gradsmith.derive.row_loss_proofs`)."""
+    fitted = fit(definition)
+    options = definition.option_symbols()
+    scale = sp.sympify(definition.scale(**options))
+    used = set().union(*(e.free_symbols for e in fitted.coefficients.values()),
+                       fitted.row_loss.free_symbols)
+    gathered = (target_logit,) if definition.kind == "index" else ()
+    if definition.class_weights:
+        gathered += (target_alpha,)
+    row_values = []
+    if used & {log_p_target, p_target, one_minus_p_target}:
+        row_values.append((log_p_target, scale * target_logit - lse_z))
+    if p_target in used:
+        row_values.append((p_target, sp.exp(log_p_target)))
+    if one_minus_p_target in used:
+        row_values.append((one_minus_p_target, -expm1(log_p_target)))
+    for symbol in (coef_p, coef_target, coef_q):
+        if symbol in fitted.coefficients:
+            row_values.append((symbol, grad_scale * fitted.coefficients[symbol]))
+    element_values = [(log_p, scale * logit - lse_z), (p_j, sp.exp(log_p))]
+    dlogit = coef_p * p_j if coef_p in fitted.coefficients else sp.Integer(0)
+    if definition.kind == "teacher":
+        element_values += [(log_q, scale * teacher_logit - lse_u), (q_j, sp.exp(log_q))]
+        if coef_q in fitted.coefficients:
+            dlogit += coef_q * q_j
+    if definition.kind == "index" and coef_target not in fitted.coefficients:
+        row_values.append((coef_target, sp.Integer(0)))
+    accumulators = tuple(
+        Accumulator(a.symbol, a.term.xreplace({sp.exp(log_p): p_j, sp.exp(log_q): q_j}))
+        for a in fitted.accumulators
+    )
+    return RowLossSpec(
+        name=definition.name, kind=definition.kind, class_weights=definition.class_weights,
+        options=definition.options, scale=scale, gathered=gathered,
+        row_values=tuple(row_values), element_values=tuple(element_values), dlogit=dlogit,
+        accumulators=accumulators, final_values=((row_loss, fitted.row_loss),),
+        reductions=definition.reductions, default_reduction=definition.default_reduction,
+    )
