@@ -38,13 +38,23 @@ def kernel_tree(kernels: str | os.PathLike | None = None) -> Path:
     return path.resolve()
 
 
-def load(backend: str, dtype: str = "float32", *, kernels: str | os.PathLike | None = None) -> Callable:
+def load(backend: str, dtype: str = "float32", *, kernels: str | os.PathLike | None = None,
+         loss: str | os.PathLike = "cross_entropy") -> Callable:
     """Return ``f(logits, target, *, weight=None, ignore_index=-100, reduction="mean", ...)``.
 
     ``f`` returns ``(loss, dlogits)`` (and ``lse`` with ``return_lse=True``) with the semantics
     of ``torch.nn.functional.cross_entropy``; see the README for every option.  ``kernels``
     names a kernel tree written by ``gradsmith generate --out DIR`` (default: the shipped one).
+    ``loss`` names another loss of ``gradsmith.derive.losses`` (or the path of a loss module);
+    its callable takes that loss's options (see the README).
     """
+    from gradsmith.derive.losses import DEFAULT, definition
+
+    found = definition(loss)
+    if found.name != DEFAULT:
+        from gradsmith.codegen import row_loss_runtime
+
+        return row_loss_runtime.load(found, backend, dtype, kernel_tree(kernels))
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if dtype not in DTYPES[backend]:

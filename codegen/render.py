@@ -110,15 +110,22 @@ def verify_specs() -> None:
         verify_spec(spec)
 
 
-def render_all(backends: Iterable[str] = BACKEND_NAMES) -> dict[str, str]:
-    """Every emitted file, keyed by its path relative to the output folder (posix)."""
+def render_all(backends: Iterable[str] = BACKEND_NAMES, losses: Iterable = ()) -> dict[str, str]:
+    """Every emitted file, keyed by its path relative to the output folder (posix).
+
+    ``losses`` adds row losses from outside the registry (module paths) to the registered ones.
+    """
+    from gradsmith.codegen.row_loss import render_losses
+
     verify_specs()
     files: dict[str, str] = {}
-    for name in backends:
-        for path, text in _backend(name).render().items():
-            if path in files:
-                raise TemplateError(f"two templates emit {path}")
-            files[path] = text
+    emitted = [_backend(name).render() for name in backends]
+    for path, text in [item for group in emitted for item in group.items()] + list(
+        render_losses(backends, losses).items()
+    ):
+        if path in files:
+            raise TemplateError(f"two templates emit {path}")
+        files[path] = text
     return dict(sorted(files.items()))
 
 

@@ -44,6 +44,15 @@ log_q = sp.Symbol("log_q", nonpositive=True)
 p_j = sp.Symbol("p_j", positive=True)
 q_j = sp.Symbol("q_j", positive=True)
 is_target = sp.Symbol("is_target", nonnegative=True)
+# The online normalizer of one row: running maximum and rescaled sum of exponentials.
+scaled = sp.Symbol("scaled", real=True)
+row_max = sp.Symbol("row_max", real=True)
+old_max = sp.Symbol("old_max", real=True)
+new_max = sp.Symbol("new_max", real=True)
+sum_exp = sp.Symbol("sum_exp", positive=True)
+NORMALIZER_TERM = sp.exp(scaled - row_max)
+NORMALIZER_RESCALE = sum_exp * sp.exp(old_max - new_max)
+NORMALIZER_LSE = row_max + sp.log(sum_exp)
 # Row coefficients of the gradient and the row's loss.
 coef_p = sp.Symbol("coef_p", real=True)
 coef_target = sp.Symbol("coef_target", real=True)
@@ -214,6 +223,11 @@ class RowLossSpec:
     class_weights: bool
     options: tuple[Option, ...]
     scale: sp.Expr
+    normalizers: tuple[tuple[sp.Symbol, sp.Symbol], ...]  # (element logit, its lse)
+    scaled_logit: sp.Expr  # scale * logit: what the normalizer sums over
+    normalizer_term: sp.Expr
+    normalizer_rescale: sp.Expr
+    normalizer_lse: sp.Expr
     gathered: tuple[sp.Symbol, ...]
     row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     element_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
@@ -225,7 +239,8 @@ class RowLossSpec:
 
     def expressions(self) -> list[sp.Expr]:
         """Every expression of the spec, in a fixed order (for the content hash)."""
-        named = [self.scale, self.dlogit]
+        named = [self.scale, self.dlogit, self.scaled_logit, self.normalizer_term,
+                 self.normalizer_rescale, self.normalizer_lse]
         named += [e for _, e in self.row_values + self.element_values + self.final_values]
         named += [a.term for a in self.accumulators]
         return named
@@ -393,7 +408,10 @@ def kernel_spec(definition: LossDefinition) -> RowLossSpec:
     )
     return RowLossSpec(
         name=definition.name, kind=definition.kind, class_weights=definition.class_weights,
-        options=definition.options, scale=scale, gathered=gathered,
+        options=definition.options, scale=scale,
+        normalizers=((logit, lse_z),) + (((teacher_logit, lse_u),) if definition.kind == "teacher" else ()),
+        scaled_logit=scale * logit, normalizer_term=NORMALIZER_TERM,
+        normalizer_rescale=NORMALIZER_RESCALE, normalizer_lse=NORMALIZER_LSE, gathered=gathered,
         row_values=tuple(row_values), element_values=tuple(element_values), dlogit=dlogit,
         accumulators=accumulators, final_values=((row_loss, fitted.row_loss),),
         reductions=definition.reductions, default_reduction=definition.default_reduction,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 from gradsmith.derive import row_loss as rl
-from gradsmith.derive.check import ProofError, Verdict, numerically_equal
+from gradsmith.derive.check import ProofError, Verdict, check_equal, numerically_equal
 from sympy.codegen.cfunctions import expm1
 
 CLASS_COUNTS = (1, 2, 3, 5, 8)
@@ -111,8 +111,26 @@ def prove(definition: rl.LossDefinition, losses=None) -> list[LossClaim]:
         claims.append(LossClaim(f"{name}: {text} (gradient)", check(
             fitted.derivative.xreplace(fixed), rl.fit(other).derivative,
             f"{name} {text}, gradient", definition)))
+    claims.append(LossClaim("online normalizer: rescaled sums and lse", _online(spec)))
     if any(symbol == rl.one_minus_p_target for symbol, _ in spec.row_values):
         x = sp.Symbol("x", real=True)
         claims.append(LossClaim("-expm1(log p_t) = 1 - p_t", check(
             (-expm1(x)).rewrite(sp.exp), 1 - sp.exp(x), "expm1 rewrite", definition)))
     return claims
+
+
+def _online(spec: rl.RowLossSpec) -> Verdict:
+    """The sweep's normalizer: sums rescaled from old_max to new_max equal the sums at new_max,
+    and row_max + log(sum_exp) is log sum_j exp(scaled_j) whatever row_max is."""
+    values = sp.symbols("v_0:3", real=True)
+
+    def at(pivot: sp.Symbol) -> sp.Expr:
+        return sp.Add(*[spec.normalizer_term.xreplace({rl.scaled: v, rl.row_max: pivot})
+                        for v in values])
+
+    rescaled = spec.normalizer_rescale.xreplace({rl.sum_exp: at(rl.old_max)})
+    verdict = check_equal(rescaled, at(rl.new_max), step="online rescale of sum_exp")
+    lse = spec.normalizer_lse.xreplace({rl.sum_exp: at(rl.row_max)})
+    check_equal(lse, sp.log(sp.Add(*[sp.exp(v) for v in values])), step="lse from the sweep",
+                symbolic=False)
+    return verdict

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("generated"), help="output folder (default: generated)")
     parser.add_argument("--check", action="store_true", help="compare with --out instead of writing; exit 1 and show a diff if it differs")
     parser.add_argument("--backends", type=_backends, default=BACKEND_NAMES, help="comma-separated subset of numpy,c,cuda")
+    parser.add_argument("--loss", action="append", default=[], metavar="FILE",
+                        help="also emit the loss defined in this module file (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     print(f"deriving and rendering {', '.join(args.backends)} ...", file=sys.stderr)
-    files = render_all(args.backends)
+    files = render_all(args.backends, args.loss)
     if args.check:
         diff = diff_tree(files, out, args.backends)
         if diff:
