@@ -11,6 +11,8 @@ from pathlib import Path
 
 from gradsmith.codegen.atomic import write_atomically
 from gradsmith.derive.latex import FORMATS, document
+from gradsmith.derive.losses import DEFAULT, definition
+from gradsmith.derive.row_loss_latex import document as loss_document
 
 PDFLATEX_SECONDS = 120
 
@@ -19,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="latex",
                         help="latex (default) or md (Markdown with $$ math)")
     parser.add_argument("--out", metavar="FILE", help="write the document to FILE")
+    parser.add_argument("--loss", metavar="NAME", default=None,
+                        help="the derivation of one loss: a registered name or a loss module file")
     parser.add_argument("--pdf", metavar="FILE", help="compile the LaTeX with pdflatex to FILE")
 
 
@@ -33,7 +37,11 @@ def run(args: argparse.Namespace) -> int:
         if folder is not None and not folder.is_dir():
             raise OSError(f"{option}: cannot write {target}: folder {folder} does not exist")
     print("building and checking every derivation ...", file=sys.stderr)
-    text = document(args.format)
+    found = definition(args.loss) if args.loss is not None else None
+    if found is not None and found.name != DEFAULT:
+        text = loss_document(found, args.format, definition)
+    else:
+        text = document(args.format)
     if args.out:
         write_atomically(Path(args.out), text)
     if args.pdf:

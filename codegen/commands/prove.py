@@ -8,7 +8,15 @@ import os
 import sys
 import time
 
-from gradsmith.derive.claims import SYMBOLIC_GROUP, ClaimResult, parse_classes, registry, run_claims
+from gradsmith.derive.claims import (
+    SYMBOLIC_GROUP,
+    ClaimResult,
+    loss_results,
+    parse_classes,
+    registry,
+    run_claims,
+)
+from gradsmith.derive.losses import DEFAULT, definition
 
 DEFAULT_CLASSES = "1..16"
 
@@ -19,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"concrete numbers of classes to prove for: 1..16, 3,5,8 (default {DEFAULT_CLASSES})",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--loss", metavar="NAME", default=None,
+                        help="prove one loss only: a registered name or a loss module file")
     parser.add_argument(
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="N",
         help="worker processes (default: 2, or 1 on a single core)",
@@ -30,9 +40,17 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     claims = registry(class_counts)
+    if args.loss is not None:
+        found = definition(args.loss)
+        if found.name != DEFAULT:
+            return _report(args, loss_results(args.loss), 0.0)
     start = time.perf_counter()
     results = run_claims(claims, jobs=args.jobs, progress=_progress)
-    wall = time.perf_counter() - start
+    return _report(args, results, time.perf_counter() - start)
+
+
+def _report(args: argparse.Namespace, results: list[ClaimResult], wall: float) -> int:
+    wall = wall or sum(result.seconds for result in results)
     all_hold = all(result.holds for result in results)
     if args.json:
         print(json.dumps(_as_json(results, wall, all_hold), indent=2))
