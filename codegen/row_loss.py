@@ -61,11 +61,11 @@ def _group(backend: str, dtype: str, outputs, prefix: str, inputs: Iterable[str]
 
 
 def _normalizer(spec: rl.RowLossSpec, backend: str, dtype: str, logit: sp.Symbol,
-                lse: sp.Symbol, options: list[str]) -> dict:
+                maximum: sp.Symbol, log_sum: sp.Symbol, options: list[str]) -> dict:
     """The printed sweep of one normalizer, its state named after its logits."""
     name = str(logit)
     rename = {rl.logit: logit, rl.scaled: sp.Symbol(f"{name}_scaled", real=True),
-              rl.row_max: sp.Symbol(f"{name}_max", real=True),
+              rl.row_max: maximum,
               rl.sum_exp: sp.Symbol(f"{name}_sum_exp", positive=True)}
     printer = _printer(backend, dtype)
     state = [str(rename[s]) for s in (rl.scaled, rl.row_max, rl.sum_exp)]
@@ -73,25 +73,25 @@ def _normalizer(spec: rl.RowLossSpec, backend: str, dtype: str, logit: sp.Symbol
                     f"{name}_a", [name, *options])
     return {
         "logit": name, "scaled": state[0], "max": state[1], "sum_exp": state[2],
-        "lse": str(lse), "new_max": str(rl.new_max),
+        "log_sum": str(log_sum), "new_max": str(rl.new_max),
         "scaled_code": scaled,
         "term": printer.doprint(spec.normalizer_term.xreplace(rename)),
         "rescale": printer.doprint(spec.normalizer_rescale.xreplace(
             {rl.sum_exp: rename[rl.sum_exp], rl.old_max: rename[rl.row_max]})),
-        "lse_code": printer.doprint(spec.normalizer_lse.xreplace(rename)),
+        "log_sum_code": printer.doprint(spec.normalizer_log_sum.xreplace(rename)),
     }
 
 
 def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
     """Everything the row-loss template of ``backend`` lays out, printed in ``dtype``."""
     options = [c_identifier(option.name) for option in spec.options]
-    normalizers = [_normalizer(spec, backend, dtype, logit, lse, options)
-                   for logit, lse in spec.normalizers]
+    normalizers = [_normalizer(spec, backend, dtype, logit, maximum, log_sum, options)
+                   for logit, maximum, log_sum in spec.normalizers]
     gathered = [str(s) for s in spec.gathered]
-    row_inputs = [n["lse"] for n in normalizers] + gathered + options + [str(rl.grad_scale)]
+    row_inputs = [n[key] for n in normalizers for key in ("max", "log_sum")] + gathered + options + [str(rl.grad_scale)]
     rows = _group(backend, dtype, spec.row_values, "r", row_inputs)
     row_names = [name for name, _, _ in rows["assignments"]]
-    element_inputs = row_inputs + row_names + [str(s) for s, _ in spec.normalizers]
+    element_inputs = row_inputs + row_names + [str(n[0]) for n in spec.normalizers]
     element_outputs = list(spec.element_values) + [(sp.Symbol("dlogit"), spec.dlogit)]
     element_outputs += [(a.symbol, a.term) for a in spec.accumulators]
     elements = _group(backend, dtype, element_outputs, "e", element_inputs)

@@ -52,7 +52,16 @@ new_max = sp.Symbol("new_max", real=True)
 sum_exp = sp.Symbol("sum_exp", positive=True)
 NORMALIZER_TERM = sp.exp(scaled - row_max)
 NORMALIZER_RESCALE = sum_exp * sp.exp(old_max - new_max)
-NORMALIZER_LSE = row_max + sp.log(sum_exp)
+NORMALIZER_LOG_SUM = sp.log(sum_exp)
+# Per normalizer after the sweep: its maximum and the log of its rescaled sum; the logits are
+# shifted by the maximum before the log-sum is subtracted, exact however large they are.
+logit_max = sp.Symbol("logit_max", real=True)
+teacher_logit_max = sp.Symbol("teacher_logit_max", real=True)
+logit_log_sum_exp = sp.Symbol("logit_log_sum_exp", nonnegative=True)
+teacher_logit_log_sum_exp = sp.Symbol("teacher_logit_log_sum_exp", nonnegative=True)
+target_shifted = sp.Symbol("target_shifted", real=True)
+shifted_p = sp.Symbol("shifted_p", real=True)
+shifted_q = sp.Symbol("shifted_q", real=True)
 # Row coefficients of the gradient and the row's loss.
 coef_p = sp.Symbol("coef_p", real=True)
 coef_target = sp.Symbol("coef_target", real=True)
@@ -212,7 +221,7 @@ class RowLossSpec:
     """The kernel spec of a loss: everything a generic template prints, as SymPy expressions.
 
     ``scale`` multiplies each logit before its softmax (both normalizers).  ``row_values``
-    follow the first sweep (which gives ``lse_z`` and ``lse_u``), in order; the gradient
+    follow the first sweep (which gives each normalizer's maximum and log-sum), in order; the gradient
     sweep evaluates ``element_values`` and adds each accumulator's term; ``final_values``
     then give ``row_loss``.  ``dlogit`` is each element's gradient; ``coef_target`` is added
     at the target class.  Options are symbols named as the loss module names them.
@@ -223,11 +232,11 @@ class RowLossSpec:
     class_weights: bool
     options: tuple[Option, ...]
     scale: sp.Expr
-    normalizers: tuple[tuple[sp.Symbol, sp.Symbol], ...]  # (element logit, its lse)
+    normalizers: tuple[tuple[sp.Symbol, sp.Symbol, sp.Symbol], ...]  # (logit, max, log-sum)
     scaled_logit: sp.Expr  # scale * logit: what the normalizer sums over
     normalizer_term: sp.Expr
     normalizer_rescale: sp.Expr
-    normalizer_lse: sp.Expr
+    normalizer_log_sum: sp.Expr
     gathered: tuple[sp.Symbol, ...]
     row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     element_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
@@ -240,7 +249,7 @@ class RowLossSpec:
     def expressions(self) -> list[sp.Expr]:
         """Every expression of the spec, in a fixed order (for the content hash)."""
         named = [self.scale, self.dlogit, self.scaled_logit, self.normalizer_term,
-                 self.normalizer_rescale, self.normalizer_lse]
+                 self.normalizer_rescale, self.normalizer_log_sum]
         named += [e for _, e in self.row_values + self.element_values + self.final_values]
         named += [a.term for a in self.accumulators]
         return named
@@ -385,8 +394,13 @@ def kernel_spec(definition: LossDefinition) -> RowLossSpec:
     if definition.class_weights:
         gathered += (target_alpha,)
     row_values = []
+    if lse_z in used:
+        row_values.append((lse_z, logit_max + logit_log_sum_exp))
+    if lse_u in used:
+        row_values.append((lse_u, teacher_logit_max + teacher_logit_log_sum_exp))
     if used & {log_p_target, p_target, one_minus_p_target}:
-        row_values.append((log_p_target, scale * target_logit - lse_z))
+        row_values.append((target_shifted, scale * target_logit - logit_max))
+        row_values.append((log_p_target, target_shifted - logit_log_sum_exp))
     if p_target in used:
         row_values.append((p_target, sp.exp(log_p_target)))
     if one_minus_p_target in used:
@@ -394,10 +408,12 @@ def kernel_spec(definition: LossDefinition) -> RowLossSpec:
     for symbol in (coef_p, coef_target, coef_q):
         if symbol in fitted.coefficients:
             row_values.append((symbol, grad_scale * fitted.coefficients[symbol]))
-    element_values = [(log_p, scale * logit - lse_z), (p_j, sp.exp(log_p))]
+    element_values = [(shifted_p, scale * logit - logit_max),
+                      (log_p, shifted_p - logit_log_sum_exp), (p_j, sp.exp(log_p))]
     dlogit = coef_p * p_j if coef_p in fitted.coefficients else sp.Integer(0)
     if definition.kind == "teacher":
-        element_values += [(log_q, scale * teacher_logit - lse_u), (q_j, sp.exp(log_q))]
+        element_values += [(shifted_q, scale * teacher_logit - teacher_logit_max),
+                           (log_q, shifted_q - teacher_logit_log_sum_exp), (q_j, sp.exp(log_q))]
         if coef_q in fitted.coefficients:
             dlogit += coef_q * q_j
     if definition.kind == "index" and coef_target not in fitted.coefficients:
@@ -409,9 +425,11 @@ def kernel_spec(definition: LossDefinition) -> RowLossSpec:
     return RowLossSpec(
         name=definition.name, kind=definition.kind, class_weights=definition.class_weights,
         options=definition.options, scale=scale,
-        normalizers=((logit, lse_z),) + (((teacher_logit, lse_u),) if definition.kind == "teacher" else ()),
+        normalizers=((logit, logit_max, logit_log_sum_exp),) + (
+            ((teacher_logit, teacher_logit_max, teacher_logit_log_sum_exp),)
+            if definition.kind == "teacher" else ()),
         scaled_logit=scale * logit, normalizer_term=NORMALIZER_TERM,
-        normalizer_rescale=NORMALIZER_RESCALE, normalizer_lse=NORMALIZER_LSE, gathered=gathered,
+        normalizer_rescale=NORMALIZER_RESCALE, normalizer_log_sum=NORMALIZER_LOG_SUM, gathered=gathered,
         row_values=tuple(row_values), element_values=tuple(element_values), dlogit=dlogit,
         accumulators=accumulators, final_values=((row_loss, fitted.row_loss),),
         reductions=definition.reductions, default_reduction=definition.default_reduction,

@@ -16,6 +16,8 @@ from gradsmith.derive.check import ProofError, Verdict, check_equal, numerically
 from sympy.codegen.cfunctions import expm1
 
 CLASS_COUNTS = (1, 2, 3, 5, 8)
+PIVOT_Z = sp.Symbol("pivot_z", real=True)
+PIVOT_U = sp.Symbol("pivot_u", real=True)
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,10 @@ def definition_terms(spec: rl.RowLossSpec, expr: sp.Expr, row: rl.SymbolicRow) -
             lambda k, term=accumulator.term: _in_terms(spec, term, row, k))})
     expr = _in_terms(spec, expr, row, rl.j)
     return expr.xreplace({
-        rl.lse_z: row.lse(row.z), rl.lse_u: row.lse(row.u), rl.target_logit: rl.z[rl.t],
+        # The maxima are free pivots: the kernels' shift by any pivot is exact.
+        rl.logit_max: PIVOT_Z, rl.logit_log_sum_exp: row.lse(row.z) - PIVOT_Z,
+        rl.teacher_logit_max: PIVOT_U, rl.teacher_logit_log_sum_exp: row.lse(row.u) - PIVOT_U,
+        rl.target_logit: rl.z[rl.t],
         rl.target_alpha: row.alpha(rl.t), rl.is_target: sp.KroneckerDelta(rl.j, rl.t),
         rl.grad_scale: 1,
     }).replace(lambda e: isinstance(e, expm1), lambda e: sp.exp(e.args[0]) - 1)
@@ -130,7 +135,7 @@ def _online(spec: rl.RowLossSpec) -> Verdict:
 
     rescaled = spec.normalizer_rescale.xreplace({rl.sum_exp: at(rl.old_max)})
     verdict = check_equal(rescaled, at(rl.new_max), step="online rescale of sum_exp")
-    lse = spec.normalizer_lse.xreplace({rl.sum_exp: at(rl.row_max)})
+    lse = rl.row_max + spec.normalizer_log_sum.xreplace({rl.sum_exp: at(rl.row_max)})
     check_equal(lse, sp.log(sp.Add(*[sp.exp(v) for v in values])), step="lse from the sweep",
                 symbolic=False)
     return verdict
