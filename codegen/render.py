@@ -117,11 +117,12 @@ def render_all(backends: Iterable[str] = BACKEND_NAMES, losses: Iterable = ()) -
     """
     from gradsmith.codegen.row_loss import render_losses
 
+    losses_emitted = render_losses(backends, losses)  # a loss that does not fit fails first
     verify_specs()
     files: dict[str, str] = {}
     emitted = [_backend(name).render() for name in backends]
     for path, text in [item for group in emitted for item in group.items()] + list(
-        render_losses(backends, losses).items()
+        losses_emitted.items()
     ):
         if path in files:
             raise TemplateError(f"two templates emit {path}")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sympy as sp
-from sympy.codegen.cfunctions import expm1
+from sympy.codegen.cfunctions import expm1, log1p
 
 C = sp.Symbol("C", integer=True, positive=True)
 z = sp.IndexedBase("z", real=True)
@@ -44,15 +44,18 @@ log_q = sp.Symbol("log_q", nonpositive=True)
 p_j = sp.Symbol("p_j", positive=True)
 q_j = sp.Symbol("q_j", positive=True)
 is_target = sp.Symbol("is_target", nonnegative=True)
-# The online normalizer of one row: running maximum and rescaled sum of exponentials.
+# The online normalizer of one row: the running maximum and the sum of exp(scaled - max) over
+# the other elements (the maximum's own term, 1, is left out, so that log1p keeps the digits
+# of a sum close to 1: 1 - p_t stays exact as p_t -> 1).  An element above the maximum
+# rescales the sum (the old maximum's 1 joins it); any other adds its term.
 scaled = sp.Symbol("scaled", real=True)
 row_max = sp.Symbol("row_max", real=True)
 old_max = sp.Symbol("old_max", real=True)
 new_max = sp.Symbol("new_max", real=True)
-sum_exp = sp.Symbol("sum_exp", positive=True)
+sum_exp = sp.Symbol("sum_exp", nonnegative=True)
 NORMALIZER_TERM = sp.exp(scaled - row_max)
-NORMALIZER_RESCALE = sum_exp * sp.exp(old_max - new_max)
-NORMALIZER_LOG_SUM = sp.log(sum_exp)
+NORMALIZER_RESCALE = (sum_exp + 1) * sp.exp(old_max - new_max)
+NORMALIZER_LOG_SUM = log1p(sum_exp)
 # Per normalizer after the sweep: its maximum and the log of its rescaled sum; the logits are
 # shifted by the maximum before the log-sum is subtracted, exact however large they are.
 logit_max = sp.Symbol("logit_max", real=True)

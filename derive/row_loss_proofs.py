@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import sympy as sp
 from gradsmith.derive import row_loss as rl
 from gradsmith.derive.check import ProofError, Verdict, check_equal, numerically_equal
-from sympy.codegen.cfunctions import expm1
+from sympy.codegen.cfunctions import expm1, log1p
 
 CLASS_COUNTS = (1, 2, 3, 5, 8)
 PIVOT_Z = sp.Symbol("pivot_z", real=True)
@@ -108,13 +108,15 @@ def prove(definition: rl.LossDefinition, losses=None) -> list[LossClaim]:
         if other is None:
             raise ProofError(f"{name}: {text}: no loss named {other_name!r}")
         fixed = {options[key]: value for key, value in values.items()}
+        # The other loss on the same row: with class weights exactly when this one has them.
         other_row = rl.SymbolicRow(sp.sympify(other.scale(**other.option_symbols())),
-                                   other.class_weights)
+                                   definition.class_weights)
         target = other.loss(other_row, **other.option_symbols())
+        other_derivative = rl.restrict_to_class(sp.diff(target, rl.z[rl.j]).doit())
         claims.append(LossClaim(f"{name}: {text}", check(
             fitted.loss.xreplace(fixed), target, f"{name} {text}", definition)))
         claims.append(LossClaim(f"{name}: {text} (gradient)", check(
-            fitted.derivative.xreplace(fixed), rl.fit(other).derivative,
+            fitted.derivative.xreplace(fixed), other_derivative,
             f"{name} {text}, gradient", definition)))
     claims.append(LossClaim("online normalizer: rescaled sums and lse", _online(spec)))
     if any(symbol == rl.one_minus_p_target for symbol, _ in spec.row_values):
@@ -125,17 +127,21 @@ def prove(definition: rl.LossDefinition, losses=None) -> list[LossClaim]:
 
 
 def _online(spec: rl.RowLossSpec) -> Verdict:
-    """The sweep's normalizer: sums rescaled from old_max to new_max equal the sums at new_max,
-    and row_max + log(sum_exp) is log sum_j exp(scaled_j) whatever row_max is."""
-    values = sp.symbols("v_0:3", real=True)
+    """The sweep's normalizer.  With the maximum's own term left out of the sum: a new maximum
+    rescales the sum of the other terms and adds the old maximum's 1, and row_max +
+    log1p(sum) is log sum_j exp(scaled_j)."""
+    others = sp.symbols("v_1:3", real=True)
 
-    def at(pivot: sp.Symbol) -> sp.Expr:
+    def rest(pivot: sp.Symbol, values) -> sp.Expr:
         return sp.Add(*[spec.normalizer_term.xreplace({rl.scaled: v, rl.row_max: pivot})
                         for v in values])
 
-    rescaled = spec.normalizer_rescale.xreplace({rl.sum_exp: at(rl.old_max)})
-    verdict = check_equal(rescaled, at(rl.new_max), step="online rescale of sum_exp")
-    lse = rl.row_max + spec.normalizer_log_sum.xreplace({rl.sum_exp: at(rl.row_max)})
-    check_equal(lse, sp.log(sp.Add(*[sp.exp(v) for v in values])), step="lse from the sweep",
-                symbolic=False)
+    rescaled = spec.normalizer_rescale.xreplace({rl.sum_exp: rest(rl.old_max, others)})
+    verdict = check_equal(rescaled, rest(rl.new_max, (rl.old_max, *others)),
+                          step="online rescale of the sum")
+    log_sum = spec.normalizer_log_sum.xreplace({rl.sum_exp: rest(rl.row_max, others)})
+    log_sum = log_sum.replace(lambda e: isinstance(e, log1p), lambda e: sp.log(1 + e.args[0]))
+    check_equal(rl.row_max + log_sum,
+                sp.log(sp.exp(rl.row_max) + sp.Add(*[sp.exp(v) for v in others])),
+                step="log-sum from the sweep", symbolic=False)
     return verdict
