@@ -132,6 +132,8 @@ class LossDefinition:
     closed_form: Callable[..., sp.Expr] | None = None  # dL/dz_j as a reader would write it
     reduces_to: tuple[tuple[str, dict, str], ...] = ()  # (claim, option values, other loss)
     sample: dict = field(default_factory=dict)  # option values for numeric checks
+    # The per-row loss written with torch (passed in, never imported here), for the benchmark.
+    torch_rows: Callable | None = None
 
     def option_symbols(self) -> dict[str, sp.Symbol]:
         return {option.name: option.symbol for option in self.options}

@@ -20,6 +20,7 @@ from gradsmith.codegen.bench.settings import (
     parse_dtypes,
     parse_shapes,
 )
+from gradsmith.derive.losses import DEFAULT, definition
 
 
 def _shapes_help() -> str:
@@ -44,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random logits and targets")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--loss", default=None, metavar="NAME",
+                        help="time another loss (focal, distill_kl) beside torch eager and torch.compile")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -65,6 +68,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.loss is not None and definition(args.loss).name != DEFAULT:
+        return _run_loss(args)
     settings = settings_from(args)
     if args.plot is not None:
         require_matplotlib()
@@ -77,4 +82,19 @@ def run(args: argparse.Namespace) -> int:
         write_json(report, args.json)
     if args.plot is not None:
         write_plot(report, args.plot)
+    return 0
+
+
+def _run_loss(args: argparse.Namespace) -> int:
+    from gradsmith.codegen.bench import losses
+
+    shapes = losses.SHAPES if args.shapes is None else parse_shapes(args.shapes)
+    (dtype,) = parse_dtypes(args.dtypes) if args.dtypes else ("float32",)
+    threads = check_threads(args.threads)
+    machine.set_threads(threads)
+    report = losses.run(args.loss, shapes, dtype, check_repeat(args.repeat), args.warmup,
+                        threads, args.seed)
+    print(losses.format_report(report))
+    if args.json is not None:
+        write_json(report, args.json)
     return 0

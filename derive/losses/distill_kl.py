@@ -25,6 +25,13 @@ def closed_form(row, temperature) -> sp.Expr:
     return temperature * (row.p(j) - row.q(j))
 
 
+def torch_rows(torch, logits, teacher, temperature):
+    """The same definition in torch (for ``gradsmith bench``)."""
+    log_p = torch.log_softmax(logits / temperature, -1)
+    log_q = torch.log_softmax(teacher / temperature, -1)
+    return temperature**2 * (log_q.exp() * (log_q - log_p)).sum(-1)
+
+
 DEFINITION = LossDefinition(
     name="distill_kl",
     title="distillation KL divergence",
@@ -40,4 +47,5 @@ DEFINITION = LossDefinition(
     assumptions=("T > 0",),
     closed_form=closed_form,
     sample={"temperature": 2.0},
+    torch_rows=torch_rows,
 )

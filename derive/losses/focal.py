@@ -24,6 +24,12 @@ def closed_form(row, gamma) -> sp.Expr:
     return row.alpha(row.t) * factor * (row.p(j) - sp.KroneckerDelta(j, row.t))
 
 
+def torch_rows(torch, logits, target, gamma):
+    """The same definition in torch (for ``gradsmith bench``)."""
+    log_p_t = torch.log_softmax(logits, -1).gather(1, target[:, None])[:, 0]
+    return -((1 - log_p_t.exp()) ** gamma) * log_p_t
+
+
 DEFINITION = LossDefinition(
     name="focal",
     title="softmax focal loss",
@@ -35,4 +41,5 @@ DEFINITION = LossDefinition(
     closed_form=closed_form,
     reduces_to=(("gamma = 0 gives cross-entropy", {"gamma": 0}, "cross_entropy"),),
     sample={"gamma": 2.0},
+    torch_rows=torch_rows,
 )
