@@ -7,6 +7,7 @@ here knows the name or the formula of a loss.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import sympy as sp
@@ -116,9 +117,15 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
         "accumulators": accumulators,
         "final": final,
         "has_target_coefficient": spec.kind == "index",
+        "reads_class_alpha": str(rl.class_alpha) in _names(elements),
         "spec_hash": expression_hash(spec.expressions()),
         "op_count": op_count,
     }
+
+
+def _names(group: dict) -> set[str]:
+    """Every identifier a printed group reads."""
+    return {name for _, code, _ in group["assignments"] for name in re.findall(r"[A-Za-z_]\w*", code)}
 
 
 def numpy_abi(spec: rl.RowLossSpec) -> str:

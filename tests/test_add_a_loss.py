@@ -52,3 +52,19 @@ def test_the_new_kernels_match_torch(tree, backend, dtype):
     tolerance = 1e-12 if dtype == "float64" else 2e-6
     assert float(loss) == pytest.approx(want.item(), rel=tolerance)
     np.testing.assert_allclose(grad, logits.grad.numpy(), rtol=tolerance, atol=tolerance)
+
+
+def test_the_emitted_c_compiles_cleanly_without_promoting_floats(tree):
+    import shutil
+    import subprocess
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    for source in sorted((tree / "c").glob("gradsmith_*.c")):
+        if source.name == "gradsmith_ce.c":
+            continue
+        done = subprocess.run([compiler, "-std=c99", "-Wall", "-Wextra", "-Wdouble-promotion",
+                               "-Werror", "-fopenmp", "-fsyntax-only", str(source)],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr

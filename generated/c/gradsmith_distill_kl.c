@@ -28,6 +28,9 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
         return GS_ERR_NULL_POINTER;
     if (n_rows < 0 || n_classes < 1 || (n_rows > 0 && n_classes > INT64_MAX / n_rows))
         return GS_ERR_SHAPE;
+    (void)target;
+    (void)alpha;
+    (void)ignore_index;
     if (!(options[0] == options[0]) || options[0] <= 0.0)
         return GS_ERR_PARAMS;
     if (options[0] - options[0] != 0.0)
@@ -102,6 +105,9 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
         return GS_ERR_NULL_POINTER;
     if (n_rows < 0 || n_classes < 1 || (n_rows > 0 && n_classes > INT64_MAX / n_rows))
         return GS_ERR_SHAPE;
+    (void)target;
+    (void)alpha;
+    (void)ignore_index;
     if (!(options[0] == options[0]) || options[0] <= 0.0)
         return GS_ERR_PARAMS;
     if (options[0] - options[0] != 0.0)

@@ -28,6 +28,7 @@ int gs_focal_f32(const float *logits, const float *second, const int64_t *target
         return GS_ERR_NULL_POINTER;
     if (n_rows < 0 || n_classes < 1 || (n_rows > 0 && n_classes > INT64_MAX / n_rows))
         return GS_ERR_SHAPE;
+    (void)second;
     if (!(options[0] == options[0]) || options[0] < 0.0)
         return GS_ERR_PARAMS;
     if (options[0] - options[0] != 0.0)
@@ -76,8 +77,6 @@ int gs_focal_f32(const float *logits, const float *second, const int64_t *target
         const float coef_target = grad_scale*r0;
         for (int64_t c = 0; c < n_classes; ++c) {
             const float logit = row[c];
-            const float class_alpha = alpha ? alpha[c] : (float)1;
-            (void)class_alpha;
             const float shifted_p = logit - logit_max;
             const float log_p = -logit_log_sum_exp + shifted_p;
             const float p_j = expf(log_p);
@@ -99,6 +98,7 @@ int gs_focal_f64(const double *logits, const double *second, const int64_t *targ
         return GS_ERR_NULL_POINTER;
     if (n_rows < 0 || n_classes < 1 || (n_rows > 0 && n_classes > INT64_MAX / n_rows))
         return GS_ERR_SHAPE;
+    (void)second;
     if (!(options[0] == options[0]) || options[0] < 0.0)
         return GS_ERR_PARAMS;
     if (options[0] - options[0] != 0.0)
@@ -147,8 +147,6 @@ int gs_focal_f64(const double *logits, const double *second, const int64_t *targ
         const double coef_target = grad_scale*r0;
         for (int64_t c = 0; c < n_classes; ++c) {
             const double logit = row[c];
-            const double class_alpha = alpha ? alpha[c] : (double)1;
-            (void)class_alpha;
             const double shifted_p = logit - logit_max;
             const double log_p = -logit_log_sum_exp + shifted_p;
             const double p_j = exp(log_p);

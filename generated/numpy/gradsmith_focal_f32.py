@@ -20,7 +20,6 @@ def rows(logits, target, alpha, ignore_index, grad_scale, gamma, out):
     safe = np.where(counted[:, 0], target, 0)[:, None]
     target_logit = np.take_along_axis(logits, safe, axis=1)
     target_alpha = np.ones_like(target_logit) if alpha is None else alpha[safe]
-    class_alpha = 1 if alpha is None else alpha[None, :]
     logit = logits
     logit_scaled = logit
     logit_max = np.max(logit_scaled, axis=1, keepdims=True)
