@@ -262,3 +262,14 @@ def test_prove_and_latex_take_a_loss(capsys):
     assert main(["latex", "--loss", "focal", "--format", "md"]) == 0
     assert "expm1" in capsys.readouterr().out
     assert main(["prove", "--loss", "no_such_loss"]) == 2
+
+
+def test_bench_times_a_loss_beside_torch():
+    from gradsmith.codegen.bench import losses
+
+    report = losses.run("distill_kl", ((16, 5),), repeat=1, warmup=0, peers=("torch-eager",))
+    (row,) = report["rows"]
+    assert set(row["ms"]) == {"numpy", "c", "torch-eager"}
+    assert all(ms > 0 for ms in row["ms"].values())
+    table = losses.format_report(report)
+    assert "machine:" in table and "vs eager" in table and "16x5" in table

@@ -23,7 +23,10 @@ def _inputs(found, n_rows: int, n_classes: int, dtype: str, seed: int):
     return logits, rng.integers(0, n_classes, n_rows)
 
 
-def _torch_calls(found, logits, second, options: dict) -> dict[str, Any]:
+PEERS = ("torch-eager", "torch-compile")
+
+
+def _torch_calls(found, logits, second, options: dict, peers=PEERS) -> dict[str, Any]:
     """Fused forward + backward in torch, eager and compiled, of the module's torch form."""
     torch = machine.optional_torch()
     if torch is None or found.torch_rows is None:
@@ -40,15 +43,17 @@ def _torch_calls(found, logits, second, options: dict) -> dict[str, Any]:
     def eager():
         return step(found.torch_rows(torch, z, other, **options))
 
-    compiled_rows = torch.compile(lambda a, b: found.torch_rows(torch, a, b, **options))
-
     def compiled():
         return step(compiled_rows(z, other))
 
     def reset():
         z.grad = None
 
-    return {"torch-eager": (eager, reset), "torch-compile": (compiled, reset)}
+    calls = {"torch-eager": (eager, reset)}
+    if "torch-compile" in peers:
+        compiled_rows = torch.compile(lambda a, b: found.torch_rows(torch, a, b, **options))
+        calls["torch-compile"] = (compiled, reset)
+    return calls
 
 
 def _kernel_call(function, logits, second, options: dict):
@@ -56,7 +61,7 @@ def _kernel_call(function, logits, second, options: dict):
 
 
 def run(loss: str, shapes=SHAPES, dtype: str = "float32", repeat: int = 5, warmup: int = 1,
-        threads: int = 1, seed: int = 0) -> dict[str, Any]:
+        threads: int = 1, seed: int = 0, peers=PEERS) -> dict[str, Any]:
     """Time every contender on every shape; returns the report (rows and the machine)."""
     found = definition(loss)
     options = {o.name: o.default for o in found.options}
@@ -65,7 +70,7 @@ def run(loss: str, shapes=SHAPES, dtype: str = "float32", repeat: int = 5, warmu
         logits, second = _inputs(found, n_rows, n_classes, dtype, seed)
         calls = {name: (_kernel_call(load(name, dtype, loss=loss), logits, second, options), None)
                  for name in BACKENDS}
-        calls.update(_torch_calls(found, logits, second, options))
+        calls.update(_torch_calls(found, logits, second, options, peers))
         times = {name: measure(call, clock=HostClock(), repeat=repeat, warmup=warmup,
                                reset=reset).median_ms for name, (call, reset) in calls.items()}
         rows.append({"shape": f"{n_rows}x{n_classes}", "dtype": dtype, "ms": times})
