@@ -273,3 +273,21 @@ def test_bench_times_a_loss_beside_torch():
     assert all(ms > 0 for ms in row["ms"].values())
     table = losses.format_report(report)
     assert "machine:" in table and "vs eager" in table and "16x5" in table
+
+
+def test_a_wrong_closed_form_is_refused():
+    import dataclasses
+
+    import sympy as sp
+    from gradsmith.derive.check import ProofError
+
+    focal = definition("focal")
+
+    def by_hand(row, gamma):  # the usual slip: the gamma term's sign flipped
+        j = sp.Symbol("j", integer=True, nonnegative=True)
+        p_t, log_p_t = row.p(row.t), row.log_p(row.t)
+        factor = (1 - p_t) ** gamma + gamma * (1 - p_t) ** (gamma - 1) * p_t * log_p_t
+        return row.alpha(row.t) * factor * (row.p(j) - sp.KroneckerDelta(j, row.t))
+
+    with pytest.raises(ProofError, match="closed form"):
+        prove(dataclasses.replace(focal, closed_form=by_hand), definition)
