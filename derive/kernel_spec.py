@@ -16,7 +16,7 @@ from itertools import product
 import sympy as sp
 from gradsmith.derive.check import Verdict, check_equal
 from gradsmith.derive.losses import cross_entropy
-from gradsmith.derive.row_loss import ConcreteRow
+from gradsmith.derive.row_loss_definition import ConcreteRow
 
 TARGET_KINDS = ("index", "probs")
 

@@ -11,7 +11,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from gradsmith.derive.row_loss import LossDefinition
+from gradsmith.derive.row_loss_definition import LossDefinition
 
 LOSSES = ("cross_entropy", "focal", "distill_kl")
 DEFAULT = "cross_entropy"

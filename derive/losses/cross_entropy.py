@@ -9,7 +9,7 @@ verified against :func:`loss` for concrete C; the generic pipeline derives the p
 from __future__ import annotations
 
 import sympy as sp
-from gradsmith.derive.row_loss import LossDefinition
+from gradsmith.derive.row_loss_definition import LossDefinition
 
 
 def smoothed_target(prob: sp.Expr, classes: sp.Expr, label_smoothing: sp.Expr) -> sp.Expr:

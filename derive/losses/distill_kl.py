@@ -8,7 +8,7 @@ T (p - q).  The teacher's logits get no gradient: they are a target.
 from __future__ import annotations
 
 import sympy as sp
-from gradsmith.derive.row_loss import LossDefinition, Option, Reduction
+from gradsmith.derive.row_loss_definition import LossDefinition, Option, Reduction
 
 
 def loss(row, temperature) -> sp.Expr:

@@ -8,7 +8,7 @@ down-weights rows the model already gets right.  "mean" divides by the number of
 from __future__ import annotations
 
 import sympy as sp
-from gradsmith.derive.row_loss import LossDefinition, Option
+from gradsmith.derive.row_loss_definition import LossDefinition, Option
 
 
 def loss(row, gamma) -> sp.Expr:

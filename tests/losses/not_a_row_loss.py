@@ -1,6 +1,6 @@
 """A loss whose gradient is not coef_p p_j + coef_target [j = t]: it reads z_j itself."""
 
-from gradsmith.derive.row_loss import LossDefinition
+from gradsmith.derive.row_loss_definition import LossDefinition
 
 
 def loss(row):

@@ -1,7 +1,7 @@
 """Poly-1 (Leng et al., 2022): cross-entropy plus epsilon (1 - p_t), a loss from outside gradsmith."""
 
 import sympy as sp
-from gradsmith.derive.row_loss import LossDefinition, Option
+from gradsmith.derive.row_loss_definition import LossDefinition, Option
 
 
 def loss(row, epsilon):
