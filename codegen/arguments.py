@@ -59,14 +59,21 @@ def _real(name: str, value: Any, *, low: float | None = None, high: float | None
 real = _real
 
 
-def check_logits(logits: Any, dtype: str, *, name: str = "logits", copy: bool = True) -> Any:
-    """A 2-D array of ``dtype`` with at least one class; rows made contiguous when ``copy``."""
+def check_logits(logits: Any, dtype: str, *, name: str = "logits", copy: bool = True,
+                 backend_dtypes: tuple[str, ...] = ()) -> Any:
+    """A 2-D array of ``dtype`` with at least one class; rows made contiguous when ``copy``.
+
+    ``backend_dtypes`` (the dtypes the calling backend can load) lets a dtype mismatch advise
+    only what can work."""
     if not hasattr(logits, "ndim") or not hasattr(logits, "dtype"):
         raise TypeError(f"{name} must be an array, got {type(logits).__name__}")
     if logits.ndim != 2:
         raise ValueError(f"{name} must have shape (N, C), got shape {tuple(logits.shape)}")
     if str(logits.dtype) != dtype:
-        raise TypeError(f"{name} must be {dtype} for this kernel, got {logits.dtype}; cast it or load dtype={str(logits.dtype)!r}")
+        given = str(logits.dtype)
+        advice = (f"cast it or load dtype={given!r}" if given in backend_dtypes else
+                  f"cast it to one of {', '.join(backend_dtypes)}" if backend_dtypes else "cast it")
+        raise TypeError(f"{name} must be {dtype} for this kernel, got {given}; {advice}")
     if int(logits.shape[1]) < 1:
         raise ValueError(f"{name} must have at least one class (C >= 1)")
     return np.ascontiguousarray(logits) if copy else logits
@@ -99,17 +106,21 @@ def check_index_target(target: Any, n_rows: int, n_classes: int, ignore_index: A
     return target
 
 
-def check_grad_output(grad_output: Any, n_rows: int, per_row: bool, dtype: Any, *,
-                      xp: Any = np) -> Any:
-    """None, or grad_output as an array of shape (N,) (per-row reductions) or () in ``dtype``."""
+def check_grad_output(grad_output: Any, n_rows: int, reduction: str, per_row: bool, dtype: Any,
+                      *, xp: Any = np) -> Any:
+    """None, or grad_output in ``dtype``: shape (N,) for a per-row reduction, else 0-d."""
     if grad_output is None:
         return None
     grad_output = xp.asarray(grad_output)
     expected = (n_rows,) if per_row else ()
     if tuple(grad_output.shape) != expected:
-        kind = "reduction='none'" if per_row else "a reduced loss"
-        raise ValueError(f"grad_output must have shape {expected} for {kind}, got {tuple(grad_output.shape)}")
-    return xp.ascontiguousarray(grad_output, dtype=dtype)
+        raise ValueError(f"grad_output must have shape {expected} for reduction={reduction!r}, got {tuple(grad_output.shape)}")
+    # asarray, not ascontiguousarray: that makes a 0-d grad_output 1-d, which the NumPy
+    # kernels then slice per block of rows.
+    grad_output = xp.asarray(grad_output, dtype=dtype)
+    if grad_output.ndim:
+        grad_output = xp.ascontiguousarray(grad_output)
+    return grad_output
 
 
 def _row_major(name: str, array: Any, xp: Any) -> Any:
@@ -134,12 +145,16 @@ def prepare_call(
     lse_square_scale: float = 0.0,
     softcap: float | None = None,
     grad_output: Any = None,
+    backend_dtypes: tuple[str, ...] = (),
     return_lse: bool = False,
     inplace: bool = False,
     check_targets: bool = True,
 ) -> CrossEntropyCall:
-    """Check every argument against ``torch.nn.functional.cross_entropy``'s rules."""
-    check_logits(logits, dtype, copy=False)
+    """Check every argument against ``torch.nn.functional.cross_entropy``'s rules.
+
+    ``backend_dtypes`` (the dtypes the calling backend can load) lets a dtype mismatch advise
+    only what can work."""
+    check_logits(logits, dtype, copy=False, backend_dtypes=backend_dtypes)
     n_rows, n_classes = (int(s) for s in logits.shape)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -189,7 +204,8 @@ def prepare_call(
             raise TypeError(f"weight must be {dtype} like logits, got {weight.dtype}")
         weight = xp.ascontiguousarray(weight)
 
-    grad_output = check_grad_output(grad_output, n_rows, reduction == "none", logits.dtype, xp=xp)
+    grad_output = check_grad_output(grad_output, n_rows, reduction, reduction == "none",
+                                    logits.dtype, xp=xp)
 
     original = logits
     logits = _row_major("logits", logits, xp)

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-
-BACKENDS = ("numpy", "c", "cuda")
-DTYPES = {
-    "numpy": ("float32", "float64"),
-    "c": ("float32", "float64"),
-    "cuda": ("float32", "float64", "bfloat16", "float16"),
-}
 
 
 def shipped_kernels() -> Path:
@@ -48,6 +40,12 @@ def load(backend: str, dtype: str = "float32", *, kernels: str | os.PathLike | N
     ``loss`` names another loss of ``gradsmith.derive.losses`` (or the path of a loss module);
     its callable takes that loss's options (see the README).
     """
+    from gradsmith.codegen.registry import backend as find
+
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype must be a str such as 'float32', got {type(dtype).__name__}")
     from gradsmith.derive.losses import DEFAULT, definition
 
     found = definition(loss)
@@ -55,9 +53,4 @@ def load(backend: str, dtype: str = "float32", *, kernels: str | os.PathLike | N
         from gradsmith.codegen import row_loss_runtime
 
         return row_loss_runtime.load(found, backend, dtype, kernel_tree(kernels))
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if dtype not in DTYPES[backend]:
-        raise ValueError(f"dtype for backend {backend!r} must be one of {DTYPES[backend]}, got {dtype!r}")
-    runtime = importlib.import_module(f"gradsmith.codegen.backends.{backend}.runtime")
-    return runtime.load(dtype, kernels=kernel_tree(kernels))
+    return find(backend).load(dtype, kernel_tree(kernels))

@@ -1,5 +1,5 @@
-"""Shared pieces of the compiled backends: the ``gs_ce_params`` struct, and building a library
-once per content into a cache.
+"""Shared pieces of the compiled backends: the ctypes ``Params`` and ``Status`` of the ABI
+(:mod:`gradsmith.codegen.abi`), and building a library once per content into a cache.
 
 The cache key is a sha256 of everything that shapes the binary (sources, flags, compiler
 version, ...); a library is built into a temporary file and renamed into place, so concurrent
@@ -8,59 +8,46 @@ first uses never load a half-written file.
 
 from __future__ import annotations
 
-import ctypes
-import enum
 import hashlib
 import os
 import shlex
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from gradsmith.codegen.abi import params_structure, status_enum
+
 COMPILE_SECONDS = 600
 
 
-class Status(enum.IntEnum):
-    """Status codes of the C and CUDA entry points (``GS_OK``, ``GS_ERR_*`` in the headers)."""
-
-    OK = 0
-    NULL_POINTER = 1
-    SHAPE = 2
-    TARGET = 3
-    PARAMS = 4
-    CUDA = 5
-
-    def describe(self) -> str:
-        return _STATUS_TEXT[self]
+Status = status_enum()
+Params = params_structure()
 
 
-_STATUS_TEXT = {
-    Status.OK: "success",
-    Status.NULL_POINTER: "a required pointer is NULL",
-    Status.SHAPE: "bad shape or stride",
-    Status.TARGET: "a target is outside [0, C) and is not ignore_index",
-    Status.PARAMS: "a parameter is out of range",
-    Status.CUDA: "a CUDA launch failed",
-}
-
-
-class Params(ctypes.Structure):
-    """``gs_ce_params`` of the C and CUDA headers."""
-
-    _fields_ = [
-        ("ignore_index", ctypes.c_int64),
-        ("reduction", ctypes.c_int32),
-        ("reserved", ctypes.c_int32),
-        ("label_smoothing", ctypes.c_double),
-        ("lse_square_scale", ctypes.c_double),
-        ("softcap", ctypes.c_double),
-    ]
+def call_params(call) -> Params:
+    """The ``gs_ce_params`` of a prepared call (:func:`gradsmith.codegen.arguments.prepare_call`)."""
+    return Params(
+        ignore_index=call.ignore_index,
+        reduction=call.reduction_code,
+        reserved=0,
+        label_smoothing=call.label_smoothing,
+        lse_square_scale=call.lse_square_scale,
+        softcap=0.0 if call.softcap is None else call.softcap,
+    )
 
 
 def cache_dir() -> Path:
-    """$GRADSMITH_CACHE, else ~/.cache/gradsmith."""
-    return Path(os.environ.get("GRADSMITH_CACHE") or Path.home() / ".cache" / "gradsmith")
+    """Where compiled kernels go: $GRADSMITH_CACHE, else the platform's per-user cache folder
+    ($XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS) /gradsmith."""
+    if os.environ.get("GRADSMITH_CACHE"):
+        return Path(os.environ["GRADSMITH_CACHE"])
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "gradsmith"
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "gradsmith" / "Cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gradsmith"
 
 
 def content_key(parts: Iterable[str | bytes]) -> str:

@@ -39,6 +39,17 @@ def _prove(found: rl.LossDefinition) -> None:
         _PROVEN.add((found.name, id(found)))
 
 
+def resolve_loss(loss) -> rl.LossDefinition:
+    """The definition of a loss named on the command line; a bad name or a definition that does
+    not fit is the user's error (one line, exit status 2)."""
+    from gradsmith.codegen.errors import UserError
+
+    try:
+        return definition(loss)
+    except (ValueError, TypeError) as error:
+        raise UserError(str(error)) from error
+
+
 def numpy_path(name: str, dtype: str) -> str:
     return f"numpy/gradsmith_{name}_{SUFFIXES[dtype]}.py"
 

@@ -67,12 +67,13 @@ def make_callable(definition: LossDefinition, dtype: str, kernel: Callable) -> C
 
     def loss(logits, second, *, alpha=None, ignore_index=-100,
              reduction=definition.default_reduction, grad_output=None, **options):
-        logits = check_logits(logits, dtype)
+        logits = check_logits(logits, dtype, backend_dtypes=DTYPES)
         n_rows, n_classes = (int(s) for s in logits.shape)
         if reduction not in names:
             raise ValueError(f"reduction must be one of {tuple(names)}, got {reduction!r}")
         values = _option_values(definition, options)
-        grad_output = check_grad_output(grad_output, n_rows, reduction == "none", logits.dtype)
+        grad_output = check_grad_output(grad_output, n_rows, reduction, reduction == "none",
+                                        logits.dtype)
         target = None
         if teacher:
             if alpha is not None or ignore_index != -100:

@@ -307,6 +307,7 @@ def verify_spec(spec: KernelSpec, classes: int = 3, target: int = 1) -> list[tup
             (f"{spec.name}: dlogit_{j}", _check(emitted, expected, f"{spec.name} dL/dz_{j}"))
         )
     results.append((f"{spec.name}: online rescale", verify_online_rescale(spec)))
+    results.append((f"{spec.name}: online merge", verify_online_merge(spec)))
     results.append((f"{spec.name}: dlogit from stored", verify_stored_gradient(spec)))
     return results
 
@@ -349,6 +350,34 @@ def verify_online_rescale(spec: KernelSpec) -> Verdict:
     return check_equal(
         spec.rescale_shifted_sum.subs(state), new_sums[2], step=f"{spec.name} rescale shifted_sum"
     )
+
+
+def verify_online_merge(
+    spec: KernelSpec, merge_sum_exp: sp.Expr | None = None, merge_shifted_sum: sp.Expr | None = None
+) -> Verdict:
+    """Two partial states, each taken at its own maximum and merged at new_max by the spec's
+    merge expressions (added part by part, as the CUDA kernels do), equal the sums taken at
+    new_max over both parts.  The arguments replace the spec's expressions (to show that a
+    wrong one is refused)."""
+    merge_sum_exp = spec.merge_sum_exp if merge_sum_exp is None else merge_sum_exp
+    merge_shifted_sum = spec.merge_shifted_sum if merge_shifted_sum is None else merge_shifted_sum
+    values = sp.symbols("v_0:3", real=True)
+    coefficients = sp.symbols("a_0:3", real=True)
+    part_max = sp.Symbol("part_max", real=True)
+    merged_exp = merged_shifted = sp.Integer(0)
+    for part, pivot in (((0, 1), old_max), ((2,), part_max)):
+        state = {
+            sum_exp: sp.Add(*[sp.exp(values[i] - pivot) for i in part]),
+            weight_sum: sp.Add(*[coefficients[i] for i in part]),
+            shifted_sum: sp.Add(*[coefficients[i] * (values[i] - pivot) for i in part]),
+            old_max: pivot,
+        }
+        merged_exp += merge_sum_exp.xreplace(state)
+        merged_shifted += merge_shifted_sum.xreplace(state)
+    total_exp = sp.Add(*[sp.exp(v - new_max) for v in values])
+    total_shifted = sp.Add(*[a * (v - new_max) for a, v in zip(coefficients, values, strict=True)])
+    check_equal(merged_exp, total_exp, step=f"{spec.name} merge sum_exp")
+    return check_equal(merged_shifted, total_shifted, step=f"{spec.name} merge shifted_sum")
 
 
 def _check(lhs: sp.Expr, rhs: sp.Expr, step: str) -> Verdict:

@@ -1,7 +1,9 @@
 """Shared fixtures: the backends this machine can run, per-dtype tolerances, seeded inputs.
 
-A backend that cannot be used here (no C compiler, no GPU or CuPy, or ``gradsmith.load``
-refusing it) makes its tests skip with the reason.  Set ``GRADSMITH_REQUIRE_BACKENDS`` to a
+Backends and their dtypes come from the registry (``gradsmith.codegen.registry``), the
+tolerances from ``gradsmith.codegen.validate.tolerance``.  A backend that cannot be used here
+(its ``unavailable()`` reason, or ``gradsmith.load`` refusing it) makes its tests skip with the
+reason.  Set ``GRADSMITH_REQUIRE_BACKENDS`` to a
 comma-separated list (for instance ``numpy,c``) to turn those skips into failures, so that CI
 notices a backend that stopped loading.
 """
@@ -10,44 +12,21 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from gradsmith.codegen import registry
+from gradsmith.codegen.validate.tolerance import TOLERANCES, Tolerance  # noqa: F401 - for tests
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-BACKENDS = ("numpy", "c", "cuda")
+BACKENDS = registry.names()
 HOST_DTYPES = ("float64", "float32")
-CUDA_ONLY_DTYPES = ("float16", "bfloat16")
+# 16-bit storage types, tested on the backends that declare them.
+LOW_PRECISION_DTYPES = ("float16", "bfloat16")
 LOAD_ERRORS = (ValueError, TypeError, ImportError, OSError, RuntimeError, NotImplementedError)
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """``|actual - expected| <= rtol * |expected| + atol * scale`` elementwise.
-
-    ``scale`` is the largest finite magnitude of the expected array (1 when it is all zero),
-    so ``atol`` is relative to the size of the quantity (a mean gradient is about 1/N).
-    """
-
-    rtol: float
-    atol: float
-
-
-# Against the exact result on the inputs as stored in the dtype.  float64 and float32 allow a
-# few hundred ulps (row sums over up to ~100 classes, exp/log/tanh each within a few ulps);
-# float16 and bfloat16 store the result, so one rounding of the output dominates (2^-11 and
-# 2^-8 relative), with float32 arithmetic inside.
-TOLERANCES = {
-    "float64": Tolerance(rtol=1e-10, atol=1e-12),
-    "float32": Tolerance(rtol=3e-5, atol=3e-6),
-    "float16": Tolerance(rtol=2e-3, atol=1e-3),
-    "bfloat16": Tolerance(rtol=1.6e-2, atol=8e-3),
-}
 
 
 def _required_backends() -> set[str]:
@@ -56,19 +35,7 @@ def _required_backends() -> set[str]:
 
 
 def _prerequisite_missing(backend: str) -> str | None:
-    if backend == "c" and not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
-        return "no C compiler (cc) on PATH"
-    if backend == "cuda":
-        try:
-            import cupy
-        except ImportError:
-            return "CuPy is not installed"
-        try:
-            if cupy.cuda.runtime.getDeviceCount() < 1:
-                return "no CUDA GPU"
-        except Exception as error:  # noqa: BLE001 - any CUDA runtime failure means no GPU
-            return f"no usable CUDA GPU ({type(error).__name__}: {error})"
-    return None
+    return registry.backend(backend).unavailable()
 
 
 @functools.cache
@@ -82,7 +49,7 @@ def _load(backend: str, dtype: str):
     try:
         return gradsmith.load(backend, dtype)
     except LOAD_ERRORS as error:
-        return f"gradsmith.gradsmith.load({backend!r}, {dtype!r}) failed: {type(error).__name__}: {error}"
+        return f"gradsmith.load({backend!r}, {dtype!r}) failed: {type(error).__name__}: {error}"
 
 
 def load_backend(backend: str, dtype: str):
@@ -108,16 +75,19 @@ def available_backends(dtype: str) -> dict[str, object]:
 
 
 def backend_params(dtypes=HOST_DTYPES, low_precision: bool = False):
-    """pytest params over (backend, dtype); CUDA ones carry the ``gpu`` marker.
+    """pytest params over (backend, dtype); GPU backends' carry the ``gpu`` marker.
 
-    With ``low_precision``, CUDA also gets float16 and bfloat16 (storage types it alone has).
+    With ``low_precision``, a backend also gets the storage dtypes beyond ``HOST_DTYPES`` that
+    it declares (float16 and bfloat16 on CUDA).
     """
     params = []
-    for backend in BACKENDS:
-        marks = (pytest.mark.gpu,) if backend == "cuda" else ()
-        names = tuple(dtypes) + (CUDA_ONLY_DTYPES if low_precision and backend == "cuda" else ())
+    for backend in registry.backends().values():
+        marks = (pytest.mark.gpu,) if backend.gpu else ()
+        extra = [d for d in LOW_PRECISION_DTYPES if d in backend.dtypes] if low_precision else []
+        names = [d for d in dtypes if d in backend.dtypes] + extra
         for dtype in names:
-            params.append(pytest.param(backend, dtype, marks=marks, id=f"{backend}-{dtype}"))
+            params.append(pytest.param(backend.name, dtype, marks=marks,
+                                       id=f"{backend.name}-{dtype}"))
     return params
 
 

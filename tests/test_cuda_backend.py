@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gradsmith.codegen.backends.cuda import render
+from gradsmith.codegen.abi import SUFFIXES
+from gradsmith.codegen.backends.cuda import BACKEND, render
 from gradsmith.derive.kernel_spec import all_specs
 
 try:
@@ -384,7 +385,7 @@ gpu = pytest.mark.skipif(not _gpu_available(), reason="no NVIDIA GPU / CuPy")
 
 
 @needs_nvcc
-@pytest.mark.parametrize("suffix", ["f32", "f64", "bf16", "f16"])
+@pytest.mark.parametrize("suffix", [SUFFIXES[dtype] for dtype in BACKEND.dtypes])
 def test_launchers_refuse_bad_arguments_before_any_launch(suffix):
     """The runtime's library, loaded through its ctypes declarations, answers status codes
     for bad arguments without touching a device (so this runs without a GPU)."""
@@ -418,7 +419,7 @@ def test_launchers_refuse_bad_arguments_before_any_launch(suffix):
 
 
 @needs_nvcc
-@pytest.mark.parametrize("suffix", ["f32", "bf16"])
+@pytest.mark.parametrize("suffix", [SUFFIXES["float32"], SUFFIXES["bfloat16"]])
 def test_launchers_accept_null_row_arrays_for_an_empty_batch(suffix):
     """N = 0 is valid, and an allocator's empty arrays (CuPy's) have a NULL data pointer: the
     launchers must not refuse them (only loss, for mean and sum, is still needed)."""

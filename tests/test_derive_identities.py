@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -18,7 +20,10 @@ from gradsmith.derive.steps import DerivationBuilder
 def test_stability_identities_hold(build):
     derivation = build()
     assert len(derivation.steps) >= 3
-    assert all(step.verdict is not None for step in derivation.steps[1:])
+    for step in derivation.steps[1:]:  # a numeric check states its precision and points
+        assert step.verdict.method == "symbolic" or re.fullmatch(
+            r"mpmath \d+ digits, \d+ random points for C in \(.+\)", step.verdict.detail
+        ), (step.rule, step.verdict)
 
 
 def test_option_results_are_the_closed_forms():
@@ -29,7 +34,7 @@ def test_option_results_are_the_closed_forms():
     assert softcap == (options.q[i] - y[i]) * (1 - sp.tanh(options.z[i] / options.cap) ** 2)
     weighted = options.weighted_label_smoothing()
     assert "t is a class index" in [a.name for a in weighted.assumptions]
-    assert options.weighted_probability_targets().method in ("symbolic", "numeric")
+    assert options.weighted_probability_targets().method == "symbolic"
 
 
 def test_z_loss_without_the_factor_two_is_rejected():

@@ -64,7 +64,7 @@ def test_error_bound_is_proven(dtype):
         1 + bound.reduction_relative) - 1
     assert Fraction(1, 3) < bound.reduced_radius < Fraction(7, 20)  # ln2/2 plus a little
     steps = dict(bound.verdicts)
-    assert steps["exp(x) = 2^k exp(x - k ln2)"].method in ("symbolic", "numeric")
+    assert {verdict.method for verdict in steps.values()} == {"symbolic"}
     assert set(steps) == {
         "exp(x) = 2^k exp(x - k ln2)", "2^k = 2^(k+K) 2^-K", "Horner form = coefficients"
     }

@@ -45,3 +45,23 @@ def test_from_stored_needs_the_softmax_term():
 def test_verify_spec_includes_the_stored_gradient():
     names = [name for name, _ in ks.verify_spec(ks.kernel_spec("index", False, False))]
     assert "index: dlogit from stored" in names
+
+
+@pytest.mark.parametrize("spec", ks.all_specs(), ids=lambda spec: spec.name)
+def test_the_merge_of_two_partial_rows_is_proven(spec):
+    assert ks.verify_online_merge(spec).method == "symbolic"
+    assert f"{spec.name}: online merge" in dict(ks.verify_spec(spec))
+
+
+@pytest.mark.parametrize(
+    ("sum_exp", "shifted_sum"),
+    [
+        (ks.sum_exp * sp.exp(ks.new_max - ks.old_max), None),  # rescaled the wrong way
+        (None, ks.shifted_sum + ks.weight_sum * (ks.new_max - ks.old_max)),
+        (None, ks.shifted_sum),  # the shift of the linear sum forgotten
+    ],
+)
+def test_a_wrong_merge_is_refused(sum_exp, shifted_sum):
+    spec = ks.kernel_spec("probs", True, False)
+    with pytest.raises(ProofError, match="merge"):
+        ks.verify_online_merge(spec, merge_sum_exp=sum_exp, merge_shifted_sum=shifted_sum)

@@ -127,9 +127,10 @@ def _generated(backend: str, device: str, *, inplace: bool = False) -> Callable[
     """The generated kernel; ``inplace`` writes dlogits over a copy of the logits, refilled untimed."""
 
     def prepare(inputs: Inputs) -> Prepared:
-        from gradsmith.codegen.loading import DTYPES, load
+        from gradsmith.codegen.loading import load
+        from gradsmith.codegen.registry import backends
 
-        if inputs.case.dtype not in DTYPES[backend]:
+        if inputs.case.dtype not in backends()[backend].dtypes:
             raise Skip(f"{backend} backend has no {inputs.case.dtype}")
         if device == "gpu":
             xp = machine.optional_cupy()
@@ -199,9 +200,12 @@ def _textbook(inputs: Inputs) -> Prepared:
 
 def contenders(backends: tuple[str, ...], *, gpu: bool, inplace: bool = False) -> Iterator[Contender]:
     """In table order: generated backends (and their in-place mode), then the peers."""
-    for backend, device in (("numpy", "cpu"), ("c", "cpu"), ("cuda", "gpu")):
+    from gradsmith.codegen.registry import backends as registered
+
+    for backend, declared in registered().items():
         if backend not in backends:
             continue
+        device = "gpu" if declared.gpu else "cpu"
         yield Contender(backend, backend, device, True, _generated(backend, device))
         if inplace and backend != "numpy":
             name = f"{backend}-inplace"

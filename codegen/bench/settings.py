@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-GENERATED = ("numpy", "c", "cuda")
+from gradsmith.codegen.registry import names
+from gradsmith.codegen.registry import parse_backends as parse_names
+
+GENERATED = names()
 PEERS = ("torch", "textbook")
 BACKENDS = GENERATED + PEERS
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -68,7 +71,7 @@ def _names(option: str, text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def parse_backends(text: str) -> tuple[str, ...]:
-    return _names("--backends", text, BACKENDS)
+    return parse_names(text, extra=PEERS)
 
 
 def parse_dtypes(text: str) -> tuple[str, ...]:

@@ -20,7 +20,9 @@ from gradsmith.codegen.bench.settings import (
     parse_dtypes,
     parse_shapes,
 )
-from gradsmith.derive.losses import DEFAULT, definition
+from gradsmith.codegen.errors import UserError
+from gradsmith.codegen.row_loss import resolve_loss
+from gradsmith.derive.losses import DEFAULT
 
 
 def _shapes_help() -> str:
@@ -68,14 +70,17 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.loss is not None and definition(args.loss).name != DEFAULT:
+    if args.loss is not None and resolve_loss(args.loss).name != DEFAULT:
         return _run_loss(args)
-    settings = settings_from(args)
-    if args.plot is not None:
-        require_matplotlib()
+    try:  # everything here checks the options, before anything is measured
+        settings = settings_from(args)
+        if args.plot is not None:
+            require_matplotlib()
+    except ValueError as error:
+        raise UserError(str(error)) from error
     for path in (args.json, args.plot):
         if path is not None and not path.parent.is_dir():
-            raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
+            raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
     report = run_benchmark(settings)
     print(format_table(report))
     if args.json is not None:
@@ -88,12 +93,15 @@ def run(args: argparse.Namespace) -> int:
 def _run_loss(args: argparse.Namespace) -> int:
     from gradsmith.codegen.bench import losses
 
-    shapes = losses.SHAPES if args.shapes is None else parse_shapes(args.shapes)
-    (dtype,) = parse_dtypes(args.dtypes) if args.dtypes else ("float32",)
-    threads = check_threads(args.threads)
+    try:  # the options first, before anything is measured
+        shapes = losses.SHAPES if args.shapes is None else parse_shapes(args.shapes)
+        (dtype,) = parse_dtypes(args.dtypes) if args.dtypes else ("float32",)
+        threads = check_threads(args.threads)
+        repeat = check_repeat(args.repeat)
+    except ValueError as error:
+        raise UserError(str(error)) from error
     machine.set_threads(threads)
-    report = losses.run(args.loss, shapes, dtype, check_repeat(args.repeat), args.warmup,
-                        threads, args.seed)
+    report = losses.run(args.loss, shapes, dtype, repeat, args.warmup, threads, args.seed)
     print(losses.format_report(report))
     if args.json is not None:
         write_json(report, args.json)

@@ -18,23 +18,14 @@ import gradsmith
 import numpy as np
 import sympy as sp
 from gradsmith.codegen.datasets import Split, digits_split
+from gradsmith.codegen.errors import UserError
+from gradsmith.codegen.registry import backends_option, names
 
-BACKEND_NAMES = ("numpy", "c", "cuda")
 MIN_ACCURACY = 0.90
 # Relative difference allowed between the backends' final training losses: each step differs
 # by rounding only, and gradient descent on this convex loss does not amplify it.
 LOSS_TOLERANCE = {"float64": 1e-8, "float32": 1e-4}
 UNAVAILABLE = (ValueError, TypeError, ImportError, OSError, RuntimeError, NotImplementedError)
-
-
-def _backends(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [name for name in names if name not in BACKEND_NAMES]
-    if not names or unknown or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(
-            f"--backends takes a comma-separated subset of {','.join(BACKEND_NAMES)}, got {text!r}"
-        )
-    return names
 
 
 def _positive(kind: type) -> Callable[[str], float | int]:
@@ -51,8 +42,8 @@ def _positive(kind: type) -> Callable[[str], float | int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backends", type=_backends, default=BACKEND_NAMES,
-                        help="comma-separated subset of numpy,c,cuda (default: all; "
+    parser.add_argument("--backends", type=backends_option(), default=names(),
+                        help=f"comma-separated subset of {','.join(names())} (default: all; "
                         "unavailable ones are skipped with the reason)")
     parser.add_argument("--epochs", type=_positive(int), default=20, help="passes over the data")
     parser.add_argument("--lr", type=_positive(float), default=0.5, help="learning rate")
@@ -142,7 +133,7 @@ def train(
 
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 0:
-        raise ValueError(f"--batch-size must be 0 (full batch) or positive, got {args.batch_size}")
+        raise UserError(f"--batch-size must be 0 (full batch) or positive, got {args.batch_size}")
     data = digits_split()
     gradients = parameter_gradient_functions()
     print(f"digits: {len(data.y_train)} training rows, {len(data.y_test)} held out, "

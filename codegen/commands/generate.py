@@ -6,23 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from gradsmith.codegen.render import BACKEND_NAMES, diff_tree, render_all, write_tree
-
-
-def _backends(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [name for name in names if name not in BACKEND_NAMES]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"--backends takes a comma-separated subset of {','.join(BACKEND_NAMES)}, got {text!r}"
-        )
-    return names
+from gradsmith.codegen.errors import UserError
+from gradsmith.codegen.registry import backends_option, names
+from gradsmith.codegen.render import diff_tree, render_all, write_tree
+from gradsmith.codegen.row_loss import resolve_loss
+from gradsmith.derive.row_loss_definition import RowLossError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("generated"), help="output folder (default: generated)")
     parser.add_argument("--check", action="store_true", help="compare with --out instead of writing; exit 1 and show a diff if it differs")
-    parser.add_argument("--backends", type=_backends, default=BACKEND_NAMES, help="comma-separated subset of numpy,c,cuda")
+    parser.add_argument("--backends", type=backends_option(), default=names(),
+                        help=f"comma-separated subset of {','.join(names())} (default: all)")
     parser.add_argument("--loss", action="append", default=[], metavar="FILE",
                         help="also emit the loss defined in this module file (repeatable)")
 
@@ -30,9 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+        raise UserError(f"--out {out} exists and is not a folder")
     print(f"deriving and rendering {', '.join(args.backends)} ...", file=sys.stderr)
-    files = render_all(args.backends, args.loss)
+    for loss in args.loss:
+        resolve_loss(loss)
+    try:
+        files = render_all(args.backends, args.loss)
+    except RowLossError as error:  # a definition that does not fit is the user's to fix
+        raise UserError(str(error)) from error
     if args.check:
         diff = diff_tree(files, out, args.backends)
         if diff:

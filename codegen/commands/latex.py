@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 
 from gradsmith.codegen.atomic import write_atomically
+from gradsmith.codegen.errors import UserError
+from gradsmith.codegen.row_loss import resolve_loss
 from gradsmith.derive.latex import FORMATS, document
 from gradsmith.derive.losses import DEFAULT, definition
 from gradsmith.derive.row_loss_latex import document as loss_document
@@ -28,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.pdf and args.format != "latex":
-        raise ValueError("--pdf needs --format latex")
+        raise UserError("--pdf needs --format latex")
     if args.pdf and shutil.which("pdflatex") is None:
         raise OSError("--pdf: pdflatex not found; install it (Debian: texlive-latex-base) "
                       "or use --out FILE.tex")
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         if folder is not None and not folder.is_dir():
             raise OSError(f"{option}: cannot write {target}: folder {folder} does not exist")
     print("building and checking every derivation ...", file=sys.stderr)
-    found = definition(args.loss) if args.loss is not None else None
+    found = resolve_loss(args.loss) if args.loss is not None else None
     if found is not None and found.name != DEFAULT:
         text = loss_document(found, args.format, definition)
     else:

@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from gradsmith.codegen.errors import UserError
+from gradsmith.codegen.row_loss import resolve_loss
 from gradsmith.derive.claims import (
     SYMBOLIC_GROUP,
     ClaimResult,
@@ -16,7 +18,8 @@ from gradsmith.derive.claims import (
     registry,
     run_claims,
 )
-from gradsmith.derive.losses import DEFAULT, definition
+from gradsmith.derive.losses import DEFAULT
+from gradsmith.derive.row_loss_definition import RowLossError
 
 DEFAULT_CLASSES = "1..16"
 
@@ -36,14 +39,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    class_counts = parse_classes(args.classes)
+    try:
+        class_counts = parse_classes(args.classes)
+    except ValueError as error:
+        raise UserError(str(error)) from error
     if args.jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     claims = registry(class_counts)
     if args.loss is not None:
-        found = definition(args.loss)
+        found = resolve_loss(args.loss)
         if found.name != DEFAULT:
-            return _report(args, loss_results(args.loss), 0.0)
+            try:
+                return _report(args, loss_results(args.loss), 0.0)
+            except RowLossError as error:
+                raise UserError(str(error)) from error
     start = time.perf_counter()
     results = run_claims(claims, jobs=args.jobs, progress=_progress)
     return _report(args, results, time.perf_counter() - start)

@@ -3,7 +3,7 @@
  * Template: c/gradsmith_ce.c.j2
  * Derivation: 2a3ceac30859a2da (sha256 of the kernel spec's SymPy expressions)
  * Operations after CSE: 888
- * ABI: C99; int gs_ce_index_f32/f64 and gs_ce_probs_f32/f64 (see gradsmith_ce.h); status codes GS_OK=0, NULL_POINTER=1, SHAPE=2, TARGET=3, PARAMS=4
+ * ABI: int gs_ce_index_{f32,f64}, gs_ce_probs_{f32,f64}; status codes GS_OK=0, GS_ERR_NULL_POINTER=1, GS_ERR_SHAPE=2, GS_ERR_TARGET=3, GS_ERR_PARAMS=4, GS_ERR_CUDA=5
  * Regenerate with: gradsmith generate
  */
 #include "gradsmith_ce.h"
@@ -3637,11 +3637,10 @@ static int gs_rows_probs_weighted_softcap_f32(
     return GS_OK;
 }
 
-int gs_ce_index_f32(const float *logits, int64_t logits_stride,
-                     const int64_t *targets,
-                     const float *weight, int64_t n_rows, int64_t n_classes,
-                     const gs_ce_params *params, const float *grad_output, float *loss,
-                     float *dlogits, int64_t dlogits_stride, float *lse, int64_t *bad_row)
+int gs_ce_index_f32(const float *logits, int64_t logits_stride, const int64_t *targets,
+    const float *weight, int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
+    const float *grad_output, float *loss, float *dlogits, int64_t dlogits_stride, float *lse,
+    int64_t *bad_row)
 {
     const int64_t targets_stride = n_classes; /* one index per row; no stride to check */
     const int status = gs_check_arguments(logits, logits_stride, targets, targets_stride, n_rows,
@@ -3672,11 +3671,10 @@ int gs_ce_index_f32(const float *logits, int64_t logits_stride,
     return GS_ERR_PARAMS; /* not reached: the four variants cover every case */
 }
 
-int gs_ce_probs_f32(const float *logits, int64_t logits_stride,
-                     const float *targets, int64_t targets_stride,
-                     const float *weight, int64_t n_rows, int64_t n_classes,
-                     const gs_ce_params *params, const float *grad_output, float *loss,
-                     float *dlogits, int64_t dlogits_stride, float *lse)
+int gs_ce_probs_f32(const float *logits, int64_t logits_stride, const float *targets,
+    int64_t targets_stride, const float *weight, int64_t n_rows, int64_t n_classes,
+    const gs_ce_params *params, const float *grad_output, float *loss, float *dlogits,
+    int64_t dlogits_stride, float *lse)
 {
     int64_t *const bad_row = NULL;
     const int status = gs_check_arguments(logits, logits_stride, targets, targets_stride, n_rows,
@@ -7273,11 +7271,10 @@ static int gs_rows_probs_weighted_softcap_f64(
     return GS_OK;
 }
 
-int gs_ce_index_f64(const double *logits, int64_t logits_stride,
-                     const int64_t *targets,
-                     const double *weight, int64_t n_rows, int64_t n_classes,
-                     const gs_ce_params *params, const double *grad_output, double *loss,
-                     double *dlogits, int64_t dlogits_stride, double *lse, int64_t *bad_row)
+int gs_ce_index_f64(const double *logits, int64_t logits_stride, const int64_t *targets,
+    const double *weight, int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
+    const double *grad_output, double *loss, double *dlogits, int64_t dlogits_stride, double *lse,
+    int64_t *bad_row)
 {
     const int64_t targets_stride = n_classes; /* one index per row; no stride to check */
     const int status = gs_check_arguments(logits, logits_stride, targets, targets_stride, n_rows,
@@ -7308,11 +7305,10 @@ int gs_ce_index_f64(const double *logits, int64_t logits_stride,
     return GS_ERR_PARAMS; /* not reached: the four variants cover every case */
 }
 
-int gs_ce_probs_f64(const double *logits, int64_t logits_stride,
-                     const double *targets, int64_t targets_stride,
-                     const double *weight, int64_t n_rows, int64_t n_classes,
-                     const gs_ce_params *params, const double *grad_output, double *loss,
-                     double *dlogits, int64_t dlogits_stride, double *lse)
+int gs_ce_probs_f64(const double *logits, int64_t logits_stride, const double *targets,
+    int64_t targets_stride, const double *weight, int64_t n_rows, int64_t n_classes,
+    const gs_ce_params *params, const double *grad_output, double *loss, double *dlogits,
+    int64_t dlogits_stride, double *lse)
 {
     int64_t *const bad_row = NULL;
     const int status = gs_check_arguments(logits, logits_stride, targets, targets_stride, n_rows,

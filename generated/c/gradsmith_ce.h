@@ -3,7 +3,7 @@
  * Template: c/gradsmith_ce.h.j2
  * Derivation: 2a3ceac30859a2da (sha256 of the kernel spec's SymPy expressions)
  * Operations after CSE: 888
- * ABI: C99; int gs_ce_index_f32/f64 and gs_ce_probs_f32/f64 (see gradsmith_ce.h); status codes GS_OK=0, NULL_POINTER=1, SHAPE=2, TARGET=3, PARAMS=4
+ * ABI: int gs_ce_index_{f32,f64}, gs_ce_probs_{f32,f64}; status codes GS_OK=0, GS_ERR_NULL_POINTER=1, GS_ERR_SHAPE=2, GS_ERR_TARGET=3, GS_ERR_PARAMS=4, GS_ERR_CUDA=5
  * Regenerate with: gradsmith generate
  */
 #ifndef GRADSMITH_CE_H
@@ -15,13 +15,15 @@
 extern "C" {
 #endif
 
+#ifndef GS_CE_PARAMS_DEFINED
+#define GS_CE_PARAMS_DEFINED
 /* Status codes returned by every entry point. */
-#define GS_OK 0
-#define GS_ERR_NULL_POINTER 1 /* logits, targets, params, loss or dlogits is NULL */
-#define GS_ERR_SHAPE 2        /* n_rows < 0, n_classes < 1, a stride < n_classes or too large */
-#define GS_ERR_TARGET 3       /* a class index outside [0, n_classes) that is not ignore_index */
-#define GS_ERR_PARAMS 4       /* reduction, label_smoothing, lse_square_scale or softcap out of range */
-#define GS_ERR_CUDA 5         /* CUDA only */
+#define GS_OK 0 /* success */
+#define GS_ERR_NULL_POINTER 1 /* a required pointer is NULL */
+#define GS_ERR_SHAPE 2 /* bad shape or stride */
+#define GS_ERR_TARGET 3 /* a target is outside [0, C) and is not ignore_index */
+#define GS_ERR_PARAMS 4 /* a parameter is out of range */
+#define GS_ERR_CUDA 5 /* a CUDA launch failed */
 
 #define GS_REDUCTION_NONE 0
 #define GS_REDUCTION_MEAN 1
@@ -35,6 +37,7 @@ typedef struct gs_ce_params {
     double lse_square_scale;  /* finite, >= 0 */
     double softcap;           /* 0 = off, else finite and > 0 */
 } gs_ce_params;
+#endif
 
 /*
  * Fused forward and backward of softmax cross-entropy (torch.nn.functional.cross_entropy).
@@ -46,24 +49,24 @@ typedef struct gs_ce_params {
  * read, and *bad_row (when not NULL) receives the first bad row, or -1.
  */
 int gs_ce_index_f32(const float *logits, int64_t logits_stride, const int64_t *targets,
-                     const float *weight, int64_t n_rows, int64_t n_classes,
-                     const gs_ce_params *params, const float *grad_output, float *loss,
-                     float *dlogits, int64_t dlogits_stride, float *lse, int64_t *bad_row);
+    const float *weight, int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
+    const float *grad_output, float *loss, float *dlogits, int64_t dlogits_stride, float *lse,
+    int64_t *bad_row);
 
 int gs_ce_probs_f32(const float *logits, int64_t logits_stride, const float *targets,
-                     int64_t targets_stride, const float *weight, int64_t n_rows,
-                     int64_t n_classes, const gs_ce_params *params, const float *grad_output,
-                     float *loss, float *dlogits, int64_t dlogits_stride, float *lse);
+    int64_t targets_stride, const float *weight, int64_t n_rows, int64_t n_classes,
+    const gs_ce_params *params, const float *grad_output, float *loss, float *dlogits,
+    int64_t dlogits_stride, float *lse);
 
 int gs_ce_index_f64(const double *logits, int64_t logits_stride, const int64_t *targets,
-                     const double *weight, int64_t n_rows, int64_t n_classes,
-                     const gs_ce_params *params, const double *grad_output, double *loss,
-                     double *dlogits, int64_t dlogits_stride, double *lse, int64_t *bad_row);
+    const double *weight, int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
+    const double *grad_output, double *loss, double *dlogits, int64_t dlogits_stride, double *lse,
+    int64_t *bad_row);
 
 int gs_ce_probs_f64(const double *logits, int64_t logits_stride, const double *targets,
-                     int64_t targets_stride, const double *weight, int64_t n_rows,
-                     int64_t n_classes, const gs_ce_params *params, const double *grad_output,
-                     double *loss, double *dlogits, int64_t dlogits_stride, double *lse);
+    int64_t targets_stride, const double *weight, int64_t n_rows, int64_t n_classes,
+    const gs_ce_params *params, const double *grad_output, double *loss, double *dlogits,
+    int64_t dlogits_stride, double *lse);
 
 #ifdef __cplusplus
 }

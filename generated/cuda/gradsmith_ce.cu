@@ -2,7 +2,7 @@
 // Template: cuda/gradsmith_ce.cu.j2
 // Derivation: c16735d2316a1c7e (sha256 of the kernel spec's SymPy expressions)
 // Operations after CSE: 796
-// ABI: gs_ce_cuda_{index,probs}_{f32,f64,bf16,f16}(device pointers, ..., void *workspace, cudaStream_t) -> int status; gs_ce_cuda_workspace_bytes(n_rows)
+// ABI: int gs_ce_cuda_workspace_bytes, gs_ce_cuda_index_{f32,f64,bf16,f16}, gs_ce_cuda_probs_{f32,f64,bf16,f16}; status codes GS_OK=0, GS_ERR_NULL_POINTER=1, GS_ERR_SHAPE=2, GS_ERR_TARGET=3, GS_ERR_PARAMS=4, GS_ERR_CUDA=5
 // Regenerate with: gradsmith generate
 //
 // A call is three kernels on the caller's stream, with no host synchronisation:
@@ -409,11 +409,10 @@ size_t gs_ce_cuda_workspace_bytes(int64_t n_rows) {
     return (size_t)((n_rows > 0 ? n_rows : 0) + 2) * sizeof(double);
 }
 
-int gs_ce_cuda_index_f32(const float *logits, int64_t logits_stride,
-    const int64_t *targets, const float *weight, int64_t n_rows, int64_t n_classes,
-    const gs_ce_params *params, const float *grad_output, float *loss,
-    float *dlogits, int64_t dlogits_stride, float *lse, int64_t *status,
-    void *workspace, cudaStream_t stream) {
+int gs_ce_cuda_index_f32(const float *logits, int64_t logits_stride, const int64_t *targets,
+    const float *weight, int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
+    const float *grad_output, float *loss, float *dlogits, int64_t dlogits_stride, float *lse,
+    int64_t *status, void *workspace, cudaStream_t stream) {
     gs::call<float> c = {logits, logits_stride, targets, nullptr, 0, weight, n_rows,
         n_classes, 0, 0, grad_output, loss, dlogits, dlogits_stride, lse,
         reinterpret_cast<unsigned long long *>(status), static_cast<double *>(workspace)};
@@ -424,10 +423,9 @@ int gs_ce_cuda_index_f32(const float *logits, int64_t logits_stride,
     return gs::dispatch_index_f32(c, params, stream);
 }
 
-int gs_ce_cuda_probs_f32(const float *logits, int64_t logits_stride,
-    const float *targets, int64_t targets_stride, const float *weight,
-    int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
-    const float *grad_output, float *loss, float *dlogits,
+int gs_ce_cuda_probs_f32(const float *logits, int64_t logits_stride, const float *targets,
+    int64_t targets_stride, const float *weight, int64_t n_rows, int64_t n_classes,
+    const gs_ce_params *params, const float *grad_output, float *loss, float *dlogits,
     int64_t dlogits_stride, float *lse, void *workspace, cudaStream_t stream) {
     gs::call<float> c = {logits, logits_stride, nullptr, targets, targets_stride, weight,
         n_rows, n_classes, 0, 0, grad_output, loss, dlogits, dlogits_stride, lse, nullptr,
@@ -438,11 +436,10 @@ int gs_ce_cuda_probs_f32(const float *logits, int64_t logits_stride,
     return gs::dispatch_probs_f32(c, params, stream);
 }
 
-int gs_ce_cuda_index_f64(const double *logits, int64_t logits_stride,
-    const int64_t *targets, const double *weight, int64_t n_rows, int64_t n_classes,
-    const gs_ce_params *params, const double *grad_output, double *loss,
-    double *dlogits, int64_t dlogits_stride, double *lse, int64_t *status,
-    void *workspace, cudaStream_t stream) {
+int gs_ce_cuda_index_f64(const double *logits, int64_t logits_stride, const int64_t *targets,
+    const double *weight, int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
+    const double *grad_output, double *loss, double *dlogits, int64_t dlogits_stride, double *lse,
+    int64_t *status, void *workspace, cudaStream_t stream) {
     gs::call<double> c = {logits, logits_stride, targets, nullptr, 0, weight, n_rows,
         n_classes, 0, 0, grad_output, loss, dlogits, dlogits_stride, lse,
         reinterpret_cast<unsigned long long *>(status), static_cast<double *>(workspace)};
@@ -453,10 +450,9 @@ int gs_ce_cuda_index_f64(const double *logits, int64_t logits_stride,
     return gs::dispatch_index_f64(c, params, stream);
 }
 
-int gs_ce_cuda_probs_f64(const double *logits, int64_t logits_stride,
-    const double *targets, int64_t targets_stride, const double *weight,
-    int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
-    const double *grad_output, double *loss, double *dlogits,
+int gs_ce_cuda_probs_f64(const double *logits, int64_t logits_stride, const double *targets,
+    int64_t targets_stride, const double *weight, int64_t n_rows, int64_t n_classes,
+    const gs_ce_params *params, const double *grad_output, double *loss, double *dlogits,
     int64_t dlogits_stride, double *lse, void *workspace, cudaStream_t stream) {
     gs::call<double> c = {logits, logits_stride, nullptr, targets, targets_stride, weight,
         n_rows, n_classes, 0, 0, grad_output, loss, dlogits, dlogits_stride, lse, nullptr,
@@ -469,9 +465,8 @@ int gs_ce_cuda_probs_f64(const double *logits, int64_t logits_stride,
 
 int gs_ce_cuda_index_bf16(const __nv_bfloat16 *logits, int64_t logits_stride,
     const int64_t *targets, const float *weight, int64_t n_rows, int64_t n_classes,
-    const gs_ce_params *params, const float *grad_output, float *loss,
-    __nv_bfloat16 *dlogits, int64_t dlogits_stride, float *lse, int64_t *status,
-    void *workspace, cudaStream_t stream) {
+    const gs_ce_params *params, const float *grad_output, float *loss, __nv_bfloat16 *dlogits,
+    int64_t dlogits_stride, float *lse, int64_t *status, void *workspace, cudaStream_t stream) {
     gs::call<__nv_bfloat16> c = {logits, logits_stride, targets, nullptr, 0, weight, n_rows,
         n_classes, 0, 0, grad_output, loss, dlogits, dlogits_stride, lse,
         reinterpret_cast<unsigned long long *>(status), static_cast<double *>(workspace)};
@@ -483,10 +478,10 @@ int gs_ce_cuda_index_bf16(const __nv_bfloat16 *logits, int64_t logits_stride,
 }
 
 int gs_ce_cuda_probs_bf16(const __nv_bfloat16 *logits, int64_t logits_stride,
-    const __nv_bfloat16 *targets, int64_t targets_stride, const float *weight,
-    int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
-    const float *grad_output, float *loss, __nv_bfloat16 *dlogits,
-    int64_t dlogits_stride, float *lse, void *workspace, cudaStream_t stream) {
+    const __nv_bfloat16 *targets, int64_t targets_stride, const float *weight, int64_t n_rows,
+    int64_t n_classes, const gs_ce_params *params, const float *grad_output, float *loss,
+    __nv_bfloat16 *dlogits, int64_t dlogits_stride, float *lse, void *workspace,
+    cudaStream_t stream) {
     gs::call<__nv_bfloat16> c = {logits, logits_stride, nullptr, targets, targets_stride, weight,
         n_rows, n_classes, 0, 0, grad_output, loss, dlogits, dlogits_stride, lse, nullptr,
         static_cast<double *>(workspace)};
@@ -496,11 +491,10 @@ int gs_ce_cuda_probs_bf16(const __nv_bfloat16 *logits, int64_t logits_stride,
     return gs::dispatch_probs_bf16(c, params, stream);
 }
 
-int gs_ce_cuda_index_f16(const __half *logits, int64_t logits_stride,
-    const int64_t *targets, const float *weight, int64_t n_rows, int64_t n_classes,
-    const gs_ce_params *params, const float *grad_output, float *loss,
-    __half *dlogits, int64_t dlogits_stride, float *lse, int64_t *status,
-    void *workspace, cudaStream_t stream) {
+int gs_ce_cuda_index_f16(const __half *logits, int64_t logits_stride, const int64_t *targets,
+    const float *weight, int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
+    const float *grad_output, float *loss, __half *dlogits, int64_t dlogits_stride, float *lse,
+    int64_t *status, void *workspace, cudaStream_t stream) {
     gs::call<__half> c = {logits, logits_stride, targets, nullptr, 0, weight, n_rows,
         n_classes, 0, 0, grad_output, loss, dlogits, dlogits_stride, lse,
         reinterpret_cast<unsigned long long *>(status), static_cast<double *>(workspace)};
@@ -511,10 +505,9 @@ int gs_ce_cuda_index_f16(const __half *logits, int64_t logits_stride,
     return gs::dispatch_index_f16(c, params, stream);
 }
 
-int gs_ce_cuda_probs_f16(const __half *logits, int64_t logits_stride,
-    const __half *targets, int64_t targets_stride, const float *weight,
-    int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
-    const float *grad_output, float *loss, __half *dlogits,
+int gs_ce_cuda_probs_f16(const __half *logits, int64_t logits_stride, const __half *targets,
+    int64_t targets_stride, const float *weight, int64_t n_rows, int64_t n_classes,
+    const gs_ce_params *params, const float *grad_output, float *loss, __half *dlogits,
     int64_t dlogits_stride, float *lse, void *workspace, cudaStream_t stream) {
     gs::call<__half> c = {logits, logits_stride, nullptr, targets, targets_stride, weight,
         n_rows, n_classes, 0, 0, grad_output, loss, dlogits, dlogits_stride, lse, nullptr,

@@ -2,7 +2,7 @@
 // Template: cuda/gradsmith_ce.cuh.j2
 // Derivation: c16735d2316a1c7e (sha256 of the kernel spec's SymPy expressions)
 // Operations after CSE: 796
-// ABI: gs_ce_cuda_{index,probs}_{f32,f64,bf16,f16}(device pointers, ..., void *workspace, cudaStream_t) -> int status; gs_ce_cuda_workspace_bytes(n_rows)
+// ABI: int gs_ce_cuda_workspace_bytes, gs_ce_cuda_index_{f32,f64,bf16,f16}, gs_ce_cuda_probs_{f32,f64,bf16,f16}; status codes GS_OK=0, GS_ERR_NULL_POINTER=1, GS_ERR_SHAPE=2, GS_ERR_TARGET=3, GS_ERR_PARAMS=4, GS_ERR_CUDA=5
 // Regenerate with: gradsmith generate
 //
 // The printed math of every variant as __host__ __device__ functions, and the per-thread parts
@@ -30,65 +30,64 @@ extern "C" {
 
 #ifndef GS_CE_PARAMS_DEFINED
 #define GS_CE_PARAMS_DEFINED
+/* Status codes returned by every entry point. */
+#define GS_OK 0 /* success */
+#define GS_ERR_NULL_POINTER 1 /* a required pointer is NULL */
+#define GS_ERR_SHAPE 2 /* bad shape or stride */
+#define GS_ERR_TARGET 3 /* a target is outside [0, C) and is not ignore_index */
+#define GS_ERR_PARAMS 4 /* a parameter is out of range */
+#define GS_ERR_CUDA 5 /* a CUDA launch failed */
+
+#define GS_REDUCTION_NONE 0
+#define GS_REDUCTION_MEAN 1
+#define GS_REDUCTION_SUM 2
+
 typedef struct gs_ce_params {
     int64_t ignore_index;
-    int32_t reduction;        /* 0 none, 1 mean, 2 sum */
+    int32_t reduction;        /* GS_REDUCTION_NONE, _MEAN or _SUM */
     int32_t reserved;         /* must be 0 */
     double label_smoothing;   /* [0, 1] */
-    double lse_square_scale;  /* >= 0 */
-    double softcap;           /* 0 = off, else > 0 */
+    double lse_square_scale;  /* finite, >= 0 */
+    double softcap;           /* 0 = off, else finite and > 0 */
 } gs_ce_params;
-#define GS_OK 0
-#define GS_ERR_NULL_POINTER 1
-#define GS_ERR_SHAPE 2
-#define GS_ERR_TARGET 3
-#define GS_ERR_PARAMS 4
 #endif
-#define GS_ERR_CUDA 5
 
 #if defined(__CUDACC__)
 /* Bytes of device workspace a call with n_rows rows needs (the mean's denominator and the
    per-row losses, reduced in a fixed order so that the loss is deterministic). */
 size_t gs_ce_cuda_workspace_bytes(int64_t n_rows);
-int gs_ce_cuda_index_f32(const float *logits, int64_t logits_stride,
-    const int64_t *targets, const float *weight, int64_t n_rows, int64_t n_classes,
-    const gs_ce_params *params, const float *grad_output, float *loss,
-    float *dlogits, int64_t dlogits_stride, float *lse, int64_t *status,
-    void *workspace, cudaStream_t stream);
-int gs_ce_cuda_probs_f32(const float *logits, int64_t logits_stride,
-    const float *targets, int64_t targets_stride, const float *weight,
-    int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
-    const float *grad_output, float *loss, float *dlogits,
+int gs_ce_cuda_index_f32(const float *logits, int64_t logits_stride, const int64_t *targets,
+    const float *weight, int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
+    const float *grad_output, float *loss, float *dlogits, int64_t dlogits_stride, float *lse,
+    int64_t *status, void *workspace, cudaStream_t stream);
+int gs_ce_cuda_probs_f32(const float *logits, int64_t logits_stride, const float *targets,
+    int64_t targets_stride, const float *weight, int64_t n_rows, int64_t n_classes,
+    const gs_ce_params *params, const float *grad_output, float *loss, float *dlogits,
     int64_t dlogits_stride, float *lse, void *workspace, cudaStream_t stream);
-int gs_ce_cuda_index_f64(const double *logits, int64_t logits_stride,
-    const int64_t *targets, const double *weight, int64_t n_rows, int64_t n_classes,
-    const gs_ce_params *params, const double *grad_output, double *loss,
-    double *dlogits, int64_t dlogits_stride, double *lse, int64_t *status,
-    void *workspace, cudaStream_t stream);
-int gs_ce_cuda_probs_f64(const double *logits, int64_t logits_stride,
-    const double *targets, int64_t targets_stride, const double *weight,
-    int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
-    const double *grad_output, double *loss, double *dlogits,
+int gs_ce_cuda_index_f64(const double *logits, int64_t logits_stride, const int64_t *targets,
+    const double *weight, int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
+    const double *grad_output, double *loss, double *dlogits, int64_t dlogits_stride, double *lse,
+    int64_t *status, void *workspace, cudaStream_t stream);
+int gs_ce_cuda_probs_f64(const double *logits, int64_t logits_stride, const double *targets,
+    int64_t targets_stride, const double *weight, int64_t n_rows, int64_t n_classes,
+    const gs_ce_params *params, const double *grad_output, double *loss, double *dlogits,
     int64_t dlogits_stride, double *lse, void *workspace, cudaStream_t stream);
 int gs_ce_cuda_index_bf16(const __nv_bfloat16 *logits, int64_t logits_stride,
     const int64_t *targets, const float *weight, int64_t n_rows, int64_t n_classes,
-    const gs_ce_params *params, const float *grad_output, float *loss,
-    __nv_bfloat16 *dlogits, int64_t dlogits_stride, float *lse, int64_t *status,
-    void *workspace, cudaStream_t stream);
+    const gs_ce_params *params, const float *grad_output, float *loss, __nv_bfloat16 *dlogits,
+    int64_t dlogits_stride, float *lse, int64_t *status, void *workspace, cudaStream_t stream);
 int gs_ce_cuda_probs_bf16(const __nv_bfloat16 *logits, int64_t logits_stride,
-    const __nv_bfloat16 *targets, int64_t targets_stride, const float *weight,
-    int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
-    const float *grad_output, float *loss, __nv_bfloat16 *dlogits,
-    int64_t dlogits_stride, float *lse, void *workspace, cudaStream_t stream);
-int gs_ce_cuda_index_f16(const __half *logits, int64_t logits_stride,
-    const int64_t *targets, const float *weight, int64_t n_rows, int64_t n_classes,
-    const gs_ce_params *params, const float *grad_output, float *loss,
-    __half *dlogits, int64_t dlogits_stride, float *lse, int64_t *status,
-    void *workspace, cudaStream_t stream);
-int gs_ce_cuda_probs_f16(const __half *logits, int64_t logits_stride,
-    const __half *targets, int64_t targets_stride, const float *weight,
-    int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
-    const float *grad_output, float *loss, __half *dlogits,
+    const __nv_bfloat16 *targets, int64_t targets_stride, const float *weight, int64_t n_rows,
+    int64_t n_classes, const gs_ce_params *params, const float *grad_output, float *loss,
+    __nv_bfloat16 *dlogits, int64_t dlogits_stride, float *lse, void *workspace,
+    cudaStream_t stream);
+int gs_ce_cuda_index_f16(const __half *logits, int64_t logits_stride, const int64_t *targets,
+    const float *weight, int64_t n_rows, int64_t n_classes, const gs_ce_params *params,
+    const float *grad_output, float *loss, __half *dlogits, int64_t dlogits_stride, float *lse,
+    int64_t *status, void *workspace, cudaStream_t stream);
+int gs_ce_cuda_probs_f16(const __half *logits, int64_t logits_stride, const __half *targets,
+    int64_t targets_stride, const float *weight, int64_t n_rows, int64_t n_classes,
+    const gs_ce_params *params, const float *grad_output, float *loss, __half *dlogits,
     int64_t dlogits_stride, float *lse, void *workspace, cudaStream_t stream);
 #endif
 

@@ -14,8 +14,14 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
+from gradsmith.codegen.abi import SUFFIXES, Argument, declare
 from gradsmith.codegen.loading import shipped_kernels
-from gradsmith.codegen.native import Params, build_once, cache_dir, content_key
+from gradsmith.codegen.native import (
+    Params,  # noqa: F401 - build.Params, the struct to pass
+    build_once,
+    cache_dir,
+    content_key,
+)
 
 SOURCE_DIR = shipped_kernels() / "c"
 SOURCES = ("gradsmith_ce.c",)
@@ -27,9 +33,7 @@ OPENMP_FLAGS = ("-fopenmp",)
 # Without the OpenMP runtime, its SIMD pragmas alone (the chunk sums' vectorisation).
 SIMD_FLAGS = ("-fopenmp-simd", "-DGS_OPENMP_SIMD")
 
-_I64 = ctypes.c_int64
-_I64P = ctypes.POINTER(ctypes.c_int64)
-_SCALARS = {"f32": ctypes.c_float, "f64": ctypes.c_double}
+_SCALARS = {SUFFIXES["float32"]: ctypes.c_float, SUFFIXES["float64"]: ctypes.c_double}
 
 
 def compiler() -> list[str]:
@@ -81,24 +85,16 @@ def build(source_dir: Path = SOURCE_DIR, *, openmp: bool = True) -> Path:
     raise OSError(errors[-1])
 
 
-def _declare(library: ctypes.CDLL, suffix: str) -> None:
-    scalar = ctypes.POINTER(_SCALARS[suffix])
-    params = ctypes.POINTER(Params)
-    index = getattr(library, f"gs_ce_index_{suffix}")
-    index.argtypes = [scalar, _I64, _I64P, scalar, _I64, _I64, params, scalar, scalar, scalar,
-                      _I64, scalar, _I64P]
-    index.restype = ctypes.c_int
-    probs = getattr(library, f"gs_ce_probs_{suffix}")
-    probs.argtypes = [scalar, _I64, scalar, _I64, scalar, _I64, _I64, params, scalar, scalar,
-                      scalar, _I64, scalar]
-    probs.restype = ctypes.c_int
+def _pointer_type(argument: Argument, suffix: str) -> type:
+    if argument.kind in ("storage", "real"):
+        return ctypes.POINTER(_SCALARS[suffix])
+    return ctypes.POINTER(ctypes.c_int64)
 
 
 def load_library(path: Path) -> ctypes.CDLL:
     """Open a compiled library and declare the argument and result types of its entry points."""
     library = ctypes.CDLL(str(path))
-    for suffix in _SCALARS:
-        _declare(library, suffix)
+    declare(library, "c", tuple(_SCALARS), _pointer_type)
     return library
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import sympy as sp
+from gradsmith.codegen.abi import SUFFIXES
 from gradsmith.codegen.backends.c.printer import C_TYPES, KernelCPrinter
 from gradsmith.codegen.printing import (
     PrintedCode,
@@ -23,7 +24,6 @@ from gradsmith.derive import kernel_spec as ks
 from gradsmith.derive.fast_exp import exp_approximation, verify_exp_approximation
 
 DTYPES = ("float32", "float64")
-SUFFIXES = {"float32": "f32", "float64": "f64"}
 CHUNK = 512  # elements per online-normalizer step: the chunk stays in L1 between its two loops
 # Chunks whose running maximum a row keeps on the stack, so that the gradient reuses the
 # exponentials the first sweep stored; longer rows compute them again.

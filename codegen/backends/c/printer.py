@@ -24,7 +24,6 @@ class KernelCPrinter(C99CodePrinter):
         if dtype not in _SYMPY_TYPES:
             raise ValueError(f"dtype must be one of {tuple(_SYMPY_TYPES)}, got {dtype!r}")
         super().__init__(settings={"type_aliases": {real: _SYMPY_TYPES[dtype]}})
-        self.dtype = dtype
         self.c_type = C_TYPES[dtype]
         self._function_names = dict(function_names or {})
 

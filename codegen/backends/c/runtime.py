@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from gradsmith.codegen.abi import SUFFIXES
 from gradsmith.codegen.arguments import prepare_call
 from gradsmith.codegen.backends.c import build
-from gradsmith.codegen.native import Status
-
-SUFFIXES = {"float32": "f32", "float64": "f64"}
+from gradsmith.codegen.backends.c.context import DTYPES
+from gradsmith.codegen.native import Status, call_params
 
 
 def _pointer(array: np.ndarray | None, ctype) -> ctypes._Pointer | None:
@@ -60,8 +60,8 @@ def _raise_for(status: int, call, bad_row: int) -> None:
 def load(dtype: str, kernels: Path | None = None) -> Callable:
     """The ``gradsmith.load`` callable for ``dtype`` ("float32" or "float64"), running the C
     kernels of the tree ``kernels`` (default: the shipped one)."""
-    if dtype not in SUFFIXES:
-        raise ValueError(f"dtype for backend 'c' must be one of {tuple(SUFFIXES)}, got {dtype!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype for backend 'c' must be one of {', '.join(DTYPES)}; got {dtype!r}")
     source_dir = build.SOURCE_DIR if kernels is None else Path(kernels) / "c"
     return bind(build.library(str(source_dir)), dtype)
 
@@ -74,7 +74,8 @@ def bind(library: ctypes.CDLL, dtype: str) -> Callable:
     scalar = ctypes.c_float if dtype == "float32" else ctypes.c_double
 
     def cross_entropy(logits, target, **options):
-        call = prepare_call(logits, target, dtype=dtype, check_targets=False, **options)
+        call = prepare_call(logits, target, dtype=dtype, check_targets=False,
+                            backend_dtypes=DTYPES, **options)
         n_rows, n_classes = call.n_rows, call.n_classes
         logits_array, logits_stride = _rows("logits", call.logits, call.inplace)
         if call.inplace:
@@ -86,14 +87,7 @@ def bind(library: ctypes.CDLL, dtype: str) -> Callable:
         lse = np.empty(n_rows, dtype=dtype) if call.return_lse else None
         weight = _aligned(call.weight)
         grad_output = _aligned(call.grad_output)
-        params = build.Params(
-            ignore_index=call.ignore_index,
-            reduction=call.reduction_code,
-            reserved=0,
-            label_smoothing=call.label_smoothing,
-            lse_square_scale=call.lse_square_scale,
-            softcap=0.0 if call.softcap is None else call.softcap,
-        )
+        params = call_params(call)
         common = {
             "weight": _pointer(weight, scalar),
             "grad_output": _pointer(grad_output, scalar),

@@ -6,19 +6,40 @@ functions, usable from host code too) and ``cuda/gradsmith_ce.cu`` (kernels and 
 
 from __future__ import annotations
 
+from gradsmith.codegen.abi import HeaderText, summary
 from gradsmith.codegen.backends.cuda.context import kernel_context
+from gradsmith.codegen.backends.cuda.printer import STORAGE, KernelCudaPrinter
+from gradsmith.codegen.registry import Backend
 from gradsmith.codegen.render import render_with_preamble
 
+DTYPES = tuple(STORAGE)
 TEMPLATES = {
     "cuda/gradsmith_ce.cuh": "cuda/gradsmith_ce.cuh.j2",
     "cuda/gradsmith_ce.cu": "cuda/gradsmith_ce.cu.j2",
 }
-ABI = (
-    "gs_ce_cuda_{index,probs}_{f32,f64,bf16,f16}(device pointers, ..., void *workspace, "
-    "cudaStream_t) -> int status; gs_ce_cuda_workspace_bytes(n_rows)"
-)
 
 
 def render() -> dict[str, str]:
     """The emitted CUDA files, keyed by their path relative to generated/."""
-    return render_with_preamble(TEMPLATES, kernel_context(), ABI)
+    context = {**kernel_context(), "abi": HeaderText("cuda")}
+    return render_with_preamble(TEMPLATES, context, summary("cuda", DTYPES))
+
+
+def _unavailable() -> str | None:
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy is not installed"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no CUDA GPU"
+    except Exception as error:  # noqa: BLE001 - CuPy raises its own error types without a driver
+        return f"no usable CUDA GPU ({type(error).__name__}: {error})"
+    return None
+
+
+BACKEND = Backend(
+    name="cuda", dtypes=DTYPES, devices=("cuda",), templates=TEMPLATES,
+    printer=KernelCudaPrinter, render=render, runtime="gradsmith.codegen.backends.cuda.runtime",
+    unavailable=_unavailable, position=2,
+)

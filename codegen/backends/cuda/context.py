@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import sympy as sp
-from gradsmith.codegen.backends.cuda.printer import ARITHMETIC_SUFFIX, STORAGE, KernelCudaPrinter
+from gradsmith.codegen.abi import SUFFIXES
+from gradsmith.codegen.backends.cuda.printer import ARITHMETICS, STORAGE, KernelCudaPrinter
 from gradsmith.codegen.printing import check_reads, expression_hash, print_code
 from gradsmith.codegen.render import TemplateError
 from gradsmith.derive import kernel_spec as ks
@@ -129,7 +130,7 @@ def _variant(spec: ks.KernelSpec, arithmetic: str) -> dict:
         raise TemplateError(f"cuda: the first sweep of {spec.name} reads the raw logit")
     return {
         "name": spec.name,
-        "struct": f"{spec.name}_{ARITHMETIC_SUFFIX[arithmetic]}",
+        "struct": f"{spec.name}_{SUFFIXES[arithmetic]}",
         "index": index,
         "weighted": spec.weighted,
         "softcapped": spec.softcapped,
@@ -142,7 +143,8 @@ def _variant(spec: ks.KernelSpec, arithmetic: str) -> dict:
 def kernel_context() -> dict:
     """Both CUDA templates' context: the variants per arithmetic type, the storages, the sizes."""
     arithmetics = []
-    for arithmetic, suffix in ARITHMETIC_SUFFIX.items():
+    for arithmetic in ARITHMETICS:
+        suffix = SUFFIXES[arithmetic]
         variants = [_variant(spec, arithmetic) for spec in ks.all_specs()]
         arithmetics.append({
             "real": KernelCudaPrinter(arithmetic).c_type,
@@ -151,8 +153,8 @@ def kernel_context() -> dict:
         })
     storages = [
         {"dtype": dtype, "type": storage_type, "real": KernelCudaPrinter(dtype).c_type,
-         "arithmetic": ARITHMETIC_SUFFIX[arithmetic], "suffix": suffix}
-        for dtype, (storage_type, arithmetic, suffix) in STORAGE.items()
+         "arithmetic": SUFFIXES[arithmetic], "suffix": SUFFIXES[dtype]}
+        for dtype, (storage_type, arithmetic) in STORAGE.items()
     ]
     expressions = [expr for spec in ks.all_specs() for expr in spec.expressions().values()]
     return {

@@ -9,24 +9,20 @@ from __future__ import annotations
 
 from gradsmith.codegen.backends.c.printer import KernelCPrinter
 
-# storage dtype -> (C++ storage type, arithmetic dtype, suffix of the entry points)
+# storage dtype -> (C++ storage type, arithmetic dtype)
 STORAGE = {
-    "float32": ("float", "float32", "f32"),
-    "float64": ("double", "float64", "f64"),
-    "bfloat16": ("__nv_bfloat16", "float32", "bf16"),
-    "float16": ("__half", "float32", "f16"),
+    "float32": ("float", "float32"),
+    "float64": ("double", "float64"),
+    "bfloat16": ("__nv_bfloat16", "float32"),
+    "float16": ("__half", "float32"),
 }
-ARITHMETIC_SUFFIX = {"float32": "f32", "float64": "f64"}
+ARITHMETICS = ("float32", "float64")
 
 
 class KernelCudaPrinter(KernelCPrinter):
-    """Prints in the arithmetic type of a storage dtype; knows the storage type's C++ name."""
+    """Prints in the arithmetic type of a storage dtype."""
 
     def __init__(self, storage_dtype: str):
         if storage_dtype not in STORAGE:
             raise ValueError(f"dtype must be one of {tuple(STORAGE)}, got {storage_dtype!r}")
-        storage_type, arithmetic, _ = STORAGE[storage_dtype]
-        super().__init__(arithmetic)
-        self.storage_dtype = storage_dtype
-        self.storage_type = storage_type
-        self.arithmetic_dtype = arithmetic
+        super().__init__(STORAGE[storage_dtype][1])

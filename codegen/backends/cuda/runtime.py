@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gradsmith.codegen.abi import SUFFIXES, Argument, declare
 from gradsmith.codegen.arguments import prepare_call
+from gradsmith.codegen.backends.cuda.printer import STORAGE
 from gradsmith.codegen.loading import shipped_kernels
-from gradsmith.codegen.native import Params, Status, build_once, cache_dir, content_key
+from gradsmith.codegen.native import Status, build_once, cache_dir, call_params, content_key
 
 SOURCE_DIR = shipped_kernels() / "cuda"
 SOURCES = ("gradsmith_ce.cu", "gradsmith_ce.cuh")
-SUFFIX = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16": "f16"}
+DTYPES = tuple(STORAGE)
 AUX_DTYPE = {"float32": np.float32, "float64": np.float64, "bfloat16": np.float32, "float16": np.float32}
 
 
@@ -78,20 +80,14 @@ def build_library(arch: str, source_dir: Path = SOURCE_DIR) -> Path:
                       f"nvcc building generated/cuda for {arch}")
 
 
+def _pointer_type(argument: Argument, suffix: str) -> type:
+    return ctypes.c_void_p  # device memory, the workspace and the stream
+
+
 @cache
 def _library(arch: str, source_dir: Path = SOURCE_DIR) -> ctypes.CDLL:
     library = ctypes.CDLL(str(build_library(arch, Path(source_dir))))
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    params = ctypes.POINTER(Params)
-    for suffix in SUFFIX.values():
-        index = getattr(library, f"gs_ce_cuda_index_{suffix}")
-        index.argtypes = [p, i64, p, p, i64, i64, params, p, p, p, i64, p, p, p, p]
-        index.restype = ctypes.c_int
-        probs = getattr(library, f"gs_ce_cuda_probs_{suffix}")
-        probs.argtypes = [p, i64, p, i64, p, i64, i64, params, p, p, p, i64, p, p, p]
-        probs.restype = ctypes.c_int
-    library.gs_ce_cuda_workspace_bytes.argtypes = [i64]
-    library.gs_ce_cuda_workspace_bytes.restype = ctypes.c_size_t
+    declare(library, "cuda", tuple(SUFFIXES[dtype] for dtype in DTYPES), _pointer_type)
     return library
 
 
@@ -136,8 +132,8 @@ def load(dtype: str, kernels: Path | None = None) -> Callable:
     """The ``gradsmith.load`` callable for ``dtype`` on the current CuPy device and stream,
     running the CUDA kernels of the tree ``kernels`` (default: the shipped one)."""
     source_dir = SOURCE_DIR if kernels is None else Path(kernels) / "cuda"
-    if dtype not in SUFFIX:
-        raise ValueError(f"dtype for backend 'cuda' must be one of {tuple(SUFFIX)}, got {dtype!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype for backend 'cuda' must be one of {', '.join(DTYPES)}; got {dtype!r}")
     _cupy()  # fail here, not at the first call, when there is no CuPy or no GPU
 
     def cross_entropy(logits, target, *, inplace: bool = False, return_lse: bool = False, **options):
@@ -147,7 +143,8 @@ def load(dtype: str, kernels: Path | None = None) -> Callable:
             raise TypeError("logits: CuPy has no bfloat16 dtype; pass NumPy arrays of ml_dtypes.bfloat16")
         xp = np if on_host else cupy
         call = prepare_call(logits, target, dtype=dtype, xp=xp, return_lse=return_lse,
-                            inplace=inplace, check_targets=False, **options)
+                            inplace=inplace, check_targets=False, backend_dtypes=DTYPES,
+                            **options)
         call = dataclasses.replace(call, logits=_walkable(xp, call.logits),
                                    target=_walkable(xp, call.target))
         if inplace and call.logits is not logits:
@@ -166,10 +163,9 @@ def load(dtype: str, kernels: Path | None = None) -> Callable:
         lse = cupy.empty((n,), dtype=aux) if call.return_lse else None
         library = _library(f"sm_{cupy.cuda.Device().compute_capability}", source_dir)
         workspace = cupy.empty(library.gs_ce_cuda_workspace_bytes(n) // 8 + 1, dtype=np.float64)
-        params = Params(call.ignore_index, call.reduction_code, 0, call.label_smoothing,
-                            call.lse_square_scale, call.softcap or 0.0)
+        params = call_params(call)
         stream = cupy.cuda.get_current_stream().ptr
-        suffix = SUFFIX[dtype]
+        suffix = SUFFIXES[dtype]
         status = None
         if call.target_kind == "index":
             status = cupy.empty((1,), dtype=np.int64)
@@ -185,7 +181,7 @@ def load(dtype: str, kernels: Path | None = None) -> Callable:
                 _pointer(grad_output), _pointer(loss), _pointer(dlogits),
                 _row_stride(dlogits, classes), _pointer(lse), _pointer(workspace), stream)
         if code != Status.OK:
-            text = Status(code).describe() if code in Status.__members__.values() else f"status {code}"
+            text = Status(code).describe() if code in set(Status) else f"status {code}"
             raise ValueError(f"cuda kernel refused the call: {text}")
         if status is not None:
             bad_row = int(status.get()[0])

@@ -11,14 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sympy as sp
+from gradsmith.codegen.abi import SUFFIXES
 from gradsmith.codegen.backends.numpy.printer import NUMPY_TYPES, KernelNumPyPrinter
 from gradsmith.codegen.printing import PrintedCode, expression_hash, print_code
+from gradsmith.codegen.registry import Backend
 from gradsmith.codegen.render import c_identifier, preamble, render_template
 from gradsmith.derive import kernel_spec as ks
 
 TEMPLATE = "numpy/module.py.j2"
 DTYPES = ("float32", "float64")
-SUFFIXES = {"float32": "f32", "float64": "f64"}
 # Elements in a block of rows: its few buffers stay in cache (L2/L3) while the per-block
 # Python overhead stays small; measured best at (4096, 32000) float32 among 2^15 .. 2^20.
 BLOCK_ELEMENTS = 262144
@@ -133,7 +134,7 @@ def _per_kind(specs, attribute: str, dtype: str) -> dict[str, str]:
 
 
 def _common(specs, attribute: str, dtype: str) -> str:
-    (text,) = {_scalar(getattr(spec, attribute), dtype) for spec in specs} or {""}
+    (text,) = {_scalar(getattr(spec, attribute), dtype) for spec in specs}
     return text
 
 
@@ -165,4 +166,12 @@ def module_path(dtype: str) -> str:
 
 
 def render() -> dict[str, str]:
+    """The emitted modules, keyed by their path relative to generated/."""
     return {module_path(dtype): render_module(dtype) for dtype in DTYPES}
+
+
+BACKEND = Backend(
+    name="numpy", dtypes=DTYPES, devices=("cpu",),
+    templates={module_path(dtype): TEMPLATE for dtype in DTYPES}, printer=KernelNumPyPrinter,
+    render=render, runtime="gradsmith.codegen.backends.numpy.runtime", position=0,
+)

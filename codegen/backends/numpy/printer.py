@@ -41,7 +41,6 @@ class KernelNumPyPrinter(NumPyPrinter):
         if dtype not in NUMPY_TYPES:
             raise ValueError(f"dtype must be one of {tuple(NUMPY_TYPES)}, got {dtype!r}")
         super().__init__(settings={"fully_qualified_modules": True})
-        self.dtype = dtype
         self.scalar_type = NUMPY_TYPES[dtype]
         self.elementwise = {str(symbol) for symbol in elementwise}
         self.temp_prefix = temp_prefix

@@ -49,7 +49,7 @@ def load(dtype: str = "float32", kernels: Path | None = None) -> Callable:
     emitted = module(dtype, kernels)
 
     def cross_entropy(logits, target, **options):
-        call = prepare_call(logits, target, dtype=dtype, xp=np, **options)
+        call = prepare_call(logits, target, dtype=dtype, xp=np, backend_dtypes=DTYPES, **options)
         return emitted.cross_entropy(
             call.logits,
             call.target,
