@@ -131,14 +131,18 @@ class SymbolicRow:
 class ConcreteRow:
     """One row of a concrete number of classes, with explicit entries (for concrete checks)."""
 
-    def __init__(self, z, alpha=None, y=None, t: int | None = None):
-        self._z, self.t = tuple(z), t
+    def __init__(self, z, alpha=None, y=None, t: int | None = None, u=None, scale=1):
+        self._z, self.t, self.scale = tuple(z), t, scale
         self.C = len(self._z)
+        self._u = tuple(u) if u is not None else None
         self._alpha = tuple(alpha) if alpha is not None else (sp.Integer(1),) * self.C
         self._y = tuple(y) if y is not None else (sp.Integer(0),) * self.C
 
     def z(self, k: int) -> sp.Expr:
         return self._z[k]
+
+    def u(self, k: int) -> sp.Expr:
+        return self._u[k]
 
     def alpha(self, k: int) -> sp.Expr:
         return self._alpha[k]
@@ -149,8 +153,18 @@ class ConcreteRow:
     def sum(self, term: Callable[[int], sp.Expr]) -> sp.Expr:
         return sp.Add(*[term(k) for k in range(self.C)])
 
-    def lse(self) -> sp.Expr:
-        return sp.log(self.sum(lambda k: sp.exp(self._z[k])))
+    def lse(self, logits: Callable | None = None) -> sp.Expr:
+        logits = logits or self.z
+        return sp.log(self.sum(lambda k: sp.exp(self.scale * logits(k))))
 
     def log_p(self, k: int) -> sp.Expr:
-        return self._z[k] - self.lse()
+        return self.scale * self._z[k] - self.lse()
+
+    def log_q(self, k: int) -> sp.Expr:
+        return self.scale * self._u[k] - self.lse(self.u)
+
+    def p(self, k: int) -> sp.Expr:
+        return sp.exp(self.log_p(k))
+
+    def q(self, k: int) -> sp.Expr:
+        return sp.exp(self.log_q(k))

@@ -68,3 +68,18 @@ def test_the_emitted_c_compiles_cleanly_without_promoting_floats(tree):
                                "-Werror", "-fopenmp", "-fsyntax-only", str(source)],
                               capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr
+
+
+def test_validate_checks_the_new_loss_and_catches_a_flipped_sign(tree, tmp_path, capsys):
+    import shutil
+
+    assert main(["validate", "--loss", POLY1, "--kernels", str(tree)]) == 0
+    broken = tmp_path / "broken"
+    shutil.copytree(tree, broken)
+    module = broken / "numpy" / "gradsmith_poly1_f64.py"
+    text = module.read_text()
+    assert "    coef_p = " in text
+    module.write_text(text.replace("    coef_p = ", "    coef_p = -", 1))
+    capsys.readouterr()
+    assert main(["validate", "--loss", POLY1, "--kernels", str(broken), "--backends", "numpy"]) == 1
+    assert "FAIL" in capsys.readouterr().out
