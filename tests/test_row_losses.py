@@ -291,3 +291,18 @@ def test_a_wrong_closed_form_is_refused():
 
     with pytest.raises(ProofError, match="closed form"):
         prove(dataclasses.replace(focal, closed_form=by_hand), definition)
+
+
+@pytest.mark.parametrize("argv", [
+    ["prove", "--loss", "nope"],
+    ["latex", "--loss", "missing.py"],
+    ["generate", "--loss", "missing.py", "--check"],
+    ["bench", "--loss", "nope"],
+    ["bench", "--loss", "focal", "--shapes", "3y4"],
+    ["validate", "--loss", "nope"],
+    ["prove", "--loss", "tests/losses/not_a_row_loss.py"],
+])
+def test_bad_loss_arguments_are_one_line_and_exit_two(argv, capsys):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().count("\n") == 0 and "Traceback" not in captured.err

@@ -26,9 +26,9 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    print(f"deriving and rendering {', '.join(args.backends)} ...", file=sys.stderr)
     for loss in args.loss:
         resolve_loss(loss)
+    print(f"deriving and rendering {', '.join(args.backends)} ...", file=sys.stderr)
     try:
         files = render_all(args.backends, args.loss)
     except RowLossError as error:  # a definition that does not fit is the user's to fix

@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
         folder = Path(target).parent if target else None
         if folder is not None and not folder.is_dir():
             raise OSError(f"{option}: cannot write {target}: folder {folder} does not exist")
-    print("building and checking every derivation ...", file=sys.stderr)
     found = resolve_loss(args.loss) if args.loss is not None else None
+    print("building and checking every derivation ...", file=sys.stderr)
     if found is not None and found.name != DEFAULT:
         text = loss_document(found, args.format, definition)
     else:
