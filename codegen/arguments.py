@@ -132,6 +132,36 @@ def _row_major(name: str, array: Any, xp: Any) -> Any:
     return array
 
 
+def check_options(
+    dtype: str,
+    *,
+    ignore_index: Any,
+    reduction: Any,
+    label_smoothing: Any,
+    lse_square_scale: Any,
+    softcap: Any,
+) -> tuple[float, float, float | None]:
+    """Check the scalar options of a call in ``dtype`` (a NumPy dtype name); return
+    ``(label_smoothing, lse_square_scale, softcap)`` as Python floats."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    label_smoothing = _real("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    lse_square_scale = _real("lse_square_scale", lse_square_scale, low=0.0)
+    limits = np.finfo(np.float32 if dtype in ("float32", "bfloat16", "float16") else np.float64)
+    if lse_square_scale > float(limits.max):
+        raise ValueError(f"lse_square_scale must be at most {float(limits.max):g} for {dtype}")
+    if softcap is not None:
+        softcap = _real("softcap", softcap, low=0.0)
+        if not float(limits.tiny) <= softcap <= float(limits.max):
+            raise ValueError(
+                f"softcap must lie in [{float(limits.tiny):g}, {float(limits.max):g}] for {dtype} "
+                f"(or be None to disable it), got {softcap:g}"
+            )
+    return label_smoothing, lse_square_scale, softcap
+
+
 def prepare_call(
     logits: Any,
     target: Any,
@@ -156,22 +186,9 @@ def prepare_call(
     only what can work."""
     check_logits(logits, dtype, copy=False, backend_dtypes=backend_dtypes)
     n_rows, n_classes = (int(s) for s in logits.shape)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    label_smoothing = _real("label_smoothing", label_smoothing, low=0.0, high=1.0)
-    lse_square_scale = _real("lse_square_scale", lse_square_scale, low=0.0)
-    limits = np.finfo(np.float32 if dtype in ("float32", "bfloat16", "float16") else np.float64)
-    if lse_square_scale > float(limits.max):
-        raise ValueError(f"lse_square_scale must be at most {float(limits.max):g} for {dtype}")
-    if softcap is not None:
-        softcap = _real("softcap", softcap, low=0.0)
-        if not float(limits.tiny) <= softcap <= float(limits.max):
-            raise ValueError(
-                f"softcap must lie in [{float(limits.tiny):g}, {float(limits.max):g}] for {dtype} "
-                f"(or be None to disable it), got {softcap:g}"
-            )
+    label_smoothing, lse_square_scale, softcap = check_options(
+        dtype, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+        lse_square_scale=lse_square_scale, softcap=softcap)
     for name, flag in (("return_lse", return_lse), ("inplace", inplace)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")

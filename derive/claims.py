@@ -42,6 +42,7 @@ _FIXED = (
         ("single_sample", 0), ("single_sample", 1), ("single_sample", 2),
         ("batch", 0), ("batch", 1), ("batch", 2), "verify_batch_parameter_gradients",
     )),
+    ("vocab parallel", "gradsmith.derive.vocab_parallel", ("merged_loss", "merged_gradient")),
 )
 _CONCRETE = (
     "gradient_general", "gradient_sum_to_one", "gradient_index_target", "softmax_jacobian",

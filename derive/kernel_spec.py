@@ -43,6 +43,7 @@ lse_square_scale = sp.Symbol("lse_square_scale", nonnegative=True)
 softcap = sp.Symbol("softcap", positive=True)
 grad_output = sp.Symbol("grad_output", real=True)
 denominator = sp.Symbol("denominator", positive=True)
+counted_rows = sp.Symbol("counted_rows", positive=True, integer=True)
 loss_total = sp.Symbol("loss_total", real=True)
 # Row results of the first sweep, in the order they are computed.
 log_sum_exp = sp.Symbol("log_sum_exp", real=True)
@@ -74,6 +75,9 @@ class KernelSpec:
     ``rescale_shifted_sum``.  ``row_values`` are computed in order after the sweep;
     ``dlogit`` is each element's gradient and ``dlogit_target`` replaces it at the target
     class (index targets).  ``row_weight`` is the row's share of the "mean" denominator.
+    ``mean_lse_square_scale`` is the z-loss scale a "mean" call gives the rows, from the
+    denominator and the number of counted rows: the z-term is then a mean over counted rows,
+    whatever the class weights (:func:`verify_mean_z_loss`).
     ``dlogit_from_stored`` is ``dlogit`` written with the stored exponential ``stored`` =
     exp(transform - stored_max) times ``stored_scale``, whose value is ``stored_scale_value``
     in terms of ``stored_shifted`` = ``stored_shifted_value`` (one per chunk, not per element;
@@ -99,6 +103,7 @@ class KernelSpec:
     scale_mean: sp.Expr
     scale_sum: sp.Expr
     loss_mean: sp.Expr
+    mean_lse_square_scale: sp.Expr
     stored_shifted_value: sp.Expr
     stored_scale_value: sp.Expr
     dlogit_from_stored: sp.Expr
@@ -119,6 +124,7 @@ class KernelSpec:
             "scale_mean": self.scale_mean,
             "scale_sum": self.scale_sum,
             "loss_mean": self.loss_mean,
+            "mean_lse_square_scale": self.mean_lse_square_scale,
             "stored_shifted_value": self.stored_shifted_value,
             "stored_scale_value": self.stored_scale_value,
             "dlogit_from_stored": self.dlogit_from_stored,
@@ -218,6 +224,8 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         scale_mean=grad_output / denominator,
         scale_sum=grad_output,
         loss_mean=loss_total / denominator,
+        # Row losses carry lambda D / K lse^2: divided by D, the z-term is lambda sum lse^2 / K.
+        mean_lse_square_scale=lse_square_scale * denominator / counted_rows,
         stored_shifted_value=stored_max - row_max,
         stored_scale_value=sp.exp(stored_shifted - log_sum_exp),
         dlogit_from_stored=from_stored(dlogit_expr, softmax_term),
@@ -309,6 +317,7 @@ def verify_spec(spec: KernelSpec, classes: int = 3, target: int = 1) -> list[tup
     results.append((f"{spec.name}: online rescale", verify_online_rescale(spec)))
     results.append((f"{spec.name}: online merge", verify_online_merge(spec)))
     results.append((f"{spec.name}: dlogit from stored", verify_stored_gradient(spec)))
+    results.append((f"{spec.name}: mean z-loss over counted rows", verify_mean_z_loss(spec)))
     return results
 
 
@@ -330,6 +339,30 @@ def verify_stored_gradient(
     lhs = lhs.xreplace({stored_shifted: spec.stored_shifted_value})
     rhs = spec.dlogit.xreplace({shifted: spec.element_shifted})
     return check_equal(lhs, rhs, step=f"{spec.name} dlogit from the stored exponential")
+
+
+def verify_mean_z_loss(spec: KernelSpec, rows: int = 3) -> Verdict:
+    """A "mean" with the rows' z-loss scale ``mean_lse_square_scale`` is the weighted mean of
+    the cross-entropy plus lambda times the mean of lse^2 over the counted rows (symbolically),
+    in the loss and in the z-term's gradient coefficient 2 lambda lse grad_scale.
+
+    Row n has weight share r_n > 0 of the denominator D = sum r_n, cross-entropy share c_n
+    (already weighted) and lse l_n; K = ``rows`` rows are counted.  So doubling every class
+    weight leaves the z-term unchanged (Liger-Kernel's rule; PyTorch has no z-loss).
+    """
+    shares = sp.symbols(f"r_0:{rows}", positive=True)
+    ce = sp.symbols(f"c_0:{rows}", real=True)
+    lses = sp.symbols(f"l_0:{rows}", real=True)
+    total = sp.Add(*shares)
+    scale = spec.mean_lse_square_scale.xreplace({denominator: total, counted_rows: rows})
+    kernel_total = sp.Add(*[c + scale * lv**2 for c, lv in zip(ce, lses, strict=True)])
+    kernel_mean = spec.loss_mean.xreplace({loss_total: kernel_total, denominator: total})
+    wanted = sp.Add(*ce) / total + lse_square_scale * sp.Add(*[lv**2 for lv in lses]) / rows
+    check_equal(kernel_mean, wanted, step=f"{spec.name} mean z-loss over counted rows")
+    # The row value 2 zloss_slope = 2 scale lse, times the mean's grad_scale.
+    slope = spec.scale_mean.xreplace({denominator: total}) * 2 * scale * lses[0]
+    return check_equal(slope, grad_output * 2 * lse_square_scale * lses[0] / rows,
+                       step=f"{spec.name} mean z-loss gradient over counted rows")
 
 
 def verify_online_rescale(spec: KernelSpec) -> Verdict:

@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import sympy as sp
-from gradsmith.derive import concrete, fast_exp, gradient, linear, options, reductions, stability
+from gradsmith.derive import (
+    concrete,
+    fast_exp,
+    gradient,
+    linear,
+    options,
+    reductions,
+    stability,
+    vocab_parallel,
+)
 from gradsmith.derive.notation import LATEX_NAMES, i, p, softmax
 from gradsmith.derive.steps import Derivation, Step
 
@@ -80,6 +89,13 @@ def _sections() -> list[Section]:
             ("sum", reductions.sum_reduction),
             ("none, with grad_output", reductions.none_with_grad_output),
             ("mean, probability targets", reductions.mean_probability_targets),
+        ]),
+        ("A vocabulary split across ranks", (
+            "Tensor-parallel training shards the classes; the statistics of the shards, summed "
+            "at the all-reduced maximum, give the same loss and gradient as one process."
+        ), [
+            ("The loss from the merged statistics", vocab_parallel.merged_loss),
+            ("The gradient from the merged statistics", vocab_parallel.merged_gradient),
         ]),
     ]
 

@@ -3,6 +3,7 @@
 Row 1 carries ``ignore_index``: its mask m_1 = 0 removes it from the loss and from the
 "mean" denominator, which for index targets is the sum of w_{t_n} over kept rows
 (PyTorch's rule); probability targets have no ignore_index and "mean" divides by N.
+z-loss under "mean" is a mean over the counted rows, whatever the class weights.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ w = sp.symbols(f"w_0:{CLASSES}", positive=True)
 g = sp.symbols(f"g_0:{ROWS}", real=True)
 P = sp.Matrix(ROWS, CLASSES, lambda n, c: sp.Symbol(f"p_{n}{c}", positive=True))
 Y = sp.Matrix(ROWS, CLASSES, lambda n, c: sp.Symbol(f"y_{n}{c}", nonnegative=True))
+lam = sp.Symbol("lambda", nonnegative=True)
 GRADIENT = r"\frac{\partial L}{\partial Z}"
 
 
@@ -126,6 +128,35 @@ def mean_probability_targets() -> Derivation:
     return b.build()
 
 
+@cache
+def mean_z_loss_with_weights() -> Derivation:
+    """mean with z-loss and weights: sum_n m_n w_t l_n / sum m_n w_t + lambda sum_n m_n lse_n^2 /
+    sum_n m_n; the z-term does not scale with the weights."""
+    kept = [n for n in range(ROWS) if _kept(n)]
+    denominator = sp.Add(*[w[TARGETS[n]] for n in kept])
+    loss = (sp.Add(*[_index_row_loss(n) for n in range(ROWS)]) / denominator
+            + lam * sp.Add(*[_log_normalizer(n) ** 2 for n in kept]) / len(kept))
+    b = _builder(
+        "mean z-loss over counted rows, class weights", loss,
+        r"\frac{\partial}{\partial Z} \left(\frac{\sum_n m_n w_{t_n} \ell_n}{\sum_n m_n w_{t_n}}"
+        r" + \lambda \frac{\sum_n m_n \mathrm{lse}_n^2}{\sum_n m_n}\right)",
+        "z-loss under 'mean' divides lambda lse^2 by the number of counted rows, not by the "
+        "weights' sum, so that scaling every class weight leaves its strength unchanged.")
+    rows = []
+    for n in range(ROWS):
+        if not _kept(n):
+            rows.append(sp.zeros(1, CLASSES))
+            continue
+        z_term = 2 * lam * _log_normalizer(n) * P[n, :] / len(kept)
+        rows.append(_index_row_gradient(n) / denominator + z_term)
+    b.then(sp.Matrix.vstack(*rows),
+           "the proven row gradients: w_t (p - onehot(t)) over the kept weight, "
+           "2 lambda lse p over the counted rows",
+           shown=r"\left[\frac{m_n w_{t_n}}{\sum_m m_m w_{t_m}} (p_n - e_{t_n})"
+                 r" + \frac{2 \lambda m_n \mathrm{lse}_n}{\sum_m m_m} p_n\right]_n")
+    return b.build()
+
+
 def reduction_derivations() -> tuple[Derivation, ...]:
     return (mean_with_ignore_index(), sum_reduction(), none_with_grad_output(),
-            mean_probability_targets())
+            mean_probability_targets(), mean_z_loss_with_weights())

@@ -32,7 +32,7 @@ def torch_reference(
     Without z-loss and softcapping this is PyTorch's own reduction; with either, the loss is
     the plain expression of the definition: per-row cross-entropy of ``s*tanh(z/s)`` plus
     ``lse_square_scale * logsumexp^2`` on the rows that count, reduced like PyTorch reduces the
-    row loss.  ``ignore_index`` is passed to PyTorch only with index targets.
+    row loss, except that a mean divides the z-term by the number of counted rows.  ``ignore_index`` is passed to PyTorch only with index targets.
     """
     import torch
     import torch.nn.functional as F
@@ -54,7 +54,8 @@ def torch_reference(
     else:
         rows = F.cross_entropy(capped, t, reduction="none", **options)
         counted = torch.ones_like(lse, dtype=torch.bool) if probs else t != ignore_index
-        rows = rows + torch.where(counted, lse_square_scale * lse**2, torch.zeros_like(lse))
+        z_rows = torch.where(counted, lse_square_scale * lse**2, torch.zeros_like(lse))
+        rows = rows + z_rows
         if reduction == "none":
             loss = rows
         elif reduction == "sum":
@@ -66,7 +67,8 @@ def torch_reference(
                 denominator = counted.sum().to(torch.float64)
             else:
                 denominator = w[t[counted]].sum()
-            loss = rows.sum() / denominator
+            # The z-term is a mean over the counted rows, whatever the class weights.
+            loss = (rows - z_rows).sum() / denominator + z_rows.sum() / counted.sum()
     if reduction == "none":
         upstream = torch.ones_like(loss) if grad_output is None else torch.as_tensor(
             np.broadcast_to(np.asarray(grad_output, dtype=np.float64), loss.shape).copy()

@@ -94,6 +94,19 @@ def test_speedups_compare_with_peers_on_the_same_device(tiny_report):
             assert math.isclose(ratio, peers[name]["ms"] / row["ms"])
 
 
+def test_torch_op_is_a_contender_with_its_overhead(tiny_report):
+    pytest.importorskip("torch")
+    table, report = tiny_report
+    names = {r["name"] for r in report["results"] if r["status"] == "ok"}
+    assert "gradsmith.torch" in names
+    overhead = report["torch_overhead"]
+    assert [row["shape"] for row in overhead] == ["64x10", "256x100", "1024x1000"]
+    for row in overhead:
+        assert row["op_us"] > 0 and row["raw_c_us"] > 0
+        assert math.isclose(row["overhead_us"], row["op_us"] - row["raw_c_us"])
+    assert "gradsmith.torch per-call overhead" in table
+
+
 def test_textbook_matches_a_float64_computation():
     rng = np.random.default_rng(3)
     logits = rng.standard_normal((7, 5)) * 3

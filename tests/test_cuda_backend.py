@@ -117,14 +117,18 @@ template <class V, typename T> void run(FILE *out, const int64_t *h, const doubl
     if (V::weighted) for (int64_t j = 0; j < C; ++j) weight[j] = (R)take<double>();
     if (h[8]) for (auto &g : grad_output) g = (R)take<double>();
     const consts<R> k = {(R)p[0], (R)p[1], (R)p[2], (R)C};
-    double denominator = 0.0, total = 0.0;
+    double denominator = 0.0, counted_rows = 0.0, total = 0.0;
     int64_t first_bad = -1;
     for (int64_t row = 0; row < n; ++row) {
         const row_setup<R> st = setup_row<V, T>(logits + row * C, targets.data(), weight.data(), row, C, h[7]);
-        double share;
-        if (!denominator_share<V>(st, share) && first_bad < 0) first_bad = row;
+        double share, counted;
+        if (!denominator_share<V>(st, share, counted) && first_bad < 0) first_bad = row;
         denominator += share;
+        counted_rows += counted;
     }
+    consts<R> row_k = k;
+    if (reduction == 1 && denominator != 0.0)
+        row_k.lse_square_scale = (R)V::mean_lse_square_scale((double)k.lse_square_scale, denominator, counted_rows);
     std::vector<double> losses(n), lses(n);
     for (int64_t row = 0; row < n; ++row) {
         const T *lp = logits + row * C, *pp = V::index_targets ? nullptr : probs + row * C;
@@ -157,7 +161,7 @@ template <class V, typename T> void run(FILE *out, const int64_t *h, const doubl
         R row_lse;
         const double go = (double)grad_output[reduction == 0 ? row : 0];
         const int mode = finish_row<V>(r, losses[row], row_lse, s[0], check[0], st, sweep,
-                                       (int)reduction, go, denominator, k);
+                                       (int)reduction, go, denominator, row_k);
         lses[row] = (double)row_lse;
         for (int64_t t = 0; t < threads; ++t)
             second_sweep<V, T>(dp, lp, pp, weight.data(), C, st.target, mode, r, t, width, vectorized, k);

@@ -65,3 +65,20 @@ def test_a_wrong_merge_is_refused(sum_exp, shifted_sum):
     spec = ks.kernel_spec("probs", True, False)
     with pytest.raises(ProofError, match="merge"):
         ks.verify_online_merge(spec, merge_sum_exp=sum_exp, merge_shifted_sum=shifted_sum)
+
+
+@pytest.mark.parametrize("spec", ks.all_specs(), ids=lambda spec: spec.name)
+def test_mean_z_loss_is_over_counted_rows(spec):
+    assert ks.verify_mean_z_loss(spec).method == "symbolic"
+    names = [name for name, _ in ks.verify_spec(spec)]
+    assert f"{spec.name}: mean z-loss over counted rows" in names
+
+
+def test_z_loss_divided_by_the_weights_is_refused():
+    # The former rule (the z-term over sum w[t]) is what the check must reject.
+    import dataclasses
+
+    spec = dataclasses.replace(ks.kernel_spec("index", True, False),
+                               mean_lse_square_scale=ks.lse_square_scale)
+    with pytest.raises(ProofError, match="counted rows"):
+        ks.verify_mean_z_loss(spec)

@@ -277,3 +277,53 @@ def test_low_precision_storage(backend, dtype, kind, reduction):
             weight=random_weight(rng, classes), reduction=reduction, label_smoothing=0.1,
             lse_square_scale=1e-3, softcap=20.0,
         )
+
+
+# Shapes past one block of every backend's row loop (the NumPy module's 262144-element blocks:
+# 263 x 1000 spans two, 66000 x 5 two of 52428 rows; the C kernel's parallel segments).
+MULTI_BLOCK_SHAPES = ((263, 1000), (66000, 5))
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize(
+    "kind,reduction,weighted,options",
+    list(itertools.product(("index", "probs"), ("none", "mean", "sum"), (False, True),
+                           ("plain", "every"))),
+)
+def test_multi_block_shapes_every_option(backend, dtype, kind, reduction, weighted, options):
+    function = load_backend(backend, dtype)
+    rng = _seeded("multi-block", kind, reduction, weighted, options)
+    every = options == "every"
+    for n, classes in MULTI_BLOCK_SHAPES:
+        _compare(
+            function, dtype, random_logits(rng, n, classes), _target(rng, kind, n, classes),
+            f"{backend} {kind} {reduction} weighted={weighted} {options} N={n} C={classes}",
+            weight=random_weight(rng, classes) if weighted else None,
+            reduction=reduction,
+            label_smoothing=0.1 if every else 0.0,
+            lse_square_scale=1e-3 if every else 0.0,
+            softcap=20.0 if every else None,
+            grad_output=rng.normal(size=n) if reduction == "none" else 1.7,
+            return_lse=every,
+        )
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+def test_mean_z_loss_does_not_scale_with_the_weights(backend, dtype):
+    # The z-term of a mean is lambda times the mean of lse^2 over the counted rows.
+    function = load_backend(backend, dtype)
+    rng = np.random.default_rng(5)
+    logits = random_logits(rng, 40, 7).astype(dtype)
+    target = random_index_target(rng, 40, 7, ignore_fraction=0.3)
+    weight = random_weight(rng, 7).astype(dtype)
+    losses = {}
+    for scale in (1, 2):
+        for lam in (0.0, 0.5):
+            loss, _ = call_backend(function, logits, target, dtype, weight=weight * scale,
+                                   lse_square_scale=lam)[0][:2]
+            losses[scale, lam] = float(loss)
+    kept = target != -100
+    lse = np.log(np.exp(logits.astype(np.float64)).sum(1))
+    expected = 0.5 * np.mean(lse[kept] ** 2)
+    for scale in (1, 2):
+        assert losses[scale, 0.5] - losses[scale, 0.0] == pytest.approx(expected, rel=1e-4)

@@ -214,5 +214,9 @@ def contenders(backends: tuple[str, ...], *, gpu: bool, inplace: bool = False) -
         yield Contender("torch-cpu", "torch", "cpu", False, _torch("cpu"))
         if gpu:
             yield Contender("torch-cuda", "torch", "gpu", False, _torch("gpu"))
+    if "gradsmith.torch" in backends:
+        from gradsmith.codegen.bench import torch_peer
+
+        yield from torch_peer.contenders(gpu)
     if "textbook" in backends:
         yield Contender("textbook", "textbook", "cpu", False, _textbook)

@@ -97,6 +97,10 @@ def format_table(report: dict[str, Any]) -> str:
     if methods:
         lines.append("")
         lines.append("peak MB: extra memory during one call, outputs included; " + "; ".join(methods))
+    if report.get("torch_overhead"):
+        from gradsmith.codegen.bench.torch_peer import format_overhead
+
+        lines.extend(format_overhead(report["torch_overhead"]))
     return "\n".join(lines)
 
 

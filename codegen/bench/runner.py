@@ -173,6 +173,11 @@ def run_benchmark(settings: Settings, *, stream: TextIO | None = None) -> dict[s
             _free_device_memory()
         gc.collect()
     progress.close()
+    extra = {}
+    if "gradsmith.torch" in settings.backends:
+        from gradsmith.codegen.bench import torch_peer
+
+        extra["torch_overhead"] = torch_peer.overhead(settings.repeat)
     return {
         "machine": described,
         "settings": {
@@ -188,4 +193,5 @@ def run_benchmark(settings: Settings, *, stream: TextIO | None = None) -> dict[s
         },
         "bandwidth": bandwidth,
         "results": rows,
+        **extra,
     }

@@ -9,7 +9,7 @@ from gradsmith.codegen.registry import names
 from gradsmith.codegen.registry import parse_backends as parse_names
 
 GENERATED = names()
-PEERS = ("torch", "textbook")
+PEERS = ("torch", "gradsmith.torch", "textbook")
 BACKENDS = GENERATED + PEERS
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gradsmith.codegen.bench import machine
+from gradsmith.codegen.bench import linear, machine
 from gradsmith.codegen.bench.report import format_table, require_matplotlib, write_json, write_plot
 from gradsmith.codegen.bench.runner import run_benchmark
 from gradsmith.codegen.bench.settings import (
@@ -49,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--loss", default=None, metavar="NAME",
                         help="time another loss (focal, distill_kl) beside torch eager and torch.compile")
+    parser.add_argument(
+        "--linear", default=None, metavar="NxHxV",
+        help="instead: fused linear + cross-entropy at tokens x hidden x vocabulary (e.g. "
+             "4096x1024x32000) beside naive torch, F.linear_cross_entropy and torch.compile",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -72,6 +77,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     if args.loss is not None and resolve_loss(args.loss).name != DEFAULT:
         return _run_loss(args)
+    if args.linear is not None:
+        return _run_linear(args)
     try:  # everything here checks the options, before anything is measured
         settings = settings_from(args)
         if args.plot is not None:
@@ -103,6 +110,24 @@ def _run_loss(args: argparse.Namespace) -> int:
     machine.set_threads(threads)
     report = losses.run(args.loss, shapes, dtype, repeat, args.warmup, threads, args.seed)
     print(losses.format_report(report))
+    if args.json is not None:
+        write_json(report, args.json)
+    return 0
+
+
+def _run_linear(args: argparse.Namespace) -> int:
+    try:  # the options, checked before anything is measured
+        shapes = linear.parse_linear(args.linear)
+        repeat, threads = check_repeat(args.repeat), check_threads(args.threads)
+        if args.warmup < 1:
+            raise ValueError(f"--warmup must be >= 1 with --linear (compilation), got {args.warmup}")
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    if args.json is not None and not args.json.parent.is_dir():
+        raise UserError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
+    report = linear.run_linear(shapes, repeat=repeat, warmup=args.warmup, threads=threads,
+                               seed=args.seed)
+    print(linear.format_linear(report))
     if args.json is not None:
         write_json(report, args.json)
     return 0

@@ -101,7 +101,7 @@ def _row(
     columns,
 ) -> tuple[mpmath.mpf, np.ndarray, mpmath.mpf]:
     """Loss of one row, its gradient with respect to the logits of ``columns`` (in that
-    order), and the row's lse."""
+    order), the row's lse, and the z-term's (value, gradient) within them."""
     classes = len(logits)
     zero = mpmath.mpf(0)
     position = {int(j): k for k, j in enumerate(columns)}
@@ -131,10 +131,14 @@ def _row(
         nll = -(w[target] * log_probs[target])
         smooth = -_sum(wj * lp for wj, lp in zip(w, log_probs))
         loss = (1 - eps) * nll + (eps / classes) * smooth
-    loss = loss + mpmath.mpf(lse_square_scale) * (lse * lse)
+    # The z-term apart too: a mean divides it by the counted rows, not by the weights.
+    z_loss = mpmath.mpf(lse_square_scale) * (lse * lse)
+    loss = loss + z_loss
     if not isinstance(loss, _Dual):  # no column seeded
-        return loss, np.zeros(0, dtype=object), lse
-    return loss.value, loss.grad, _value(lse)
+        empty = np.zeros(0, dtype=object)
+        return loss, empty, lse, (z_loss, empty)
+    z_grad = z_loss.grad if isinstance(z_loss, _Dual) else loss.grad * 0
+    return loss.value, loss.grad, _value(lse), (_value(z_loss), z_grad)
 
 
 def _as_index_target(target: np.ndarray, n: int, classes: int, ignore_index: int) -> np.ndarray:
@@ -197,6 +201,9 @@ def reference_cross_entropy(
         row_loss = [mpmath.mpf(0)] * n
         row_grad = np.zeros((n, len(columns)), dtype=object)
         row_grad[:] = mpmath.mpf(0)
+        row_z_loss = [mpmath.mpf(0)] * n
+        row_z_grad = np.zeros((n, len(columns)), dtype=object)
+        row_z_grad[:] = mpmath.mpf(0)
         lse = np.full(n, np.nan)
         kept = np.ones(n, dtype=bool) if probs else target != ignore_index
         finite = np.isfinite(logits).all(axis=1)
@@ -211,23 +218,29 @@ def reference_cross_entropy(
             if key not in rows_seen:
                 rows_seen[key] = _row(logits[i], row_target, weight, label_smoothing,
                                       lse_square_scale, softcap, columns)
-            loss_i, grad_i, lse_i = rows_seen[key]
+            loss_i, grad_i, lse_i, (z_i, z_grad_i) = rows_seen[key]
             lse[i] = float(lse_i)
             if kept[i]:
                 row_loss[i], row_grad[i] = loss_i, grad_i
+                row_z_loss[i], row_z_grad[i] = z_i, z_grad_i
 
         dlogits = np.full((n, classes), np.nan)
         dlogits[:, columns] = 0.0
         if reduction == "mean":
             factor = scales[0] / denominator if denominator != 0 else mpmath.nan
+            # The z-term over the counted rows instead of the denominator.
+            z_factor = scales[0] / int(kept.sum()) - factor if denominator != 0 else mpmath.nan
         for i in range(n):
             if not kept[i]:
                 continue
             if not finite[i]:
                 dlogits[i, columns] = np.nan
                 continue
-            scale = factor if reduction == "mean" else scales[i]
-            dlogits[i, columns] = [float(scale * g) for g in row_grad[i]]
+            if reduction == "mean":
+                dlogits[i, columns] = [float(factor * g + z_factor * zg)
+                                       for g, zg in zip(row_grad[i], row_z_grad[i])]
+            else:
+                dlogits[i, columns] = [float(scales[i] * g) for g in row_grad[i]]
         per_row = np.array([float(x) for x in row_loss], dtype=np.float64)
         per_row[kept & ~finite] = np.nan
         if reduction == "none":
@@ -237,7 +250,9 @@ def reference_cross_entropy(
         elif denominator == 0 or not finite[kept].all():
             loss = np.array(np.nan)
         else:
-            loss = np.array(float(mpmath.fsum(row_loss) / denominator))
+            z_total = mpmath.fsum(row_z_loss)
+            loss = np.array(float((mpmath.fsum(row_loss) - z_total) / denominator
+                                  + z_total / int(kept.sum())))
     if return_lse:
         return loss, dlogits, lse
     return loss, dlogits

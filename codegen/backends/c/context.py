@@ -128,6 +128,9 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str) -> dict:
                          wide, "s", {"grad_output", "denominator"}),
         "loss_mean": _group("loss_mean", [("loss_mean", spec.loss_mean)], wide, "l",
                             {"loss_total", "denominator"}),
+        "mean_lse_square_scale": _group(
+            "mean_lse_square_scale", [("mean_lse_square_scale", spec.mean_lse_square_scale)],
+            wide, "z", {"lse_square_scale", "denominator", "counted_rows"}),
     }
     return {
         "name": spec.name,

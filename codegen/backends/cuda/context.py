@@ -125,6 +125,9 @@ def _variant(spec: ks.KernelSpec, arithmetic: str) -> dict:
                             {"grad_output": None}),
         "loss_mean": _group("loss_mean", [("loss_mean", spec.loss_mean)], wide, "l",
                             {"loss_total": None, "denominator": None}),
+        "mean_lse_square_scale": _group(
+            "mean_lse_square_scale", [("mean_lse_square_scale", spec.mean_lse_square_scale)],
+            wide, "z", {"lse_square_scale": None, "denominator": None, "counted_rows": None}),
     }
     if "logit" in {n for n, _ in groups["accumulate"]["bindings"]}:
         raise TemplateError(f"cuda: the first sweep of {spec.name} reads the raw logit")

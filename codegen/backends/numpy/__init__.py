@@ -158,6 +158,7 @@ def render_module(dtype: str, specs: tuple[ks.KernelSpec, ...] | None = None) ->
         scale_mean=_common(specs, "scale_mean", dtype),
         scale_sum=_common(specs, "scale_sum", dtype),
         loss_mean=_common(specs, "loss_mean", dtype),
+        mean_lse_square_scale=_common(specs, "mean_lse_square_scale", dtype),
     )
 
 

@@ -1,0 +1,105 @@
+"""``gradsmith.torch`` in the bench: the op (forward + backward through autograd) as a
+contender, and its per-call overhead against the raw C call at small shapes."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from gradsmith.codegen.bench import machine
+from gradsmith.codegen.bench.peers import Contender, Inputs, Prepared, Skip
+from gradsmith.codegen.bench.timing import HostClock, HostMeter, TorchCudaClock, TorchCudaMeter
+
+NAME = "gradsmith.torch"
+OVERHEAD_SHAPES = ((64, 10), (256, 100), (1024, 1000))
+
+
+def _prepare(device: str) -> Callable[[Inputs], Prepared]:
+    def prepare(inputs: Inputs) -> Prepared:
+        torch = machine.optional_torch()
+        if torch is None:
+            raise Skip("PyTorch is not installed")
+        import gradsmith.torch as gt
+
+        if device == "gpu":
+            logits, target = inputs.torch_gpu(torch)
+            clock: Any = TorchCudaClock(torch)
+            meter: Any = TorchCudaMeter(torch)
+        else:
+            if inputs.case.dtype not in ("float32", "float64"):
+                raise Skip(f"{NAME} on CPU has no {inputs.case.dtype}")
+            host_logits, host_target = inputs.host()
+            logits, target = torch.from_numpy(host_logits), torch.from_numpy(host_target)
+            clock, meter = HostClock(), HostMeter()
+        leaf = logits.detach().requires_grad_(True)
+
+        def call() -> tuple[Any, Any]:
+            loss = gt.cross_entropy(leaf, target)
+            loss.backward()
+            return loss, leaf.grad
+
+        def reset() -> None:
+            leaf.grad = None
+
+        return Prepared(call, clock, meter, reset)
+
+    return prepare
+
+
+def contenders(gpu: bool) -> Iterator[Contender]:
+    yield Contender(NAME, NAME, "cpu", True, _prepare("cpu"))
+    if gpu:
+        yield Contender(f"{NAME}-cuda", NAME, "gpu", True, _prepare("gpu"))
+
+
+def _median_us(call: Callable[[], Any], repeat: int) -> float:
+    call()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e6)
+    return statistics.median(times)
+
+
+def overhead(repeat: int) -> list[dict[str, Any]]:
+    """Median microseconds per forward + backward of the op (autograd, ``.backward()``) and of
+    the raw C call on the same float32 arrays, at small shapes; empty without PyTorch."""
+    torch = machine.optional_torch()
+    if torch is None:
+        return []
+    import gradsmith.torch as gt
+    import numpy as np
+    from gradsmith.codegen.loading import load
+
+    raw = load("c", "float32")
+    rows = []
+    for n, classes in OVERHEAD_SHAPES:
+        rng = np.random.default_rng(0)
+        logits = rng.standard_normal((n, classes), dtype=np.float32)
+        target = rng.integers(0, classes, size=n, dtype=np.int64)
+        leaf = torch.from_numpy(logits).requires_grad_(True)
+        torch_target = torch.from_numpy(target)
+
+        def op_call(leaf=leaf, target=torch_target) -> None:
+            leaf.grad = None
+            gt.cross_entropy(leaf, target).backward()
+
+        op_us = _median_us(op_call, max(repeat, 25))
+        raw_us = _median_us(lambda logits=logits, target=target: raw(logits, target),
+                            max(repeat, 25))
+        rows.append({"shape": f"{n}x{classes}", "op_us": op_us, "raw_c_us": raw_us,
+                     "overhead_us": op_us - raw_us, "ratio": op_us / raw_us})
+    return rows
+
+
+def format_overhead(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", f"{NAME} per-call overhead (float32, forward + backward, median us):"]
+    for row in rows:
+        lines.append(f"  {row['shape']:>10}: op {row['op_us']:8.1f}  raw C {row['raw_c_us']:8.1f}  "
+                     f"overhead {row['overhead_us']:7.1f}  ({row['ratio']:.2f}x)")
+    return lines

@@ -1,0 +1,99 @@
+"""gradsmith.torch on CUDA: every dtype against torch, the launcher library's build, and what
+can be checked without a GPU (argument handling before any launch)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (optional test dependency)")
+import gradsmith.torch as gt
+import torch.nn.functional as F
+
+HAS_GPU = torch.cuda.is_available()
+# Judged as Cut Cross-Entropy does: against float64, no worse than torch's own error in the
+# same dtype (times 2, plus a float32 floor, for the kernels' float32 arithmetic).
+CUDA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cuda_library_builds_for_a_recent_gpu():
+    from gradsmith.codegen.backends.cuda import runtime
+
+    assert runtime.build_library("sm_90").is_file()
+
+
+def test_cuda_dtypes_are_refused_on_cpu_before_any_kernel():
+    with pytest.raises(TypeError, match="float16"):
+        gt.fused_cross_entropy(torch.zeros(2, 3, dtype=torch.float16), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(TypeError, match="bfloat16"):
+        gt.cross_entropy(torch.zeros(2, 3, dtype=torch.bfloat16), torch.zeros(2, dtype=torch.long))
+
+
+def test_meta_tensors_are_refused():
+    with pytest.raises(ValueError, match="cpu or cuda"):
+        gt.fused_cross_entropy(torch.zeros(2, 3, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA device")
+@pytest.mark.parametrize("dtype", CUDA_DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ("index", "probs"))
+@pytest.mark.parametrize("reduction", ("none", "mean", "sum"))
+@pytest.mark.parametrize("shape", ((7, 5), (300, 1000), (17, 40000)))
+def test_cuda_op_matches_torch(dtype, kind, reduction, shape):
+    generator = torch.Generator().manual_seed(0)
+    n, classes = shape
+    logits64 = torch.randn(n, classes, dtype=torch.float64, generator=generator) * 3
+    weight = torch.rand(classes, dtype=torch.float64, generator=generator) + 0.1
+    if kind == "index":
+        target = torch.randint(0, classes, (n,), generator=generator)
+        target[::5] = -100
+    else:
+        target = torch.softmax(torch.randn(n, classes, dtype=torch.float64, generator=generator), 1)
+    upstream = torch.rand(n, dtype=torch.float64, generator=generator) if reduction == "none" else torch.tensor(0.7, dtype=torch.float64)
+    results = {}
+    for name, function, use in (("gradsmith", gt.cross_entropy, dtype), ("torch", F.cross_entropy, dtype),
+                                ("float64", F.cross_entropy, torch.float64)):
+        x = logits64.to(use).cuda().requires_grad_()
+        t = target.cuda() if kind == "index" else target.to(use).cuda()
+        loss = function(x, t, weight.to(use).cuda(), reduction=reduction, label_smoothing=0.1)
+        loss.backward(upstream.to(loss.dtype).cuda())
+        results[name] = (loss.detach().double().cpu(), x.grad.double().cpu())
+    floor = {torch.float64: 1e-12}.get(dtype, 1e-6)
+    for part, label in enumerate(("loss", "gradient")):
+        exact = results["float64"][part]
+        ours = (results["gradsmith"][part] - exact).abs().max().item()
+        theirs = (results["torch"][part] - exact).abs().max().item()
+        scale = exact.abs().max().item() or 1.0
+        assert ours <= 2 * theirs + floor * scale, f"{label}: {ours:.3g} vs torch {theirs:.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA device")
+def test_cuda_bad_target_check_and_its_skip():
+    logits = torch.randn(4, 3, device="cuda")
+    target = torch.tensor([0, 1, 7, 2], device="cuda")
+    with pytest.raises(ValueError, match=r"target\[2\] = 7"):
+        gt.cross_entropy(logits, target)
+    loss = gt.cross_entropy(logits, target, reduction="none", check_targets=False)
+    assert torch.isnan(loss[2]).item() and torch.isfinite(loss[[0, 1, 3]]).all().item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA device")
+def test_cuda_runs_on_the_current_stream_and_in_place():
+    logits = torch.randn(64, 1000, device="cuda")
+    target = torch.randint(0, 1000, (64,), device="cuda")
+    expected = F.cross_entropy(logits, target)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        hidden = logits.clone().requires_grad_()
+        loss = gt.cross_entropy(hidden * 1, target, inplace_backward=True)
+        loss.backward()
+    stream.synchronize()
+    torch.testing.assert_close(loss, expected)
+    reference = logits.clone().requires_grad_()
+    F.cross_entropy(reference, target).backward()
+    torch.testing.assert_close(hidden.grad, reference.grad)
