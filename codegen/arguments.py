@@ -32,6 +32,7 @@ class CrossEntropyCall:
     grad_output: Any | None  # 0-d for mean/sum, (N,) for none; None means 1
     return_lse: bool
     inplace: bool
+    out: Any | None = None  # the caller's (N, C) buffer for dlogits, checked; None: a new one
 
     @property
     def n_rows(self) -> int:
@@ -132,6 +133,44 @@ def _row_major(name: str, array: Any, xp: Any) -> Any:
     return array
 
 
+def _same_array(a: Any, b: Any) -> bool:
+    return (a is b or (_data_address(a) == _data_address(b) and tuple(a.shape) == tuple(b.shape)
+                       and tuple(a.strides) == tuple(b.strides)))
+
+
+def _data_address(array: Any) -> int:
+    interface = getattr(array, "__array_interface__", None) or array.__cuda_array_interface__
+    return int(interface["data"][0])
+
+
+def _check_out(out: Any, logits: Any, inputs: tuple, inplace: bool, xp: Any) -> Any:
+    """``out`` receives dlogits as it is: same array type, shape and dtype as logits, writeable,
+    each row's classes contiguous, and no memory shared with an input (logits itself aside)."""
+    if not isinstance(out, type(logits)) and not isinstance(logits, type(out)):
+        raise TypeError(f"out must be a {type(logits).__name__} like logits, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(logits.shape):
+        raise ValueError(f"out must have shape {tuple(logits.shape)} like logits, got {tuple(out.shape)}")
+    if out.dtype != logits.dtype:
+        raise TypeError(f"out must be {logits.dtype} like logits, got {out.dtype}")
+    if not getattr(out.flags, "writeable", True):
+        raise ValueError("out must be writeable")
+    n_rows, n_classes = (int(s) for s in out.shape)
+    row_stride, class_stride = (int(s) for s in out.strides)
+    if (not out.flags.aligned or (n_classes > 1 and class_stride != out.itemsize)
+            or (n_rows > 1 and row_stride < n_classes * out.itemsize)):
+        raise ValueError("out must have aligned rows whose classes are contiguous and that do "
+                         "not overlap (e.g. numpy.empty_like(logits))")
+    if inplace and not _same_array(out, logits):
+        raise ValueError("inplace=True writes the gradient over logits: leave out=None or pass logits")
+    if _same_array(out, logits):
+        return logits
+    for name, array in (("logits", logits), *zip(("target", "weight", "grad_output"), inputs)):
+        if array is not None and xp.may_share_memory(out, array):
+            raise ValueError(f"out shares memory with {name}; pass a separate buffer (or logits "
+                             "itself, for the gradient over the logits)")
+    return out
+
+
 def check_options(
     dtype: str,
     *,
@@ -178,6 +217,7 @@ def prepare_call(
     backend_dtypes: tuple[str, ...] = (),
     return_lse: bool = False,
     inplace: bool = False,
+    out: Any = None,
     check_targets: bool = True,
 ) -> CrossEntropyCall:
     """Check every argument against ``torch.nn.functional.cross_entropy``'s rules.
@@ -230,6 +270,10 @@ def prepare_call(
         raise ValueError("inplace=True needs logits whose rows are contiguous; pass a contiguous array")
     if inplace and not getattr(logits.flags, "writeable", True):
         raise ValueError("inplace=True needs a writeable logits array")
+    if out is not None:
+        out = _check_out(out, logits, (target, weight, grad_output), inplace, xp)
+        if _same_array(out, logits):  # the gradient over the logits: the in-place call
+            inplace, out = True, None
     return CrossEntropyCall(
         logits=logits,
         target=target,
@@ -243,4 +287,5 @@ def prepare_call(
         grad_output=grad_output,
         return_lse=return_lse,
         inplace=inplace,
+        out=out,
     )

@@ -443,3 +443,50 @@ def test_cli_bad_arguments_one_line_exit_2(arguments: list[str]) -> None:
     assert "Traceback" not in result.stderr
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("gradsmith"), lines
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+def test_out_receives_the_gradient(backend: str, dtype: str) -> None:
+    """``out=`` is filled and returned, equal to the call that allocates; a row-padded buffer
+    keeps its padding; ``out=logits`` is the in-place call."""
+    load_backend(backend, dtype)  # skips where the backend cannot run
+    logits, target = _sample(dtype, n=6, c=9, seed=7)
+    options = {"reduction": "none", "label_smoothing": 0.1, "return_lse": True}
+    expected = _call(backend, dtype, logits, target, **options)
+    padded = _device(backend, np.full((6, 12), 5.0, dtype=dtype))
+    for out in (_device(backend, np.full((6, 9), np.nan, dtype=dtype)), padded[:, :9]):
+        got = _call(backend, dtype, logits, target, out=out, **options)
+        assert got[1] is out
+        for a, b in zip(got, expected):
+            _same(a, b)
+    assert np.all(_host(padded)[:, 9:] == 5.0)
+    buffer = _device(backend, logits.copy())
+    got = load_backend(backend, dtype)(buffer, _device(backend, target), out=buffer, **options)
+    _same(buffer, expected[1])
+    assert got[1] is buffer
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+def test_bad_out_names_out(backend: str, dtype: str) -> None:
+    load_backend(backend, dtype)  # skips where the backend cannot run
+    logits, target = _sample(dtype)
+    other = "float64" if dtype == "float32" else "float32"
+    shared = _device(backend, np.zeros((5, 5), dtype=dtype))
+    read_only = np.zeros((4, 5), dtype=dtype)
+    read_only.flags.writeable = False
+    bad = [
+        (ValueError, np.zeros((4, 4), dtype=dtype)),
+        (TypeError, np.zeros((4, 5), dtype=other)),
+        (ValueError, np.zeros((5, 4), dtype=dtype).T),  # classes not contiguous
+        (TypeError, [[0.0] * 5] * 4),
+    ]
+    for error, out in bad:
+        with pytest.raises(error, match="out"):
+            _call(backend, dtype, logits, target, out=out if isinstance(out, list) else _device(backend, out))
+    if backend != "cuda":
+        with pytest.raises(ValueError, match="out"):
+            _call(backend, dtype, logits, target, out=read_only)
+    with pytest.raises(ValueError, match="out"):  # overlaps the logits
+        load_backend(backend, dtype)(shared[:4], _device(backend, target), out=shared[1:])
+    with pytest.raises(ValueError, match="out"):
+        _call(backend, dtype, logits.copy(), target, inplace=True, out=np.zeros((4, 5), dtype=dtype))

@@ -20,7 +20,9 @@ from gradsmith.codegen.bench.runner import moved_bytes
 from gradsmith.codegen.bench.settings import CPU_SHAPES, GPU_SHAPES, Case, build_cases, parse_shapes
 from gradsmith.codegen.cli import main
 
-TINY = ["--shapes", "64x10,8x300", "--repeat", "1", "--inplace", "--no-progress"]
+# The compiling peers (torch.compile, jax.jit) take seconds to compile: not in the tiny run.
+TINY = ["--shapes", "64x10,8x300", "--repeat", "1", "--inplace", "--no-progress",
+        "--backends", "numpy,c,cuda,torch,textbook"]
 ROW_FIELDS = {
     "shape", "dtype", "name", "backend", "device", "generated", "status", "reason", "ms",
     "times_ms", "gb_per_s", "pct_bandwidth", "peak_bytes", "memory_method", "loss", "speedup",
@@ -148,7 +150,7 @@ def test_plot_is_written(tmp_path):
         (["--shapes", "4096by10"], "--shapes"),
         (["--shapes", "0x10"], "--shapes"),
         (["--shapes", ""], "--shapes"),
-        (["--backends", "numpy,jax"], "jax"),
+        (["--backends", "numpy,tensorflow"], "tensorflow"),
         (["--dtypes", "int8"], "--dtypes"),
         (["--repeat", "0"], "--repeat"),
         (["--repeat", "two"], "--repeat"),
@@ -162,3 +164,72 @@ def test_bad_arguments_fail_in_one_line(argv, needle, capsys):
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], captured.err
     assert captured.out == ""
+
+
+def test_busy_core_is_stopped_on_errors():
+    from gradsmith.codegen.bench.busy import busy_core
+
+    with pytest.raises(RuntimeError), busy_core() as spinner:
+        assert spinner.poll() is None  # running
+        raise RuntimeError("the benchmark failed")
+    assert spinner.poll() is not None
+
+
+def test_openmp_threads_restores_the_setting():
+    from gradsmith.codegen.bench import machine
+
+    runtimes = machine._openmp_runtimes()
+    if not runtimes:
+        pytest.skip("no OpenMP runtime found")
+    before = runtimes[0].omp_get_max_threads()
+    with machine.openmp_threads(1):
+        assert runtimes[0].omp_get_max_threads() == 1
+    assert runtimes[0].omp_get_max_threads() == before
+
+
+def _row(name, ms, n_classes=10, pct=None, generated=True):
+    return {"shape": [100, n_classes], "dtype": "float32", "name": name, "status": "ok",
+            "device": "cpu", "ms": ms, "pct_bandwidth": pct, "generated": generated}
+
+
+def test_targets_are_ratios_within_the_run():
+    from gradsmith.codegen.bench.targets import check_targets
+
+    rows = [_row("c", 2.0, pct=60.0), _row("c-1thread", 1.0), _row("numpy", 4.0),
+            _row("torch-cpu", 9.0, generated=False), _row("jax-jit", 3.0, generated=False),
+            _row("textbook", 2.0, generated=False)]
+    checks = {c["target"]: c for c in check_targets({"settings": {"busy": True}, "results": rows})}
+    lead = checks["c vs fastest peer (jax-jit), x"]
+    assert lead["value"] == pytest.approx(1.5) and lead["met"]
+    assert checks["c, % of copy bandwidth"]["met"]
+    busy = checks["c busy / c-1thread busy, x"]
+    assert busy["value"] == pytest.approx(2.0) and not busy["met"]
+    numpy_lead = checks["numpy vs textbook, x"]
+    assert numpy_lead["value"] == pytest.approx(0.5) and not numpy_lead["met"]
+    quiet = check_targets({"settings": {"busy": False}, "results": rows})
+    assert not any(c["target"].startswith("c busy") for c in quiet)
+
+
+def test_jax_peer_computes_the_textbook_loss_and_gradient():
+    pytest.importorskip("jax")
+    from gradsmith.codegen.bench.peers import Inputs, _jax_jit
+
+    inputs = Inputs(Case(32, 7, "float32"), seed=1)
+    loss, grad = _jax_jit(inputs).call()
+    expected_loss, expected_grad = textbook_cross_entropy(*inputs.host())
+    assert float(loss) == pytest.approx(float(expected_loss), rel=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), expected_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_busy_run_adds_the_one_thread_row_and_its_target(tmp_path):
+    path = tmp_path / "busy.json"
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert main(["bench", "--busy", "--shapes", "64x10", "--backends", "c", "--repeat", "1",
+                     "--no-progress", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["settings"]["busy"] is True
+    names = {row["name"] for row in report["results"] if row["status"] == "ok"}
+    if "c" not in names:
+        pytest.skip("the C backend cannot run here")
+    assert {"c", "c-out", "c-1thread"} <= names
+    assert "c busy / c-1thread busy" in stdout.getvalue()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -36,17 +39,42 @@ def set_threads(threads: int) -> None:
     an OpenMP runtime that is already loaded in this process.
     """
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    for runtime in _openmp_runtimes():
+        runtime.omp_set_num_threads(ctypes.c_int(threads))
+    torch = optional_torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+@functools.cache
+def _openmp_runtimes() -> list[ctypes.CDLL]:
+    runtimes = []
     for name in ("gomp", "omp", "iomp5"):
         path = ctypes.util.find_library(name)
         if not path:
             continue
         try:
-            ctypes.CDLL(path).omp_set_num_threads(ctypes.c_int(threads))
+            library = ctypes.CDLL(path)
+            library.omp_get_max_threads.restype = ctypes.c_int
+            library.omp_set_num_threads  # noqa: B018 - present, or AttributeError
         except (OSError, AttributeError):
             continue
-    torch = optional_torch()
-    if torch is not None:
-        torch.set_num_threads(threads)
+        runtimes.append(library)
+    return runtimes
+
+
+@contextlib.contextmanager
+def openmp_threads(threads: int) -> Iterator[None]:
+    """OpenMP regions started inside use ``threads`` threads; the previous setting comes back."""
+    runtimes = _openmp_runtimes()
+    previous = [runtime.omp_get_max_threads() for runtime in runtimes]
+    for runtime in runtimes:
+        runtime.omp_set_num_threads(ctypes.c_int(threads))
+    try:
+        yield
+    finally:
+        for runtime, count in zip(runtimes, previous):
+            runtime.omp_set_num_threads(ctypes.c_int(count))
 
 
 def optional_torch() -> Any | None:

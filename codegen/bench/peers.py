@@ -123,8 +123,10 @@ def _cupy_bfloat16(cupy: Any, torch: Any, logits: Any) -> Any:
         raise Skip(f"CuPy cannot hold bfloat16 arrays here ({error})") from error
 
 
-def _generated(backend: str, device: str, *, inplace: bool = False) -> Callable[[Inputs], Prepared]:
-    """The generated kernel; ``inplace`` writes dlogits over a copy of the logits, refilled untimed."""
+def _generated(backend: str, device: str, *, mode: str = "new") -> Callable[[Inputs], Prepared]:
+    """The generated kernel.  ``mode``: "new" returns a fresh gradient; "out" writes it into
+    one buffer passed as ``out=`` (no first touch after the warm-up); "inplace" writes it over
+    a copy of the logits, refilled untimed."""
 
     def prepare(inputs: Inputs) -> Prepared:
         from gradsmith.codegen.loading import load
@@ -147,8 +149,11 @@ def _generated(backend: str, device: str, *, inplace: bool = False) -> Callable[
             kernel = load(backend, inputs.case.dtype)
         except (ImportError, OSError, RuntimeError, NotImplementedError) as error:
             raise Skip(f"{backend} backend not available ({error})") from error
-        if not inplace:
+        if mode == "new":
             return Prepared(lambda: kernel(logits, target), clock, meter)
+        if mode == "out":
+            out = xp.empty_like(logits)
+            return Prepared(lambda: kernel(logits, target, out=out), clock, meter)
         buffer = logits.copy()
         return Prepared(
             lambda: kernel(buffer, target, inplace=True),
@@ -191,6 +196,62 @@ def _torch(device: str) -> Callable[[Inputs], Prepared]:
     return prepare
 
 
+def _torch_compiled(inputs: Inputs) -> Prepared:
+    """``torch.compile`` of ``F.cross_entropy`` (Inductor fuses forward and backward); the
+    compilation happens in the warm-up call, before anything is timed."""
+    torch = machine.optional_torch()
+    if torch is None:
+        raise Skip("PyTorch is not installed")
+    if inputs.case.dtype not in ("float32", "float64"):
+        raise Skip(f"torch.compile is not run on the CPU in {inputs.case.dtype}")
+    host_logits, host_target = inputs.host()
+    target = torch.from_numpy(host_target)
+    leaf = torch.from_numpy(host_logits).detach().requires_grad_(True)
+    compiled = torch.compile(torch.nn.functional.cross_entropy, dynamic=False)
+
+    def call() -> tuple[Any, Any]:
+        loss = compiled(leaf, target)
+        loss.backward()
+        return loss, leaf.grad
+
+    def reset() -> None:
+        leaf.grad = None
+
+    try:
+        call()
+    except Exception as error:  # Inductor needs a working C++ toolchain
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise Skip(f"torch.compile failed here ({type(error).__name__}: {message})") from error
+    reset()
+    return Prepared(call, HostClock(), HostMeter(), reset)
+
+
+def _jax_jit(inputs: Inputs) -> Prepared:
+    """``jax.jit(jax.value_and_grad(mean cross-entropy))`` on the CPU (XLA fuses it)."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as error:
+        raise Skip(f"JAX is not installed ({error})") from error
+    if inputs.case.dtype != "float32":
+        raise Skip(f"JAX runs float32 only unless x64 is enabled process-wide, not {inputs.case.dtype}")
+    host_logits, host_target = inputs.host()
+
+    def mean_cross_entropy(logits: Any, target: Any) -> Any:
+        target_logit = jnp.take_along_axis(logits, target[:, None], axis=1)[:, 0]
+        return jnp.mean(jax.nn.logsumexp(logits, axis=1) - target_logit)
+
+    step = jax.jit(jax.value_and_grad(mean_cross_entropy))
+    cpu = jax.devices("cpu")[0]
+    logits = jax.device_put(host_logits, cpu)
+    target = jax.device_put(host_target.astype(np.int32), cpu)  # JAX's default index width
+
+    def call() -> tuple[Any, Any]:
+        return jax.block_until_ready(step(logits, target))
+
+    return Prepared(call, HostClock(), HostMeter())
+
+
 def _textbook(inputs: Inputs) -> Prepared:
     if inputs.case.dtype not in ("float32", "float64"):
         raise Skip(f"textbook NumPy is not run in {inputs.case.dtype}")
@@ -198,8 +259,35 @@ def _textbook(inputs: Inputs) -> Prepared:
     return Prepared(lambda: textbook_cross_entropy(logits, target), HostClock(), HostMeter())
 
 
-def contenders(backends: tuple[str, ...], *, gpu: bool, inplace: bool = False) -> Iterator[Contender]:
-    """In table order: generated backends (and their in-place mode), then the peers."""
+def _single_thread(prepare: Callable[[Inputs], Prepared]) -> Callable[[Inputs], Prepared]:
+    """The same contender with one OpenMP thread, the caller's setting restored after each call."""
+
+    def prepare_one(inputs: Inputs) -> Prepared:
+        prepared = prepare(inputs)
+
+        def call() -> Any:
+            with machine.openmp_threads(1):
+                return prepared.call()
+
+        return Prepared(call, prepared.clock, prepared.meter, prepared.reset)
+
+    return prepare_one
+
+
+# The peers, in table order: (--backends name, row label, device, prepare, GPU only).
+PEERS: list[tuple[str, str, str, Callable[[Inputs], Prepared], bool]] = [
+    ("torch", "torch-cpu", "cpu", _torch("cpu"), False),
+    ("torch", "torch-cuda", "gpu", _torch("gpu"), True),
+    ("torch-compile", "torch-compile", "cpu", _torch_compiled, False),
+    ("jax", "jax-jit", "cpu", _jax_jit, False),
+    ("textbook", "textbook", "cpu", _textbook, False),
+]
+
+
+def contenders(
+    backends: tuple[str, ...], *, gpu: bool, inplace: bool = False, single_thread: bool = False
+) -> Iterator[Contender]:
+    """In table order: generated backends (with ``out=``, in place, on one thread), then the peers."""
     from gradsmith.codegen.registry import backends as registered
 
     for backend, declared in registered().items():
@@ -207,16 +295,18 @@ def contenders(backends: tuple[str, ...], *, gpu: bool, inplace: bool = False) -
             continue
         device = "gpu" if declared.gpu else "cpu"
         yield Contender(backend, backend, device, True, _generated(backend, device))
+        if backend != "numpy":
+            yield Contender(f"{backend}-out", backend, device, True, _generated(backend, device, mode="out"))
         if inplace and backend != "numpy":
             name = f"{backend}-inplace"
-            yield Contender(name, backend, device, True, _generated(backend, device, inplace=True))
-    if "torch" in backends:
-        yield Contender("torch-cpu", "torch", "cpu", False, _torch("cpu"))
-        if gpu:
-            yield Contender("torch-cuda", "torch", "gpu", False, _torch("gpu"))
+            yield Contender(name, backend, device, True, _generated(backend, device, mode="inplace"))
+        if single_thread and device == "cpu" and backend != "numpy":
+            yield Contender(f"{backend}-1thread", backend, device, True,
+                            _single_thread(_generated(backend, device)))
+    for backend, name, device, prepare, gpu_only in PEERS:
+        if backend in backends and (gpu or not gpu_only):
+            yield Contender(name, backend, device, False, prepare)
     if "gradsmith.torch" in backends:
         from gradsmith.codegen.bench import torch_peer
 
         yield from torch_peer.contenders(gpu)
-    if "textbook" in backends:
-        yield Contender("textbook", "textbook", "cpu", False, _textbook)

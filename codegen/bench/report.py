@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gradsmith.codegen.bench.targets import check_targets, format_targets
+
 COLUMNS = ("shape", "dtype", "backend", "ms", "GB/s", "% BW", "peak MB")
 
 
@@ -83,13 +85,20 @@ def format_table(report: dict[str, Any]) -> str:
     settings = report["settings"]
     lines.append(
         f"fused forward + backward, mean loss, integer targets; median of {settings['repeat']} "
-        f"after {settings['warmup']} warm-up; GB/s counts one read of the logits + one write of the gradient"
+        f"after {settings['warmup']} warm-up; GB/s counts the logits read, the gradient written "
+        "and the targets read"
     )
+    if settings.get("busy"):
+        lines.append("busy: another process kept one core busy throughout; c-1thread is the C kernel "
+                     "on one OpenMP thread")
     done = [row for row in rows if row["status"] == "ok"]
     peers = _peer_names(done)
     header = list(COLUMNS) + [f"vs {peer}" for peer in peers]
     lines.append("")
     lines.extend(_grid(header, [_cells(row, peers) for row in done]) if done else ["(nothing ran)"])
+    targets = format_targets(check_targets(report))
+    if targets:
+        lines.extend(["", *targets])
     not_run = _not_run(rows)
     if not_run:
         lines.extend(["", "not run:", *not_run])
@@ -116,32 +125,33 @@ def require_matplotlib() -> None:
 
 
 def write_plot(report: dict[str, Any], path: Path) -> None:
-    """Effective GB/s against the number of classes C, one line per contender and dtype."""
+    """Milliseconds per shape (log scale), one bar per contender and dtype."""
     require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(figsize=(8, 5))
-    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    for row in report["results"]:
-        if row["status"] == "ok":
-            series.setdefault((row["name"], row["dtype"]), []).append((row["shape"][1], row["gb_per_s"]))
-    for (name, dtype), points in series.items():
-        points.sort()
-        axes.plot([c for c, _ in points], [g for _, g in points], marker="o", label=f"{name} {dtype}")
-    for (device, probe), style in zip(report["bandwidth"].items(), ("--", ":")):
-        if probe is not None:
-            axes.axhline(probe["gb_per_s"], color="grey", linestyle=style, label=f"{device} copy bandwidth")
-    axes.set_xscale("log")
-    axes.set_xlabel("classes C")
-    axes.set_ylabel("effective GB/s (read logits + write gradient)")
+    done = [row for row in report["results"] if row["status"] == "ok"]
+    cases = list(dict.fromkeys((tuple(row["shape"]), row["dtype"]) for row in done))
+    names = list(dict.fromkeys(row["name"] for row in done))
+    ms = {((tuple(row["shape"]), row["dtype"]), row["name"]): row["ms"] for row in done}
+    figure, axes = pyplot.subplots(figsize=(max(8, 1.6 * len(cases)), 5))
+    width = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        points = [(i, ms[(case, name)]) for i, case in enumerate(cases) if (case, name) in ms]
+        axes.bar([i - 0.4 + (k + 0.5) * width for i, _ in points], [value for _, value in points],
+                 width=width, label=name)
+    axes.set_xticks(range(len(cases)))
+    axes.set_xticklabels([f"{n}x{c}\n{dtype}" for (n, c), dtype in cases])
+    axes.set_yscale("log")
+    axes.set_ylabel("milliseconds per forward + backward (median)")
     machine = report["machine"]
     title = machine["cpu"] if not machine["gpu"] else f"{machine['cpu']} / {machine['gpu']}"
-    axes.set_title(f"softmax cross-entropy forward + backward: {title}")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize="small")
+    busy = ", one core busy" if report["settings"].get("busy") else ""
+    axes.set_title(f"softmax cross-entropy: {title}, {machine['cores']} cores{busy}")
+    axes.grid(True, axis="y", which="both", alpha=0.3)
+    axes.legend(fontsize="small", ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     pyplot.close(figure)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 from typing import Any, TextIO
 
 from gradsmith.codegen.bench import machine
+from gradsmith.codegen.bench.busy import busy_core
 from gradsmith.codegen.bench.peers import Contender, Inputs, Skip, contenders
 from gradsmith.codegen.bench.probe import gpu_bandwidth, host_bandwidth
 from gradsmith.codegen.bench.settings import Case, Settings
@@ -43,9 +45,12 @@ class Progress:
             self.stream.flush()
 
 
+TARGET_ITEMSIZE = 8  # int64 class indices
+
+
 def moved_bytes(case: Case) -> int:
-    """One read of the logits and one write of the gradient."""
-    return 2 * case.n_rows * case.n_classes * ITEMSIZE[case.dtype]
+    """One read of the logits, one write of the gradient and one read of the targets."""
+    return case.n_rows * (2 * case.n_classes * ITEMSIZE[case.dtype] + TARGET_ITEMSIZE)
 
 
 def _scalar(value: Any) -> float | None:
@@ -137,14 +142,21 @@ def _speedups(rows: list[dict[str, Any]]) -> None:
 
 
 def run_benchmark(settings: Settings, *, stream: TextIO | None = None) -> dict[str, Any]:
-    """Measure; return the report as plain data (what ``--json`` writes)."""
+    """Measure; return the report as plain data (what ``--json`` writes).  With
+    ``settings.busy`` another process keeps one core busy throughout."""
+    with busy_core() if settings.busy else contextlib.nullcontext():
+        return _run_benchmark(settings, stream)
+
+
+def _run_benchmark(settings: Settings, stream: TextIO | None) -> dict[str, Any]:
     stream = sys.stderr if stream is None else stream
     threads = settings.threads or machine.core_count()
     if settings.threads is not None:
         machine.set_threads(settings.threads)
     described = machine.describe(threads)  # before measuring: the load average is others' work
     gpu = machine.has_gpu()
-    field = list(contenders(settings.backends, gpu=gpu, inplace=settings.inplace))
+    field = list(contenders(settings.backends, gpu=gpu, inplace=settings.inplace,
+                            single_thread=settings.busy))
 
     def runs(case: Case) -> list[Contender]:
         return [c for c in field if not (case.gpu_only and c.device == "cpu")]
@@ -187,8 +199,9 @@ def run_benchmark(settings: Settings, *, stream: TextIO | None = None) -> dict[s
             "seed": settings.seed,
             "backends": list(settings.backends),
             "inplace": settings.inplace,
+            "busy": settings.busy,
             "timing": "median of --repeat calls after warm-up; host: perf_counter, GPU: CUDA events",
-            "gb_per_s": "2 * N * C * itemsize (one read of the logits, one write of the gradient) / median time",
+            "gb_per_s": "(2 * N * C * itemsize + 8 * N) (logits read, gradient written, targets read) / median time",
             "loss": "reduction='mean', integer targets; loss and dlogits in every call",
         },
         "bandwidth": bandwidth,

@@ -9,12 +9,12 @@ from gradsmith.codegen.registry import names
 from gradsmith.codegen.registry import parse_backends as parse_names
 
 GENERATED = names()
-PEERS = ("torch", "gradsmith.torch", "textbook")
+PEERS = ("torch", "torch-compile", "jax", "gradsmith.torch", "textbook")
 BACKENDS = GENERATED + PEERS
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 # Shapes (N, C) measured everywhere, and the large ones added on a GPU.
-CPU_SHAPES = ((65536, 10), (8192, 1000), (4096, 32000), (1024, 131072))
+CPU_SHAPES = ((65536, 10), (262144, 4), (8192, 1000), (4096, 32000), (1024, 131072))
 GPU_SHAPES = ((16384, 131072), (8192, 256000))
 GPU_DTYPES = ("float32", "bfloat16")
 
@@ -45,6 +45,7 @@ class Settings:
     seed: int = 0
     progress: bool = True
     inplace: bool = False  # also time the C and CUDA kernels writing dlogits over the logits
+    busy: bool = False  # keep one core busy with another process, and time the C kernel on one thread
 
 
 def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:

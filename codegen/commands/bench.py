@@ -41,9 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="threads for OpenMP, PyTorch and the copy probe")
     parser.add_argument("--json", type=Path, default=None, help="write the full report as JSON")
-    parser.add_argument("--plot", type=Path, default=None, help="write a PNG of throughput against C (needs matplotlib)")
+    parser.add_argument("--plot", type=Path, default=None, help="write a PNG of milliseconds per shape for every contender (needs matplotlib)")
     parser.add_argument(
         "--inplace", action="store_true", help="also time the C and CUDA kernels writing dlogits over the logits"
+    )
+    parser.add_argument(
+        "--busy", action="store_true",
+        help="keep one core busy with another process throughout (started and stopped here), "
+             "and also time the C kernel on one thread",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random logits and targets")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -71,6 +76,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         seed=args.seed,
         progress=not args.no_progress,
         inplace=args.inplace,
+        busy=args.busy,
     )
 
 

@@ -33,7 +33,16 @@ SHORT_CHUNK = 64
 SHORT_SIMDLEN = {"float32": 8, "float64": 4}
 ROW_BLOCK = 4096  # segments per parallel region, their sums kept for a serial double sum
 SEGMENT_ROWS = 16  # rows per segment, summed in order by one thread
-PARALLEL_MIN_ELEMENTS = 32768  # below this a parallel region costs more than it saves
+# Elements per thread below which a thread costs more than it saves: two threads broke even
+# between 20480 and 40960 elements at C = 10 and between 32000 and 64000 at C = 1000.
+PARALLEL_MIN_ELEMENTS = 32768
+# Elements per chunk of rows handed to a thread: small enough that a thread whose core is
+# taken holds back little work, large enough that handing out chunks costs nothing.
+PARALLEL_CHUNK_ELEMENTS = 32768
+# Elements run on the calling thread alone after a parallel region that took longer than that
+# thread alone would have (the others' cores busy), before the team is tried again: about 60 ms
+# of one thread's work, so that a wrong call costs little and a busy machine is re-checked often.
+LATE_TEAM_SERIAL_ELEMENTS = 1 << 26
 # Rows of at most this many classes are processed a segment at a time, one row per SIMD lane
 # (a transposed tile of SEGMENT_ROWS rows): no per-row reductions, tails or calls.
 SHORT_CLASSES = 32
@@ -62,11 +71,20 @@ def _group(
     return printed
 
 
+def _leading_calls(row_values: Sequence[tuple[sp.Symbol, sp.Expr]]) -> int:
+    """How many leading row values call a function gcc cannot vectorise (log)."""
+    count = 0
+    while count < len(row_values) and row_values[count][1].has(sp.log):
+        count += 1
+    return count
+
+
 def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str) -> dict:
     exact = KernelCPrinter(dtype)
     sweep = KernelCPrinter(dtype, function_names={"exp": fast_exp})
     wide = KernelCPrinter("float64")
     index = spec.target_kind == "index"
+    calls = _leading_calls(spec.row_values)
     # In place the logits are gone once the exponentials are stored over them.
     stores = not ({ks.logit, ks.shifted} & spec.dlogit_from_stored.free_symbols)
     groups = {
@@ -89,6 +107,11 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str) -> dict:
             exact, "u", _ROW_STATE | {"old_max", "new_max"},
         ),
         "row": _group("row", list(spec.row_values), exact, "r", _ROW_STATE),
+        # The same row values in two groups for the lanes: the libm calls (log) in a scalar
+        # loop of their own, so that the loop over the rest vectorises.
+        "row_calls": _group("row_calls", list(spec.row_values[:calls]), exact, "q", _ROW_STATE),
+        "row_rest": _group("row_rest", list(spec.row_values[calls:]), exact, "p",
+                           _ROW_STATE | {str(s) for s, _ in spec.row_values[:calls]}),
         # Its own group: CSE across it and the row values would hoist reads of row values.
         # Its exponent target_shifted - log_sum_exp is <= 0 (sum_exp >= 1 holds the row
         # maximum's exp(0) = 1), the fast exp's domain.
@@ -139,6 +162,7 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str) -> dict:
         "softcapped": spec.softcapped,
         "stores": stores,
         "row_names": [str(symbol) for symbol, _ in spec.row_values],
+        "row_call_names": [str(symbol) for symbol, _ in spec.row_values[:calls]],
         "groups": groups,
         "op_count": sum(g.op_count for g in groups.values()),
     }
@@ -195,6 +219,8 @@ def kernel_context() -> dict:
         "segment_rows": SEGMENT_ROWS,
         "short_classes": SHORT_CLASSES,
         "parallel_min_elements": PARALLEL_MIN_ELEMENTS,
+        "parallel_chunk_elements": PARALLEL_CHUNK_ELEMENTS,
+        "late_team_serial_elements": LATE_TEAM_SERIAL_ELEMENTS,
         "spec_hash": expression_hash(expressions),
         "op_count": sum(d["op_count"] for d in dtypes),
     }

@@ -29,7 +29,8 @@ def _rows(name: str, array: np.ndarray, inplace: bool = False) -> tuple[np.ndarr
     stride = array.strides[0] if n_rows > 1 else n_classes * array.itemsize
     if stride % array.itemsize or stride < n_classes * array.itemsize or not array.flags.aligned:
         if inplace:
-            raise ValueError(f"inplace=True needs {name} with aligned, non-overlapping rows")
+            raise ValueError(f"{'inplace=True needs ' if name == 'logits' else ''}{name} with "
+                             "aligned, non-overlapping rows")
         array = np.ascontiguousarray(array)
         stride = n_classes * array.itemsize
     return array, stride // array.itemsize
@@ -80,6 +81,8 @@ def bind(library: ctypes.CDLL, dtype: str) -> Callable:
         logits_array, logits_stride = _rows("logits", call.logits, call.inplace)
         if call.inplace:
             dlogits, dlogits_stride = logits_array, logits_stride
+        elif call.out is not None:
+            dlogits, dlogits_stride = _rows("out", call.out, inplace=True)
         else:
             dlogits = np.empty((n_rows, n_classes), dtype=dtype)
             dlogits_stride = n_classes

@@ -147,9 +147,9 @@ def load(dtype: str, kernels: Path | None = None) -> Callable:
                             **options)
         call = dataclasses.replace(call, logits=_walkable(xp, call.logits),
                                    target=_walkable(xp, call.target))
-        if inplace and call.logits is not logits:
+        if call.inplace and call.logits is not logits:
             raise ValueError("inplace=True needs logits whose rows are contiguous; pass a contiguous array")
-        return _run(cupy, call, logits, inplace, on_host)
+        return _run(cupy, call, logits, call.inplace, on_host)
 
     def _run(cupy, call, original, inplace, on_host):
         aux = AUX_DTYPE[dtype]
@@ -158,7 +158,12 @@ def load(dtype: str, kernels: Path | None = None) -> Callable:
         target = _to_device(cupy, call.target)
         weight = _to_device(cupy, call.weight, aux)
         grad_output = _to_device(cupy, call.grad_output, aux)
-        dlogits = logits if inplace else cupy.empty((n, classes), dtype=logits.dtype)
+        if inplace:
+            dlogits = logits
+        elif call.out is not None and not on_host:
+            dlogits = call.out
+        else:
+            dlogits = cupy.empty((n, classes), dtype=logits.dtype)
         loss = cupy.empty((n,) if call.reduction == "none" else (1,), dtype=aux)
         lse = cupy.empty((n,), dtype=aux) if call.return_lse else None
         library = _library(f"sm_{cupy.cuda.Device().compute_capability}", source_dir)
@@ -198,6 +203,9 @@ def load(dtype: str, kernels: Path | None = None) -> Callable:
             if inplace:
                 original[...] = results[1]
                 results[1] = original
+            elif call.out is not None:
+                call.out[...] = results[1]
+                results[1] = call.out
         return tuple(results)
 
     return cross_entropy

@@ -24,6 +24,10 @@ DTYPES = ("float32", "float64")
 # Python overhead stays small; measured best at (4096, 32000) float32 among 2^15 .. 2^20.
 BLOCK_ELEMENTS = 262144
 THREAD_ELEMENTS = 1 << 20
+# Rows of at most this many classes take their max and min column by column: a loop over
+# columns beat NumPy's reduction along rows 2.5x to 25x for C = 4..32 and broke even at C = 64
+# (blocks of 262144 float32 elements).
+SHORT_ROW_CLASSES = 32
 ABI = (
     "Python; cross_entropy(logits, target, *, weight, ignore_index, reduction, label_smoothing, "
     "lse_square_scale, softcap, grad_output, return_lse, out) -> (loss, dlogits[, lse])"
@@ -153,6 +157,7 @@ def render_module(dtype: str, specs: tuple[ks.KernelSpec, ...] | None = None) ->
         scalar_type=NUMPY_TYPES[dtype],
         block_elements=BLOCK_ELEMENTS,
         thread_elements=THREAD_ELEMENTS,
+        short_row_classes=SHORT_ROW_CLASSES,
         variants=variants,
         row_weight=_per_kind(specs, "row_weight", dtype),
         scale_mean=_common(specs, "scale_mean", dtype),

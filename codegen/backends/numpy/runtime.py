@@ -61,7 +61,7 @@ def load(dtype: str = "float32", kernels: Path | None = None) -> Callable:
             softcap=call.softcap,
             grad_output=call.grad_output,
             return_lse=call.return_lse,
-            out=call.logits if call.inplace else None,
+            out=call.logits if call.inplace else call.out,
         )
 
     cross_entropy.__name__ = f"cross_entropy_numpy_{dtype}"
