@@ -57,6 +57,73 @@ def _real(name: str, value: Any, *, low: float | None = None, high: float | None
     return value
 
 
+real = _real
+
+
+def check_logits(logits: Any, dtype: str, *, name: str = "logits", copy: bool = True,
+                 backend_dtypes: tuple[str, ...] = ()) -> Any:
+    """A 2-D array of ``dtype`` with at least one class; rows made contiguous when ``copy``.
+
+    ``backend_dtypes`` (the dtypes the calling backend can load) lets a dtype mismatch advise
+    only what can work."""
+    if not hasattr(logits, "ndim") or not hasattr(logits, "dtype"):
+        raise TypeError(f"{name} must be an array, got {type(logits).__name__}")
+    if logits.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, C), got shape {tuple(logits.shape)}")
+    if str(logits.dtype) != dtype:
+        given = str(logits.dtype)
+        advice = (f"cast it or load dtype={given!r}" if given in backend_dtypes else
+                  f"cast it to one of {', '.join(backend_dtypes)}" if backend_dtypes else "cast it")
+        raise TypeError(f"{name} must be {dtype} for this kernel, got {given}; {advice}")
+    if int(logits.shape[1]) < 1:
+        raise ValueError(f"{name} must have at least one class (C >= 1)")
+    return np.ascontiguousarray(logits) if copy else logits
+
+
+def check_index_target(target: Any, n_rows: int, n_classes: int, ignore_index: Any, *,
+                       xp: Any = np, check_range: bool = True) -> Any:
+    """Class indices (N,) as int64, each in [0, C) or ``ignore_index``; errors name the first bad row."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if not hasattr(target, "ndim") or not hasattr(target, "dtype"):
+        raise TypeError(f"target must be an array, got {type(target).__name__}")
+    if target.ndim != 1:
+        raise ValueError(f"target must have shape ({n_rows},), got shape {tuple(target.shape)}")
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"target of shape (N,) must hold integer class indices, got {target.dtype}")
+    if target.shape[0] != n_rows:
+        raise ValueError(f"target must have shape ({n_rows},) to match logits, got {tuple(target.shape)}")
+    if target.dtype.kind == "u" and n_rows and int(target.max()) > np.iinfo(np.int64).max:
+        row = int(xp.argmax(target > np.iinfo(np.int64).max))
+        raise ValueError(f"target[{row}] = {int(target[row])} is outside [0, {n_classes})")
+    target = xp.ascontiguousarray(target, dtype=xp.int64)
+    if check_range and n_rows:
+        bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+        if bool(bad.any()):
+            row = int(xp.argmax(bad))
+            raise ValueError(
+                f"target[{row}] = {int(target[row])} is outside [0, {n_classes}) and is not ignore_index ({ignore_index})"
+            )
+    return target
+
+
+def check_grad_output(grad_output: Any, n_rows: int, reduction: str, per_row: bool, dtype: Any,
+                      *, xp: Any = np) -> Any:
+    """None, or grad_output in ``dtype``: shape (N,) for a per-row reduction, else 0-d."""
+    if grad_output is None:
+        return None
+    grad_output = xp.asarray(grad_output)
+    expected = (n_rows,) if per_row else ()
+    if tuple(grad_output.shape) != expected:
+        raise ValueError(f"grad_output must have shape {expected} for reduction={reduction!r}, got {tuple(grad_output.shape)}")
+    # asarray, not ascontiguousarray: that makes a 0-d grad_output 1-d, which the NumPy
+    # kernels then slice per block of rows.
+    grad_output = xp.asarray(grad_output, dtype=dtype)
+    if grad_output.ndim:
+        grad_output = xp.ascontiguousarray(grad_output)
+    return grad_output
+
+
 def _row_major(name: str, array: Any, xp: Any) -> Any:
     """Rows may be strided, but each row's classes must be contiguous: copy otherwise."""
     if array.ndim == 2 and array.shape[1] > 1 and array.strides[1] != array.itemsize:
@@ -157,18 +224,8 @@ def prepare_call(
 
     ``backend_dtypes`` (the dtypes the calling backend can load) lets a dtype mismatch advise
     only what can work."""
-    if not hasattr(logits, "ndim") or not hasattr(logits, "dtype"):
-        raise TypeError(f"logits must be an array, got {type(logits).__name__}")
-    if logits.ndim != 2:
-        raise ValueError(f"logits must have shape (N, C), got shape {tuple(logits.shape)}")
-    if str(logits.dtype) != dtype:
-        given = str(logits.dtype)
-        advice = (f"cast it or load dtype={given!r}" if given in backend_dtypes else
-                  f"cast it to one of {', '.join(backend_dtypes)}" if backend_dtypes else "cast it")
-        raise TypeError(f"logits must be {dtype} for this kernel, got {given}; {advice}")
+    check_logits(logits, dtype, copy=False, backend_dtypes=backend_dtypes)
     n_rows, n_classes = (int(s) for s in logits.shape)
-    if n_classes < 1:
-        raise ValueError("logits must have at least one class (C >= 1)")
     label_smoothing, lse_square_scale, softcap = check_options(
         dtype, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
         lse_square_scale=lse_square_scale, softcap=softcap)
@@ -179,22 +236,9 @@ def prepare_call(
     if not hasattr(target, "ndim") or not hasattr(target, "dtype"):
         raise TypeError(f"target must be an array, got {type(target).__name__}")
     if target.ndim == 1:
-        if target.dtype.kind not in "iu":
-            raise TypeError(f"target of shape (N,) must hold integer class indices, got {target.dtype}")
-        if target.shape[0] != n_rows:
-            raise ValueError(f"target must have shape ({n_rows},) to match logits, got {tuple(target.shape)}")
-        if target.dtype.kind == "u" and n_rows and int(target.max()) > np.iinfo(np.int64).max:
-            row = int(xp.argmax(target > np.iinfo(np.int64).max))
-            raise ValueError(f"target[{row}] = {int(target[row])} is outside [0, {n_classes})")
-        target = xp.ascontiguousarray(target, dtype=xp.int64)
+        target = check_index_target(target, n_rows, n_classes, ignore_index, xp=xp,
+                                    check_range=check_targets)
         target_kind = "index"
-        if check_targets and n_rows:
-            bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
-            if bool(bad.any()):
-                row = int(xp.argmax(bad))
-                raise ValueError(
-                    f"target[{row}] = {int(target[row])} is outside [0, {n_classes}) and is not ignore_index ({ignore_index})"
-                )
     elif target.ndim == 2:
         if tuple(target.shape) != (n_rows, n_classes):
             raise ValueError(f"target of probabilities must have shape {(n_rows, n_classes)}, got {tuple(target.shape)}")
@@ -217,16 +261,8 @@ def prepare_call(
             raise TypeError(f"weight must be {dtype} like logits, got {weight.dtype}")
         weight = xp.ascontiguousarray(weight)
 
-    if grad_output is not None:
-        grad_output = xp.asarray(grad_output)
-        expected = (n_rows,) if reduction == "none" else ()
-        if tuple(grad_output.shape) != expected:
-            raise ValueError(f"grad_output must have shape {expected} for reduction={reduction!r}, got {tuple(grad_output.shape)}")
-        # asarray, not ascontiguousarray: that makes a 0-d grad_output 1-d, which the NumPy
-        # kernels then slice per block of rows.
-        grad_output = xp.asarray(grad_output, dtype=logits.dtype)
-        if grad_output.ndim:
-            grad_output = xp.ascontiguousarray(grad_output)
+    grad_output = check_grad_output(grad_output, n_rows, reduction, reduction == "none",
+                                    logits.dtype, xp=xp)
 
     original = logits
     logits = _row_major("logits", logits, xp)

@@ -30,12 +30,15 @@ def kernel_tree(kernels: str | os.PathLike | None = None) -> Path:
     return path.resolve()
 
 
-def load(backend: str, dtype: str = "float32", *, kernels: str | os.PathLike | None = None) -> Callable:
+def load(backend: str, dtype: str = "float32", *, kernels: str | os.PathLike | None = None,
+         loss: str | os.PathLike = "cross_entropy") -> Callable:
     """Return ``f(logits, target, *, weight=None, ignore_index=-100, reduction="mean", ...)``.
 
     ``f`` returns ``(loss, dlogits)`` (and ``lse`` with ``return_lse=True``) with the semantics
     of ``torch.nn.functional.cross_entropy``; see the README for every option.  ``kernels``
     names a kernel tree written by ``gradsmith generate --out DIR`` (default: the shipped one).
+    ``loss`` names another loss of ``gradsmith.derive.losses`` (or the path of a loss module);
+    its callable takes that loss's options (see the README).
     """
     from gradsmith.codegen.registry import backend as find
 
@@ -43,4 +46,11 @@ def load(backend: str, dtype: str = "float32", *, kernels: str | os.PathLike | N
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     if not isinstance(dtype, str):
         raise TypeError(f"dtype must be a str such as 'float32', got {type(dtype).__name__}")
+    from gradsmith.derive.losses import DEFAULT, definition
+
+    found = definition(loss)
+    if found.name != DEFAULT:
+        from gradsmith.codegen import row_loss_runtime
+
+        return row_loss_runtime.load(found, backend, dtype, kernel_tree(kernels))
     return find(backend).load(dtype, kernel_tree(kernels))

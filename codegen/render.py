@@ -103,18 +103,23 @@ def _names(backends: Iterable[str] | None) -> tuple[str, ...]:
     return names() if backends is None else tuple(dict.fromkeys(backends))
 
 
-def render_all(backends: Iterable[str] | None = None) -> dict[str, str]:
+def render_all(backends: Iterable[str] | None = None, losses: Iterable = ()) -> dict[str, str]:
     """Every emitted file of ``backends`` (default: all), keyed by its path relative to the
-    output folder (posix)."""
+    output folder (posix).  ``losses`` adds row losses from outside the registry (module paths)
+    to the registered ones."""
     from gradsmith.codegen.registry import backend
+    from gradsmith.codegen.row_loss import render_losses
 
+    losses_emitted = render_losses(_names(backends), losses)  # a loss that does not fit fails first
     verify_specs()
     files: dict[str, str] = {}
-    for name in _names(backends):
-        for path, text in backend(name).render().items():
-            if path in files:
-                raise TemplateError(f"two templates emit {path}")
-            files[path] = text
+    emitted = [backend(name).render() for name in _names(backends)]
+    for path, text in [item for group in emitted for item in group.items()] + list(
+        losses_emitted.items()
+    ):
+        if path in files:
+            raise TemplateError(f"two templates emit {path}")
+        files[path] = text
     return dict(sorted(files.items()))
 
 

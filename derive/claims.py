@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from gradsmith.derive.check import ProofError
 from gradsmith.derive.definitions import validate_num_classes
+from gradsmith.derive.losses import LOSSES
 
 SYMBOLIC_GROUP = "symbolic C"
 
@@ -128,6 +129,7 @@ def registry(class_counts: Iterable[int]) -> list[Claim]:
               task=f"spec {index}")
         for index in range(SPEC_COUNT)
     )
+    claims.extend(loss_claim(name) for name in LOSSES)
     claims.extend(
         Claim("kernel exp", "gradsmith.derive.fast_exp", "exp_approximation", (dtype,), kind="exp bound",
               task=f"exp {dtype}")
@@ -136,9 +138,50 @@ def registry(class_counts: Iterable[int]) -> list[Claim]:
     return claims
 
 
+def loss_claim(loss: str) -> Claim:
+    """Every claim of one row loss (a registered name or a module path), as one entry."""
+    return Claim("row losses", "gradsmith.derive.row_loss_proofs", str(loss), kind="row loss",
+                 task=f"loss {loss}")
+
+
+def loss_results(loss: str) -> list[ClaimResult]:
+    """Each claim of one row loss as its own result (``gradsmith prove --loss NAME``)."""
+    from gradsmith.derive.losses import definition
+    from gradsmith.derive.row_loss_proofs import prove
+
+    start = time.perf_counter()
+    found = definition(loss)
+    checked = prove(found, definition)
+    seconds = (time.perf_counter() - start) / max(len(checked), 1)
+    return [ClaimResult(c.name, "symbolic", f"loss {found.name}", c.verdict.method, "holds",
+                        seconds, found.assumptions, c.verdict.detail) for c in checked]
+
+
+def _run_loss(claim: Claim, start: float) -> ClaimResult:
+    from gradsmith.derive.losses import definition
+    from gradsmith.derive.row_loss import RowLossError
+    from gradsmith.derive.row_loss_proofs import prove
+
+    try:
+        found = definition(claim.function)
+        checked = prove(found, definition)
+    except (ProofError, RowLossError) as error:
+        return ClaimResult(f"loss {claim.function}", "symbolic", claim.group, "-", "fails",
+                           time.perf_counter() - start, detail=str(error))
+    methods = {c.verdict.method for c in checked}
+    return ClaimResult(
+        name=f"loss {found.name}: kernel spec, closed form and identities", classes="symbolic",
+        group=claim.group, method="numeric" if "numeric" in methods else "symbolic",
+        result="holds", seconds=time.perf_counter() - start,
+        assumptions=found.assumptions, detail="; ".join(c.name for c in checked),
+    )
+
+
 def run_claim(claim: Claim) -> ClaimResult:
     """Build or verify one claim; a failing step becomes a result that says which."""
     start = time.perf_counter()
+    if claim.kind == "row loss":
+        return _run_loss(claim, start)
     try:
         if claim.kind == "kernel spec":
             return _run_spec(claim, start)
@@ -164,7 +207,7 @@ def run_claim(claim: Claim) -> ClaimResult:
 
 
 def _classes_of(claim: Claim) -> str:
-    if claim.kind == "exp bound":
+    if claim.kind in ("exp bound", "row loss"):
         return "-"
     return str(claim.args[0]) if claim.args else "symbolic"
 

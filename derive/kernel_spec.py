@@ -15,6 +15,8 @@ from itertools import product
 
 import sympy as sp
 from gradsmith.derive.check import Verdict, check_equal
+from gradsmith.derive.losses import cross_entropy
+from gradsmith.derive.row_loss_definition import ConcreteRow
 
 TARGET_KINDS = ("index", "probs")
 
@@ -143,7 +145,7 @@ def _transform(softcapped: bool) -> sp.Expr:
 
 def smoothed_target(prob: sp.Expr, classes: sp.Expr = num_classes) -> sp.Expr:
     """PyTorch's label smoothing of a probability target: (1 - eps) y + eps / C."""
-    return (1 - label_smoothing) * prob + label_smoothing / classes
+    return cross_entropy.smoothed_target(prob, classes, label_smoothing)
 
 
 @cache
@@ -253,19 +255,12 @@ def all_specs() -> tuple[KernelSpec, ...]:
 
 
 def _definition_loss(spec: KernelSpec, z, w, y, target: int | None) -> sp.Expr:
-    """PyTorch's per-row cross_entropy with every option, written from its definition."""
-    classes = len(z)
+    """PyTorch's per-row cross_entropy with every option: the cross-entropy loss module's."""
     transformed = [spec.transform.subs(logit, zj) for zj in z]
-    log_norm = sp.log(sp.Add(*[sp.exp(t) for t in transformed]))
-    log_probs = [t - log_norm for t in transformed]
-    if spec.target_kind == "index":
-        nll = -w[target] * log_probs[target]
-        smooth = -sp.Add(*[wk * lp for wk, lp in zip(w, log_probs, strict=True)])
-        ce = (1 - label_smoothing) * nll + label_smoothing / classes * smooth
-    else:
-        smoothed = [smoothed_target(yk, classes) for yk in y]
-        ce = -sp.Add(*[wk * yk * lp for wk, yk, lp in zip(w, smoothed, log_probs, strict=True)])
-    return ce + lse_square_scale * log_norm**2
+    row = ConcreteRow(transformed, alpha=w, y=y, t=target)
+    return cross_entropy.loss(row, label_smoothing=label_smoothing,
+                              lse_square_scale=lse_square_scale,
+                              probabilities=spec.target_kind == "probs")
 
 
 def _row_state(spec: KernelSpec, z, w, y, target: int | None, pivot: sp.Symbol) -> dict:

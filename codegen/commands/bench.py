@@ -21,6 +21,8 @@ from gradsmith.codegen.bench.settings import (
     parse_shapes,
 )
 from gradsmith.codegen.errors import UserError
+from gradsmith.codegen.row_loss import resolve_loss
+from gradsmith.derive.losses import DEFAULT
 
 
 def _shapes_help() -> str:
@@ -50,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random logits and targets")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--loss", default=None, metavar="NAME",
+                        help="time another loss (focal, distill_kl) beside torch eager and torch.compile")
     parser.add_argument(
         "--linear", default=None, metavar="NxHxV",
         help="instead: fused linear + cross-entropy at tokens x hidden x vocabulary (e.g. "
@@ -77,6 +81,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.loss is not None and resolve_loss(args.loss).name != DEFAULT:
+        return _run_loss(args)
     if args.linear is not None:
         return _run_linear(args)
     try:  # everything here checks the options, before anything is measured
@@ -94,6 +100,24 @@ def run(args: argparse.Namespace) -> int:
         write_json(report, args.json)
     if args.plot is not None:
         write_plot(report, args.plot)
+    return 0
+
+
+def _run_loss(args: argparse.Namespace) -> int:
+    from gradsmith.codegen.bench import losses
+
+    try:  # the options first, before anything is measured
+        shapes = losses.SHAPES if args.shapes is None else parse_shapes(args.shapes)
+        (dtype,) = parse_dtypes(args.dtypes) if args.dtypes else ("float32",)
+        threads = check_threads(args.threads)
+        repeat = check_repeat(args.repeat)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    machine.set_threads(threads)
+    report = losses.run(args.loss, shapes, dtype, repeat, args.warmup, threads, args.seed)
+    print(losses.format_report(report))
+    if args.json is not None:
+        write_json(report, args.json)
     return 0
 
 

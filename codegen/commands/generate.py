@@ -9,6 +9,8 @@ from pathlib import Path
 from gradsmith.codegen.errors import UserError
 from gradsmith.codegen.registry import backends_option, names
 from gradsmith.codegen.render import diff_tree, render_all, write_tree
+from gradsmith.codegen.row_loss import resolve_loss
+from gradsmith.derive.row_loss_definition import RowLossError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,14 +18,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true", help="compare with --out instead of writing; exit 1 and show a diff if it differs")
     parser.add_argument("--backends", type=backends_option(), default=names(),
                         help=f"comma-separated subset of {','.join(names())} (default: all)")
+    parser.add_argument("--loss", action="append", default=[], metavar="FILE",
+                        help="also emit the loss defined in this module file (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
+    for loss in args.loss:
+        resolve_loss(loss)
     print(f"deriving and rendering {', '.join(args.backends)} ...", file=sys.stderr)
-    files = render_all(args.backends)
+    try:
+        files = render_all(args.backends, args.loss)
+    except RowLossError as error:  # a definition that does not fit is the user's to fix
+        raise UserError(str(error)) from error
     if args.check:
         diff = diff_tree(files, out, args.backends)
         if diff:

@@ -11,7 +11,10 @@ from pathlib import Path
 
 from gradsmith.codegen.atomic import write_atomically
 from gradsmith.codegen.errors import UserError
+from gradsmith.codegen.row_loss import resolve_loss
 from gradsmith.derive.latex import FORMATS, document
+from gradsmith.derive.losses import DEFAULT, definition
+from gradsmith.derive.row_loss_latex import document as loss_document
 
 PDFLATEX_SECONDS = 120
 
@@ -20,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="latex",
                         help="latex (default) or md (Markdown with $$ math)")
     parser.add_argument("--out", metavar="FILE", help="write the document to FILE")
+    parser.add_argument("--loss", metavar="NAME", default=None,
+                        help="the derivation of one loss: a registered name or a loss module file")
     parser.add_argument("--pdf", metavar="FILE", help="compile the LaTeX with pdflatex to FILE")
 
 
@@ -33,8 +38,12 @@ def run(args: argparse.Namespace) -> int:
         folder = Path(target).parent if target else None
         if folder is not None and not folder.is_dir():
             raise OSError(f"{option}: cannot write {target}: folder {folder} does not exist")
+    found = resolve_loss(args.loss) if args.loss is not None else None
     print("building and checking every derivation ...", file=sys.stderr)
-    text = document(args.format)
+    if found is not None and found.name != DEFAULT:
+        text = loss_document(found, args.format, definition)
+    else:
+        text = document(args.format)
     if args.out:
         write_atomically(Path(args.out), text)
     if args.pdf:

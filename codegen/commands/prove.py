@@ -9,7 +9,17 @@ import sys
 import time
 
 from gradsmith.codegen.errors import UserError
-from gradsmith.derive.claims import SYMBOLIC_GROUP, ClaimResult, parse_classes, registry, run_claims
+from gradsmith.codegen.row_loss import resolve_loss
+from gradsmith.derive.claims import (
+    SYMBOLIC_GROUP,
+    ClaimResult,
+    loss_results,
+    parse_classes,
+    registry,
+    run_claims,
+)
+from gradsmith.derive.losses import DEFAULT
+from gradsmith.derive.row_loss_definition import RowLossError
 
 DEFAULT_CLASSES = "1..16"
 
@@ -20,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"concrete numbers of classes to prove for: 1..16, 3,5,8 (default {DEFAULT_CLASSES})",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--loss", metavar="NAME", default=None,
+                        help="prove one loss only: a registered name or a loss module file")
     parser.add_argument(
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="N",
         help="worker processes (default: 2, or 1 on a single core)",
@@ -34,9 +46,20 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     claims = registry(class_counts)
+    if args.loss is not None:
+        found = resolve_loss(args.loss)
+        if found.name != DEFAULT:
+            try:
+                return _report(args, loss_results(args.loss), 0.0)
+            except RowLossError as error:
+                raise UserError(str(error)) from error
     start = time.perf_counter()
     results = run_claims(claims, jobs=args.jobs, progress=_progress)
-    wall = time.perf_counter() - start
+    return _report(args, results, time.perf_counter() - start)
+
+
+def _report(args: argparse.Namespace, results: list[ClaimResult], wall: float) -> int:
+    wall = wall or sum(result.seconds for result in results)
     all_hold = all(result.holds for result in results)
     if args.json:
         print(json.dumps(_as_json(results, wall, all_hold), indent=2))

@@ -13,8 +13,10 @@ from pathlib import Path
 from gradsmith.codegen.errors import UserError
 from gradsmith.codegen.loading import kernel_tree
 from gradsmith.codegen.registry import backend, backends_option, names
+from gradsmith.codegen.row_loss import resolve_loss
 from gradsmith.codegen.validate.cases import grid
 from gradsmith.codegen.validate.check import Row, validate_backend
+from gradsmith.derive.losses import DEFAULT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated subset of {','.join(names())} (default: all; "
                         "a backend this machine cannot run is reported as skipped)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument("--loss", default=None, metavar="NAME",
+                        help="validate another loss's kernels (a registered name or a module file)")
 
 
 def _fraction(value: float) -> str:
@@ -75,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--kernels: {error}") from error
     if args.json is not None and not args.json.parent.is_dir():
         raise UserError(f"--json: cannot write {args.json}: folder {args.json.parent} does not exist")
+    if args.loss is not None and resolve_loss(args.loss).name != DEFAULT:
+        return _run_loss(args, tree)
     start = time.perf_counter()
     cases = grid()
     rows: list[Row] = []
@@ -88,4 +94,24 @@ def run(args: argparse.Namespace) -> int:
           f"{tree}: every kernel validated in {seconds:.1f} s", file=sys.stderr)
     if args.json is not None:
         args.json.write_text(json.dumps(_as_json(rows, tree, seconds), indent=2) + "\n")
+    return 1 if failed else 0
+
+
+def _run_loss(args: argparse.Namespace, tree: Path) -> int:
+    from gradsmith.codegen import row_loss_runtime
+    from gradsmith.codegen.validate.row_loss import validate_loss
+
+    found = resolve_loss(args.loss)
+    rows = []
+    for name in [b for b in args.backends if b in row_loss_runtime.BACKENDS]:
+        for dtype in row_loss_runtime.DTYPES:
+            function = row_loss_runtime.load(found, name, dtype, tree)
+            rows += validate_loss(found, function, name, dtype)
+    for row in rows:
+        verdict = "ok" if row.passed else f"FAIL: {row.error or row.worst}"
+        print(f"{found.name}  {row.backend:<6} {row.dtype:<8} C={row.classes:<3} "
+              f"worst/tol {row.worst:.3g}  {verdict}")
+    failed = [row for row in rows if not row.passed]
+    print(f"{tree}: {found.name}: {len(failed)} of {len(rows)} rows failed" if failed else
+          f"{tree}: {found.name}: every kernel validated", file=sys.stderr)
     return 1 if failed else 0

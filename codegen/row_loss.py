@@ -1,0 +1,195 @@
+"""Lay out any row-loss kernel spec (``gradsmith.derive.row_loss``) for NumPy and C.
+
+Every expression is printed from the spec through ``print_code`` and the backends' printers;
+the templates ``numpy/row_loss.py.j2`` and ``c/row_loss.c.j2`` hold only the sweeps.  Nothing
+here knows the name or the formula of a loss.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import sympy as sp
+from gradsmith.codegen.backends.c.printer import C_TYPES, KernelCPrinter
+from gradsmith.codegen.backends.numpy.printer import NUMPY_TYPES, KernelNumPyPrinter
+from gradsmith.codegen.printing import check_reads, expression_hash, print_code
+from gradsmith.codegen.render import c_identifier, render_with_preamble
+from gradsmith.derive import row_loss as rl
+from gradsmith.derive.losses import LOSSES, definition
+
+BACKENDS = ("numpy", "c")
+DTYPES = ("float32", "float64")
+SUFFIXES = {"float32": "f32", "float64": "f64"}
+NUMPY_TEMPLATE = "numpy/row_loss.py.j2"
+C_TEMPLATE = "c/row_loss.c.j2"
+# Cross-entropy keeps its specialised kernels; every other registered loss is emitted generically.
+SPECIALISED = ("cross_entropy",)
+
+
+_PROVEN: set[tuple[str, int]] = set()
+
+
+def _prove(found: rl.LossDefinition) -> None:
+    """Every claim of the loss holds, or nothing of it is emitted (ProofError)."""
+    from gradsmith.derive.row_loss_proofs import prove
+
+    if (found.name, id(found)) not in _PROVEN:
+        prove(found, definition)
+        _PROVEN.add((found.name, id(found)))
+
+
+def resolve_loss(loss) -> rl.LossDefinition:
+    """The definition of a loss named on the command line; a bad name or a definition that does
+    not fit is the user's error (one line, exit status 2)."""
+    from gradsmith.codegen.errors import UserError
+
+    try:
+        return definition(loss)
+    except (ValueError, TypeError) as error:
+        raise UserError(str(error)) from error
+
+
+def numpy_path(name: str, dtype: str) -> str:
+    return f"numpy/gradsmith_{name}_{SUFFIXES[dtype]}.py"
+
+
+def c_path(name: str) -> str:
+    return f"c/gradsmith_{name}.c"
+
+
+def _printer(backend: str, dtype: str):
+    return KernelNumPyPrinter(dtype) if backend == "numpy" else KernelCPrinter(dtype)
+
+
+def _group(backend: str, dtype: str, outputs, prefix: str, inputs: Iterable[str]) -> dict:
+    printed = print_code([(str(name), expr) for name, expr in outputs], _printer(backend, dtype),
+                         temp_prefix=prefix)
+    check_reads(prefix, printed.assignments, [*inputs, "np"] if backend == "numpy" else inputs)
+    temporaries = {name for name, _ in printed.intermediates}
+    return {"assignments": [(c_identifier(name), code, name in temporaries)
+                            for name, code in printed.assignments],
+            "op_count": printed.op_count}
+
+
+def _normalizer(spec: rl.RowLossSpec, backend: str, dtype: str, logit: sp.Symbol,
+                maximum: sp.Symbol, log_sum: sp.Symbol, options: list[str]) -> dict:
+    """The printed sweep of one normalizer, its state named after its logits."""
+    name = str(logit)
+    rename = {rl.logit: logit, rl.scaled: sp.Symbol(f"{name}_scaled", real=True),
+              rl.row_max: maximum,
+              rl.sum_exp: sp.Symbol(f"{name}_sum_exp", positive=True)}
+    printer = _printer(backend, dtype)
+    state = [str(rename[s]) for s in (rl.scaled, rl.row_max, rl.sum_exp)]
+    scaled = _group(backend, dtype, [(rename[rl.scaled], spec.scaled_logit.xreplace(rename))],
+                    f"{name}_a", [name, *options])
+    return {
+        "logit": name, "scaled": state[0], "max": state[1], "sum_exp": state[2],
+        "log_sum": str(log_sum), "new_max": str(rl.new_max),
+        "scaled_code": scaled,
+        "term": printer.doprint(spec.normalizer_term.xreplace(rename)),
+        "rescale": printer.doprint(spec.normalizer_rescale.xreplace(
+            {rl.sum_exp: rename[rl.sum_exp], rl.old_max: rename[rl.row_max]})),
+        "log_sum_code": printer.doprint(spec.normalizer_log_sum.xreplace(rename)),
+    }
+
+
+def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
+    """Everything the row-loss template of ``backend`` lays out, printed in ``dtype``."""
+    options = [c_identifier(option.name) for option in spec.options]
+    normalizers = [_normalizer(spec, backend, dtype, logit, maximum, log_sum, options)
+                   for logit, maximum, log_sum in spec.normalizers]
+    gathered = [str(s) for s in spec.gathered]
+    row_inputs = [n[key] for n in normalizers for key in ("max", "log_sum")] + gathered + options + [str(rl.grad_scale)]
+    rows = _group(backend, dtype, spec.row_values, "r", row_inputs)
+    row_names = [name for name, _, _ in rows["assignments"]]
+    element_inputs = row_inputs + row_names + [str(n[0]) for n in spec.normalizers]
+    element_outputs = list(spec.element_values) + [(sp.Symbol("dlogit"), spec.dlogit)]
+    element_outputs += [(a.symbol, a.term) for a in spec.accumulators]
+    elements = _group(backend, dtype, element_outputs, "e", element_inputs)
+    accumulators = [str(a.symbol) for a in spec.accumulators]
+    # The final values read each row sum as its total over the row.
+    totals = {a.symbol: sp.Symbol(f"{a.symbol}_total", real=True) for a in spec.accumulators}
+    final = _group(backend, dtype, [(s, e.xreplace(totals)) for s, e in spec.final_values], "f",
+                   row_inputs + row_names + [str(s) for s in totals.values()])
+    op_count = rows["op_count"] + elements["op_count"] + final["op_count"]
+    return {
+        "name": c_identifier(spec.name),
+        "kind": spec.kind,
+        "class_weights": spec.class_weights,
+        "dtype": dtype,
+        "scalar_type": NUMPY_TYPES[dtype] if backend == "numpy" else C_TYPES[dtype],
+        "suffix": SUFFIXES[dtype],
+        "options": options,
+        "normalizers": normalizers,
+        "gathered": gathered,
+        "rows": rows,
+        "elements": elements,
+        "accumulators": accumulators,
+        "final": final,
+        "has_target_coefficient": spec.kind == "index",
+        "reads_class_alpha": str(rl.class_alpha) in _names(elements),
+        "spec_hash": expression_hash(spec.expressions()),
+        "op_count": op_count,
+    }
+
+
+def _names(group: dict) -> set[str]:
+    """Every identifier a printed group reads."""
+    return {name for _, code, _ in group["assignments"] for name in re.findall(r"[A-Za-z_]\w*", code)}
+
+
+def numpy_abi(spec: rl.RowLossSpec) -> str:
+    second = "teacher" if spec.kind == "teacher" else "target, alpha, ignore_index"
+    options = "".join(f", {o.name}" for o in spec.options)
+    return f"Python; rows(logits, {second}, grad_scale{options}, out) -> row_loss"
+
+
+def c_abi(spec: rl.RowLossSpec) -> str:
+    return (f"C99; int gs_{spec.name}_f32/f64(logits, second, target, alpha, n_rows, n_classes, "
+            "options, ignore_index, grad_scale, row_loss, dlogits, bad_row); status codes "
+            "GS_OK=0, NULL_POINTER=1, SHAPE=2, TARGET=3, PARAMS=4")
+
+
+def render_loss(loss, backends: Iterable[str] = BACKENDS) -> dict[str, str]:
+    """The emitted files of one loss (a name, a module path or a definition)."""
+    found = definition(loss)
+    _prove(found)
+    spec = rl.kernel_spec(found)
+    files: dict[str, str] = {}
+    if "numpy" in backends:
+        for dtype in DTYPES:
+            files.update(render_with_preamble({numpy_path(spec.name, dtype): NUMPY_TEMPLATE},
+                                              context(spec, "numpy", dtype), numpy_abi(spec)))
+    if "c" in backends:
+        ctx = {dtype: context(spec, "c", dtype) for dtype in DTYPES}
+        combined = {"spec_hash": ctx["float32"]["spec_hash"], "name": spec.name,
+                    "op_count": sum(c["op_count"] for c in ctx.values()),
+                    "variants": [ctx[d] for d in DTYPES], "options": ctx["float32"]["options"],
+                    "option_checks": option_checks(spec), "kind": spec.kind,
+                    "class_weights": spec.class_weights}
+        files.update(render_with_preamble({c_path(spec.name): C_TEMPLATE}, combined, c_abi(spec)))
+    return files
+
+
+def option_checks(spec: rl.RowLossSpec) -> list[str]:
+    """C conditions that an option is outside its stated range (NaN fails every check)."""
+    checks = []
+    for index, option in enumerate(spec.options):
+        value = f"options[{index}]"
+        if option.low is not None:
+            operator = "<=" if option.low_open else "<"
+            checks.append(f"!({value} == {value}) || {value} {operator} {option.low!r}")
+        if option.high is not None:
+            checks.append(f"{value} > {option.high!r}")
+        checks.append(f"{value} - {value} != 0.0")  # infinite
+    return checks
+
+
+def render_losses(backends: Iterable[str], extra: Iterable = ()) -> dict[str, str]:
+    """Every registered loss that has no specialised kernels, and ``extra`` losses."""
+    backends = tuple(b for b in backends if b in BACKENDS)
+    files: dict[str, str] = {}
+    for loss in [name for name in LOSSES if name not in SPECIALISED] + list(extra):
+        files.update(render_loss(loss, backends))
+    return files

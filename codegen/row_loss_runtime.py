@@ -1,0 +1,196 @@
+"""``gradsmith.load(backend, dtype, loss=NAME)`` for the losses emitted from a row-loss spec.
+
+The callable's arguments are checked from the loss's definition alone: its kind (class targets
+or teacher logits), its options and their ranges, and its reductions.  The kernels return each
+row's loss and the gradient scaled per row; the reduction divides by its denominator here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import sys
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from gradsmith.codegen.arguments import check_grad_output, check_index_target, check_logits, real
+from gradsmith.codegen.native import Status, build_once, cache_dir, content_key
+from gradsmith.codegen.row_loss import DTYPES, SUFFIXES, c_path, numpy_path
+from gradsmith.derive.row_loss import LossDefinition
+
+BACKENDS = ("numpy", "c")
+
+
+def _option_values(definition: LossDefinition, options: dict) -> list[float]:
+    unknown = sorted(set(options) - {o.name for o in definition.options})
+    if unknown:
+        raise TypeError(f"{definition.name} has no option {unknown[0]!r}; its options are "
+                        f"{[o.name for o in definition.options]}")
+    values = []
+    for option in definition.options:
+        value = real(option.name, options.get(option.name, option.default),
+                     low=option.low, high=option.high)
+        if option.low_open and value <= option.low:
+            raise ValueError(f"{option.name} must be > {option.low:g}, got {value:g}")
+        values.append(value)
+    return values
+
+
+def _grad_scale(definition, reduction, grad_output, counted, n_rows, n_classes, dtype):
+    """Each row's gradient factor: grad_output over the reduction's denominator (0 if ignored)."""
+    denominator = definition.reduction(reduction).denominator
+    if denominator is None:
+        scale = np.ones(n_rows) if grad_output is None else grad_output.astype(np.float64)
+        total = None
+    else:
+        total = {"one": 1, "rows": int(counted.sum()), "elements": n_rows * n_classes}[denominator]
+        factor = 1.0 if grad_output is None else float(grad_output)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.full(n_rows, np.float64(factor) / np.float64(total))
+    return np.where(counted, scale, 0).astype(dtype), total
+
+
+def _reduce(row_losses: np.ndarray, total, dtype):
+    if total is None:
+        return row_losses
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(np.float64(row_losses.sum(dtype=np.float64)) / np.float64(total),
+                          dtype=dtype)
+
+
+def make_callable(definition: LossDefinition, dtype: str, kernel: Callable) -> Callable:
+    """The user-facing callable around ``kernel(logits, second, target, alpha, scale, options)``."""
+    names = [r.name for r in definition.reductions]
+    teacher = definition.kind == "teacher"
+
+    def loss(logits, second, *, alpha=None, ignore_index=-100,
+             reduction=definition.default_reduction, grad_output=None, **options):
+        logits = check_logits(logits, dtype, backend_dtypes=DTYPES)
+        n_rows, n_classes = (int(s) for s in logits.shape)
+        if reduction not in names:
+            raise ValueError(f"reduction must be one of {tuple(names)}, got {reduction!r}")
+        values = _option_values(definition, options)
+        grad_output = check_grad_output(grad_output, n_rows, reduction, reduction == "none",
+                                        logits.dtype)
+        target = None
+        if teacher:
+            if alpha is not None or ignore_index != -100:
+                raise ValueError(f"{definition.name} takes no alpha or ignore_index")
+            second = check_logits(second, dtype, name="teacher_logits")
+            if second.shape != logits.shape:
+                raise ValueError(f"teacher_logits must have shape {tuple(logits.shape)} like "
+                                 f"the student's, got {tuple(second.shape)}")
+            counted = np.ones(n_rows, dtype=bool)
+        else:
+            target = check_index_target(second, n_rows, n_classes, ignore_index)
+            counted = target != ignore_index
+            second = None
+            if alpha is not None:
+                if not definition.class_weights:
+                    raise ValueError(f"{definition.name} takes no alpha")
+                if getattr(alpha, "shape", None) != (n_classes,):
+                    raise ValueError(f"alpha must have shape ({n_classes},), got "
+                                     f"{tuple(getattr(alpha, 'shape', ()))}")
+                if str(alpha.dtype) != dtype:
+                    raise TypeError(f"alpha must be {dtype} like logits, got {alpha.dtype}")
+                alpha = np.ascontiguousarray(alpha)
+        scale, total = _grad_scale(definition, reduction, grad_output, counted, n_rows,
+                                   n_classes, dtype)
+        row_losses, dlogits = kernel(logits, second, target, alpha, int(ignore_index), scale,
+                                     values)
+        return _reduce(row_losses, total, dtype), dlogits
+
+    loss.__name__ = f"{definition.name}_{dtype}"
+    loss.__doc__ = f"{definition.title}: f(logits, {'teacher_logits' if teacher else 'target'}, ...) -> (loss, dlogits)"
+    return loss
+
+
+@cache
+def _numpy_module(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: write it with 'gradsmith generate --out DIR'")
+    name = f"gradsmith_generated_{path.stem}_{content_key([str(path)])}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _numpy_kernel(definition: LossDefinition, dtype: str, kernels: Path) -> Callable:
+    module = _numpy_module(kernels / numpy_path(definition.name, dtype))
+
+    def kernel(logits, second, target, alpha, ignore_index, scale, values):
+        out = np.empty_like(logits)
+        first = (second,) if definition.kind == "teacher" else (target, alpha, ignore_index)
+        row_losses = module.rows(logits, *first, scale, *values, out)
+        return row_losses, out
+
+    return kernel
+
+
+def build_c(definition_name: str, kernels: Path) -> Path:
+    """Compile the loss's C file of the tree ``kernels`` once (cached by content)."""
+    from gradsmith.codegen.backends.c import build
+
+    source = kernels / c_path(definition_name)
+    header = kernels / "c" / "gradsmith_ce.h"
+    for path in (source, header):
+        if not path.is_file():
+            raise OSError(f"{path} is missing: write a complete tree with 'gradsmith generate --out DIR'")
+    cc = build.compiler()
+    flags = build.BASE_FLAGS + build.OPENMP_FLAGS
+    key = content_key([source.read_bytes(), header.read_bytes(), *cc, *flags,
+                       build._compiler_version(cc), build._cpu_flags()])
+    return build_once(cache_dir(), f"gradsmith_{definition_name}", key,
+                      lambda output: [*cc, *flags, "-o", output, str(source), "-lm"],
+                      f"compiling the {definition_name} kernels")
+
+
+@cache
+def _c_library(name: str, kernels: Path) -> ctypes.CDLL:
+    return ctypes.CDLL(str(build_c(name, kernels)))
+
+
+def _c_kernel(definition: LossDefinition, dtype: str, kernels: Path) -> Callable:
+    scalar = ctypes.c_float if dtype == "float32" else ctypes.c_double
+    pointer = ctypes.POINTER(scalar)
+    function = getattr(_c_library(definition.name, kernels), f"gs_{definition.name}_{SUFFIXES[dtype]}")
+    i64 = ctypes.c_int64
+    function.argtypes = [pointer, pointer, ctypes.POINTER(i64), pointer, i64, i64,
+                         ctypes.POINTER(ctypes.c_double), i64, pointer, pointer, pointer,
+                         ctypes.POINTER(i64)]
+    function.restype = ctypes.c_int
+
+    def ptr(array, ctype=scalar):
+        return None if array is None else array.ctypes.data_as(ctypes.POINTER(ctype))
+
+    def kernel(logits, second, target, alpha, ignore_index, scale, values):
+        logits = np.ascontiguousarray(logits)
+        second = None if second is None else np.ascontiguousarray(second)
+        n_rows, n_classes = logits.shape
+        dlogits = np.empty_like(logits)
+        row_losses = np.empty(n_rows, dtype=dtype)
+        options = np.asarray(values or [0.0], dtype=np.float64)
+        bad_row = ctypes.c_int64(-1)
+        status = function(ptr(logits), ptr(second), ptr(target, ctypes.c_int64), ptr(alpha),
+                          n_rows, n_classes, ptr(options, ctypes.c_double), ignore_index,
+                          ptr(scale), ptr(row_losses), ptr(dlogits), ctypes.byref(bad_row))
+        if status != Status.OK:
+            raise ValueError(f"{definition.name} kernel: {Status(status).describe()}")
+        return row_losses, dlogits
+
+    return kernel
+
+
+def load(definition: LossDefinition, backend: str, dtype: str, kernels: Path) -> Callable:
+    """The callable of ``definition`` on ``backend`` from the kernel tree ``kernels``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"loss {definition.name!r} has kernels for {BACKENDS}, not {backend!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype for loss {definition.name!r} must be one of {DTYPES}, got {dtype!r}")
+    make = _numpy_kernel if backend == "numpy" else _c_kernel
+    return make_callable(definition, dtype, make(definition, dtype, Path(kernels)))
+

@@ -1,0 +1,308 @@
+"""Focal loss and distillation KL from their definitions: every backend and dtype against
+PyTorch autograd of the definition, a 40-digit mpmath reference and finite differences."""
+
+from __future__ import annotations
+
+import mpmath
+import numpy as np
+import pytest
+from gradsmith import load
+from gradsmith.codegen.cli import main
+from gradsmith.derive.losses import definition
+from gradsmith.derive.row_loss import RowLossError, fit
+from gradsmith.derive.row_loss_proofs import prove
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+BACKENDS = ("numpy", "c")
+DTYPES = ("float32", "float64")
+TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def torch_focal(z, t, gamma, alpha, ignore_index, reduction, dtype=torch.float64):
+    """The focal loss by its definition in torch, differentiated by autograd."""
+    logits = torch.tensor(z, dtype=dtype, requires_grad=True)
+    target = torch.tensor(t)
+    keep = target != ignore_index
+    safe = torch.where(keep, target, 0)
+    log_p_t = F.log_softmax(logits, -1).gather(1, safe[:, None])[:, 0]
+    weights = torch.ones(z.shape[1], dtype=dtype) if alpha is None else torch.tensor(alpha, dtype=dtype)
+    rows = torch.where(keep, -weights[safe] * (1 - log_p_t.exp()) ** gamma * log_p_t, 0)
+    out = {"mean": rows.sum() / keep.sum(), "sum": rows.sum(), "none": rows}[reduction]
+    return out, logits
+
+
+def torch_kl(z, u, temperature, reduction, dtype=torch.float64):
+    logits = torch.tensor(z, dtype=dtype, requires_grad=True)
+    teacher = torch.tensor(u, dtype=dtype)
+    out = F.kl_div(F.log_softmax(logits / temperature, -1), F.log_softmax(teacher / temperature, -1),
+                   log_target=True, reduction="sum" if reduction == "none" else reduction)
+    if reduction == "none":
+        out = (F.kl_div(F.log_softmax(logits / temperature, -1),
+                        F.log_softmax(teacher / temperature, -1), log_target=True,
+                        reduction="none")).sum(1)
+    return out * temperature**2, logits
+
+
+def torch_result(out, logits, grad_output):
+    out.backward(torch.as_tensor(grad_output, dtype=out.dtype) if grad_output is not None
+                 else torch.ones_like(out))
+    return out.detach().numpy(), logits.grad.numpy()
+
+
+def error_bound(dtype, torch_low, exact):
+    """Float64 to 1e-12; float32 no worse than torch's own float32 error, with a floor."""
+    if dtype == "float64":
+        return 1e-12 * (1 + np.abs(exact).max())
+    return max(4 * np.abs(torch_low - exact).max(), 1e-6 * (1 + np.abs(exact).max()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_focal_matches_torch_autograd(backend, dtype, reduction, weighted):
+    rng = np.random.default_rng(7)
+    z = (rng.standard_normal((9, 6)) * 3).astype(dtype)
+    t = rng.integers(0, 6, 9)
+    t[[2, 5]] = -100
+    alpha = rng.uniform(0.1, 1.0, 6).astype(dtype) if weighted else None
+    grad_output = rng.uniform(0.5, 2.0, 9).astype(dtype) if reduction == "none" else None
+    loss, dlogits = load(backend, dtype, loss="focal")(z, t, gamma=1.5, alpha=alpha,
+                                                        reduction=reduction,
+                                                        grad_output=grad_output)
+    exact = torch_result(*torch_focal(z, t, 1.5, alpha, -100, reduction), grad_output)
+    low = torch_result(*torch_focal(z, t, 1.5, alpha, -100, reduction, TORCH_DTYPES[dtype]),
+                       grad_output)
+    assert loss.dtype == dtype and dlogits.dtype == dtype
+    for ours, want, theirs in zip((loss, dlogits), exact, low, strict=True):
+        assert np.abs(ours - want).max() <= error_bound(dtype, theirs, want)
+    assert not dlogits[[2, 5]].any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "mean", "none"])
+def test_distill_kl_matches_torch_kl_div(backend, dtype, reduction):
+    rng = np.random.default_rng(3)
+    z = (rng.standard_normal((8, 7)) * 4).astype(dtype)
+    u = (rng.standard_normal((8, 7)) * 4).astype(dtype)
+    grad_output = rng.uniform(0.5, 2.0, 8).astype(dtype) if reduction == "none" else None
+    loss, dlogits = load(backend, dtype, loss="distill_kl")(z, u, temperature=2.5,
+                                                             reduction=reduction,
+                                                             grad_output=grad_output)
+    exact = torch_result(*torch_kl(z, u, 2.5, reduction), grad_output)
+    low = torch_result(*torch_kl(z, u, 2.5, reduction, TORCH_DTYPES[dtype]), grad_output)
+    for ours, want, theirs in zip((loss, dlogits), exact, low, strict=True):
+        assert np.abs(ours - want).max() <= error_bound(dtype, theirs, want)
+
+
+def _mp_log_softmax(row, scale):
+    scaled = [mpmath.mpf(v) * scale for v in row]
+    top = max(scaled)
+    log_sum = top + mpmath.log(mpmath.fsum(mpmath.exp(v - top) for v in scaled))
+    return [v - log_sum for v in scaled]
+
+
+def mp_focal_row(row, target, gamma, alpha_t=1):
+    log_p = _mp_log_softmax(row, 1)[target]
+    return -alpha_t * (1 - mpmath.exp(log_p)) ** gamma * log_p
+
+
+def mp_kl_row(row, teacher, temperature):
+    log_p = _mp_log_softmax(row, 1 / mpmath.mpf(temperature))
+    log_q = _mp_log_softmax(teacher, 1 / mpmath.mpf(temperature))
+    return temperature**2 * mpmath.fsum(mpmath.exp(b) * (b - a) for a, b in zip(log_p, log_q))
+
+
+def mp_gradient(function, row):
+    """Central differences of a row function at 40 digits (error far below float64's)."""
+    with mpmath.workdps(40):
+        step = mpmath.mpf("1e-15")
+        grad = []
+        for c in range(len(row)):
+            up = [mpmath.mpf(float(v)) for v in row]
+            down = list(up)
+            up[c] += step
+            down[c] -= step
+            grad.append((function(up) - function(down)) / (2 * step))
+        return grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_focal_and_kl_match_the_mpmath_reference(backend):
+    rng = np.random.default_rng(11)
+    z = rng.standard_normal((3, 5)) * 2
+    u = rng.standard_normal((3, 5)) * 2
+    t = np.array([0, 4, 2])
+    focal = load(backend, "float64", loss="focal")
+    kl = load(backend, "float64", loss="distill_kl")
+    with mpmath.workdps(40):
+        losses, grads = focal(z, t, gamma=2.0, reduction="none")
+        for n in range(3):
+            assert losses[n] == pytest.approx(float(mp_focal_row(z[n], t[n], 2)), rel=1e-13)
+            want = mp_gradient(lambda r, n=n: mp_focal_row(r, t[n], 2), z[n])
+            np.testing.assert_allclose(grads[n], [float(g) for g in want], rtol=1e-11, atol=1e-14)
+        losses, grads = kl(z, u, temperature=1.5, reduction="none")
+        for n in range(3):
+            assert losses[n] == pytest.approx(float(mp_kl_row(z[n], u[n], 1.5)), rel=1e-12)
+            want = mp_gradient(lambda r, n=n: mp_kl_row(r, u[n], 1.5), z[n])
+            np.testing.assert_allclose(grads[n], [float(g) for g in want], rtol=1e-11, atol=1e-14)
+
+
+def test_finite_differences_of_the_kernels_themselves():
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((2, 4))
+    t = np.array([1, 3])
+    focal = load("c", "float64", loss="focal")
+    _, grad = focal(z, t, gamma=0.7, reduction="sum")
+    step = 1e-6
+    for n, c in [(0, 0), (0, 1), (1, 3)]:
+        up, down = z.copy(), z.copy()
+        up[n, c] += step
+        down[n, c] -= step
+        numeric = (focal(up, t, gamma=0.7, reduction="sum")[0]
+                   - focal(down, t, gamma=0.7, reduction="sum")[0]) / (2 * step)
+        assert grad[n, c] == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_focal_is_exact_for_huge_logits_and_near_certain_targets(backend):
+    """1 - p_t = 8.2e-9 at logits of 1e4: the naive 1 - p_t rounds to 0 or 1.1e-8 in float64."""
+    focal = load(backend, "float64", loss="focal")
+    z = np.array([[1e4, 1e4 - 20, 1e4 - 20, 1e4 - 20, 1e4 - 20]])
+    loss, grad = focal(z, np.array([0]), gamma=2.0, reduction="sum")
+    with mpmath.workdps(40):
+        want = mp_focal_row(z[0], 0, 2)
+        want_grad = mp_gradient(lambda r: mp_focal_row(r, 0, 2), z[0])
+    assert float(loss) == pytest.approx(float(want), rel=1e-9, abs=0)
+    np.testing.assert_allclose(grad[0], [float(g) for g in want_grad], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_focal_float32_near_certain_targets_are_no_worse_than_torch(backend):
+    z = np.array([[1e4, 1e4 - 9, 1e4 - 9, 1e4 - 9], [3.0, -20.0, -20.0, -20.0]], dtype="float32")
+    t = np.array([0, 0])
+    loss, grad = load(backend, "float32", loss="focal")(z, t, gamma=2.0, reduction="none")
+    exact = torch_result(*torch_focal(z, t, 2.0, None, -100, "none"), None)
+    low = torch_result(*torch_focal(z, t, 2.0, None, -100, "none", torch.float32), None)
+    assert np.isfinite(grad).all()
+    for ours, want, theirs in zip((loss, grad), exact, low, strict=True):
+        assert np.abs(ours - want).max() <= max(4 * np.abs(theirs - want).max(), 1e-30)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_distill_kl_is_exact_for_huge_logits(backend):
+    rng = np.random.default_rng(2)
+    z = (rng.standard_normal((4, 6)) * 3 + 1e4).astype("float32")
+    u = (rng.standard_normal((4, 6)) * 3 - 1e4).astype("float32")
+    loss, grad = load(backend, "float32", loss="distill_kl")(z, u, temperature=2.0)
+    # Shifting every row leaves the loss unchanged: the small logits give the same answer.
+    small_loss, small_grad = load(backend, "float64", loss="distill_kl")(
+        z.astype(np.float64) - 1e4, u.astype(np.float64) + 1e4, temperature=2.0)
+    assert float(loss) == pytest.approx(float(small_loss), rel=1e-5)
+    np.testing.assert_allclose(grad, small_grad, atol=1e-6)
+
+
+def test_the_teacher_gets_no_gradient_and_the_shapes_must_agree():
+    kl = load("numpy", "float64", loss="distill_kl")
+    z, u = np.zeros((2, 3)), np.ones((2, 3))
+    assert len(kl(z, u)) == 2  # (loss, d loss / d student): nothing for the teacher
+    with pytest.raises(ValueError, match="teacher_logits must have shape"):
+        kl(z, np.ones((2, 4)))
+
+
+@pytest.mark.parametrize(("options", "error", "match"), [
+    ({"gamma": -1.0}, ValueError, "gamma"),
+    ({"gamma": float("nan")}, ValueError, "gamma"),
+    ({"gamma": "2"}, TypeError, "gamma"),
+    ({"beta": 1.0}, TypeError, "no option 'beta'"),
+    ({"reduction": "batchmean"}, ValueError, "reduction"),
+    ({"alpha": np.ones(4)}, ValueError, "alpha"),
+])
+def test_focal_bad_options_name_the_argument(options, error, match):
+    focal = load("numpy", "float64", loss="focal")
+    with pytest.raises(error, match=match):
+        focal(np.zeros((2, 3)), np.array([0, 1]), **options)
+
+
+def test_focal_bad_targets_name_the_row():
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match=r"target\[1\] = 3"):
+            load(backend, "float64", loss="focal")(np.zeros((2, 3)), np.array([0, 3]))
+
+
+def test_distill_kl_temperature_must_be_positive():
+    kl = load("c", "float64", loss="distill_kl")
+    with pytest.raises(ValueError, match="temperature"):
+        kl(np.zeros((2, 3)), np.zeros((2, 3)), temperature=0.0)
+
+
+def test_focal_claims_include_gamma_zero_and_the_closed_form():
+    names = [claim.name for claim in prove(definition("focal"), definition)]
+    assert "focal: gamma = 0 gives cross-entropy" in names
+    assert any("(1 - p_t)^(gamma - 1)" in name for name in names)
+    assert "-expm1(log p_t) = 1 - p_t" in names
+
+
+def test_a_definition_outside_the_shape_is_refused_by_name(tmp_path):
+    path = "tests/losses/not_a_row_loss.py"
+    with pytest.raises(RowLossError, match="logit"):
+        fit(definition(path))
+    assert main(["generate", "--out", str(tmp_path), "--loss", path, "--backends", "numpy"]) == 2
+    assert not any(tmp_path.rglob("*logit_penalty*"))
+
+
+def test_prove_and_latex_take_a_loss(capsys):
+    assert main(["prove", "--loss", "distill_kl"]) == 0
+    out = capsys.readouterr().out
+    assert "distill_kl: dL/dz_j = T (p_j - q_j)." in out and "fails" not in out
+    assert main(["latex", "--loss", "focal", "--format", "md"]) == 0
+    assert "expm1" in capsys.readouterr().out
+    assert main(["prove", "--loss", "no_such_loss"]) == 2
+
+
+def test_bench_times_a_loss_beside_torch():
+    from gradsmith.codegen.bench import losses
+
+    report = losses.run("distill_kl", ((16, 5),), repeat=1, warmup=0, peers=("torch-eager",))
+    (row,) = report["rows"]
+    assert set(row["ms"]) == {"numpy", "c", "torch-eager"}
+    assert all(ms > 0 for ms in row["ms"].values())
+    table = losses.format_report(report)
+    assert "machine:" in table and "vs eager" in table and "16x5" in table
+
+
+def test_a_wrong_closed_form_is_refused():
+    import dataclasses
+
+    import sympy as sp
+    from gradsmith.derive.check import ProofError
+
+    focal = definition("focal")
+
+    def by_hand(row, gamma):  # the usual slip: the gamma term's sign flipped
+        j = sp.Symbol("j", integer=True, nonnegative=True)
+        p_t, log_p_t = row.p(row.t), row.log_p(row.t)
+        factor = (1 - p_t) ** gamma + gamma * (1 - p_t) ** (gamma - 1) * p_t * log_p_t
+        return row.alpha(row.t) * factor * (row.p(j) - sp.KroneckerDelta(j, row.t))
+
+    with pytest.raises(ProofError, match="closed form"):
+        prove(dataclasses.replace(focal, closed_form=by_hand), definition)
+
+
+@pytest.mark.parametrize("argv", [
+    ["prove", "--loss", "nope"],
+    ["latex", "--loss", "missing.py"],
+    ["generate", "--loss", "missing.py", "--check"],
+    ["bench", "--loss", "nope"],
+    ["bench", "--loss", "focal", "--shapes", "3y4"],
+    ["validate", "--loss", "nope"],
+    ["prove", "--loss", "tests/losses/not_a_row_loss.py"],
+])
+def test_bad_loss_arguments_are_one_line_and_exit_two(argv, capsys):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().count("\n") == 0 and "Traceback" not in captured.err
