@@ -165,26 +165,31 @@ def _generated(backend: str, device: str, *, mode: str = "new") -> Callable[[Inp
     return prepare
 
 
-def _torch(device: str) -> Callable[[Inputs], Prepared]:
+def torch_autograd(device: str, loss_function: Callable[[Any], Callable],
+                   cpu_skip: Callable[[str], str | None]) -> Callable[[Inputs], Prepared]:
+    """A torch contender: ``loss_function(torch)(logits, target)`` then ``.backward()``.
+
+    ``cpu_skip(dtype)`` is the reason a CPU case is not run, or None."""
     def prepare(inputs: Inputs) -> Prepared:
         torch = machine.optional_torch()
         if torch is None:
             raise Skip("PyTorch is not installed")
-        functional = torch.nn.functional
+        cross_entropy = loss_function(torch)
         if device == "gpu":
             logits, target = inputs.torch_gpu(torch)
             clock: Clock = TorchCudaClock(torch)
             meter: Meter = TorchCudaMeter(torch)
         else:
-            if inputs.case.dtype == "float16":
-                raise Skip("PyTorch CPU float16 cross-entropy is not a fair peer")
+            reason = cpu_skip(inputs.case.dtype)
+            if reason:
+                raise Skip(reason)
             host_logits, host_target = inputs.host()
             logits, target = torch.from_numpy(host_logits), torch.from_numpy(host_target)
             clock, meter = HostClock(), HostMeter()
         leaf = logits.detach().requires_grad_(True)
 
         def call() -> tuple[Any, Any]:
-            loss = functional.cross_entropy(leaf, target)
+            loss = cross_entropy(leaf, target)
             loss.backward()
             return loss, leaf.grad
 
@@ -194,6 +199,13 @@ def _torch(device: str) -> Callable[[Inputs], Prepared]:
         return Prepared(call, clock, meter, reset)
 
     return prepare
+
+
+def _torch(device: str) -> Callable[[Inputs], Prepared]:
+    return torch_autograd(
+        device, lambda torch: torch.nn.functional.cross_entropy,
+        lambda dtype: "PyTorch CPU float16 cross-entropy is not a fair peer"
+        if dtype == "float16" else None)
 
 
 def _torch_compiled(inputs: Inputs) -> Prepared:

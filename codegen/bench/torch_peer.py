@@ -9,43 +9,22 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gradsmith.codegen.bench import machine
-from gradsmith.codegen.bench.peers import Contender, Inputs, Prepared, Skip
-from gradsmith.codegen.bench.timing import HostClock, HostMeter, TorchCudaClock, TorchCudaMeter
+from gradsmith.codegen.bench.peers import Contender, Inputs, Prepared, torch_autograd
 
 NAME = "gradsmith.torch"
 OVERHEAD_SHAPES = ((64, 10), (256, 100), (1024, 1000))
 
 
+def _gradsmith_cross_entropy(torch: Any) -> Callable:
+    import gradsmith.torch as gt
+
+    return gt.cross_entropy
+
+
 def _prepare(device: str) -> Callable[[Inputs], Prepared]:
-    def prepare(inputs: Inputs) -> Prepared:
-        torch = machine.optional_torch()
-        if torch is None:
-            raise Skip("PyTorch is not installed")
-        import gradsmith.torch as gt
-
-        if device == "gpu":
-            logits, target = inputs.torch_gpu(torch)
-            clock: Any = TorchCudaClock(torch)
-            meter: Any = TorchCudaMeter(torch)
-        else:
-            if inputs.case.dtype not in ("float32", "float64"):
-                raise Skip(f"{NAME} on CPU has no {inputs.case.dtype}")
-            host_logits, host_target = inputs.host()
-            logits, target = torch.from_numpy(host_logits), torch.from_numpy(host_target)
-            clock, meter = HostClock(), HostMeter()
-        leaf = logits.detach().requires_grad_(True)
-
-        def call() -> tuple[Any, Any]:
-            loss = gt.cross_entropy(leaf, target)
-            loss.backward()
-            return loss, leaf.grad
-
-        def reset() -> None:
-            leaf.grad = None
-
-        return Prepared(call, clock, meter, reset)
-
-    return prepare
+    return torch_autograd(
+        device, _gradsmith_cross_entropy,
+        lambda dtype: None if dtype in ("float32", "float64") else f"{NAME} on CPU has no {dtype}")
 
 
 def contenders(gpu: bool) -> Iterator[Contender]:
