@@ -148,7 +148,7 @@ def test_torch_compile_fullgraph():
         return linear_cross_entropy(x, weight, target, b, reduction="none", softcap=5.0,
                                     chunk_size=16)
 
-    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(step, fullgraph=True)
     for function in (step, compiled):
         leaves = [t.clone().requires_grad_() for t in (x, weight, b)]
         loss = function(*leaves)
