@@ -35,10 +35,7 @@ from gradsmith.derive.fast_exp import (
 _FORMATS = {"float32": (24, 8, Fraction(3)), "float64": (53, 15, Fraction(3))}
 RADIUS = Fraction(1, 2)  # the polynomial branch is |x| <= RADIUS; the domain is x <= RADIUS
 
-x = sp.Symbol("x", real=True)
-poly = sp.Symbol("poly", real=True)
-via_exp = sp.Symbol("via_exp", real=True)
-result = sp.Symbol("result", real=True)
+x, poly, via_exp, result = sp.symbols("x poly via_exp result", real=True)
 
 
 @dataclass(frozen=True)
