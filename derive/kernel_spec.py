@@ -17,6 +17,7 @@ import sympy as sp
 from gradsmith.derive.check import Verdict, check_equal
 from gradsmith.derive.losses import cross_entropy
 from gradsmith.derive.row_loss_definition import ConcreteRow
+from sympy.codegen.cfunctions import expm1
 
 TARGET_KINDS = ("index", "probs")
 
@@ -53,7 +54,7 @@ zloss_slope = sp.Symbol("zloss_slope", real=True)
 loss = sp.Symbol("loss", real=True)
 coef_prob = sp.Symbol("coef_prob", real=True)
 coef_smooth = sp.Symbol("coef_smooth", real=True)
-coef_target = sp.Symbol("coef_target", real=True)
+coef_rest = sp.Symbol("coef_rest", real=True)
 dlogit = sp.Symbol("dlogit", real=True)
 # The first sweep may keep exp(transform - stored_max) per element, stored_max being the running
 # maximum when the element's chunk was summed; the gradient then needs no second exponential.
@@ -182,14 +183,24 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
                 ),
             ),
             (coef_smooth, grad_scale * label_smoothing / num_classes),
-            (coef_target, grad_scale * (1 - label_smoothing) * target_weight),
+            # coef_prob - coef_smooth target_weight - coef_target, with the cancellation done
+            # symbolically: exactly 0 without smoothing and z-loss.
+            (
+                coef_rest,
+                grad_scale
+                * (
+                    label_smoothing / num_classes * (weight_sum - target_weight)
+                    + 2 * zloss_slope
+                ),
+            ),
         )
         dlogit_expr = (coef_prob * softmax_term - coef_smooth * class_weight) * chain
         target_chain = chain.subs(logit, target_logit)
+        # coef_prob p_t - coef_smooth w_t - grad_scale (1 - eps) w_t written as
+        # coef_prob (p_t - 1) + coef_rest with p_t - 1 = expm1(log p_t): no cancellation as
+        # p_t -> 1 (the confident case), checked by verify_spec.
         dlogit_target = (
-            coef_prob * sp.exp(target_shifted - log_sum_exp)
-            - coef_smooth * target_weight
-            - coef_target
+            coef_prob * expm1(target_shifted - log_sum_exp) + coef_rest
         ) * target_chain
         row_weight = target_weight
     else:
@@ -310,15 +321,32 @@ def verify_spec(spec: KernelSpec, classes: int = 3, target: int = 1) -> list[tup
             shifted: spec.transform.subs(logit, zj) - pivot,
         }
         formula = spec.dlogit_target if (index is not None and j == index) else spec.dlogit
-        emitted = formula.subs(element).subs(state).subs(element)
+        emitted = without_expm1(formula.subs(element).subs(state).subs(element))
         results.append(
             (f"{spec.name}: dlogit_{j}", _check(emitted, expected, f"{spec.name} dL/dz_{j}"))
         )
+    if index is not None:
+        results.append((f"{spec.name}: coef_rest", verify_coef_rest(spec)))
     results.append((f"{spec.name}: online rescale", verify_online_rescale(spec)))
     results.append((f"{spec.name}: online merge", verify_online_merge(spec)))
     results.append((f"{spec.name}: dlogit from stored", verify_stored_gradient(spec)))
     results.append((f"{spec.name}: mean z-loss over counted rows", verify_mean_z_loss(spec)))
     return results
+
+
+def without_expm1(expr: sp.Expr) -> sp.Expr:
+    """``expr`` with expm1(u) written as exp(u) - 1 (its definition)."""
+    return expr.replace(lambda e: isinstance(e, expm1), lambda e: sp.exp(e.args[0]) - 1)
+
+
+def verify_coef_rest(spec: KernelSpec) -> Verdict:
+    """coef_rest = coef_prob - coef_smooth target_weight - grad_scale (1 - eps) target_weight,
+    the target's share taken out of coef_prob (symbolically)."""
+    values = dict(spec.row_values)
+    target_share = grad_scale * (1 - label_smoothing) * target_weight
+    return check_equal(values[coef_rest],
+                       values[coef_prob] - values[coef_smooth] * target_weight - target_share,
+                       step=f"{spec.name} coef_rest")
 
 
 def verify_stored_gradient(

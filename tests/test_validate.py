@@ -33,9 +33,9 @@ def _rows(output: str) -> dict[tuple[str, str, str], str]:
 def test_a_flipped_sign_fails_validation_and_names_the_variant(tmp_path, capsys):
     tree = tmp_path / "kernels"
     shutil.copytree(shipped_kernels(), tree)
-    _flip(tree / "numpy" / "gradsmith_ce_f64.py", "def index_rows(", "- coef_target", "+ coef_target")
+    _flip(tree / "numpy" / "gradsmith_ce_f64.py", "def index_rows(", "+ coef_rest", "- coef_rest")
     _flip(tree / "c" / "gradsmith_ce.c", "static float gs_row_index_weighted_f32(",
-          "- coef_target;", "+ coef_target;")
+          "+ coef_rest;", "- coef_rest;")
     report = tmp_path / "report.json"
     assert main(["validate", "--kernels", str(tree), "--backends", "numpy,c",
                  "--json", str(report)]) == 1

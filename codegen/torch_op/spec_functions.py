@@ -11,11 +11,20 @@ from functools import cache
 
 import sympy as sp
 from gradsmith.derive.kernel_spec import KernelSpec, kernel_spec
+from sympy.printing.pytorch import TorchPrinter
+
+
+class _SpecTorchPrinter(TorchPrinter):
+    """SymPy's torch printer, with expm1 (the spec's true-class gradient uses it)."""
+
+    def _print_expm1(self, expr: sp.Expr) -> str:
+        return f"torch.expm1({self._print(expr.args[0])})"
 
 
 @cache
 def _lambdified(expr: sp.Expr, arguments: tuple[sp.Symbol, ...]) -> Callable:
-    return sp.lambdify(arguments, expr, modules="torch", cse=True)
+    return sp.lambdify(arguments, expr, modules="torch", cse=True,
+                       printer=_SpecTorchPrinter)
 
 
 def spec_for(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpec:

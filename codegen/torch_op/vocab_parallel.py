@@ -144,7 +144,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         grad_scale = torch.where(counted, torch.broadcast_to(scale, counted.shape), zero)
         values = row_values(spec, {**ctx.state, "grad_scale": grad_scale})
         columns = {name: values[name][:, None] for name in
-                   ("log_sum_exp", "coef_prob", "coef_smooth", "coef_target", "target_shifted")}
+                   ("log_sum_exp", "coef_prob", "coef_smooth", "coef_rest", "target_shifted")}
         element = {"logit": logits, "shifted": shifted, **columns,
                    **{k: v for k, v in values.items() if k == "softcap"}}
         if local_weight is not None:

@@ -22,6 +22,7 @@ from gradsmith.codegen.printing import (
 )
 from gradsmith.derive import kernel_spec as ks
 from gradsmith.derive.fast_exp import exp_approximation, verify_exp_approximation
+from gradsmith.derive.fast_expm1 import expm1_approximation, verify_expm1_approximation
 
 DTYPES = ("float32", "float64")
 CHUNK = 512  # elements per online-normalizer step: the chunk stays in L1 between its two loops
@@ -79,9 +80,9 @@ def _leading_calls(row_values: Sequence[tuple[sp.Symbol, sp.Expr]]) -> int:
     return count
 
 
-def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str) -> dict:
+def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str) -> dict:
     exact = KernelCPrinter(dtype)
-    sweep = KernelCPrinter(dtype, function_names={"exp": fast_exp})
+    sweep = KernelCPrinter(dtype, function_names={"exp": fast_exp, "expm1": fast_expm1})
     wide = KernelCPrinter("float64")
     index = spec.target_kind == "index"
     calls = _leading_calls(spec.row_values)
@@ -114,7 +115,7 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str) -> dict:
                            _ROW_STATE | {str(s) for s, _ in spec.row_values[:calls]}),
         # Its own group: CSE across it and the row values would hoist reads of row values.
         # Its exponent target_shifted - log_sum_exp is <= 0 (sum_exp >= 1 holds the row
-        # maximum's exp(0) = 1), the fast exp's domain.
+        # maximum's exp(0) = 1), in the fast expm1's domain.
         "target_gradient": _group(
             "target_gradient",
             [("dlogit_target", spec.dlogit_target)] if index else [],
@@ -191,17 +192,34 @@ def _fast_exp(dtype: str) -> dict:
     }
 
 
+def _fast_expm1(dtype: str, fast_exp: str) -> dict:
+    approx = expm1_approximation(dtype)
+    verify_expm1_approximation(approx)  # refuse to emit an expm1 whose error bound does not hold
+    printer = KernelCPrinter(dtype, function_names={"exp": fast_exp})
+    steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
+    check_reads("C fast_expm1", steps, {"x"})
+    return {
+        "name": f"gs_expm1_{SUFFIXES[dtype]}",
+        "steps": steps,
+        "expressions": tuple(expr for _, expr in approx.steps),
+        "op_count": sum(int(sp.count_ops(expr)) for _, expr in approx.steps),
+    }
+
+
 def dtype_context(dtype: str) -> dict:
     fast_exp = _fast_exp(dtype)
-    variants = [_variant(spec, dtype, fast_exp["name"]) for spec in ks.all_specs()]
+    fast_expm1 = _fast_expm1(dtype, fast_exp["name"])
+    variants = [_variant(spec, dtype, fast_exp["name"], fast_expm1["name"])
+                for spec in ks.all_specs()]
     return {
         "dtype": dtype,
         "real": C_TYPES[dtype],
         "sfx": SUFFIXES[dtype],
         "short_simdlen": SHORT_SIMDLEN[dtype],
         "fast_exp": fast_exp,
+        "fast_expm1": fast_expm1,
         "variants": variants,
-        "op_count": fast_exp["op_count"] + sum(v["op_count"] for v in variants),
+        "op_count": fast_exp["op_count"] + fast_expm1["op_count"] + sum(v["op_count"] for v in variants),
     }
 
 
@@ -210,6 +228,7 @@ def kernel_context() -> dict:
     dtypes = [dtype_context(dtype) for dtype in DTYPES]
     expressions = [expr for spec in ks.all_specs() for expr in spec.expressions().values()]
     expressions += [expr for d in dtypes for expr in d["fast_exp"]["expressions"]]
+    expressions += [expr for d in dtypes for expr in d["fast_expm1"]["expressions"]]
     return {
         "dtypes": dtypes,
         "chunk": CHUNK,

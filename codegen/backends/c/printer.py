@@ -55,6 +55,9 @@ class KernelCPrinter(C99CodePrinter):
     def _print_exp(self, expr: sp.Expr) -> str:
         return self._print_Function(expr) if "exp" in self._function_names else super()._print_exp(expr)
 
+    def _print_expm1(self, expr: sp.Expr) -> str:
+        return self._print_Function(expr) if "expm1" in self._function_names else super()._print_expm1(expr)
+
     def _print_log(self, expr: sp.Expr) -> str:
         return self._print_Function(expr) if "log" in self._function_names else super()._print_log(expr)
 
