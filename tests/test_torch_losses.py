@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F
-from gradsmith.torch import cross_entropy, distill_kl, focal_loss
+from gradsmith.torch import DistillKLLoss, FocalLoss, cross_entropy, distill_kl, focal_loss
 
 
 def focal_reference(z, t, gamma, alpha, ignore_index, reduction):
@@ -159,3 +159,20 @@ def test_bad_input_names_the_argument(call, match, error):
     z = torch.randn(2, 3, dtype=torch.float64)
     with pytest.raises(error, match=match):
         call(z, torch.tensor([0, 1]))
+
+
+def test_modules_equal_the_functions():
+    gen = torch.Generator().manual_seed(6)
+    z = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    u = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0, 3, 1, -100, 2])
+    alpha = torch.rand(4, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(FocalLoss(0.5, alpha, reduction="sum")(z, t),
+                               focal_loss(z, t, 0.5, alpha, reduction="sum"))
+    torch.testing.assert_close(DistillKLLoss(2.0)(z, u), distill_kl(z, u, 2.0))
+
+
+def test_non_cpu_input_is_refused_naming_the_device():
+    z = torch.randn(2, 3, device="meta")
+    with pytest.raises(NotImplementedError, match="meta"):
+        focal_loss(z, torch.tensor([0, 1], device="meta"))

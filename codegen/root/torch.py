@@ -5,7 +5,7 @@ vocab-parallel cross-entropy for language models; ``focal_loss`` and ``distill_k
 from gradsmith.codegen.torch_op.functional import cross_entropy
 from gradsmith.codegen.torch_op.kernel import fused_cross_entropy
 from gradsmith.codegen.torch_op.linear import LinearCrossEntropyLoss, linear_cross_entropy
-from gradsmith.codegen.torch_op.modules import CrossEntropyLoss
+from gradsmith.codegen.torch_op.modules import CrossEntropyLoss, DistillKLLoss, FocalLoss
 from gradsmith.codegen.torch_op.row_loss_op import distill_kl, focal_loss
 from gradsmith.codegen.torch_op.vocab_parallel import (
     vocab_parallel_cross_entropy,
@@ -14,6 +14,8 @@ from gradsmith.codegen.torch_op.vocab_parallel import (
 
 __all__ = [
     "CrossEntropyLoss",
+    "DistillKLLoss",
+    "FocalLoss",
     "LinearCrossEntropyLoss",
     "cross_entropy",
     "distill_kl",

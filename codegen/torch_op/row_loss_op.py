@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gradsmith
 import torch
+from gradsmith.codegen.torch_op.kernel import _omp_set_num_threads
 from gradsmith.derive.losses import definition
 from gradsmith.derive.row_loss import LossDefinition
 from torch import Tensor
@@ -25,6 +26,9 @@ def row_loss_op(loss: str, logits: Tensor, second: Tensor, alpha: Tensor | None,
                 ignore_index: int, reduction: str, options: list[float]) -> tuple[Tensor, Tensor]:
     """(loss, dlogits) of the loss named ``loss``; ``second`` is the target or teacher logits."""
     dtype = _arithmetic(logits.dtype)
+    setter = _omp_set_num_threads()  # the process's OpenMP runtime, shared by every kernel
+    if setter is not None:
+        setter(torch.get_num_threads())
     kernel = gradsmith.load("c", str(dtype).removeprefix("torch."), loss=loss)
     names = [o.name for o in kernel_definition(loss).options]
     extra = {} if alpha is None else {"alpha": alpha.detach().to(dtype).contiguous().numpy()}
