@@ -176,3 +176,10 @@ def test_non_cpu_input_is_refused_naming_the_device():
     z = torch.randn(2, 3, device="meta")
     with pytest.raises(NotImplementedError, match="meta"):
         focal_loss(z, torch.tensor([0, 1], device="meta"))
+
+
+def test_second_derivative_raises_instead_of_being_wrong():
+    z = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(focal_loss(z, torch.tensor([0, 1, 2])), z, create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivative"):
+        grad.sum().backward()

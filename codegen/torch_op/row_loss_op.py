@@ -49,14 +49,36 @@ def _(loss, logits, second, alpha, ignore_index, reduction, options):
             torch.empty_like(logits, memory_format=torch.contiguous_format))
 
 
+@torch.library.custom_op("gradsmith::row_loss_backward", mutates_args=())
+def row_loss_backward_op(dlogits: Tensor, grad_loss: Tensor) -> Tensor:
+    """The saved gradient scaled by grad_loss (() or (N,))."""
+    scale = grad_loss if grad_loss.dim() == 0 else grad_loss[:, None]
+    return (dlogits * scale).to(dlogits.dtype)
+
+
+@row_loss_backward_op.register_fake
+def _(dlogits, grad_loss):
+    return torch.empty_like(dlogits)
+
+
+def _no_second_derivative(ctx, grad):
+    raise RuntimeError("gradsmith.torch's row losses (focal_loss, distill_kl) have no second "
+                       "derivative: their gradient comes from the kernel")
+
+
+row_loss_backward_op.register_autograd(_no_second_derivative)
+
+
 def _setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    # dlogits stays differentiable so that a second derivative reaches the backward op's error.
     ctx.save_for_backward(output[1])
 
 
 def _backward(ctx, grad_loss, grad_dlogits):
     (dlogits,) = ctx.saved_tensors
-    scale = grad_loss if grad_loss.dim() == 0 else grad_loss[:, None]
-    return None, (dlogits * scale).to(dlogits.dtype), None, None, None, None, None
+    grad = None if grad_loss is None else row_loss_backward_op(dlogits, grad_loss)
+    return None, grad, None, None, None, None, None
 
 
 row_loss_op.register_autograd(_backward, setup_context=_setup_context)
