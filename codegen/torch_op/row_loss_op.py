@@ -10,6 +10,7 @@ from __future__ import annotations
 import gradsmith
 import torch
 from gradsmith.codegen.torch_op.kernel import _omp_set_num_threads
+from gradsmith.codegen.torch_op.scaled_gradient import scaled_gradient_op
 from gradsmith.derive.losses import definition
 from gradsmith.derive.row_loss import LossDefinition
 from torch import Tensor
@@ -49,24 +50,9 @@ def _(loss, logits, second, alpha, ignore_index, reduction, options):
             torch.empty_like(logits, memory_format=torch.contiguous_format))
 
 
-@torch.library.custom_op("gradsmith::row_loss_backward", mutates_args=())
-def row_loss_backward_op(dlogits: Tensor, grad_loss: Tensor) -> Tensor:
-    """The saved gradient scaled by grad_loss (() or (N,))."""
-    scale = grad_loss if grad_loss.dim() == 0 else grad_loss[:, None]
-    return (dlogits * scale).to(dlogits.dtype)
-
-
-@row_loss_backward_op.register_fake
-def _(dlogits, grad_loss):
-    return torch.empty_like(dlogits)
-
-
-def _no_second_derivative(ctx, grad):
-    raise RuntimeError("gradsmith.torch's row losses (focal_loss, distill_kl) have no second "
-                       "derivative: their gradient comes from the kernel")
-
-
-row_loss_backward_op.register_autograd(_no_second_derivative)
+row_loss_backward_op = scaled_gradient_op(
+    "row_loss_backward", "gradsmith.torch's row losses (focal_loss, distill_kl) have no second "
+    "derivative: their gradient comes from the kernel")
 
 
 def _setup_context(ctx, inputs, output):
