@@ -1,11 +1,12 @@
 """gradsmith's PyTorch ops (needs torch): ``cross_entropy`` and ``CrossEntropyLoss``, drop-in
 for ``torch.nn.functional.cross_entropy`` and ``torch.nn.CrossEntropyLoss``; fused linear and
-vocab-parallel cross-entropy for language models."""
+vocab-parallel cross-entropy for language models; ``focal_loss`` and ``distill_kl`` (CPU)."""
 
 from gradsmith.codegen.torch_op.functional import cross_entropy
 from gradsmith.codegen.torch_op.kernel import fused_cross_entropy
 from gradsmith.codegen.torch_op.linear import LinearCrossEntropyLoss, linear_cross_entropy
-from gradsmith.codegen.torch_op.modules import CrossEntropyLoss
+from gradsmith.codegen.torch_op.modules import CrossEntropyLoss, DistillKLLoss, FocalLoss
+from gradsmith.codegen.torch_op.row_loss_op import distill_kl, focal_loss
 from gradsmith.codegen.torch_op.vocab_parallel import (
     vocab_parallel_cross_entropy,
     vocab_parallel_linear_cross_entropy,
@@ -13,8 +14,12 @@ from gradsmith.codegen.torch_op.vocab_parallel import (
 
 __all__ = [
     "CrossEntropyLoss",
+    "DistillKLLoss",
+    "FocalLoss",
     "LinearCrossEntropyLoss",
     "cross_entropy",
+    "distill_kl",
+    "focal_loss",
     "fused_cross_entropy",
     "linear_cross_entropy",
     "vocab_parallel_cross_entropy",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from gradsmith.codegen.torch_op.kernel import arithmetic_dtype, fused_cross_entropy
+from gradsmith.codegen.torch_op.scaled_gradient import scaled_gradient_op
 from torch import Tensor
 
 DOUBLE_BACKWARD = (
@@ -53,23 +54,7 @@ def _(logits, target, weight, ignore_index, reduction, label_smoothing, lse_squa
     return loss, lse, torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("gradsmith::cross_entropy_backward", mutates_args=())
-def cross_entropy_backward_op(dlogits: Tensor, grad_loss: Tensor) -> Tensor:
-    """The gradient of the logits: the saved dlogits scaled by grad_loss (() or (N,))."""
-    scale = grad_loss if grad_loss.dim() == 0 else grad_loss[:, None]
-    return (dlogits * scale).to(dlogits.dtype)
-
-
-@cross_entropy_backward_op.register_fake
-def _(dlogits, grad_loss):
-    return torch.empty_like(dlogits)
-
-
-def _no_double_backward(ctx, grad):
-    raise RuntimeError(DOUBLE_BACKWARD)
-
-
-cross_entropy_backward_op.register_autograd(_no_double_backward)
+cross_entropy_backward_op = scaled_gradient_op("cross_entropy_backward", DOUBLE_BACKWARD)
 
 
 def lse_gradient(logits: Tensor, grad_lse: Tensor, softcap: float | None) -> Tensor:

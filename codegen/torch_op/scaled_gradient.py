@@ -1,0 +1,27 @@
+"""A backward op that scales a kernel's saved gradient by grad_output and refuses a second
+derivative (the gradient comes from a kernel, not from differentiable torch operations)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def scaled_gradient_op(name: str, no_second_derivative: str):
+    """Registers ``gradsmith::NAME(dlogits, grad_loss)``: dlogits scaled by grad_loss (() or
+    (N,)); its own backward raises RuntimeError(no_second_derivative)."""
+
+    @torch.library.custom_op(f"gradsmith::{name}", mutates_args=())
+    def op(dlogits: Tensor, grad_loss: Tensor) -> Tensor:
+        scale = grad_loss if grad_loss.dim() == 0 else grad_loss[:, None]
+        return (dlogits * scale).to(dlogits.dtype)
+
+    @op.register_fake
+    def _(dlogits, grad_loss):
+        return torch.empty_like(dlogits)
+
+    def refuse(ctx, grad):
+        raise RuntimeError(no_second_derivative)
+
+    op.register_autograd(refuse)
+    return op

@@ -1,0 +1,185 @@
+"""gradsmith.torch.focal_loss and distill_kl against float64 autograd of their definitions."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F
+from gradsmith.torch import DistillKLLoss, FocalLoss, cross_entropy, distill_kl, focal_loss
+
+
+def focal_reference(z, t, gamma, alpha, ignore_index, reduction):
+    counted = t != ignore_index
+    safe = torch.where(counted, t, 0)
+    log_p_t = torch.log_softmax(z, 1).gather(1, safe[:, None])[:, 0]
+    a = torch.ones_like(log_p_t) if alpha is None else alpha[safe]
+    rows = torch.where(counted, -a * (1 - log_p_t.exp()) ** gamma * log_p_t, 0)
+    if reduction == "none":
+        return rows
+    return rows.sum() if reduction == "sum" else rows.sum() / counted.sum()
+
+
+def kl_reference(z, u, temperature, reduction):
+    log_p = torch.log_softmax(z / temperature, 1)
+    log_q = torch.log_softmax(u / temperature, 1)
+    if reduction == "none":
+        return F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(1) * temperature**2
+    return F.kl_div(log_p, log_q, log_target=True, reduction=reduction) * temperature**2
+
+
+def _compare(ours, ref, z_ours, z_ref, reduction, dtype):
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours.double(), ref, rtol=tol, atol=tol)
+    g = torch.linspace(-1.5, 2.0, ref.numel(), dtype=torch.float64).reshape(ref.shape)
+    if reduction != "none":
+        g = torch.tensor(0.7, dtype=torch.float64)
+    ours.backward(g.to(ours.dtype))
+    ref.backward(g)
+    torch.testing.assert_close(z_ours.grad.double(), z_ref.grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("with_alpha", [False, True])
+def test_focal_matches_definition(dtype, reduction, gamma, with_alpha):
+    gen = torch.Generator().manual_seed(1)
+    z = (3 * torch.randn(7, 5, generator=gen, dtype=torch.float64))
+    t = torch.randint(0, 5, (7,), generator=gen)
+    t[2] = -1
+    alpha = torch.rand(5, generator=gen, dtype=torch.float64) if with_alpha else None
+    z_ours = z.to(dtype).requires_grad_()
+    z_ref = z.to(dtype).double().requires_grad_()
+    ours = focal_loss(z_ours, t, gamma=gamma, alpha=None if alpha is None else alpha.to(dtype),
+                      ignore_index=-1, reduction=reduction)
+    ref = focal_reference(z_ref, t, gamma, alpha, -1, reduction)
+    _compare(ours, ref, z_ours, z_ref, reduction, dtype)
+
+
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "mean", "none"])
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
+def test_distill_kl_matches_definition(dtype, reduction, temperature):
+    gen = torch.Generator().manual_seed(2)
+    z = 2 * torch.randn(6, 9, generator=gen, dtype=torch.float64)
+    u = 2 * torch.randn(6, 9, generator=gen, dtype=torch.float64)
+    z_ours = z.to(dtype).requires_grad_()
+    z_ref = z.to(dtype).double().requires_grad_()
+    teacher = u.to(dtype).clone().requires_grad_()
+    ours = distill_kl(z_ours, teacher, temperature=temperature, reduction=reduction)
+    ref = kl_reference(z_ref, u.to(dtype).double(), temperature, reduction)
+    _compare(ours, ref, z_ours, z_ref, reduction, dtype)
+    assert teacher.grad is None
+
+
+def test_focal_gamma_zero_is_cross_entropy():
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(11, 3, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, 3, (11,), generator=gen)
+    torch.testing.assert_close(focal_loss(z, t, gamma=0.0), cross_entropy(z, t), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_one_dimensional_input():
+    z = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    ref = focal_reference(z[None], torch.tensor([2]), 2.0, None, -100, "none")[0]
+    torch.testing.assert_close(focal_loss(z, torch.tensor(2), reduction="none"), ref)
+
+
+def test_large_logits_stay_finite():
+    z = torch.tensor([[1e4, 0.0, -1e4], [0.0, 1e4, 3.0]], dtype=torch.float32,
+                     requires_grad=True)
+    loss = focal_loss(z, torch.tensor([0, 1]), reduction="sum")
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    kl = distill_kl(z, torch.tensor([[1e4, 0.0, 0.0], [0.0, -1e4, 1.0]]), temperature=1.0)
+    assert torch.isfinite(kl)
+
+
+def test_opcheck_and_gradcheck():
+    gen = torch.Generator().manual_seed(4)
+    z = torch.randn(4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 5, -100, 2])
+    u = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    op = torch.ops.gradsmith.row_loss.default
+    torch.library.opcheck(op, ("focal", z, t, None, -100, "none", [2.0]))
+    torch.library.opcheck(op, ("distill_kl", z, u, None, -100, "batchmean", [2.0]))
+    assert torch.autograd.gradcheck(lambda x: focal_loss(x, t, gamma=0.5, reduction="none"),
+                                    (z,))
+    assert torch.autograd.gradcheck(lambda x: distill_kl(x, u, temperature=4.0), (z,))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_training_step(backend):
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(5)
+    lin = torch.nn.Linear(4, 3).double()
+    x = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, 3, (8,), generator=gen)
+    teacher = torch.randn(8, 3, generator=gen, dtype=torch.float64)
+
+    def forward(x):
+        z = lin(x)
+        return focal_loss(z, t) + distill_kl(z, teacher, temperature=2.0)
+
+    compiled = torch.compile(forward, backend=backend, fullgraph=True)
+    loss = compiled(x)
+    loss.backward()  # the compiled graph's backward
+    grads = [p.grad.clone() for p in lin.parameters()]
+    lin.zero_grad()
+    eager = forward(x)
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    for got, want in zip(grads, [p.grad for p in lin.parameters()]):
+        torch.testing.assert_close(got, want)
+
+
+def test_bfloat16_computes_in_float32():
+    z = torch.randn(3, 4).bfloat16().requires_grad_()
+    loss = focal_loss(z, torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert loss.dtype == torch.float32 and z.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("call, match, error", [
+    (lambda z, t: focal_loss(z, t, gamma=-1.0), "gamma", ValueError),
+    (lambda z, t: focal_loss(z, t, gamma="2"), "gamma", TypeError),
+    (lambda z, t: focal_loss(z, t, reduction="batchmean"), "reduction", ValueError),
+    (lambda z, t: distill_kl(z, z, temperature=0.0), "temperature", ValueError),
+    (lambda z, t: distill_kl(z, z[:, :2]), "teacher_logits", ValueError),
+    (lambda z, t: focal_loss(z, torch.tensor([0, 9])), "target", ValueError),
+    (lambda z, t: focal_loss(z, t, alpha=torch.ones(2, dtype=torch.float64)), "alpha",
+     ValueError),
+])
+def test_bad_input_names_the_argument(call, match, error):
+    z = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(error, match=match):
+        call(z, torch.tensor([0, 1]))
+
+
+def test_modules_equal_the_functions():
+    gen = torch.Generator().manual_seed(6)
+    z = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    u = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0, 3, 1, -100, 2])
+    alpha = torch.rand(4, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(FocalLoss(0.5, alpha, reduction="sum")(z, t),
+                               focal_loss(z, t, 0.5, alpha, reduction="sum"))
+    torch.testing.assert_close(DistillKLLoss(2.0)(z, u), distill_kl(z, u, 2.0))
+
+
+def test_non_cpu_input_is_refused_naming_the_device():
+    z = torch.randn(2, 3, device="meta")
+    with pytest.raises(NotImplementedError, match="meta"):
+        focal_loss(z, torch.tensor([0, 1], device="meta"))
+
+
+def test_second_derivative_raises_instead_of_being_wrong():
+    z = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(focal_loss(z, torch.tensor([0, 1, 2])), z, create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivative"):
+        grad.sum().backward()
