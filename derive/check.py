@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import mpmath
 import sympy as sp
+from sympy.codegen.cfunctions import expm1
 
 NUMERIC_DIGITS = 40
 NUMERIC_TOLERANCE = mpmath.mpf("1e-30")
@@ -175,3 +176,8 @@ def check_equal(
     if not holds:
         raise ProofError(f"step '{step}' does not hold: {detail}")
     return Verdict("numeric", detail)
+
+
+def without_expm1(expr: sp.Expr) -> sp.Expr:
+    """``expr`` with expm1(u) written as exp(u) - 1 (its definition)."""
+    return expr.replace(lambda e: isinstance(e, expm1), lambda e: sp.exp(e.args[0]) - 1)

@@ -14,7 +14,7 @@ from functools import cache
 from itertools import product
 
 import sympy as sp
-from gradsmith.derive.check import Verdict, check_equal
+from gradsmith.derive.check import Verdict, check_equal, without_expm1
 from gradsmith.derive.losses import cross_entropy
 from gradsmith.derive.row_loss_definition import ConcreteRow
 from sympy.codegen.cfunctions import expm1
@@ -332,11 +332,6 @@ def verify_spec(spec: KernelSpec, classes: int = 3, target: int = 1) -> list[tup
     results.append((f"{spec.name}: dlogit from stored", verify_stored_gradient(spec)))
     results.append((f"{spec.name}: mean z-loss over counted rows", verify_mean_z_loss(spec)))
     return results
-
-
-def without_expm1(expr: sp.Expr) -> sp.Expr:
-    """``expr`` with expm1(u) written as exp(u) - 1 (its definition)."""
-    return expr.replace(lambda e: isinstance(e, expm1), lambda e: sp.exp(e.args[0]) - 1)
 
 
 def verify_coef_rest(spec: KernelSpec) -> Verdict:

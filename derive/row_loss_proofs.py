@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 import sympy as sp
 from gradsmith.derive import row_loss as rl
-from gradsmith.derive.check import ProofError, Verdict, check_equal, numerically_equal
+from gradsmith.derive.check import (
+    ProofError,
+    Verdict,
+    check_equal,
+    numerically_equal,
+    without_expm1,
+)
 from sympy.codegen.cfunctions import expm1, log1p
 
 CLASS_COUNTS = (1, 2, 3, 5, 8)
@@ -40,14 +46,14 @@ def definition_terms(spec: rl.RowLossSpec, expr: sp.Expr, row: rl.SymbolicRow) -
         expr = expr.xreplace({accumulator.symbol: row.sum(
             lambda k, term=accumulator.term: _in_terms(spec, term, row, k))})
     expr = _in_terms(spec, expr, row, rl.j)
-    return expr.xreplace({
+    return without_expm1(expr.xreplace({
         # The maxima are free pivots: the kernels' shift by any pivot is exact.
         rl.logit_max: PIVOT_Z, rl.logit_log_sum_exp: row.lse(row.z) - PIVOT_Z,
         rl.teacher_logit_max: PIVOT_U, rl.teacher_logit_log_sum_exp: row.lse(row.u) - PIVOT_U,
         rl.target_logit: rl.z[rl.t],
         rl.target_alpha: row.alpha(rl.t), rl.is_target: sp.KroneckerDelta(rl.j, rl.t),
         rl.grad_scale: 1,
-    }).replace(lambda e: isinstance(e, expm1), lambda e: sp.exp(e.args[0]) - 1)
+    }))
 
 
 def _in_terms(spec: rl.RowLossSpec, expr: sp.Expr, row: rl.SymbolicRow, index) -> sp.Expr:
