@@ -250,10 +250,10 @@ def test_fused_cross_entropy_row_stride_is_not_copied(monkeypatch):
 
 def test_torch_thread_count_is_honoured(monkeypatch):
     calls = []
-    setter = kernel_module._omp_set_num_threads()
+    setter = kernel_module.omp_set_num_threads()
     if setter is None:
         pytest.skip("the C library was built without OpenMP")
-    monkeypatch.setattr(kernel_module, "_omp_set_num_threads", lambda: calls.append)
+    monkeypatch.setattr(kernel_module, "omp_set_num_threads", lambda: calls.append)
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
