@@ -128,3 +128,7 @@ def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     if reduction == "none":
         return loss.reshape(shape[:-1])
     return loss / shape[0] if by_batch else loss
+
+
+# The gradsmith.torch function of each loss that has one, by the loss's name.
+FUNCTIONS = {_FOCAL.name: focal_loss, _DISTILL_KL.name: distill_kl}
