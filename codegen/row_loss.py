@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 
 import sympy as sp
+from gradsmith.codegen.backends.c.context import printed_fast_exp
 from gradsmith.codegen.backends.c.printer import C_TYPES, KernelCPrinter
 from gradsmith.codegen.backends.numpy.printer import NUMPY_TYPES, KernelNumPyPrinter
 from gradsmith.codegen.printing import check_reads, expression_hash, print_code
@@ -58,13 +59,19 @@ def c_path(name: str) -> str:
     return f"c/gradsmith_{name}.c"
 
 
-def _printer(backend: str, dtype: str):
-    return KernelNumPyPrinter(dtype) if backend == "numpy" else KernelCPrinter(dtype)
+def _printer(backend: str, dtype: str, sweep: bool = False):
+    """The printer of ``backend``; ``sweep``: C's per-element exponentials on the proven fast
+    exp (their arguments are <= 0, proven by ``row_loss_proofs``)."""
+    if backend == "numpy":
+        return KernelNumPyPrinter(dtype)
+    names = {"exp": printed_fast_exp(dtype)["name"]} if sweep else None
+    return KernelCPrinter(dtype, function_names=names)
 
 
-def _group(backend: str, dtype: str, outputs, prefix: str, inputs: Iterable[str]) -> dict:
-    printed = print_code([(str(name), expr) for name, expr in outputs], _printer(backend, dtype),
-                         temp_prefix=prefix)
+def _group(backend: str, dtype: str, outputs, prefix: str, inputs: Iterable[str],
+           sweep: bool = False) -> dict:
+    printed = print_code([(str(name), expr) for name, expr in outputs],
+                         _printer(backend, dtype, sweep), temp_prefix=prefix)
     check_reads(prefix, printed.assignments, [*inputs, "np"] if backend == "numpy" else inputs)
     temporaries = {name for name, _ in printed.intermediates}
     return {"assignments": [(c_identifier(name), code, name in temporaries)
@@ -79,7 +86,7 @@ def _normalizer(spec: rl.RowLossSpec, backend: str, dtype: str, logit: sp.Symbol
     rename = {rl.logit: logit, rl.scaled: sp.Symbol(f"{name}_scaled", real=True),
               rl.row_max: maximum,
               rl.sum_exp: sp.Symbol(f"{name}_sum_exp", positive=True)}
-    printer = _printer(backend, dtype)
+    printer = _printer(backend, dtype, sweep=True)
     state = [str(rename[s]) for s in (rl.scaled, rl.row_max, rl.sum_exp)]
     scaled = _group(backend, dtype, [(rename[rl.scaled], spec.scaled_logit.xreplace(rename))],
                     f"{name}_a", [name, *options])
@@ -90,7 +97,7 @@ def _normalizer(spec: rl.RowLossSpec, backend: str, dtype: str, logit: sp.Symbol
         "term": printer.doprint(spec.normalizer_term.xreplace(rename)),
         "rescale": printer.doprint(spec.normalizer_rescale.xreplace(
             {rl.sum_exp: rename[rl.sum_exp], rl.old_max: rename[rl.row_max]})),
-        "log_sum_code": printer.doprint(spec.normalizer_log_sum.xreplace(rename)),
+        "log_sum_code": _printer(backend, dtype).doprint(spec.normalizer_log_sum.xreplace(rename)),
     }
 
 
@@ -106,14 +113,14 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
     element_inputs = row_inputs + row_names + [str(n[0]) for n in spec.normalizers]
     element_outputs = list(spec.element_values) + [(sp.Symbol("dlogit"), spec.dlogit)]
     element_outputs += [(a.symbol, a.term) for a in spec.accumulators]
-    elements = _group(backend, dtype, element_outputs, "e", element_inputs)
+    elements = _group(backend, dtype, element_outputs, "e", element_inputs, sweep=True)
     accumulators = [str(a.symbol) for a in spec.accumulators]
     # The final values read each row sum as its total over the row.
     totals = {a.symbol: sp.Symbol(f"{a.symbol}_total", real=True) for a in spec.accumulators}
     final = _group(backend, dtype, [(s, e.xreplace(totals)) for s, e in spec.final_values], "f",
                    row_inputs + row_names + [str(s) for s in totals.values()])
     op_count = rows["op_count"] + elements["op_count"] + final["op_count"]
-    return {
+    values = {
         "name": c_identifier(spec.name),
         "kind": spec.kind,
         "class_weights": spec.class_weights,
@@ -132,6 +139,10 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
         "spec_hash": expression_hash(spec.expressions()),
         "op_count": op_count,
     }
+    if backend == "c":
+        values["fast_exp"] = printed_fast_exp(dtype)
+        values["op_count"] += values["fast_exp"]["op_count"]
+    return values
 
 
 def _names(group: dict) -> set[str]:
@@ -163,7 +174,9 @@ def render_loss(loss, backends: Iterable[str] = BACKENDS) -> dict[str, str]:
                                               context(spec, "numpy", dtype), numpy_abi(spec)))
     if "c" in backends:
         ctx = {dtype: context(spec, "c", dtype) for dtype in DTYPES}
-        combined = {"spec_hash": ctx["float32"]["spec_hash"], "name": spec.name,
+        fast_exps = [e for d in DTYPES for e in ctx[d]["fast_exp"]["expressions"]]
+        combined = {"spec_hash": expression_hash([*spec.expressions(), *fast_exps]),
+                    "name": spec.name,
                     "op_count": sum(c["op_count"] for c in ctx.values()),
                     "variants": [ctx[d] for d in DTYPES], "options": ctx["float32"]["options"],
                     "option_checks": option_checks(spec), "kind": spec.kind,

@@ -118,6 +118,14 @@ class RowLossSpec:
     reductions: tuple[Reduction, ...]
     default_reduction: str
 
+    def sweep_expressions(self) -> list[sp.Expr]:
+        """What the two sweeps evaluate per element: the normalizer's term and rescale, the
+        element values, the gradient and the accumulators' terms.  Their exponentials run on
+        the fast exp, whose domain (x <= 0) ``row_loss_proofs`` proves they stay in."""
+        return [self.normalizer_term, self.normalizer_rescale,
+                *(e for _, e in self.element_values), self.dlogit,
+                *(a.term for a in self.accumulators)]
+
     def expressions(self) -> list[sp.Expr]:
         """Every expression of the spec, in a fixed order (for the content hash)."""
         named = [self.scale, self.dlogit, self.scaled_logit, self.normalizer_term,
