@@ -271,3 +271,12 @@ def test_loss_bench_skips_a_loss_without_a_gradsmith_torch_function(monkeypatch)
     (row,) = report["rows"]
     assert "gradsmith.torch" not in row["ms"]
     assert "no function for 'focal'" in row["skipped"]["gradsmith.torch"]
+
+
+def test_loss_bench_runs_without_threads_given(monkeypatch, capsys):
+    from gradsmith.codegen.bench import machine
+
+    monkeypatch.setattr(machine, "optional_torch", lambda: None)  # no compiling peer here
+    assert main(["bench", "--loss", "focal", "--shapes", "8x3", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "8x3" in out and "skipped: PyTorch is not installed" in out

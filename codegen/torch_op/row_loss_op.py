@@ -58,13 +58,13 @@ def _backward(ctx, grad_loss, grad_dlogits):
 row_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _cpu_input(name: str, input, second, second_name: str) -> None:
+def _cpu_input(function: str, names: tuple[str, str], input, second) -> None:
     if not isinstance(input, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
+        raise TypeError(f"{names[0]} must be a torch.Tensor, got {type(input).__name__}")
     if input.device.type != "cpu":
-        raise NotImplementedError(f"gradsmith.torch's {name} has CPU kernels only, got device "
-                                  f"{input.device}")
-    check_tensor(second_name, second, input.device)
+        raise NotImplementedError(f"gradsmith.torch.{function} has CPU kernels only, got "
+                                  f"{names[0]} on {input.device}")
+    check_tensor(names[1], second, input.device)
 
 
 def _scalars(spec: LossDefinition, reduction: str, **options: float) -> list[float]:
@@ -84,7 +84,7 @@ def focal_loss(input: Tensor, target: Tensor, gamma: float = 2.0, alpha: Tensor 
     (), (N,) or (N, d1, ..., dk); "none" gives that shape, "mean" divides by the counted
     positions (NaN if none is counted), "sum" adds them.  ``alpha`` (C,) is a per-class
     weight in the input's dtype."""
-    _cpu_input("input", input, target, "target")
+    _cpu_input("focal_loss", ("input", "target"), input, target)
     values = _scalars(_FOCAL, reduction, gamma=gamma)
     ignore_index = check_ignore_index(ignore_index)
     rows, row_target, probabilities, positions = as_rows(input, target)
@@ -108,7 +108,8 @@ def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     PyTorch), "mean" by the number of elements, "sum" adds; "none" gives the per-row sums, of
     shape (...).  An empty batch gives NaN for the means, 0 for "sum".  The teacher is
     detached (its grad stays None) and must match the student's shape and dtype."""
-    _cpu_input("student_logits", student_logits, teacher_logits, "teacher_logits")
+    _cpu_input("distill_kl", ("student_logits", "teacher_logits"), student_logits,
+               teacher_logits)
     values = _scalars(_DISTILL_KL, reduction, temperature=temperature)
     shape = tuple(student_logits.shape)
     if not shape or shape[-1] < 1:
