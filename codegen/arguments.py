@@ -61,12 +61,14 @@ real = _real
 
 
 def check_reduction(reduction: Any, allowed: tuple[str, ...] = REDUCTIONS) -> str:
+    """``reduction``, one of ``allowed`` (cross-entropy's by default)."""
     if reduction not in allowed:
         raise ValueError(f"reduction must be one of {tuple(allowed)}, got {reduction!r}")
     return reduction
 
 
 def check_ignore_index(ignore_index: Any) -> int:
+    """``ignore_index`` as an int (a bool is refused)."""
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     return int(ignore_index)

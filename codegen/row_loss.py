@@ -156,9 +156,19 @@ def numpy_abi(spec: rl.RowLossSpec) -> str:
     return f"Python; rows(logits, {second}, grad_scale{options}, out) -> row_loss"
 
 
+# The arguments of every gs_NAME_f32/f64, in order, with their C kinds ("real*": the variant's
+# floating type), as row_loss.c.j2 declares them and the loaders pass them.
+C_ARGUMENTS = (
+    ("logits", "real*"), ("second", "real*"), ("target", "int64*"), ("alpha", "real*"),
+    ("n_rows", "int64"), ("n_classes", "int64"), ("options", "double*"),
+    ("ignore_index", "int64"), ("grad_scale", "real*"), ("row_loss", "real*"),
+    ("dlogits", "real*"), ("bad_row", "int64*"),
+)
+
+
 def c_abi(spec: rl.RowLossSpec) -> str:
-    return (f"C99; int gs_{spec.name}_f32/f64(logits, second, target, alpha, n_rows, n_classes, "
-            "options, ignore_index, grad_scale, row_loss, dlogits, bad_row); status codes "
+    arguments = ", ".join(name for name, _ in C_ARGUMENTS)
+    return (f"C99; int gs_{spec.name}_f32/f64({arguments}); status codes "
             "GS_OK=0, NULL_POINTER=1, SHAPE=2, TARGET=3, PARAMS=4")
 
 

@@ -23,7 +23,7 @@ from gradsmith.codegen.arguments import (
     real,
 )
 from gradsmith.codegen.native import Status, build_once, cache_dir, content_key
-from gradsmith.codegen.row_loss import DTYPES, SUFFIXES, c_path, numpy_path
+from gradsmith.codegen.row_loss import C_ARGUMENTS, DTYPES, SUFFIXES, c_path, numpy_path
 from gradsmith.derive.row_loss import LossDefinition
 
 BACKENDS = ("numpy", "c")
@@ -163,9 +163,9 @@ def _c_kernel(definition: LossDefinition, dtype: str, kernels: Path) -> Callable
     pointer = ctypes.POINTER(scalar)
     function = getattr(_c_library(definition.name, kernels), f"gs_{definition.name}_{SUFFIXES[dtype]}")
     i64 = ctypes.c_int64
-    function.argtypes = [pointer, pointer, ctypes.POINTER(i64), pointer, i64, i64,
-                         ctypes.POINTER(ctypes.c_double), i64, pointer, pointer, pointer,
-                         ctypes.POINTER(i64)]
+    kinds = {"real*": pointer, "int64*": ctypes.POINTER(i64),
+             "double*": ctypes.POINTER(ctypes.c_double), "int64": i64}
+    function.argtypes = [kinds[kind] for _, kind in C_ARGUMENTS]
     function.restype = ctypes.c_int
 
     def ptr(array, ctype=scalar):

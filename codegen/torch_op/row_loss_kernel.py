@@ -13,13 +13,11 @@ from functools import cache
 
 import torch
 from gradsmith.codegen.loading import shipped_kernels
+from gradsmith.codegen.row_loss import C_ARGUMENTS
 from gradsmith.codegen.torch_op.kernel import CPU_DTYPES, match_torch_threads, raise_for_status
 from gradsmith.derive.row_loss import LossDefinition
 
-_POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64
-# logits, second, target, alpha, n_rows, n_classes, options, ignore_index, grad_scale,
-# row_loss, dlogits, bad_row: the order of the template's entry points.
-_ARGUMENTS = [_POINTER] * 4 + [_SIZE] * 2 + [_POINTER, _SIZE] + [_POINTER] * 4
+_ARGUMENTS = [ctypes.c_int64 if kind == "int64" else ctypes.c_void_p for _, kind in C_ARGUMENTS]
 
 
 @cache
