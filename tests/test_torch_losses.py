@@ -291,3 +291,24 @@ def test_second_derivative_raises_instead_of_being_wrong():
     (grad,) = torch.autograd.grad(focal_loss(z, torch.tensor([0, 1, 2])), z, create_graph=True)
     with pytest.raises(RuntimeError, match="second derivative"):
         grad.sum().backward()
+
+
+def test_compiled_spatial_shapes_trace_in_one_graph():
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(10)
+    z = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 5, (2, 3), generator=gen)
+    u = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
+
+    def forward(z):
+        return focal_loss(z, t, reduction="sum") + distill_kl(z.movedim(1, -1), u)
+
+    compiled = torch.compile(forward, backend="aot_eager", fullgraph=True)
+    loss = compiled(z)
+    loss.backward()
+    grad = z.grad.clone()
+    z.grad = None
+    eager = forward(z)
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    torch.testing.assert_close(grad, z.grad)
