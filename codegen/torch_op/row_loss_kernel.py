@@ -14,6 +14,7 @@ from functools import cache
 import torch
 from gradsmith.codegen.loading import shipped_kernels
 from gradsmith.codegen.row_loss import C_ARGUMENTS
+from gradsmith.codegen.torch_op import memory
 from gradsmith.codegen.torch_op.kernel import CPU_DTYPES, match_torch_threads, raise_for_status
 from gradsmith.derive.row_loss import LossDefinition
 
@@ -51,7 +52,7 @@ def fused_row_loss(spec: LossDefinition, logits: torch.Tensor, second: torch.Ten
     # total is 0 only where no row is counted, and the kernel zeroes uncounted rows.
     grad_scale = torch.full((n_rows,), 1.0 if total is None else 1.0 / max(total, 1), dtype=dtype)
     row_loss = torch.empty((n_rows,), dtype=dtype)
-    dlogits = torch.empty((n_rows, n_classes), dtype=dtype)
+    dlogits = memory.empty((n_rows, n_classes), dtype=dtype)
     if n_rows:  # an empty batch: nothing to read, and data_ptr() may be NULL
         match_torch_threads()
         values = (ctypes.c_double * max(len(options), 1))(*options)
