@@ -38,7 +38,7 @@ struct math_f32 {
     }
 
     // The online normalizers of a row or of one thread's share of it; empty while every
-    // maximum is -inf and every sum 0 (an element of -inf or NaN makes its sum NaN).
+    // maximum is -inf and every sum 0 (a NaN element makes its sum NaN).
     struct state {
         float logit_max;
         float logit_sum_exp;  // over the elements other than the maximum
@@ -127,7 +127,9 @@ struct math_f32 {
                 const float new_max = logit_scaled;
                 logit_sum_exp = (logit_sum_exp + 1)*expf(logit_max - new_max);
                 logit_max = new_max;
-            } else {
+            } else if (logit_scaled != minus_infinity(float(0))) {
+                // exp(-inf) adds nothing; left out, so that a thread whose share is all -inf
+                // stays empty instead of making its sum exp(-inf - -inf), NaN.
                 logit_sum_exp += expf(-logit_max + logit_scaled);
             }
             s.logit_max = logit_max;
@@ -210,7 +212,7 @@ struct math_f64 {
     }
 
     // The online normalizers of a row or of one thread's share of it; empty while every
-    // maximum is -inf and every sum 0 (an element of -inf or NaN makes its sum NaN).
+    // maximum is -inf and every sum 0 (a NaN element makes its sum NaN).
     struct state {
         double logit_max;
         double logit_sum_exp;  // over the elements other than the maximum
@@ -299,7 +301,9 @@ struct math_f64 {
                 const double new_max = logit_scaled;
                 logit_sum_exp = (logit_sum_exp + 1)*exp(logit_max - new_max);
                 logit_max = new_max;
-            } else {
+            } else if (logit_scaled != minus_infinity(double(0))) {
+                // exp(-inf) adds nothing; left out, so that a thread whose share is all -inf
+                // stays empty instead of making its sum exp(-inf - -inf), NaN.
                 logit_sum_exp += exp(-logit_max + logit_scaled);
             }
             s.logit_max = logit_max;
