@@ -90,6 +90,19 @@ def test_kernels_compile_without_warnings_spills_or_local_memory(name):
     assert "lmem" not in log and "cumulative stack" not in log
 
 
+@needs_nvcc
+def test_a_loss_from_outside_the_registry_gets_cuda_kernels_that_compile():
+    """Poly-1 (tests/losses/poly1.py): its definition alone becomes a CUDA file."""
+    ((path, text),) = render_loss(str(ROOT / "tests" / "losses" / "poly1.py"), ("cuda",)).items()
+    assert path == cuda_path("poly1")
+    folder = CACHE / f"poly1-src-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gradsmith_poly1.cu").write_text(text)
+    command = [NVCC, "-Werror", "all-warnings", "-std=c++17", "-O3", "-arch=sm_80", "-I", str(CUDA_DIR),
+               "-c", str(folder / "gradsmith_poly1.cu"), "-o", "poly1.o"]
+    cached_build("poly1", command, text.encode(), ("gradsmith_ce.cuh",))
+
+
 HARNESS = r"""
 %INCLUDES%
 #include <cstdio>
