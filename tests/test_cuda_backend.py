@@ -13,37 +13,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_build import (  # tests/ is on sys.path (conftest.py)
+    CACHE,
+    CUDA_DIR,
+    NVCC,
+    ROOT,
+    cached_build,
+    gpu,
+    gpu_available,
+    needs_nvcc,
+    ptxas_report,
+    supported_archs,
+)
 from gradsmith.codegen.abi import SUFFIXES
 from gradsmith.codegen.backends.cuda import BACKEND, render
 from gradsmith.derive.kernel_spec import all_specs
 
 try:
-    from tests.cuda_build import (
-        CACHE,
-        CUDA_DIR,
-        NVCC,
-        ROOT,
-        cached_build,
-        gpu,
-        gpu_available,
-        needs_nvcc,
-        ptxas_report,
-        supported_archs,
-    )
     from tests.reference import reference_cross_entropy
 except ImportError:  # run from inside tests/
-    from cuda_build import (
-        CACHE,
-        CUDA_DIR,
-        NVCC,
-        ROOT,
-        cached_build,
-        gpu,
-        gpu_available,
-        needs_nvcc,
-        ptxas_report,
-        supported_archs,
-    )
     from reference import reference_cross_entropy
 
 STORAGES = ("float32", "float64", "bfloat16", "float16")

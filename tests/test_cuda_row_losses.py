@@ -18,6 +18,17 @@ import subprocess
 import numpy as np
 import pytest
 import sympy as sp
+from cuda_build import (  # tests/ is on sys.path (conftest.py)
+    CACHE,
+    CUDA_DIR,
+    NVCC,
+    ROOT,
+    cached_build,
+    gpu,
+    gpu_available,
+    needs_nvcc,
+    ptxas_report,
+)
 from gradsmith import load
 from gradsmith.codegen.row_loss import SPECIALISED, cuda_path, render_loss
 from gradsmith.codegen.validate.row_loss import _reference
@@ -25,31 +36,6 @@ from gradsmith.derive import row_loss as rl
 from gradsmith.derive.check import ProofError
 from gradsmith.derive.losses import LOSSES, definition
 from gradsmith.derive.row_loss_proofs import _merge
-
-try:
-    from tests.cuda_build import (
-        CACHE,
-        CUDA_DIR,
-        NVCC,
-        ROOT,
-        cached_build,
-        gpu,
-        gpu_available,
-        needs_nvcc,
-        ptxas_report,
-    )
-except ImportError:  # run from inside tests/
-    from cuda_build import (
-        CACHE,
-        CUDA_DIR,
-        NVCC,
-        ROOT,
-        cached_build,
-        gpu,
-        gpu_available,
-        needs_nvcc,
-        ptxas_report,
-    )
 
 GENERIC = [name for name in LOSSES if name not in SPECIALISED]
 STORAGES = ("float32", "float64", "bfloat16", "float16")
