@@ -206,7 +206,7 @@ def harness():
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "harness.cu").write_text(source)
     command = [NVCC, "-x", "cu", "-std=c++17", "-O2", "-Werror", "all-warnings", "-I", str(CUDA_DIR),
-               "-Xcompiler", "-ffp-contract=off", str(folder / "harness.cu"), "-o", "harness"]
+               str(folder / "harness.cu"), "-o", "harness"]
     sources = tuple(s for name in GENERIC for s in _sources(name))
     built, _ = cached_build("row-loss-harness", command, source.encode(), sources)
     return built / "harness"

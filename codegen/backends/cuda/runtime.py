@@ -63,7 +63,7 @@ def build_library(arch: str, source_dir: Path = SOURCE_DIR, main: str = SOURCES[
     """Compile ``main`` (default: the cross-entropy kernels) of the tree's cuda/ folder for
     ``arch`` (e.g. "sm_90") into the cache; return the library."""
     nvcc = _nvcc()
-    sources = (main, *(name for name in SOURCES if name != main))
+    sources = SOURCES if main == SOURCES[0] else (main, SOURCES[1])  # a file and the header
     missing = [name for name in sources if not (source_dir / name).is_file()]
     if missing:
         raise ValueError(f"{source_dir} lacks {missing}: write a complete tree with "
