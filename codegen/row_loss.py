@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 
 import sympy as sp
+from gradsmith.codegen.abi import SUFFIXES as CUDA_SUFFIXES
 from gradsmith.codegen.backends.c.printer import C_TYPES, KernelCPrinter
 from gradsmith.codegen.backends.cuda.printer import ARITHMETICS, STORAGE, KernelCudaPrinter
 from gradsmith.codegen.backends.numpy.printer import NUMPY_TYPES, KernelNumPyPrinter
@@ -23,7 +24,6 @@ from gradsmith.derive.losses import LOSSES, definition
 BACKENDS = ("numpy", "c", "cuda")
 DTYPES = ("float32", "float64")
 SUFFIXES = {"float32": "f32", "float64": "f64"}
-CUDA_SUFFIXES = {**SUFFIXES, "bfloat16": "bf16", "float16": "f16"}
 NUMPY_TEMPLATE = "numpy/row_loss.py.j2"
 C_TEMPLATE = "c/row_loss.c.j2"
 CUDA_TEMPLATE = "cuda/row_loss.cu.j2"
