@@ -1,8 +1,9 @@
-"""Lay out any row-loss kernel spec (``gradsmith.derive.row_loss``) for NumPy and C.
+"""Lay out any row-loss kernel spec (``gradsmith.derive.row_loss``) for NumPy, C and CUDA.
 
 Every expression is printed from the spec through ``print_code`` and the backends' printers;
-the templates ``numpy/row_loss.py.j2`` and ``c/row_loss.c.j2`` hold only the sweeps.  Nothing
-here knows the name or the formula of a loss.
+the templates ``numpy/row_loss.py.j2``, ``c/row_loss.c.j2`` and ``cuda/row_loss.cu.j2`` hold
+only the sweeps (and, for CUDA, the merge of the threads' partial rows).  Nothing here knows
+the name or the formula of a loss.
 """
 
 from __future__ import annotations
@@ -11,19 +12,27 @@ import re
 from collections.abc import Iterable
 
 import sympy as sp
+from gradsmith.codegen.abi import SUFFIXES as CUDA_SUFFIXES
 from gradsmith.codegen.backends.c.context import printed_fast_exp
 from gradsmith.codegen.backends.c.printer import C_TYPES, KernelCPrinter
+from gradsmith.codegen.backends.cuda.printer import ARITHMETICS, STORAGE, KernelCudaPrinter
 from gradsmith.codegen.backends.numpy.printer import NUMPY_TYPES, KernelNumPyPrinter
 from gradsmith.codegen.printing import check_reads, expression_hash, print_code
 from gradsmith.codegen.render import c_identifier, render_with_preamble
 from gradsmith.derive import row_loss as rl
 from gradsmith.derive.losses import LOSSES, definition
 
-BACKENDS = ("numpy", "c")
+BACKENDS = ("numpy", "c", "cuda")
 DTYPES = ("float32", "float64")
 SUFFIXES = {"float32": "f32", "float64": "f64"}
 NUMPY_TEMPLATE = "numpy/row_loss.py.j2"
 C_TEMPLATE = "c/row_loss.c.j2"
+CUDA_TEMPLATE = "cuda/row_loss.cu.j2"
+# Threads of a block of warp-owned rows (one row per warp up to WARP_ROW_MAX_CLASSES classes)
+# and of a block that owns one longer row.
+WARP_ROW_THREADS = 256
+WARP_ROW_MAX_CLASSES = 1024
+ROW_THREADS = 512
 # Cross-entropy keeps its specialised kernels; every other registered loss is emitted generically.
 SPECIALISED = ("cross_entropy",)
 
@@ -59,11 +68,17 @@ def c_path(name: str) -> str:
     return f"c/gradsmith_{name}.c"
 
 
+def cuda_path(name: str) -> str:
+    return f"cuda/gradsmith_{name}.cu"
+
+
 def _printer(backend: str, dtype: str, sweep: bool = False):
     """The printer of ``backend``; ``sweep``: C's per-element exponentials on the proven fast
     exp (their arguments are <= 0, proven by ``row_loss_proofs``)."""
     if backend == "numpy":
         return KernelNumPyPrinter(dtype)
+    if backend == "cuda":
+        return KernelCudaPrinter(dtype)
     names = {"exp": printed_fast_exp(dtype)["name"]} if sweep else None
     return KernelCPrinter(dtype, function_names=names)
 
@@ -166,6 +181,52 @@ C_ARGUMENTS = (
 )
 
 
+def cuda_context(spec: rl.RowLossSpec) -> dict:
+    """The CUDA template's context: per arithmetic type the printed sweeps of :func:`context`,
+    the merge of two partial normalizers, and which names each device function binds."""
+    arithmetics = []
+    for dtype in ARITHMETICS:
+        ctx = context(spec, "cuda", dtype)
+        printer = _printer("cuda", dtype)
+        statistics = [n[key] for n in ctx["normalizers"] for key in ("max", "log_sum")]
+        row_names = [name for name, _, _ in ctx["rows"]["assignments"]]
+        later = _names(ctx["elements"]) | _names(ctx["final"])
+        # The row struct: every row value, and the statistics the gradient sweep or the loss read.
+        fields = [n for n in statistics + ctx["gathered"] + ["grad_scale"] if n in later]
+        fields += row_names
+        scaled = set().union(*(_names(n["scaled_code"]) for n in ctx["normalizers"]))
+        arithmetics.append({
+            **ctx,
+            "real": printer.c_type,
+            "merge_code": printer.doprint(spec.normalizer_merge),
+            "row_fields": fields,
+            "fold_options": [o for o in ctx["options"] if o in scaled],
+            "row_options": [o for o in ctx["options"] if o in _names(ctx["rows"])],
+            "element_reads": [f for f in fields + ctx["options"] if f in _names(ctx["elements"])],
+            "final_reads": [f for f in fields + ctx["options"] if f in _names(ctx["final"])],
+        })
+    storages = [{"dtype": dtype, "type": storage_type, "suffix": CUDA_SUFFIXES[dtype],
+                 "arithmetic": SUFFIXES[arithmetic],
+                 "real": next(a["scalar_type"] for a in arithmetics if a["dtype"] == arithmetic)}
+                for dtype, (storage_type, arithmetic) in STORAGE.items()]
+    first = arithmetics[0]
+    return {
+        "name": first["name"], "kind": spec.kind, "class_weights": spec.class_weights,
+        "options": first["options"], "option_checks": option_checks(spec),
+        "arithmetics": arithmetics, "storages": storages,
+        "warp_row_threads": WARP_ROW_THREADS, "warp_row_max_classes": WARP_ROW_MAX_CLASSES,
+        "row_threads": ROW_THREADS,
+        "spec_hash": expression_hash([*spec.expressions(), spec.normalizer_merge]),
+        "op_count": sum(a["op_count"] for a in arithmetics),
+    }
+
+
+def cuda_abi(spec: rl.RowLossSpec) -> str:
+    return (f"CUDA; int gs_{spec.name}_cuda_f32/f64/bf16/f16(the C ABI's arguments, device "
+            "pointers but options, stream); *bad_row: the first bad target's row or -1, "
+            "written on the stream")
+
+
 def c_abi(spec: rl.RowLossSpec) -> str:
     arguments = ", ".join(name for name, _ in C_ARGUMENTS)
     return (f"C99; int gs_{spec.name}_f32/f64({arguments}); status codes "
@@ -192,6 +253,9 @@ def render_loss(loss, backends: Iterable[str] = BACKENDS) -> dict[str, str]:
                     "option_checks": option_checks(spec), "kind": spec.kind,
                     "class_weights": spec.class_weights}
         files.update(render_with_preamble({c_path(spec.name): C_TEMPLATE}, combined, c_abi(spec)))
+    if "cuda" in backends:
+        files.update(render_with_preamble({cuda_path(spec.name): CUDA_TEMPLATE},
+                                          cuda_context(spec), cuda_abi(spec)))
     return files
 
 

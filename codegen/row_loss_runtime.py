@@ -26,7 +26,7 @@ from gradsmith.codegen.native import Status, build_once, cache_dir, content_key
 from gradsmith.codegen.row_loss import C_ARGUMENTS, DTYPES, SUFFIXES, c_path, numpy_path
 from gradsmith.derive.row_loss import LossDefinition
 
-BACKENDS = ("numpy", "c")
+BACKENDS = ("numpy", "c", "cuda")
 
 
 def option_values(definition: LossDefinition, options: dict) -> list[float]:
@@ -195,6 +195,9 @@ def load(definition: LossDefinition, backend: str, dtype: str, kernels: Path) ->
         raise ValueError(f"loss {definition.name!r} has kernels for {BACKENDS}, not {backend!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype for loss {definition.name!r} must be one of {DTYPES}, got {dtype!r}")
-    make = _numpy_kernel if backend == "numpy" else _c_kernel
+    if backend == "cuda":
+        from gradsmith.codegen.backends.cuda.row_loss_runtime import cuda_kernel as make
+    else:
+        make = _numpy_kernel if backend == "numpy" else _c_kernel
     return make_callable(definition, dtype, make(definition, dtype, Path(kernels)))
 

@@ -129,6 +129,7 @@ def prove(definition: rl.LossDefinition, losses=None) -> list[LossClaim]:
     claims.append(LossClaim("online normalizer: rescaled sums and lse", _online(spec)))
     claims.append(LossClaim("fast exp domain: every exponent of the sweeps is <= 0",
                             _sweep_exponents(spec)))
+    claims.append(LossClaim("online normalizer: merge of two partial rows", _merge(spec)))
     if any(symbol == rl.one_minus_p_target for symbol, _ in spec.row_values):
         x = sp.Symbol("x", real=True)
         claims.append(LossClaim("-expm1(log p_t) = 1 - p_t", check(
@@ -184,3 +185,18 @@ def _sweep_exponents(spec: rl.RowLossSpec) -> Verdict:
                              "outside the fast exp's domain")
     return Verdict("symbolic", f"SymPy's assumptions decide {len(exponents)} exponents <= 0 "
                                "under the sweeps' bounds")
+
+
+def _merge(spec: rl.RowLossSpec) -> Verdict:
+    """Parts A (maximum m_a, others a_1, a_2) and B (maximum m_b <= m_a, other b_1) of a row,
+    each swept at its own maximum, merge into the sum over the whole row at m_a."""
+    m_a, m_b, a_1, a_2, b_1 = sp.symbols("m_a m_b a_1 a_2 b_1", real=True)
+
+    def rest(pivot: sp.Symbol, values) -> sp.Expr:
+        return sp.Add(*[spec.normalizer_term.xreplace({rl.scaled: v, rl.row_max: pivot})
+                        for v in values])
+
+    merged = spec.normalizer_merge.xreplace({rl.sum_exp: rest(m_a, (a_1, a_2)), rl.row_max: m_a,
+                                             rl.other_sum_exp: rest(m_b, (b_1,)),
+                                             rl.other_max: m_b})
+    return check_equal(merged, rest(m_a, (a_1, a_2, m_b, b_1)), step="online merge of the sum")
