@@ -3,6 +3,8 @@
 The callable's arguments are checked from the loss's definition alone: its kind (class targets
 or teacher logits), its options and their ranges, and its reductions.  The kernels return each
 row's loss and the gradient scaled per row; the reduction divides by its denominator here.
+Logits of 16-bit storage (CUDA: bfloat16 as ``ml_dtypes.bfloat16``, float16) keep their dtype in
+the gradient; the loss, the gradient factors and alpha are float32, as the kernels' arithmetic.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from gradsmith.codegen.arguments import (
     check_reduction,
     real,
 )
+from gradsmith.codegen.backends.cuda.printer import STORAGE
 from gradsmith.codegen.native import Status, build_once, cache_dir, content_key
 from gradsmith.codegen.row_loss import C_ARGUMENTS, DTYPES, SUFFIXES, c_path, numpy_path
 from gradsmith.derive.row_loss import LossDefinition
 
 BACKENDS = ("numpy", "c", "cuda")
+# The dtypes each backend's kernels are emitted in.
+BACKEND_DTYPES = {"numpy": DTYPES, "c": DTYPES, "cuda": tuple(STORAGE)}
 
 
 def option_values(definition: LossDefinition, options: dict) -> list[float]:
@@ -65,24 +70,28 @@ def _reduce(row_losses: np.ndarray, total, dtype):
                           dtype=dtype)
 
 
-def make_callable(definition: LossDefinition, dtype: str, kernel: Callable) -> Callable:
-    """The user-facing callable around ``kernel(logits, second, target, alpha, scale, options)``."""
+def make_callable(definition: LossDefinition, dtype: str, kernel: Callable,
+                  dtypes: tuple[str, ...] = DTYPES) -> Callable:
+    """The user-facing callable around ``kernel(logits, second, target, alpha, scale, options)``
+    for logits of ``dtype``, one of the backend's ``dtypes``; alpha and the gradient factors
+    reach the kernel in its arithmetic dtype."""
     names = [r.name for r in definition.reductions]
     teacher = definition.kind == "teacher"
+    real = STORAGE[dtype][1]
 
     def loss(logits, second, *, alpha=None, ignore_index=-100,
              reduction=definition.default_reduction, grad_output=None, **options):
-        logits = check_logits(logits, dtype, backend_dtypes=DTYPES)
+        logits = check_logits(logits, dtype, backend_dtypes=dtypes)
         n_rows, n_classes = (int(s) for s in logits.shape)
         check_reduction(reduction, names)
         values = option_values(definition, options)
         grad_output = check_grad_output(grad_output, n_rows, reduction, reduction == "none",
-                                        logits.dtype)
+                                        real)
         target = None
         if teacher:
             if alpha is not None or ignore_index != -100:
                 raise ValueError(f"{definition.name} takes no alpha or ignore_index")
-            second = check_logits(second, dtype, name="teacher_logits")
+            second = check_logits(second, dtype, name="teacher_logits", backend_dtypes=dtypes)
             if second.shape != logits.shape:
                 raise ValueError(f"teacher_logits must have shape {tuple(logits.shape)} like "
                                  f"the student's, got {tuple(second.shape)}")
@@ -99,12 +108,12 @@ def make_callable(definition: LossDefinition, dtype: str, kernel: Callable) -> C
                                      f"{tuple(getattr(alpha, 'shape', ()))}")
                 if str(alpha.dtype) != dtype:
                     raise TypeError(f"alpha must be {dtype} like logits, got {alpha.dtype}")
-                alpha = np.ascontiguousarray(alpha)
+                alpha = np.ascontiguousarray(alpha, dtype=real)
         scale, total = _grad_scale(definition, reduction, grad_output, counted, n_rows,
-                                   n_classes, dtype)
+                                   n_classes, real)
         row_losses, dlogits = kernel(logits, second, target, alpha, int(ignore_index), scale,
                                      values)
-        return _reduce(row_losses, total, dtype), dlogits
+        return _reduce(row_losses, total, real), dlogits
 
     loss.__name__ = f"{definition.name}_{dtype}"
     loss.__doc__ = f"{definition.title}: f(logits, {'teacher_logits' if teacher else 'target'}, ...) -> (loss, dlogits)"
@@ -193,11 +202,13 @@ def load(definition: LossDefinition, backend: str, dtype: str, kernels: Path) ->
     """The callable of ``definition`` on ``backend`` from the kernel tree ``kernels``."""
     if backend not in BACKENDS:
         raise ValueError(f"loss {definition.name!r} has kernels for {BACKENDS}, not {backend!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype for loss {definition.name!r} must be one of {DTYPES}, got {dtype!r}")
+    dtypes = BACKEND_DTYPES[backend]
+    if dtype not in dtypes:
+        raise ValueError(f"dtype for loss {definition.name!r} on backend {backend!r} must be one "
+                         f"of {dtypes}, got {dtype!r}")
     if backend == "cuda":
         from gradsmith.codegen.backends.cuda.row_loss_runtime import cuda_kernel as make
     else:
         make = _numpy_kernel if backend == "numpy" else _c_kernel
-    return make_callable(definition, dtype, make(definition, dtype, Path(kernels)))
+    return make_callable(definition, dtype, make(definition, dtype, Path(kernels)), dtypes)
 

@@ -13,6 +13,7 @@ import ctypes
 import dataclasses
 import functools
 import hashlib
+import re
 import subprocess
 
 import numpy as np
@@ -435,8 +436,58 @@ def test_clear_error_without_gpu():
     if gpu_available():
         pytest.skip("a GPU is present")
     for name in GENERIC:
-        with pytest.raises(ValueError, match="cuda backend needs CuPy and an NVIDIA GPU"):
-            load("cuda", "float32", loss=name)
+        for storage in STORAGES:  # every storage's dtype name is accepted; the device is missing
+            with pytest.raises(ValueError, match="cuda backend needs CuPy and an NVIDIA GPU"):
+                load("cuda", storage, loss=name)
+
+
+@pytest.mark.parametrize(("backend", "dtype", "allowed"), [
+    ("cuda", "int8", "'float32', 'float64', 'bfloat16', 'float16'"),
+    ("cuda", "bf16", "'float32', 'float64', 'bfloat16', 'float16'"),
+    ("c", "bfloat16", "'float32', 'float64')"),
+    ("numpy", "float16", "'float32', 'float64')"),
+])
+def test_the_loaders_name_their_dtypes(backend, dtype, allowed):
+    with pytest.raises(ValueError, match=rf"dtype for loss 'focal' on backend '{backend}' must be one of "
+                                         rf"\({re.escape(allowed)}"):
+        load(backend, dtype, loss="focal")
+
+
+def _recorded(name, dtype):
+    """The shared callable for ``dtype`` around a kernel that records what it is given."""
+    from gradsmith.codegen.row_loss_runtime import BACKEND_DTYPES, make_callable
+
+    seen = {}
+
+    def kernel(logits, second, target, alpha, ignore_index, scale, values):
+        seen.update(logits=logits, second=second, alpha=alpha, scale=scale)
+        return np.arange(1, logits.shape[0] + 1, dtype=scale.dtype), np.zeros_like(logits)
+
+    return make_callable(definition(name), dtype, kernel, BACKEND_DTYPES["cuda"]), seen
+
+
+@pytest.mark.parametrize("storage", ["bfloat16", "float16"])
+def test_16_bit_logits_reach_the_kernel_as_given_and_the_rest_in_float32(storage):
+    import ml_dtypes  # noqa: F401 -- registers the bfloat16 dtype name with NumPy
+
+    focal, seen = _recorded("focal", storage)
+    logits = np.zeros((3, 4), dtype=storage)
+    alpha = np.array([0.5, 1, 2, 4], dtype=storage)
+    loss, _ = focal(logits, np.array([0, 1, -100]), alpha=alpha, reduction="mean")
+    assert seen["logits"].dtype == np.dtype(storage)
+    assert seen["alpha"].dtype == np.float32 and seen["alpha"].tolist() == [0.5, 1, 2, 4]
+    # The two counted rows share the mean; the ignored row gets no gradient.
+    assert seen["scale"].dtype == np.float32 and seen["scale"].tolist() == [0.5, 0.5, 0.0]
+    assert loss.dtype == np.float32 and float(loss) == (1 + 2 + 3) / 2
+    with pytest.raises(TypeError, match="alpha must be"):
+        focal(logits, np.array([0, 1, 2]), alpha=alpha.astype(np.float32))
+    with pytest.raises(TypeError, match=rf"logits must be {storage} .*load dtype='float32'"):
+        focal(logits.astype(np.float32), np.array([0, 1, 2]))
+    kl, seen = _recorded("distill_kl", storage)
+    kl(logits, logits, reduction="none", grad_output=np.array([1, 2, 3]))
+    assert seen["second"].dtype == np.dtype(storage) and seen["scale"].tolist() == [1, 2, 3]
+    with pytest.raises(TypeError, match=rf"teacher_logits must be {storage}"):
+        kl(logits, logits.astype(np.float64))
 
 
 # ---- on a GPU --------------------------------------------------------------------------------
@@ -469,6 +520,31 @@ def test_gpu_kernels_match_the_c_kernels(name, dtype, classes):
         for ours, theirs in zip(got, want, strict=True):
             assert ours.dtype == theirs.dtype
             np.testing.assert_allclose(ours, theirs, rtol=tol, atol=tol * max(1.0, np.abs(theirs).max()))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("storage", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name", GENERIC)
+def test_gpu_16_bit_loader_matches_the_float32_c_kernel_on_the_rounded_inputs(name, storage):
+    import ml_dtypes
+
+    rng = np.random.default_rng(7)
+    logits, second = _case(rng, name, 9, 300)
+    found = definition(name)
+    numpy_storage = ml_dtypes.bfloat16 if storage == "bfloat16" else np.float16
+    logits16 = logits.astype(numpy_storage)
+    second16 = second.astype(numpy_storage) if found.kind == "teacher" else second
+    rounded = second16.astype(np.float32) if found.kind == "teacher" else second
+    for reduction in [r.name for r in found.reductions]:
+        loss, grad = load("cuda", storage, loss=name)(logits16, second16, reduction=reduction,
+                                                      **OPTIONS[name][-1])
+        want_loss, want_grad = load("c", "float32", loss=name)(
+            logits16.astype(np.float32), rounded, reduction=reduction, **OPTIONS[name][-1])
+        assert loss.dtype == np.float32 and grad.dtype == np.dtype(numpy_storage)
+        np.testing.assert_allclose(loss, want_loss, rtol=2e-5, atol=2e-6)
+        spacing = 2.0**-7 if storage == "bfloat16" else 2.0**-10
+        np.testing.assert_allclose(grad.astype(np.float32), want_grad, rtol=spacing, atol=1e-6)
 
 
 @pytest.mark.gpu

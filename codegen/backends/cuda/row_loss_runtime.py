@@ -1,8 +1,9 @@
 """The generic row losses' CUDA kernels (``gradsmith.load("cuda", dtype, loss=NAME)``).
 
 The kernel of :func:`gradsmith.codegen.row_loss_runtime.make_callable` for CUDA: the
-arguments, checked there on the host, are copied to the current CuPy device, the launcher runs
-on CuPy's current stream, and the row losses and the gradient come back as NumPy arrays.
+arguments, checked there on the host, are copied to the current CuPy device (bfloat16 as its
+16-bit pattern), the launcher runs on CuPy's current stream, and the row losses and the gradient
+come back as NumPy arrays (the gradient in the logits' dtype).
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ def cuda_kernel(definition: LossDefinition, dtype: str, kernels: Path) -> Callab
         cupy = _cupy()
         n_rows, n_classes = logits.shape
         if n_rows == 0:
-            return np.empty(0, dtype=dtype), np.empty_like(logits)
+            return np.empty(0, dtype=scale.dtype), np.empty_like(logits)
         launch = _launcher(definition.name, suffix,
                            f"sm_{cupy.cuda.Device().compute_capability}", source_dir)
         device = [_to_device(cupy, a) for a in (logits, second, target, alpha, scale)]
-        dlogits = cupy.empty(logits.shape, dtype=logits.dtype)
-        row_losses = cupy.empty(n_rows, dtype=logits.dtype)
+        dlogits = cupy.empty(logits.shape, dtype=device[0].dtype)
+        row_losses = cupy.empty(n_rows, dtype=scale.dtype)
         bad_row = cupy.empty(1, dtype=np.int64)
         options = np.asarray(values or [0.0], dtype=np.float64)
         d_logits, d_second, d_target, d_alpha, d_scale = device
@@ -61,6 +62,6 @@ def cuda_kernel(definition: LossDefinition, dtype: str, kernels: Path) -> Callab
         if row >= 0:
             raise ValueError(f"target[{row}] = {int(target[row])} is outside [0, {n_classes}) "
                              f"and is not ignore_index ({ignore_index})")
-        return row_losses.get(), dlogits.get()
+        return row_losses.get(), dlogits.get().view(logits.dtype)
 
     return kernel
