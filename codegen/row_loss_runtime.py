@@ -138,7 +138,8 @@ def _numpy_kernel(definition: LossDefinition, dtype: str, kernels: Path) -> Call
     def kernel(logits, second, target, alpha, ignore_index, scale, values):
         out = np.empty_like(logits)
         first = (second,) if definition.kind == "teacher" else (target, alpha, ignore_index)
-        row_losses = module.rows(logits, *first, scale, *values, out)
+        with np.errstate(all="ignore"):  # non-finite rows are NaN by design, not a warning
+            row_losses = module.rows(logits, *first, scale, *values, out)
         return row_losses, out
 
     return kernel

@@ -37,6 +37,7 @@ from gradsmith.derive import row_loss as rl
 from gradsmith.derive.check import ProofError
 from gradsmith.derive.losses import LOSSES, definition
 from gradsmith.derive.row_loss_proofs import _merge
+from non_finite_rows import batch, check
 
 GENERIC = [name for name in LOSSES if name not in SPECIALISED]
 STORAGES = ("float32", "float64", "bfloat16", "float16")
@@ -152,6 +153,10 @@ template <class M, typename T, typename Call> void run(FILE *out, const int64_t 
         std::vector<typename M::state> states;
         for (int64_t t = 0; t < threads; ++t) states.push_back(first_sweep(c, row, t % step, step));
         const auto s = reduce(states, warp_rows, agree);
+        if (!s.finite()) {
+            for (int64_t t = 0; t < threads; ++t) fill_row(c, row, 3, t, step);  // row_nonfinite
+            continue;
+        }
         const auto r = row_values(c, row, st, s);
         std::vector<typename M::sums> sums;
         for (int64_t t = 0; t < threads; ++t) sums.push_back(second_sweep(c, row, st, r, t % step, step));
@@ -381,13 +386,26 @@ def test_bad_and_ignored_targets_and_non_finite_rows(harness):
     losses, grad, bad, _ = run_harness(harness, "focal", "float32", logits, target)
     assert bad == 1 and np.isnan(grad[1]).all() and np.isnan(losses[1])
     assert losses[2] == 0 and not grad[2].any()
-    assert np.isnan(losses[3]) and np.isnan(grad[3]).all() and np.isnan(losses[5])
-    # A -inf logit has probability 0, as in the C kernel (where it is not the row's first).
-    ok = np.array([1, 3, -100, 2, 0, 0])
-    c_loss, c_grad = _c_rows("focal", "float32", logits[[0, 4]], ok[[0, 4]])
-    np.testing.assert_allclose(losses[[0, 4]], c_loss, rtol=2e-6)
-    np.testing.assert_allclose(grad[[0, 4]], c_grad, rtol=2e-6, atol=1e-7)
-    assert grad[4, 5] == 0
+    # A -inf anywhere in a counted row makes it NaN, as in the C kernel and cross-entropy's.
+    for row in (3, 4, 5):
+        assert np.isnan(losses[row]) and np.isnan(grad[row]).all()
+    c_loss, c_grad = _c_rows("focal", "float32", logits[[0]], target[[0]])
+    np.testing.assert_allclose(losses[[0]], c_loss, rtol=2e-6)
+    np.testing.assert_allclose(grad[[0]], c_grad, rtol=2e-6, atol=1e-7)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("storage", ["float64", "float32"])
+@pytest.mark.parametrize(("classes", "threads", "warp_rows"), [(6, 32, True), (40, 32, True), (40, 64, False)])
+@pytest.mark.parametrize("name", GENERIC)
+def test_a_non_finite_logit_anywhere_makes_its_row_nan(harness, name, storage, classes, threads, warp_rows):
+    """-inf, +inf and NaN at the first, a middle and the last class, in the student's logits
+    and the teacher's, each in its own row, across a warp's lanes and a block's warps."""
+    b = batch(name, classes=classes)
+    losses, grad, bad, agreed = run_harness(harness, name, storage, b.logits, b.second,
+                                            options=b.options, threads=threads, warp_rows=warp_rows)
+    assert bad == -1 and agreed
+    check(b, losses, grad, TOLERANCE[storage])
 
 
 # ---- the launchers through ctypes, and the loader -----------------------------------------------

@@ -59,6 +59,7 @@ static inline double gs_exp_f64(double x)
  * gs_distill_kl_f32/f64: the row loss distill_kl, forward and backward.  Each row n gets its
  * loss in row_loss[n] and grad_scale[n] times its gradient in dlogits (rows of n_classes,
  * contiguous).  second holds the teacher's logits.
+ * A row holding a NaN or infinite logit or teacher logit gets NaN loss and gradient.
  * options holds temperature (in that order).
  * Nothing is written unless the status is GS_OK.
  */
@@ -89,8 +90,11 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
         float logit_sum_exp = 0; /* over the elements other than the maximum */
         float teacher_logit_max = -INFINITY;
         float teacher_logit_sum_exp = 0; /* over the elements other than the maximum */
+        /* Whether a logit or a teacher logit is NaN or infinite: then x - x is NaN, not 0. */
+        int nonfinite = 0;
         for (int64_t c = 0; c < n_classes; ++c) {
             const float logit = row[c];
+            nonfinite |= logit - logit != 0;
             const float logit_scaled = logit/temperature;
             if (logit_scaled > logit_max) {
                 const float new_max = logit_scaled;
@@ -100,6 +104,7 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
                 logit_sum_exp += gs_exp_f32(-logit_max + logit_scaled);
             }
             const float teacher_logit = teacher_row[c];
+            nonfinite |= teacher_logit - teacher_logit != 0;
             const float teacher_logit_scaled = teacher_logit/temperature;
             if (teacher_logit_scaled > teacher_logit_max) {
                 const float new_max = teacher_logit_scaled;
@@ -108,6 +113,12 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
             } else {
                 teacher_logit_sum_exp += gs_exp_f32(-teacher_logit_max + teacher_logit_scaled);
             }
+        }
+        if (nonfinite) { /* the whole row is NaN, other rows are unaffected */
+            row_loss_out[n] = (float)NAN;
+            for (int64_t c = 0; c < n_classes; ++c)
+                grad[c] = (float)NAN;
+            continue;
         }
         const float logit_log_sum_exp = log1pf(logit_sum_exp);
         const float teacher_logit_log_sum_exp = log1pf(teacher_logit_sum_exp);
@@ -166,8 +177,11 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
         double logit_sum_exp = 0; /* over the elements other than the maximum */
         double teacher_logit_max = -INFINITY;
         double teacher_logit_sum_exp = 0; /* over the elements other than the maximum */
+        /* Whether a logit or a teacher logit is NaN or infinite: then x - x is NaN, not 0. */
+        int nonfinite = 0;
         for (int64_t c = 0; c < n_classes; ++c) {
             const double logit = row[c];
+            nonfinite |= logit - logit != 0;
             const double logit_scaled = logit/temperature;
             if (logit_scaled > logit_max) {
                 const double new_max = logit_scaled;
@@ -177,6 +191,7 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
                 logit_sum_exp += gs_exp_f64(-logit_max + logit_scaled);
             }
             const double teacher_logit = teacher_row[c];
+            nonfinite |= teacher_logit - teacher_logit != 0;
             const double teacher_logit_scaled = teacher_logit/temperature;
             if (teacher_logit_scaled > teacher_logit_max) {
                 const double new_max = teacher_logit_scaled;
@@ -185,6 +200,12 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
             } else {
                 teacher_logit_sum_exp += gs_exp_f64(-teacher_logit_max + teacher_logit_scaled);
             }
+        }
+        if (nonfinite) { /* the whole row is NaN, other rows are unaffected */
+            row_loss_out[n] = (double)NAN;
+            for (int64_t c = 0; c < n_classes; ++c)
+                grad[c] = (double)NAN;
+            continue;
         }
         const double logit_log_sum_exp = log1p(logit_sum_exp);
         const double teacher_logit_log_sum_exp = log1p(teacher_logit_sum_exp);

@@ -59,6 +59,7 @@ static inline double gs_exp_f64(double x)
  * gs_focal_f32/f64: the row loss focal, forward and backward.  Each row n gets its
  * loss in row_loss[n] and grad_scale[n] times its gradient in dlogits (rows of n_classes,
  * contiguous).  target holds class indices; rows whose target is ignore_index get 0.
+ * Any other row holding a NaN or infinite logit gets NaN loss and gradient.
  * options holds gamma (in that order).
  * Nothing is written unless the status is GS_OK.
  */
@@ -99,8 +100,11 @@ int gs_focal_f32(const float *logits, const float *second, const int64_t *target
         const float target_alpha = alpha ? alpha[t] : (float)1;
         float logit_max = -INFINITY;
         float logit_sum_exp = 0; /* over the elements other than the maximum */
+        /* Whether a logit is NaN or infinite: then x - x is NaN, not 0. */
+        int nonfinite = 0;
         for (int64_t c = 0; c < n_classes; ++c) {
             const float logit = row[c];
+            nonfinite |= logit - logit != 0;
             const float logit_scaled = logit;
             if (logit_scaled > logit_max) {
                 const float new_max = logit_scaled;
@@ -109,6 +113,12 @@ int gs_focal_f32(const float *logits, const float *second, const int64_t *target
             } else {
                 logit_sum_exp += gs_exp_f32(-logit_max + logit_scaled);
             }
+        }
+        if (nonfinite) { /* the whole row is NaN, other rows are unaffected */
+            row_loss_out[n] = (float)NAN;
+            for (int64_t c = 0; c < n_classes; ++c)
+                grad[c] = (float)NAN;
+            continue;
         }
         const float logit_log_sum_exp = log1pf(logit_sum_exp);
         const float target_shifted = -logit_max + target_logit;
@@ -169,8 +179,11 @@ int gs_focal_f64(const double *logits, const double *second, const int64_t *targ
         const double target_alpha = alpha ? alpha[t] : (double)1;
         double logit_max = -INFINITY;
         double logit_sum_exp = 0; /* over the elements other than the maximum */
+        /* Whether a logit is NaN or infinite: then x - x is NaN, not 0. */
+        int nonfinite = 0;
         for (int64_t c = 0; c < n_classes; ++c) {
             const double logit = row[c];
+            nonfinite |= logit - logit != 0;
             const double logit_scaled = logit;
             if (logit_scaled > logit_max) {
                 const double new_max = logit_scaled;
@@ -179,6 +192,12 @@ int gs_focal_f64(const double *logits, const double *second, const int64_t *targ
             } else {
                 logit_sum_exp += gs_exp_f64(-logit_max + logit_scaled);
             }
+        }
+        if (nonfinite) { /* the whole row is NaN, other rows are unaffected */
+            row_loss_out[n] = (double)NAN;
+            for (int64_t c = 0; c < n_classes; ++c)
+                grad[c] = (double)NAN;
+            continue;
         }
         const double logit_log_sum_exp = log1p(logit_sum_exp);
         const double target_shifted = -logit_max + target_logit;

@@ -14,7 +14,8 @@
 // second holds the teacher's logits.
 // options holds temperature (in that order).
 // *bad_row becomes -1, or the first row whose target is outside [0, n_classes) and is not
-// ignore_index; that row's loss and gradient are NaN.  Status codes as the C kernels'; the
+// ignore_index; that row's loss and gradient are NaN, as are those of a row
+// holding a NaN or infinite logit or teacher logit.  Status codes as the C kernels'; the
 // launch is not waited for.
 #include "gradsmith_ce.cuh"
 
@@ -38,22 +39,27 @@ struct math_f32 {
     }
 
     // The online normalizers of a row or of one thread's share of it; empty while every
-    // maximum is -inf and every sum 0 (a NaN element makes its sum NaN).
+    // maximum is -inf and every sum 0.  nonfinite: 1 once an element read is NaN or infinite
+    // (a real, not a bool, so that the struct has no padding and lanes compare bit for bit).
     struct state {
         float logit_max;
         float logit_sum_exp;  // over the elements other than the maximum
         float teacher_logit_max;
         float teacher_logit_sum_exp;  // over the elements other than the maximum
+        float nonfinite;
 
         GS_HD static state identity() {
-            const state s = {minus_infinity(float(0)), float(0), minus_infinity(float(0)), float(0)};
+            const state s = {minus_infinity(float(0)), float(0), minus_infinity(float(0)), float(0), float(0)};
             return s;
         }
+
+        GS_HD bool finite() const { return nonfinite == float(0); }
 
         // Both lanes of a butterfly pass their states as (lower lane, upper lane), so they agree
         // bit for bit.
         GS_HD static state combine(const state &lower, const state &upper) {
             state out;
+            out.nonfinite = lower.nonfinite > upper.nonfinite ? lower.nonfinite : upper.nonfinite;
             {
                 const bool upper_leads = upper.logit_max > lower.logit_max;
                 const state &lead = upper_leads ? upper : lower;
@@ -92,6 +98,7 @@ struct math_f32 {
             o.logit_sum_exp = __shfl_xor_sync(0xffffffffu, logit_sum_exp, mask);
             o.teacher_logit_max = __shfl_xor_sync(0xffffffffu, teacher_logit_max, mask);
             o.teacher_logit_sum_exp = __shfl_xor_sync(0xffffffffu, teacher_logit_sum_exp, mask);
+            o.nonfinite = __shfl_xor_sync(0xffffffffu, nonfinite, mask);
             return o;
         }
 #endif
@@ -146,14 +153,14 @@ struct math_f32 {
         {
             float logit_max = s.logit_max;
             float logit_sum_exp = s.logit_sum_exp;
+            // x - x is NaN, not 0, for a NaN or infinite x.
+            if (logit - logit != float(0)) s.nonfinite = float(1);
             const float logit_scaled = logit/temperature;
             if (logit_scaled > logit_max) {
                 const float new_max = logit_scaled;
                 logit_sum_exp = (logit_sum_exp + 1)*expf(logit_max - new_max);
                 logit_max = new_max;
-            } else if (logit_scaled != minus_infinity(float(0))) {
-                // exp(-inf) adds nothing; left out, so that a thread whose share is all -inf
-                // stays empty instead of making its sum exp(-inf - -inf), NaN.
+            } else {
                 logit_sum_exp += expf(-logit_max + logit_scaled);
             }
             s.logit_max = logit_max;
@@ -162,14 +169,14 @@ struct math_f32 {
         {
             float teacher_logit_max = s.teacher_logit_max;
             float teacher_logit_sum_exp = s.teacher_logit_sum_exp;
+            // x - x is NaN, not 0, for a NaN or infinite x.
+            if (teacher_logit - teacher_logit != float(0)) s.nonfinite = float(1);
             const float teacher_logit_scaled = teacher_logit/temperature;
             if (teacher_logit_scaled > teacher_logit_max) {
                 const float new_max = teacher_logit_scaled;
                 teacher_logit_sum_exp = (teacher_logit_sum_exp + 1)*expf(-new_max + teacher_logit_max);
                 teacher_logit_max = new_max;
-            } else if (teacher_logit_scaled != minus_infinity(float(0))) {
-                // exp(-inf) adds nothing; left out, so that a thread whose share is all -inf
-                // stays empty instead of making its sum exp(-inf - -inf), NaN.
+            } else {
                 teacher_logit_sum_exp += expf(-teacher_logit_max + teacher_logit_scaled);
             }
             s.teacher_logit_max = teacher_logit_max;
@@ -259,22 +266,27 @@ struct math_f64 {
     }
 
     // The online normalizers of a row or of one thread's share of it; empty while every
-    // maximum is -inf and every sum 0 (a NaN element makes its sum NaN).
+    // maximum is -inf and every sum 0.  nonfinite: 1 once an element read is NaN or infinite
+    // (a real, not a bool, so that the struct has no padding and lanes compare bit for bit).
     struct state {
         double logit_max;
         double logit_sum_exp;  // over the elements other than the maximum
         double teacher_logit_max;
         double teacher_logit_sum_exp;  // over the elements other than the maximum
+        double nonfinite;
 
         GS_HD static state identity() {
-            const state s = {minus_infinity(double(0)), double(0), minus_infinity(double(0)), double(0)};
+            const state s = {minus_infinity(double(0)), double(0), minus_infinity(double(0)), double(0), double(0)};
             return s;
         }
+
+        GS_HD bool finite() const { return nonfinite == double(0); }
 
         // Both lanes of a butterfly pass their states as (lower lane, upper lane), so they agree
         // bit for bit.
         GS_HD static state combine(const state &lower, const state &upper) {
             state out;
+            out.nonfinite = lower.nonfinite > upper.nonfinite ? lower.nonfinite : upper.nonfinite;
             {
                 const bool upper_leads = upper.logit_max > lower.logit_max;
                 const state &lead = upper_leads ? upper : lower;
@@ -313,6 +325,7 @@ struct math_f64 {
             o.logit_sum_exp = __shfl_xor_sync(0xffffffffu, logit_sum_exp, mask);
             o.teacher_logit_max = __shfl_xor_sync(0xffffffffu, teacher_logit_max, mask);
             o.teacher_logit_sum_exp = __shfl_xor_sync(0xffffffffu, teacher_logit_sum_exp, mask);
+            o.nonfinite = __shfl_xor_sync(0xffffffffu, nonfinite, mask);
             return o;
         }
 #endif
@@ -367,14 +380,14 @@ struct math_f64 {
         {
             double logit_max = s.logit_max;
             double logit_sum_exp = s.logit_sum_exp;
+            // x - x is NaN, not 0, for a NaN or infinite x.
+            if (logit - logit != double(0)) s.nonfinite = double(1);
             const double logit_scaled = logit/temperature;
             if (logit_scaled > logit_max) {
                 const double new_max = logit_scaled;
                 logit_sum_exp = (logit_sum_exp + 1)*exp(logit_max - new_max);
                 logit_max = new_max;
-            } else if (logit_scaled != minus_infinity(double(0))) {
-                // exp(-inf) adds nothing; left out, so that a thread whose share is all -inf
-                // stays empty instead of making its sum exp(-inf - -inf), NaN.
+            } else {
                 logit_sum_exp += exp(-logit_max + logit_scaled);
             }
             s.logit_max = logit_max;
@@ -383,14 +396,14 @@ struct math_f64 {
         {
             double teacher_logit_max = s.teacher_logit_max;
             double teacher_logit_sum_exp = s.teacher_logit_sum_exp;
+            // x - x is NaN, not 0, for a NaN or infinite x.
+            if (teacher_logit - teacher_logit != double(0)) s.nonfinite = double(1);
             const double teacher_logit_scaled = teacher_logit/temperature;
             if (teacher_logit_scaled > teacher_logit_max) {
                 const double new_max = teacher_logit_scaled;
                 teacher_logit_sum_exp = (teacher_logit_sum_exp + 1)*exp(-new_max + teacher_logit_max);
                 teacher_logit_max = new_max;
-            } else if (teacher_logit_scaled != minus_infinity(double(0))) {
-                // exp(-inf) adds nothing; left out, so that a thread whose share is all -inf
-                // stays empty instead of making its sum exp(-inf - -inf), NaN.
+            } else {
                 teacher_logit_sum_exp += exp(-teacher_logit_max + teacher_logit_scaled);
             }
             s.teacher_logit_max = teacher_logit_max;
@@ -481,7 +494,7 @@ template <class M, typename T> struct call {
     typename M::options o;
 };
 
-enum row_mode { row_gradient = 0, row_ignored = 1, row_bad = 2 };
+enum row_mode { row_gradient = 0, row_ignored = 1, row_bad = 2, row_nonfinite = 3 };
 
 // A row before its sweeps: how it is written (read
 // before any thread of the row can overwrite them in place).
@@ -501,7 +514,7 @@ GS_HD row_setup<typename M::real> setup_row(const call<M, T> &c, const int64_t n
     return st;
 }
 
-// An ignored row's share (loss 0, gradient 0) or a bad row's (NaN).
+// An ignored row's share (loss 0, gradient 0), or a bad or non-finite row's (NaN).
 template <class M, typename T>
 GS_HD void fill_row(const call<M, T> &c, const int64_t n, const int mode, const int64_t first,
                     const int64_t step) {
@@ -599,10 +612,15 @@ __global__ void __launch_bounds__(threads) row_kernel(const call<M, T> c) {
         }
         const S s = row_all_reduce<S, threads, warp_rows>(first_sweep(c, n, first, step),
                                                           partial_states, merged_state);
-        const typename M::row r = row_values(c, n, st, s);
-        A acc = second_sweep(c, n, st, r, first, step);
-        acc = row_all_reduce<A, threads, warp_rows>(acc, partial_sums, merged_sums);
-        if (first == 0) c.row_loss[n] = M::loss(r, acc, c.o);
+        // Every thread of the row holds the same merged state, so the branch is the row's.
+        if (!s.finite()) {
+            fill_row(c, n, row_nonfinite, first, step);
+        } else {
+            const typename M::row r = row_values(c, n, st, s);
+            A acc = second_sweep(c, n, st, r, first, step);
+            acc = row_all_reduce<A, threads, warp_rows>(acc, partial_sums, merged_sums);
+            if (first == 0) c.row_loss[n] = M::loss(r, acc, c.o);
+        }
         if (!warp_rows) __syncthreads();  // the shared states are reused by the block's next row
     }
 }

@@ -14,7 +14,8 @@
 // target holds class indices; rows whose target is ignore_index get 0.
 // options holds gamma (in that order).
 // *bad_row becomes -1, or the first row whose target is outside [0, n_classes) and is not
-// ignore_index; that row's loss and gradient are NaN.  Status codes as the C kernels'; the
+// ignore_index; that row's loss and gradient are NaN, as are those of any other counted row
+// holding a NaN or infinite logit.  Status codes as the C kernels'; the
 // launch is not waited for.
 #include "gradsmith_ce.cuh"
 
@@ -38,20 +39,25 @@ struct math_f32 {
     }
 
     // The online normalizers of a row or of one thread's share of it; empty while every
-    // maximum is -inf and every sum 0 (a NaN element makes its sum NaN).
+    // maximum is -inf and every sum 0.  nonfinite: 1 once an element read is NaN or infinite
+    // (a real, not a bool, so that the struct has no padding and lanes compare bit for bit).
     struct state {
         float logit_max;
         float logit_sum_exp;  // over the elements other than the maximum
+        float nonfinite;
 
         GS_HD static state identity() {
-            const state s = {minus_infinity(float(0)), float(0)};
+            const state s = {minus_infinity(float(0)), float(0), float(0)};
             return s;
         }
+
+        GS_HD bool finite() const { return nonfinite == float(0); }
 
         // Both lanes of a butterfly pass their states as (lower lane, upper lane), so they agree
         // bit for bit.
         GS_HD static state combine(const state &lower, const state &upper) {
             state out;
+            out.nonfinite = lower.nonfinite > upper.nonfinite ? lower.nonfinite : upper.nonfinite;
             {
                 const bool upper_leads = upper.logit_max > lower.logit_max;
                 const state &lead = upper_leads ? upper : lower;
@@ -74,6 +80,7 @@ struct math_f32 {
             state o;
             o.logit_max = __shfl_xor_sync(0xffffffffu, logit_max, mask);
             o.logit_sum_exp = __shfl_xor_sync(0xffffffffu, logit_sum_exp, mask);
+            o.nonfinite = __shfl_xor_sync(0xffffffffu, nonfinite, mask);
             return o;
         }
 #endif
@@ -122,14 +129,14 @@ struct math_f32 {
         {
             float logit_max = s.logit_max;
             float logit_sum_exp = s.logit_sum_exp;
+            // x - x is NaN, not 0, for a NaN or infinite x.
+            if (logit - logit != float(0)) s.nonfinite = float(1);
             const float logit_scaled = logit;
             if (logit_scaled > logit_max) {
                 const float new_max = logit_scaled;
                 logit_sum_exp = (logit_sum_exp + 1)*expf(logit_max - new_max);
                 logit_max = new_max;
-            } else if (logit_scaled != minus_infinity(float(0))) {
-                // exp(-inf) adds nothing; left out, so that a thread whose share is all -inf
-                // stays empty instead of making its sum exp(-inf - -inf), NaN.
+            } else {
                 logit_sum_exp += expf(-logit_max + logit_scaled);
             }
             s.logit_max = logit_max;
@@ -212,20 +219,25 @@ struct math_f64 {
     }
 
     // The online normalizers of a row or of one thread's share of it; empty while every
-    // maximum is -inf and every sum 0 (a NaN element makes its sum NaN).
+    // maximum is -inf and every sum 0.  nonfinite: 1 once an element read is NaN or infinite
+    // (a real, not a bool, so that the struct has no padding and lanes compare bit for bit).
     struct state {
         double logit_max;
         double logit_sum_exp;  // over the elements other than the maximum
+        double nonfinite;
 
         GS_HD static state identity() {
-            const state s = {minus_infinity(double(0)), double(0)};
+            const state s = {minus_infinity(double(0)), double(0), double(0)};
             return s;
         }
+
+        GS_HD bool finite() const { return nonfinite == double(0); }
 
         // Both lanes of a butterfly pass their states as (lower lane, upper lane), so they agree
         // bit for bit.
         GS_HD static state combine(const state &lower, const state &upper) {
             state out;
+            out.nonfinite = lower.nonfinite > upper.nonfinite ? lower.nonfinite : upper.nonfinite;
             {
                 const bool upper_leads = upper.logit_max > lower.logit_max;
                 const state &lead = upper_leads ? upper : lower;
@@ -248,6 +260,7 @@ struct math_f64 {
             state o;
             o.logit_max = __shfl_xor_sync(0xffffffffu, logit_max, mask);
             o.logit_sum_exp = __shfl_xor_sync(0xffffffffu, logit_sum_exp, mask);
+            o.nonfinite = __shfl_xor_sync(0xffffffffu, nonfinite, mask);
             return o;
         }
 #endif
@@ -296,14 +309,14 @@ struct math_f64 {
         {
             double logit_max = s.logit_max;
             double logit_sum_exp = s.logit_sum_exp;
+            // x - x is NaN, not 0, for a NaN or infinite x.
+            if (logit - logit != double(0)) s.nonfinite = double(1);
             const double logit_scaled = logit;
             if (logit_scaled > logit_max) {
                 const double new_max = logit_scaled;
                 logit_sum_exp = (logit_sum_exp + 1)*exp(logit_max - new_max);
                 logit_max = new_max;
-            } else if (logit_scaled != minus_infinity(double(0))) {
-                // exp(-inf) adds nothing; left out, so that a thread whose share is all -inf
-                // stays empty instead of making its sum exp(-inf - -inf), NaN.
+            } else {
                 logit_sum_exp += exp(-logit_max + logit_scaled);
             }
             s.logit_max = logit_max;
@@ -387,7 +400,7 @@ template <class M, typename T> struct call {
     typename M::options o;
 };
 
-enum row_mode { row_gradient = 0, row_ignored = 1, row_bad = 2 };
+enum row_mode { row_gradient = 0, row_ignored = 1, row_bad = 2, row_nonfinite = 3 };
 
 // A row before its sweeps: how it is written, its target and the target's entries (read
 // before any thread of the row can overwrite them in place).
@@ -418,7 +431,7 @@ GS_HD row_setup<typename M::real> setup_row(const call<M, T> &c, const int64_t n
     return st;
 }
 
-// An ignored row's share (loss 0, gradient 0) or a bad row's (NaN).
+// An ignored row's share (loss 0, gradient 0), or a bad or non-finite row's (NaN).
 template <class M, typename T>
 GS_HD void fill_row(const call<M, T> &c, const int64_t n, const int mode, const int64_t first,
                     const int64_t step) {
@@ -512,9 +525,14 @@ __global__ void __launch_bounds__(threads) row_kernel(const call<M, T> c) {
         }
         const S s = row_all_reduce<S, threads, warp_rows>(first_sweep(c, n, first, step),
                                                           partial_states, merged_state);
-        const typename M::row r = row_values(c, n, st, s);
-        A acc = second_sweep(c, n, st, r, first, step);
-        if (first == 0) c.row_loss[n] = M::loss(r, acc, c.o);
+        // Every thread of the row holds the same merged state, so the branch is the row's.
+        if (!s.finite()) {
+            fill_row(c, n, row_nonfinite, first, step);
+        } else {
+            const typename M::row r = row_values(c, n, st, s);
+            A acc = second_sweep(c, n, st, r, first, step);
+            if (first == 0) c.row_loss[n] = M::loss(r, acc, c.o);
+        }
         if (!warp_rows) __syncthreads();  // the shared states are reused by the block's next row
     }
 }

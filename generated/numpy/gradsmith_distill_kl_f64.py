@@ -8,6 +8,7 @@
 
 ``rows`` expects validated arguments (see ``gradsmith.codegen.row_loss_runtime``); it returns
 each row's loss and writes grad_scale[n] times d(loss_n)/d(logits[n]) into ``out``.
+A row holding a NaN or infinite logit or teacher logit gets NaN loss and gradient.
 """
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 def rows(logits, teacher, grad_scale, temperature, out):
     temperature = np.float64(temperature)
     grad_scale = grad_scale[:, None]
+    nonfinite = ~np.isfinite(logits).all(axis=1) | ~np.isfinite(teacher).all(axis=1)
     logit = logits
     logit_scaled = logit/temperature
     logit_max = np.max(logit_scaled, axis=1, keepdims=True)
@@ -44,8 +46,10 @@ def rows(logits, teacher, grad_scale, temperature, out):
     row_sum_0 = log_q*q_j
     row_sum_1 = log_p*q_j
     out[...] = dlogit
+    out[nonfinite] = np.nan
     row_sum_0_total = np.sum(row_sum_0, axis=1, keepdims=True)
     row_sum_1_total = np.sum(row_sum_1, axis=1, keepdims=True)
     row_loss = temperature**2*(row_sum_0_total - row_sum_1_total)
     row_loss = np.broadcast_to(row_loss, (logits.shape[0], 1))[:, 0].astype(logits.dtype)
+    row_loss = np.where(nonfinite, np.nan, row_loss).astype(logits.dtype)
     return row_loss

@@ -8,6 +8,7 @@
 
 ``rows`` expects validated arguments (see ``gradsmith.codegen.row_loss_runtime``); it returns
 each row's loss and writes grad_scale[n] times d(loss_n)/d(logits[n]) into ``out``.
+Any row not ignored holding a NaN or infinite logit gets NaN loss and gradient.
 """
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 def rows(logits, target, alpha, ignore_index, grad_scale, gamma, out):
     gamma = np.float64(gamma)
     grad_scale = grad_scale[:, None]
+    nonfinite = ~np.isfinite(logits).all(axis=1)
     counted = (target != ignore_index)[:, None]
     safe = np.where(counted[:, 0], target, 0)[:, None]
     target_logit = np.take_along_axis(logits, safe, axis=1)
@@ -41,8 +43,10 @@ def rows(logits, target, alpha, ignore_index, grad_scale, gamma, out):
     out[...] = dlogit
     at_target = np.take_along_axis(out, safe, axis=1) + coef_target
     np.put_along_axis(out, safe, at_target, axis=1)
+    out[nonfinite] = np.nan
     out[~counted[:, 0]] = 0
     row_loss = -log_p_target*np.power(one_minus_p_target, gamma)*target_alpha
     row_loss = np.broadcast_to(row_loss, (logits.shape[0], 1))[:, 0].astype(logits.dtype)
+    row_loss = np.where(nonfinite, np.nan, row_loss).astype(logits.dtype)
     row_loss = np.where(counted[:, 0], row_loss, 0).astype(logits.dtype)
     return row_loss
