@@ -106,8 +106,9 @@ def test_opcheck_and_gradcheck():
     t = torch.tensor([0, 5, -100, 2])
     u = torch.randn(4, 6, generator=gen, dtype=torch.float64)
     op = torch.ops.gradsmith.row_loss.default
-    torch.library.opcheck(op, ("focal", z, t, None, -100, "none", [2.0]))
-    torch.library.opcheck(op, ("distill_kl", z, u, None, -100, "batchmean", [2.0]))
+    torch.library.opcheck(op, ("focal", z, t, None, -100, "none", [2.0], True))
+    torch.library.opcheck(op, ("focal", z, t, None, -100, "mean", [2.0], False))
+    torch.library.opcheck(op, ("distill_kl", z, u, None, -100, "batchmean", [2.0], True))
     assert torch.autograd.gradcheck(lambda x: focal_loss(x, t, gamma=0.5, reduction="none"),
                                     (z,))
     assert torch.autograd.gradcheck(lambda x: distill_kl(x, u, temperature=4.0), (z,))
@@ -280,10 +281,52 @@ def test_modules_equal_the_functions():
     torch.testing.assert_close(DistillKLLoss(2.0)(z, u), distill_kl(z, u, 2.0))
 
 
-def test_non_cpu_input_is_refused_naming_the_device():
-    z = torch.randn(2, 3, device="meta")
-    with pytest.raises(NotImplementedError, match="meta"):
-        focal_loss(z, torch.tensor([0, 1], device="meta"))
+def test_meta_tensors_get_shapes_and_dtypes_from_the_op():
+    z = torch.randn(2, 5, 3, device="meta", dtype=torch.float64)
+    loss = focal_loss(z, torch.zeros(2, 3, dtype=torch.long, device="meta"), reduction="none")
+    assert loss.device.type == "meta" and loss.shape == (2, 3) and loss.dtype == torch.float64
+    kl = distill_kl(z, torch.randn(2, 5, 3, device="meta", dtype=torch.float64), reduction="none")
+    assert kl.device.type == "meta" and kl.shape == (2, 5)
+    with pytest.raises(ValueError, match="target is on cpu"):
+        focal_loss(z, torch.zeros(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=str)
+def test_fake_cuda_tensors_trace_the_op_in_every_cuda_dtype(dtype):
+    """No GPU needed: FakeTensorMode makes CUDA tensors the op's fake runs on (without
+    autograd, which a CPU-only torch cannot set up for CUDA tensors)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        z = torch.empty(4, 7, 3, dtype=dtype, device="cuda")
+        t = torch.zeros(4, 3, dtype=torch.long, device="cuda")
+        alpha = torch.ones(7, dtype=dtype, device="cuda")
+        for reduction, shape in (("none", (4, 3)), ("mean", ()), ("sum", ())):
+            loss = focal_loss(z, t, alpha=alpha, reduction=reduction, check_targets=False)
+            assert (loss.shape, loss.dtype, loss.device.type) == (shape, dtype, "cuda")
+        rows = z.movedim(1, -1).reshape(-1, 7)
+        _, dlogits = torch.ops.gradsmith.row_loss("focal", rows, t.reshape(-1), None, -100,
+                                                  "mean", [2.0], True)
+        assert (dlogits.shape, dlogits.dtype, dlogits.device.type) == ((12, 7), dtype, "cuda")
+        u = torch.empty(4, 3, 7, dtype=dtype, device="cuda")
+        kl = distill_kl(z.movedim(1, -1), u, temperature=2.0)
+        assert (kl.shape, kl.dtype, kl.device.type) == ((), dtype, "cuda")
+        with pytest.raises(TypeError, match="alpha must be"):
+            focal_loss(z, t, alpha=alpha.float() if dtype != torch.float32 else alpha.double())
+        with pytest.raises(ValueError, match="teacher_logits is on cpu"):
+            distill_kl(z, torch.empty(4, 7, 3, dtype=dtype))
+
+
+def test_check_targets_must_be_a_bool():
+    with pytest.raises(TypeError, match="check_targets must be a bool"):
+        focal_loss(torch.zeros(2, 3), torch.tensor([0, 1]), check_targets=1)
+
+
+def test_check_targets_off_still_refuses_a_bad_target_on_cpu():
+    """As cross-entropy's CPU kernels: the C kernel checks every target before it writes."""
+    with pytest.raises(ValueError, match=r"target\[1\] = 9"):
+        focal_loss(torch.zeros(2, 3), torch.tensor([0, 9]), check_targets=False)
 
 
 def test_second_derivative_raises_instead_of_being_wrong():

@@ -1,6 +1,6 @@
 """gradsmith's PyTorch ops (needs torch): ``cross_entropy`` and ``CrossEntropyLoss``, drop-in
 for ``torch.nn.functional.cross_entropy`` and ``torch.nn.CrossEntropyLoss``; fused linear and
-vocab-parallel cross-entropy for language models; ``focal_loss`` and ``distill_kl`` (CPU)."""
+vocab-parallel cross-entropy for language models; ``focal_loss`` and ``distill_kl``."""
 
 from gradsmith.codegen.torch_op.functional import cross_entropy
 from gradsmith.codegen.torch_op.kernel import fused_cross_entropy

@@ -73,12 +73,18 @@ def match_torch_threads() -> None:
         setter(torch.get_num_threads())
 
 
+def cuda_arch(device: torch.device) -> str:
+    """The architecture ("sm_90") the launchers are built for on a CUDA ``device``."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm_{major}{minor}"
+
+
 @cache
-def _cuda_library(device_index: int) -> ctypes.CDLL:
+def _cuda_library(arch: str) -> ctypes.CDLL:
     from gradsmith.codegen.backends.cuda import runtime
 
-    major, minor = torch.cuda.get_device_capability(device_index)
-    return runtime._library(f"sm_{major}{minor}")
+    return runtime._library(arch)
 
 
 def _row_stride(tensor: torch.Tensor) -> int:
@@ -165,6 +171,17 @@ def raise_for_status(status: int, target: torch.Tensor | None, bad_row: int, n_c
                          f"and is not ignore_index ({ignore_index})")
     text = Status(status).describe() if status in set(Status) else f"status {status}"
     raise ValueError(f"the {kernel} kernel refused its arguments: {text}")
+
+
+def check_reported_target(bad_row: torch.Tensor | None, target: torch.Tensor, n_classes: int,
+                          ignore_index: int, check: bool, kernel: str = "cross-entropy") -> None:
+    """The first bad target row a CUDA launch wrote to ``bad_row`` (-1: none), as a ValueError:
+    the one host synchronisation, skipped unless ``check``."""
+    if bad_row is None or not check:
+        return
+    row = int(bad_row.item())
+    if row >= 0:
+        raise_for_status(Status.TARGET, target, row, n_classes, ignore_index, kernel)
 
 
 def fused_cross_entropy(
@@ -256,7 +273,7 @@ def _run_cpu(kind, suffix, logits, target, params, pointers, loss, dlogits, igno
 def _run_cuda(kind, suffix, logits, target, params, pointers, loss, dlogits, ignore_index,
               check: bool) -> None:
     device = logits.device
-    library = _cuda_library(device.index if device.index is not None else torch.cuda.current_device())
+    library = _cuda_library(cuda_arch(device))
     n_rows, n_classes = logits.shape
     with torch.cuda.device(device):
         stream = torch.cuda.current_stream(device).cuda_stream
@@ -278,7 +295,4 @@ def _run_cuda(kind, suffix, logits, target, params, pointers, loss, dlogits, ign
                 workspace.data_ptr(), stream)
     if code != Status.OK:
         raise_for_status(code, target, -1, n_classes, ignore_index)
-    if status_word is not None and check:
-        bad_row = int(status_word.item())  # the one host synchronisation
-        if bad_row >= 0:
-            raise_for_status(Status.TARGET, target, bad_row, n_classes, ignore_index)
+    check_reported_target(status_word, target, n_classes, ignore_index, check)

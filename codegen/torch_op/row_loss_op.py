@@ -1,7 +1,8 @@
 """The row losses (a loss definition's kind "index" or "teacher") as one PyTorch op,
-``gradsmith::row_loss``, on the generated C kernels for CPU tensors in float32/float64 (as
-cross-entropy's CPU kernels, other dtypes raise TypeError; the loss and the gradient come back
-in the input's dtype).  The teacher of a "teacher" loss gets no gradient.
+``gradsmith::row_loss``: the generated C kernels for CPU tensors in float32/float64 (as
+cross-entropy's CPU kernels, other dtypes raise TypeError), the generated CUDA launchers for
+CUDA tensors in float32/float64/bfloat16/float16; the loss and the gradient come back in the
+input's dtype.  The teacher of a "teacher" loss gets no gradient.
 
 The forward keeps the gradient at grad_output = 1 (per row for "none"); the backward scales it.
 """
@@ -25,14 +26,16 @@ _NO_INDEX = -100
 
 @torch.library.custom_op("gradsmith::row_loss", mutates_args=())
 def row_loss_op(loss: str, logits: Tensor, second: Tensor, alpha: Tensor | None,
-                ignore_index: int, reduction: str, options: list[float]) -> tuple[Tensor, Tensor]:
-    """(loss, dlogits) of the loss named ``loss``; ``second`` is the target or teacher logits."""
+                ignore_index: int, reduction: str, options: list[float],
+                check_targets: bool) -> tuple[Tensor, Tensor]:
+    """(loss, dlogits) of the loss named ``loss``; ``second`` is the target or teacher logits;
+    ``check_targets=False`` skips the bad-target check (CUDA's one host synchronisation)."""
     return fused_row_loss(definition(loss), logits, second, alpha, ignore_index, reduction,
-                          options)
+                          options, check_targets)
 
 
 @row_loss_op.register_fake
-def _(loss, logits, second, alpha, ignore_index, reduction, options):
+def _(loss, logits, second, alpha, ignore_index, reduction, options, check_targets):
     shape = (logits.shape[0],) if reduction == "none" else ()
     return (logits.new_empty(shape),
             torch.empty_like(logits, memory_format=torch.contiguous_format))
@@ -52,19 +55,22 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, grad_dlogits):
     (dlogits,) = ctx.saved_tensors
     grad = None if grad_loss is None else row_loss_backward_op(dlogits, grad_loss)
-    return None, grad, None, None, None, None, None
+    return None, grad, None, None, None, None, None, None
 
 
 row_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _cpu_input(function: str, names: tuple[str, str], input, second) -> None:
+def _check_input(names: tuple[str, str], input, second) -> None:
     if not isinstance(input, Tensor):
         raise TypeError(f"{names[0]} must be a torch.Tensor, got {type(input).__name__}")
-    if input.device.type != "cpu":
-        raise NotImplementedError(f"gradsmith.torch.{function} has CPU kernels only, got "
-                                  f"{names[0]} on {input.device}")
     check_tensor(names[1], second, input.device)
+
+
+def _check_rows(rows: Tensor) -> None:
+    """Rows the device's kernels run; meta tensors go to the op's fake, which needs no kernel."""
+    if rows.device.type != "meta":
+        check_logits(rows)
 
 
 def _scalars(spec: LossDefinition, reduction: str, **options: float) -> list[float]:
@@ -78,25 +84,30 @@ _DISTILL_KL = definition("distill_kl")
 
 
 def focal_loss(input: Tensor, target: Tensor, gamma: float = 2.0, alpha: Tensor | None = None,
-               ignore_index: int = _NO_INDEX, reduction: str = "mean") -> Tensor:
+               ignore_index: int = _NO_INDEX, reduction: str = "mean", *,
+               check_targets: bool = True) -> Tensor:
     """Softmax focal loss -alpha_t (1 - p_t)^gamma log p_t, with ``F.cross_entropy``'s shapes:
     input (C,), (N, C) or (N, C, d1, ..., dk) (classes on dim 1) and class indices of shape
     (), (N,) or (N, d1, ..., dk); "none" gives that shape, "mean" divides by the counted
     positions (NaN if none is counted), "sum" adds them.  ``alpha`` (C,) is a per-class
-    weight in the input's dtype."""
-    _cpu_input("focal_loss", ("input", "target"), input, target)
+    weight in the input's dtype.  ``check_targets=False`` skips the bad-target check, the one
+    host synchronisation on CUDA (bad rows are then NaN)."""
+    if not isinstance(check_targets, bool):
+        raise TypeError(f"check_targets must be a bool, got {type(check_targets).__name__}")
+    _check_input(("input", "target"), input, target)
     values = _scalars(_FOCAL, reduction, gamma=gamma)
     ignore_index = check_ignore_index(ignore_index)
     rows, row_target, probabilities, positions = as_rows(input, target)
     if probabilities:
         raise ValueError(f"focal_loss takes class indices as target, of shape {positions}, "
                          f"not probabilities of shape {tuple(target.shape)}")
-    check_logits(rows)
+    _check_rows(rows)
     check_target(row_target, (rows.shape[0],), rows.shape[1], ignore_index)
     check_class_weight("alpha", alpha, rows.shape[1], rows)
     if alpha is not None and alpha.dtype != rows.dtype:
         raise TypeError(f"alpha must be {rows.dtype} like input, got {alpha.dtype}")
-    loss, _ = row_loss_op(_FOCAL.name, rows, row_target, alpha, ignore_index, reduction, values)
+    loss, _ = row_loss_op(_FOCAL.name, rows, row_target, alpha, ignore_index, reduction, values,
+                          check_targets)
     return loss.reshape(positions) if reduction == "none" else loss
 
 
@@ -108,8 +119,7 @@ def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     PyTorch), "mean" by the number of elements, "sum" adds; "none" gives the per-row sums, of
     shape (...).  An empty batch gives NaN for the means, 0 for "sum".  The teacher is
     detached (its grad stays None) and must match the student's shape and dtype."""
-    _cpu_input("distill_kl", ("student_logits", "teacher_logits"), student_logits,
-               teacher_logits)
+    _check_input(("student_logits", "teacher_logits"), student_logits, teacher_logits)
     values = _scalars(_DISTILL_KL, reduction, temperature=temperature)
     shape = tuple(student_logits.shape)
     if not shape or shape[-1] < 1:
@@ -121,11 +131,11 @@ def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
         raise TypeError(f"teacher_logits must be {student_logits.dtype} like student_logits, "
                         f"got {teacher_logits.dtype}")
     rows = student_logits.reshape(-1, shape[-1])
-    check_logits(rows)
+    _check_rows(rows)
     # F.kl_div's "batchmean" divides by size(0), which is the number of rows only for (N, C).
     by_batch = reduction == "batchmean" and len(shape) != 2
     loss, _ = row_loss_op(_DISTILL_KL.name, rows, teacher_logits.detach().reshape(-1, shape[-1]),
-                          None, _NO_INDEX, "sum" if by_batch else reduction, values)
+                          None, _NO_INDEX, "sum" if by_batch else reduction, values, True)
     if reduction == "none":
         return loss.reshape(shape[:-1])
     return loss / shape[0] if by_batch else loss
