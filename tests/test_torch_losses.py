@@ -6,7 +6,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F
-from gradsmith.torch import DistillKLLoss, FocalLoss, cross_entropy, distill_kl, focal_loss
+from gradsmith.torch import (
+    DistillKLLoss,
+    FocalLoss,
+    cross_entropy,
+    distill_kl,
+    focal_loss,
+    row_loss,
+)
 
 
 def focal_reference(z, t, gamma, alpha, ignore_index, reduction):
@@ -179,10 +186,29 @@ def test_the_kernel_reads_the_tensors_memory_without_a_copy(monkeypatch):
                     (z.data_ptr(), u.data_ptr(), None, None)]
 
 
-def test_row_loss_op_has_no_bare_definition_alias():
-    from gradsmith.codegen.torch_op import row_loss_op
+def test_row_loss_by_name_takes_the_definitions_options_and_default_reduction():
+    torch.manual_seed(3)
+    z = torch.randn(6, 5, dtype=torch.float64) * 3
+    t = torch.tensor([0, 4, -100, 2, 1, 3])
+    alpha = torch.rand(5, dtype=torch.float64)
+    torch.testing.assert_close(row_loss("focal", z, t, gamma=1.5, alpha=alpha),
+                               focal_reference(z, t, 1.5, alpha, -100, "mean"))
+    u = torch.randn(6, 5, dtype=torch.float64)
+    torch.testing.assert_close(row_loss("distill_kl", z, u, temperature=3.0),
+                               kl_reference(z, u, 3.0, "batchmean"))
+    torch.testing.assert_close(row_loss("focal", z, t, reduction="none"),
+                               focal_reference(z, t, 2.0, None, -100, "none"))
 
-    assert not hasattr(row_loss_op, "kernel_definition")
+
+@pytest.mark.parametrize("call, match, error", [
+    (lambda z: row_loss("poly1", z, z), "loss must be one of", ValueError),
+    (lambda z: row_loss("cross_entropy", z, z), "gradsmith.torch.cross_entropy", ValueError),
+    (lambda z: row_loss("focal", z, torch.tensor([0, 1]), tau=1.0), "tau", TypeError),
+    (lambda z: row_loss("distill_kl", z, z, alpha=torch.ones(3)), "alpha", ValueError),
+])
+def test_row_loss_by_name_refuses_what_does_not_apply(call, match, error):
+    with pytest.raises(error, match=match):
+        call(torch.randn(2, 3, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

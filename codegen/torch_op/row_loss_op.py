@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import torch
 from gradsmith.codegen.arguments import check_ignore_index, check_reduction
+from gradsmith.codegen.row_loss import SPECIALISED
 from gradsmith.codegen.row_loss_runtime import option_values
 from gradsmith.codegen.torch_op.checks import check_class_weight, check_target
 from gradsmith.codegen.torch_op.functional import as_rows
 from gradsmith.codegen.torch_op.kernel import check_logits, check_tensor
 from gradsmith.codegen.torch_op.row_loss_kernel import fused_row_loss
 from gradsmith.codegen.torch_op.scaled_gradient import scaled_gradient_op
-from gradsmith.derive.losses import definition
+from gradsmith.derive.losses import LOSSES, definition
 from gradsmith.derive.row_loss import LossDefinition
 from torch import Tensor
 
@@ -79,48 +80,58 @@ def _scalars(spec: LossDefinition, reduction: str, **options: float) -> list[flo
 
 
 # Resolved on import: torch.compile does not trace the definitions' module lookup.
-_FOCAL = definition("focal")
-_DISTILL_KL = definition("distill_kl")
+_DEFINITIONS = {name: definition(name) for name in LOSSES if name not in SPECIALISED}
+_FOCAL = _DEFINITIONS["focal"]
+_DISTILL_KL = _DEFINITIONS["distill_kl"]
 
 
-def focal_loss(input: Tensor, target: Tensor, gamma: float = 2.0, alpha: Tensor | None = None,
-               ignore_index: int = _NO_INDEX, reduction: str = "mean", *,
-               check_targets: bool = True) -> Tensor:
-    """Softmax focal loss -alpha_t (1 - p_t)^gamma log p_t, with ``F.cross_entropy``'s shapes:
-    input (C,), (N, C) or (N, C, d1, ..., dk) (classes on dim 1) and class indices of shape
-    (), (N,) or (N, d1, ..., dk); "none" gives that shape, "mean" divides by the counted
-    positions (NaN if none is counted), "sum" adds them.  ``alpha`` (C,) is a per-class
-    weight in the input's dtype.  ``check_targets=False`` skips the bad-target check, the one
-    host synchronisation on CUDA (bad rows are then NaN)."""
+def row_loss(loss: str, input: Tensor, second: Tensor, *, reduction: str | None = None,
+             alpha: Tensor | None = None, ignore_index: int = _NO_INDEX,
+             check_targets: bool = True, **options: float) -> Tensor:
+    """Any registered row loss by name, its options as keywords (default: the definition's):
+    an "index" loss takes ``F.cross_entropy``'s shapes and targets (as :func:`focal_loss`), a
+    "teacher" loss logits and teacher logits of one shape (..., C) (as :func:`distill_kl`).
+    ``reduction=None`` is the definition's default."""
+    spec = _DEFINITIONS.get(loss) if isinstance(loss, str) else None
+    if spec is None:
+        hint = " (cross_entropy: gradsmith.torch.cross_entropy)" if loss in SPECIALISED else ""
+        raise ValueError(f"loss must be one of {tuple(_DEFINITIONS)}{hint}, got {loss!r}")
+    reduction = spec.default_reduction if reduction is None else reduction
+    if spec.kind == "teacher":
+        if alpha is not None or ignore_index != _NO_INDEX:
+            raise ValueError(f"{spec.name} takes teacher logits: no alpha and no ignore_index")
+        return _teacher_loss(spec, input, second, reduction, options)
+    return _index_loss(spec, input, second, alpha, ignore_index, reduction, check_targets,
+                       options)
+
+
+def _index_loss(spec: LossDefinition, input, target, alpha, ignore_index, reduction,
+                check_targets, options: dict) -> Tensor:
     if not isinstance(check_targets, bool):
         raise TypeError(f"check_targets must be a bool, got {type(check_targets).__name__}")
     _check_input(("input", "target"), input, target)
-    values = _scalars(_FOCAL, reduction, gamma=gamma)
+    values = _scalars(spec, reduction, **options)
+    if not spec.class_weights and alpha is not None:
+        raise ValueError(f"{spec.name} takes no alpha (class weights)")
     ignore_index = check_ignore_index(ignore_index)
     rows, row_target, probabilities, positions = as_rows(input, target)
     if probabilities:
-        raise ValueError(f"focal_loss takes class indices as target, of shape {positions}, "
+        raise ValueError(f"{spec.name} takes class indices as target, of shape {positions}, "
                          f"not probabilities of shape {tuple(target.shape)}")
     _check_rows(rows)
     check_target(row_target, (rows.shape[0],), rows.shape[1], ignore_index)
     check_class_weight("alpha", alpha, rows.shape[1], rows)
     if alpha is not None and alpha.dtype != rows.dtype:
         raise TypeError(f"alpha must be {rows.dtype} like input, got {alpha.dtype}")
-    loss, _ = row_loss_op(_FOCAL.name, rows, row_target, alpha, ignore_index, reduction, values,
+    loss, _ = row_loss_op(spec.name, rows, row_target, alpha, ignore_index, reduction, values,
                           check_targets)
     return loss.reshape(positions) if reduction == "none" else loss
 
 
-def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0,
-               reduction: str = "batchmean") -> Tensor:
-    """T^2 KL(teacher_T || student_T) over the last dim, as ``F.kl_div(log_softmax(z / T, -1),
-    log_softmax(u / T, -1), log_target=True, reduction=r) * T**2`` on logits of any shape
-    (..., C): "batchmean" divides by ``student_logits.size(0)`` (for (C,) that is C, as in
-    PyTorch), "mean" by the number of elements, "sum" adds; "none" gives the per-row sums, of
-    shape (...).  An empty batch gives NaN for the means, 0 for "sum".  The teacher is
-    detached (its grad stays None) and must match the student's shape and dtype."""
+def _teacher_loss(spec: LossDefinition, student_logits, teacher_logits, reduction,
+                  options: dict) -> Tensor:
     _check_input(("student_logits", "teacher_logits"), student_logits, teacher_logits)
-    values = _scalars(_DISTILL_KL, reduction, temperature=temperature)
+    values = _scalars(spec, reduction, **options)
     shape = tuple(student_logits.shape)
     if not shape or shape[-1] < 1:
         raise ValueError(f"student_logits must have shape (..., C) with C >= 1, got {shape}")
@@ -134,11 +145,36 @@ def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     _check_rows(rows)
     # F.kl_div's "batchmean" divides by size(0), which is the number of rows only for (N, C).
     by_batch = reduction == "batchmean" and len(shape) != 2
-    loss, _ = row_loss_op(_DISTILL_KL.name, rows, teacher_logits.detach().reshape(-1, shape[-1]),
+    loss, _ = row_loss_op(spec.name, rows, teacher_logits.detach().reshape(-1, shape[-1]),
                           None, _NO_INDEX, "sum" if by_batch else reduction, values, True)
     if reduction == "none":
         return loss.reshape(shape[:-1])
     return loss / shape[0] if by_batch else loss
+
+
+def focal_loss(input: Tensor, target: Tensor, gamma: float = 2.0, alpha: Tensor | None = None,
+               ignore_index: int = _NO_INDEX, reduction: str = "mean", *,
+               check_targets: bool = True) -> Tensor:
+    """Softmax focal loss -alpha_t (1 - p_t)^gamma log p_t, with ``F.cross_entropy``'s shapes:
+    input (C,), (N, C) or (N, C, d1, ..., dk) (classes on dim 1) and class indices of shape
+    (), (N,) or (N, d1, ..., dk); "none" gives that shape, "mean" divides by the counted
+    positions (NaN if none is counted), "sum" adds them.  ``alpha`` (C,) is a per-class
+    weight in the input's dtype.  ``check_targets=False`` skips the bad-target check, the one
+    host synchronisation on CUDA (bad rows are then NaN)."""
+    return _index_loss(_FOCAL, input, target, alpha, ignore_index, reduction, check_targets,
+                       {"gamma": gamma})
+
+
+def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0,
+               reduction: str = "batchmean") -> Tensor:
+    """T^2 KL(teacher_T || student_T) over the last dim, as ``F.kl_div(log_softmax(z / T, -1),
+    log_softmax(u / T, -1), log_target=True, reduction=r) * T**2`` on logits of any shape
+    (..., C): "batchmean" divides by ``student_logits.size(0)`` (for (C,) that is C, as in
+    PyTorch), "mean" by the number of elements, "sum" adds; "none" gives the per-row sums, of
+    shape (...).  An empty batch gives NaN for the means, 0 for "sum".  The teacher is
+    detached (its grad stays None) and must match the student's shape and dtype."""
+    return _teacher_loss(_DISTILL_KL, student_logits, teacher_logits, reduction,
+                         {"temperature": temperature})
 
 
 # The gradsmith.torch function of each loss that has one, by the loss's name.
