@@ -75,6 +75,9 @@ static void gs_note_team(int threads, double region_seconds, double caller_secon
 #define GS_SIMD_SUMS _Pragma("omp simd reduction(+:chunk_sum_exp, chunk_weight_sum, chunk_shifted_sum)")
 #define GS_SIMD_LANES _Pragma("omp simd")
 #define GS_SIMD_LANES_SPECIAL _Pragma("omp simd reduction(|:special)")
+/* The mean's denominator: a sum of row weights, reassociated the same way in every call. */
+#define GS_SIMD_TARGET_CHECK _Pragma("omp simd reduction(+:denominator, counted_rows) reduction(|:bad_rows)")
+#define GS_SIMD_DENOMINATOR _Pragma("omp simd reduction(+:denominator)")
 /* Short chunks (short rows): 256-bit vectors, so that fewer elements fall to the scalar tail. */
 #define GS_SIMD_SUMS_SHORT_F32 _Pragma("omp simd simdlen(8) reduction(+:chunk_sum_exp, chunk_weight_sum, chunk_shifted_sum)")
 #define GS_SIMD_SUMS_SHORT_F64 _Pragma("omp simd simdlen(4) reduction(+:chunk_sum_exp, chunk_weight_sum, chunk_shifted_sum)")
@@ -82,6 +85,8 @@ static void gs_note_team(int threads, double region_seconds, double caller_secon
 #define GS_SIMD_SUMS
 #define GS_SIMD_LANES
 #define GS_SIMD_LANES_SPECIAL
+#define GS_SIMD_TARGET_CHECK
+#define GS_SIMD_DENOMINATOR
 #define GS_SIMD_SUMS_SHORT_F32
 #define GS_SIMD_SUMS_SHORT_F64
 #endif
@@ -358,6 +363,7 @@ static float gs_row_index_f32(
 static void gs_lanes_index_f32(
     const float *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -386,20 +392,20 @@ static void gs_lanes_index_f32(
     float lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -465,6 +471,8 @@ static void gs_lanes_index_f32(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
@@ -486,6 +494,14 @@ static void gs_lanes_index_f32(
         const float coef_prob = grad_scale*(p0*weight_sum + p1 + p2);
         const float coef_smooth = grad_scale*p0;
         const float coef_rest = grad_scale*(p0*(-target_weight + weight_sum) + p2);
+        const float dlogit_target = coef_prob*gs_expm1_f32(-log_sum_exp + target_shifted) + coef_rest;
+        lane_dlogit_target[r] = dlogit_target;
+        {
+            const float stored_max = row_max; /* one chunk: the row's maximum */
+            const float stored_shifted = -row_max + stored_max;
+            const float stored_scale = gs_exp_f32(-log_sum_exp + stored_shifted);
+            lane_stored_scale[r] = stored_scale;
+        }
         (void)row_weight;
         (void)sum_exp;
         lane_log_sum_exp[r] = log_sum_exp;
@@ -496,43 +512,6 @@ static void gs_lanes_index_f32(
         lane_coef_prob[r] = coef_prob;
         lane_coef_smooth[r] = coef_smooth;
         lane_coef_rest[r] = coef_rest;
-    }
-    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const float row_max = lane_max[r];
-        const float log_sum_exp = lane_log_sum_exp[r];
-        const float lse = lane_lse[r];
-        const float target_shifted = lane_target_shifted[r];
-        const float zloss_slope = lane_zloss_slope[r];
-        const float loss = lane_loss[r];
-        const float coef_prob = lane_coef_prob[r];
-        const float coef_smooth = lane_coef_smooth[r];
-        const float coef_rest = lane_coef_rest[r];
-        (void)log_sum_exp;
-        (void)lse;
-        (void)target_shifted;
-        (void)zloss_slope;
-        (void)loss;
-        (void)coef_prob;
-        (void)coef_smooth;
-        (void)coef_rest;
-        (void)row_max;
-        {
-            const float target_logit = lane_target_logit[r];
-            const float target_weight = 1;
-            const float row_weight = target_weight;
-            (void)target_logit;
-            const float dlogit_target = coef_prob*gs_expm1_f32(-log_sum_exp + target_shifted) + coef_rest;
-            (void)row_weight;
-            lane_dlogit_target[r] = dlogit_target;
-        }
-        {
-            const float stored_max = row_max; /* one chunk: the row's maximum */
-            const float stored_shifted = -row_max + stored_max;
-            const float stored_scale = gs_exp_f32(-log_sum_exp + stored_shifted);
-            lane_stored_scale[r] = stored_scale;
-        }
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -597,11 +576,9 @@ static void gs_lanes_index_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -633,23 +610,31 @@ static int gs_rows_index_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
+    int bad_rows = 0;
+    /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
+    GS_SIMD_TARGET_CHECK
     for (n = 0; n < n_rows; ++n) {
         const int64_t target = targets[n];
-        if (target == ignore_index) {
-            continue;
-        }
-        if (target < 0 || target >= n_classes) {
+        const int counted = target != ignore_index;
+        const int bad = counted & ((target < 0) | (target >= n_classes));
+        const int64_t read_target = counted & !bad ? target : 0;
+        const float target_weight = 1;
+        const float row_weight = target_weight;
+        (void)read_target;
+        bad_rows |= bad;
+        denominator += counted ? (double)row_weight : 0.0;
+        counted_rows += counted ? 1.0 : 0.0;
+    }
+    for (n = 0; bad_rows && n < n_rows; ++n) {
+        if (targets[n] != ignore_index && (targets[n] < 0 || targets[n] >= n_classes)) {
             if (bad_row != NULL) {
                 *bad_row = n;
             }
             return GS_ERR_TARGET;
-        }
-        {
-            const float target_weight = 1;
-            const float row_weight = target_weight;
-            denominator += (double)row_weight;
-            counted_rows += 1.0;
         }
     }
     (void)class_weights;
@@ -668,6 +653,16 @@ static int gs_rows_index_f32(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -707,7 +702,7 @@ static int gs_rows_index_f32(
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_f32(logits, logits_stride, targets,
                     ignore_index,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -898,6 +893,7 @@ static float gs_row_index_softcap_f32(
 static void gs_lanes_index_softcap_f32(
     const float *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -925,20 +921,20 @@ static void gs_lanes_index_softcap_f32(
     float lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -1003,6 +999,8 @@ static void gs_lanes_index_softcap_f32(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
@@ -1024,6 +1022,8 @@ static void gs_lanes_index_softcap_f32(
         const float coef_prob = grad_scale*(p0*weight_sum + p1 + p2);
         const float coef_smooth = grad_scale*p0;
         const float coef_rest = grad_scale*(p0*(-target_weight + weight_sum) + p2);
+        const float dlogit_target = (1 - tanhf(target_logit/softcap)*tanhf(target_logit/softcap))*(coef_prob*gs_expm1_f32(-log_sum_exp + target_shifted) + coef_rest);
+        lane_dlogit_target[r] = dlogit_target;
         (void)row_weight;
         (void)sum_exp;
         lane_log_sum_exp[r] = log_sum_exp;
@@ -1034,37 +1034,6 @@ static void gs_lanes_index_softcap_f32(
         lane_coef_prob[r] = coef_prob;
         lane_coef_smooth[r] = coef_smooth;
         lane_coef_rest[r] = coef_rest;
-    }
-    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const float row_max = lane_max[r];
-        const float log_sum_exp = lane_log_sum_exp[r];
-        const float lse = lane_lse[r];
-        const float target_shifted = lane_target_shifted[r];
-        const float zloss_slope = lane_zloss_slope[r];
-        const float loss = lane_loss[r];
-        const float coef_prob = lane_coef_prob[r];
-        const float coef_smooth = lane_coef_smooth[r];
-        const float coef_rest = lane_coef_rest[r];
-        (void)log_sum_exp;
-        (void)lse;
-        (void)target_shifted;
-        (void)zloss_slope;
-        (void)loss;
-        (void)coef_prob;
-        (void)coef_smooth;
-        (void)coef_rest;
-        (void)row_max;
-        {
-            const float target_logit = lane_target_logit[r];
-            const float target_weight = 1;
-            const float row_weight = target_weight;
-            (void)target_logit;
-            const float dlogit_target = (1 - tanhf(target_logit/softcap)*tanhf(target_logit/softcap))*(coef_prob*gs_expm1_f32(-log_sum_exp + target_shifted) + coef_rest);
-            (void)row_weight;
-            lane_dlogit_target[r] = dlogit_target;
-        }
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -1131,11 +1100,9 @@ static void gs_lanes_index_softcap_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -1167,23 +1134,31 @@ static int gs_rows_index_softcap_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
+    int bad_rows = 0;
+    /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
+    GS_SIMD_TARGET_CHECK
     for (n = 0; n < n_rows; ++n) {
         const int64_t target = targets[n];
-        if (target == ignore_index) {
-            continue;
-        }
-        if (target < 0 || target >= n_classes) {
+        const int counted = target != ignore_index;
+        const int bad = counted & ((target < 0) | (target >= n_classes));
+        const int64_t read_target = counted & !bad ? target : 0;
+        const float target_weight = 1;
+        const float row_weight = target_weight;
+        (void)read_target;
+        bad_rows |= bad;
+        denominator += counted ? (double)row_weight : 0.0;
+        counted_rows += counted ? 1.0 : 0.0;
+    }
+    for (n = 0; bad_rows && n < n_rows; ++n) {
+        if (targets[n] != ignore_index && (targets[n] < 0 || targets[n] >= n_classes)) {
             if (bad_row != NULL) {
                 *bad_row = n;
             }
             return GS_ERR_TARGET;
-        }
-        {
-            const float target_weight = 1;
-            const float row_weight = target_weight;
-            denominator += (double)row_weight;
-            counted_rows += 1.0;
         }
     }
     (void)class_weights;
@@ -1202,6 +1177,16 @@ static int gs_rows_index_softcap_f32(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -1241,7 +1226,7 @@ static int gs_rows_index_softcap_f32(
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_softcap_f32(logits, logits_stride, targets,
                     ignore_index,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -1486,6 +1471,7 @@ static void gs_lanes_index_weighted_f32(
     const float *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
     const float *class_weights,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -1514,20 +1500,20 @@ static void gs_lanes_index_weighted_f32(
     float lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -1594,6 +1580,8 @@ static void gs_lanes_index_weighted_f32(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
@@ -1616,6 +1604,14 @@ static void gs_lanes_index_weighted_f32(
         const float coef_prob = grad_scale*(p0*weight_sum + p1 + p2);
         const float coef_smooth = grad_scale*p0;
         const float coef_rest = grad_scale*(p0*(-target_weight + weight_sum) + p2);
+        const float dlogit_target = coef_prob*gs_expm1_f32(-log_sum_exp + target_shifted) + coef_rest;
+        lane_dlogit_target[r] = dlogit_target;
+        {
+            const float stored_max = row_max; /* one chunk: the row's maximum */
+            const float stored_shifted = -row_max + stored_max;
+            const float stored_scale = gs_exp_f32(-log_sum_exp + stored_shifted);
+            lane_stored_scale[r] = stored_scale;
+        }
         (void)row_weight;
         (void)sum_exp;
         lane_log_sum_exp[r] = log_sum_exp;
@@ -1626,44 +1622,6 @@ static void gs_lanes_index_weighted_f32(
         lane_coef_prob[r] = coef_prob;
         lane_coef_smooth[r] = coef_smooth;
         lane_coef_rest[r] = coef_rest;
-    }
-    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const float row_max = lane_max[r];
-        const float log_sum_exp = lane_log_sum_exp[r];
-        const float lse = lane_lse[r];
-        const float target_shifted = lane_target_shifted[r];
-        const float zloss_slope = lane_zloss_slope[r];
-        const float loss = lane_loss[r];
-        const float coef_prob = lane_coef_prob[r];
-        const float coef_smooth = lane_coef_smooth[r];
-        const float coef_rest = lane_coef_rest[r];
-        (void)log_sum_exp;
-        (void)lse;
-        (void)target_shifted;
-        (void)zloss_slope;
-        (void)loss;
-        (void)coef_prob;
-        (void)coef_smooth;
-        (void)coef_rest;
-        (void)row_max;
-        {
-            const float target_logit = lane_target_logit[r];
-            const float target_class_weight = class_weights[lane_target[r]];
-            const float target_weight = target_class_weight;
-            const float row_weight = target_weight;
-            (void)target_logit;
-            const float dlogit_target = coef_prob*gs_expm1_f32(-log_sum_exp + target_shifted) + coef_rest;
-            (void)row_weight;
-            lane_dlogit_target[r] = dlogit_target;
-        }
-        {
-            const float stored_max = row_max; /* one chunk: the row's maximum */
-            const float stored_shifted = -row_max + stored_max;
-            const float stored_scale = gs_exp_f32(-log_sum_exp + stored_shifted);
-            lane_stored_scale[r] = stored_scale;
-        }
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
@@ -1729,11 +1687,9 @@ static void gs_lanes_index_weighted_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -1765,24 +1721,32 @@ static int gs_rows_index_weighted_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
+    int bad_rows = 0;
+    /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
+    GS_SIMD_TARGET_CHECK
     for (n = 0; n < n_rows; ++n) {
         const int64_t target = targets[n];
-        if (target == ignore_index) {
-            continue;
-        }
-        if (target < 0 || target >= n_classes) {
+        const int counted = target != ignore_index;
+        const int bad = counted & ((target < 0) | (target >= n_classes));
+        const int64_t read_target = counted & !bad ? target : 0;
+        const float target_class_weight = class_weights[read_target];
+        const float target_weight = target_class_weight;
+        const float row_weight = target_weight;
+        (void)read_target;
+        bad_rows |= bad;
+        denominator += counted ? (double)row_weight : 0.0;
+        counted_rows += counted ? 1.0 : 0.0;
+    }
+    for (n = 0; bad_rows && n < n_rows; ++n) {
+        if (targets[n] != ignore_index && (targets[n] < 0 || targets[n] >= n_classes)) {
             if (bad_row != NULL) {
                 *bad_row = n;
             }
             return GS_ERR_TARGET;
-        }
-        {
-            const float target_class_weight = class_weights[target];
-            const float target_weight = target_class_weight;
-            const float row_weight = target_weight;
-            denominator += (double)row_weight;
-            counted_rows += 1.0;
         }
     }
     {
@@ -1800,6 +1764,16 @@ static int gs_rows_index_weighted_f32(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -1840,7 +1814,7 @@ static int gs_rows_index_weighted_f32(
                 gs_lanes_index_weighted_f32(logits, logits_stride, targets,
                     ignore_index,
                     class_weights,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -2038,6 +2012,7 @@ static void gs_lanes_index_weighted_softcap_f32(
     const float *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
     const float *class_weights,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -2065,20 +2040,20 @@ static void gs_lanes_index_weighted_softcap_f32(
     float lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -2144,6 +2119,8 @@ static void gs_lanes_index_weighted_softcap_f32(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
@@ -2166,6 +2143,8 @@ static void gs_lanes_index_weighted_softcap_f32(
         const float coef_prob = grad_scale*(p0*weight_sum + p1 + p2);
         const float coef_smooth = grad_scale*p0;
         const float coef_rest = grad_scale*(p0*(-target_weight + weight_sum) + p2);
+        const float dlogit_target = (1 - tanhf(target_logit/softcap)*tanhf(target_logit/softcap))*(coef_prob*gs_expm1_f32(-log_sum_exp + target_shifted) + coef_rest);
+        lane_dlogit_target[r] = dlogit_target;
         (void)row_weight;
         (void)sum_exp;
         lane_log_sum_exp[r] = log_sum_exp;
@@ -2176,38 +2155,6 @@ static void gs_lanes_index_weighted_softcap_f32(
         lane_coef_prob[r] = coef_prob;
         lane_coef_smooth[r] = coef_smooth;
         lane_coef_rest[r] = coef_rest;
-    }
-    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const float row_max = lane_max[r];
-        const float log_sum_exp = lane_log_sum_exp[r];
-        const float lse = lane_lse[r];
-        const float target_shifted = lane_target_shifted[r];
-        const float zloss_slope = lane_zloss_slope[r];
-        const float loss = lane_loss[r];
-        const float coef_prob = lane_coef_prob[r];
-        const float coef_smooth = lane_coef_smooth[r];
-        const float coef_rest = lane_coef_rest[r];
-        (void)log_sum_exp;
-        (void)lse;
-        (void)target_shifted;
-        (void)zloss_slope;
-        (void)loss;
-        (void)coef_prob;
-        (void)coef_smooth;
-        (void)coef_rest;
-        (void)row_max;
-        {
-            const float target_logit = lane_target_logit[r];
-            const float target_class_weight = class_weights[lane_target[r]];
-            const float target_weight = target_class_weight;
-            const float row_weight = target_weight;
-            (void)target_logit;
-            const float dlogit_target = (1 - tanhf(target_logit/softcap)*tanhf(target_logit/softcap))*(coef_prob*gs_expm1_f32(-log_sum_exp + target_shifted) + coef_rest);
-            (void)row_weight;
-            lane_dlogit_target[r] = dlogit_target;
-        }
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
@@ -2275,11 +2222,9 @@ static void gs_lanes_index_weighted_softcap_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -2311,24 +2256,32 @@ static int gs_rows_index_weighted_softcap_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
+    int bad_rows = 0;
+    /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
+    GS_SIMD_TARGET_CHECK
     for (n = 0; n < n_rows; ++n) {
         const int64_t target = targets[n];
-        if (target == ignore_index) {
-            continue;
-        }
-        if (target < 0 || target >= n_classes) {
+        const int counted = target != ignore_index;
+        const int bad = counted & ((target < 0) | (target >= n_classes));
+        const int64_t read_target = counted & !bad ? target : 0;
+        const float target_class_weight = class_weights[read_target];
+        const float target_weight = target_class_weight;
+        const float row_weight = target_weight;
+        (void)read_target;
+        bad_rows |= bad;
+        denominator += counted ? (double)row_weight : 0.0;
+        counted_rows += counted ? 1.0 : 0.0;
+    }
+    for (n = 0; bad_rows && n < n_rows; ++n) {
+        if (targets[n] != ignore_index && (targets[n] < 0 || targets[n] >= n_classes)) {
             if (bad_row != NULL) {
                 *bad_row = n;
             }
             return GS_ERR_TARGET;
-        }
-        {
-            const float target_class_weight = class_weights[target];
-            const float target_weight = target_class_weight;
-            const float row_weight = target_weight;
-            denominator += (double)row_weight;
-            counted_rows += 1.0;
         }
     }
     {
@@ -2346,6 +2299,16 @@ static int gs_rows_index_weighted_softcap_f32(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -2386,7 +2349,7 @@ static int gs_rows_index_weighted_softcap_f32(
                 gs_lanes_index_weighted_softcap_f32(logits, logits_stride, targets,
                     ignore_index,
                     class_weights,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -2604,6 +2567,7 @@ static float gs_row_probs_f32(
 static void gs_lanes_probs_f32(
     const float *logits, int64_t logits_stride,
     const float *targets, int64_t targets_stride,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -2626,22 +2590,22 @@ static void gs_lanes_probs_f32(
     float lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-                prob_tile[j * GS_SEGMENT_ROWS + r] = prob_block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
+            prob_tile[i] = prob_block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -2704,6 +2668,8 @@ static void gs_lanes_probs_f32(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
@@ -2716,34 +2682,18 @@ static void gs_lanes_probs_f32(
         const float zloss_slope = lse*lse_square_scale;
         const float loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
         const float coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
-        (void)sum_exp;
-        lane_log_sum_exp[r] = log_sum_exp;
-        lane_lse[r] = lse;
-        lane_zloss_slope[r] = zloss_slope;
-        lane_loss[r] = loss;
-        lane_coef_prob[r] = coef_prob;
-    }
-    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const float row_max = lane_max[r];
-        const float log_sum_exp = lane_log_sum_exp[r];
-        const float lse = lane_lse[r];
-        const float zloss_slope = lane_zloss_slope[r];
-        const float loss = lane_loss[r];
-        const float coef_prob = lane_coef_prob[r];
-        (void)log_sum_exp;
-        (void)lse;
-        (void)zloss_slope;
-        (void)loss;
-        (void)coef_prob;
-        (void)row_max;
         {
             const float stored_max = row_max; /* one chunk: the row's maximum */
             const float stored_shifted = -row_max + stored_max;
             const float stored_scale = gs_exp_f32(-log_sum_exp + stored_shifted);
             lane_stored_scale[r] = stored_scale;
         }
+        (void)sum_exp;
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -2796,11 +2746,9 @@ static void gs_lanes_probs_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -2832,7 +2780,11 @@ static int gs_rows_probs_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
+    GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
         const float row_weight = 1;
         denominator += (double)row_weight;
@@ -2854,6 +2806,16 @@ static int gs_rows_probs_f32(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -2893,7 +2855,7 @@ static int gs_rows_probs_f32(
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_f32(logits, logits_stride, targets,
                     targets_stride,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -3060,6 +3022,7 @@ static float gs_row_probs_softcap_f32(
 static void gs_lanes_probs_softcap_f32(
     const float *logits, int64_t logits_stride,
     const float *targets, int64_t targets_stride,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -3081,22 +3044,22 @@ static void gs_lanes_probs_softcap_f32(
     float lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-                prob_tile[j * GS_SEGMENT_ROWS + r] = prob_block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
+            prob_tile[i] = prob_block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -3158,6 +3121,8 @@ static void gs_lanes_probs_softcap_f32(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
@@ -3230,11 +3195,9 @@ static void gs_lanes_probs_softcap_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -3266,7 +3229,11 @@ static int gs_rows_probs_softcap_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
+    GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
         const float row_weight = 1;
         denominator += (double)row_weight;
@@ -3288,6 +3255,16 @@ static int gs_rows_probs_softcap_f32(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -3327,7 +3304,7 @@ static int gs_rows_probs_softcap_f32(
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_softcap_f32(logits, logits_stride, targets,
                     targets_stride,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -3550,6 +3527,7 @@ static void gs_lanes_probs_weighted_f32(
     const float *logits, int64_t logits_stride,
     const float *targets, int64_t targets_stride,
     const float *class_weights,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -3572,22 +3550,22 @@ static void gs_lanes_probs_weighted_f32(
     float lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-                prob_tile[j * GS_SEGMENT_ROWS + r] = prob_block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
+            prob_tile[i] = prob_block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -3651,6 +3629,8 @@ static void gs_lanes_probs_weighted_f32(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
@@ -3663,34 +3643,18 @@ static void gs_lanes_probs_weighted_f32(
         const float zloss_slope = lse*lse_square_scale;
         const float loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
         const float coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
-        (void)sum_exp;
-        lane_log_sum_exp[r] = log_sum_exp;
-        lane_lse[r] = lse;
-        lane_zloss_slope[r] = zloss_slope;
-        lane_loss[r] = loss;
-        lane_coef_prob[r] = coef_prob;
-    }
-    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const float row_max = lane_max[r];
-        const float log_sum_exp = lane_log_sum_exp[r];
-        const float lse = lane_lse[r];
-        const float zloss_slope = lane_zloss_slope[r];
-        const float loss = lane_loss[r];
-        const float coef_prob = lane_coef_prob[r];
-        (void)log_sum_exp;
-        (void)lse;
-        (void)zloss_slope;
-        (void)loss;
-        (void)coef_prob;
-        (void)row_max;
         {
             const float stored_max = row_max; /* one chunk: the row's maximum */
             const float stored_shifted = -row_max + stored_max;
             const float stored_scale = gs_exp_f32(-log_sum_exp + stored_shifted);
             lane_stored_scale[r] = stored_scale;
         }
+        (void)sum_exp;
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
@@ -3744,11 +3708,9 @@ static void gs_lanes_probs_weighted_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -3780,7 +3742,11 @@ static int gs_rows_probs_weighted_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
+    GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
         const float row_weight = 1;
         denominator += (double)row_weight;
@@ -3801,6 +3767,16 @@ static int gs_rows_probs_weighted_f32(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -3841,7 +3817,7 @@ static int gs_rows_probs_weighted_f32(
                 gs_lanes_probs_weighted_f32(logits, logits_stride, targets,
                     targets_stride,
                     class_weights,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -4014,6 +3990,7 @@ static void gs_lanes_probs_weighted_softcap_f32(
     const float *logits, int64_t logits_stride,
     const float *targets, int64_t targets_stride,
     const float *class_weights,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -4035,22 +4012,22 @@ static void gs_lanes_probs_weighted_softcap_f32(
     float lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-                prob_tile[j * GS_SEGMENT_ROWS + r] = prob_block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
+            prob_tile[i] = prob_block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -4113,6 +4090,8 @@ static void gs_lanes_probs_weighted_softcap_f32(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
@@ -4186,11 +4165,9 @@ static void gs_lanes_probs_weighted_softcap_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -4222,7 +4199,11 @@ static int gs_rows_probs_weighted_softcap_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
+    GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
         const float row_weight = 1;
         denominator += (double)row_weight;
@@ -4243,6 +4224,16 @@ static int gs_rows_probs_weighted_softcap_f32(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -4283,7 +4274,7 @@ static int gs_rows_probs_weighted_softcap_f32(
                 gs_lanes_probs_weighted_softcap_f32(logits, logits_stride, targets,
                     targets_stride,
                     class_weights,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -4647,6 +4638,7 @@ static double gs_row_index_f64(
 static void gs_lanes_index_f64(
     const double *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -4675,20 +4667,20 @@ static void gs_lanes_index_f64(
     double lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -4754,6 +4746,8 @@ static void gs_lanes_index_f64(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
@@ -4775,6 +4769,14 @@ static void gs_lanes_index_f64(
         const double coef_prob = grad_scale*(p0*weight_sum + p1 + p2);
         const double coef_smooth = grad_scale*p0;
         const double coef_rest = grad_scale*(p0*(-target_weight + weight_sum) + p2);
+        const double dlogit_target = coef_prob*gs_expm1_f64(-log_sum_exp + target_shifted) + coef_rest;
+        lane_dlogit_target[r] = dlogit_target;
+        {
+            const double stored_max = row_max; /* one chunk: the row's maximum */
+            const double stored_shifted = -row_max + stored_max;
+            const double stored_scale = gs_exp_f64(-log_sum_exp + stored_shifted);
+            lane_stored_scale[r] = stored_scale;
+        }
         (void)row_weight;
         (void)sum_exp;
         lane_log_sum_exp[r] = log_sum_exp;
@@ -4785,43 +4787,6 @@ static void gs_lanes_index_f64(
         lane_coef_prob[r] = coef_prob;
         lane_coef_smooth[r] = coef_smooth;
         lane_coef_rest[r] = coef_rest;
-    }
-    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const double row_max = lane_max[r];
-        const double log_sum_exp = lane_log_sum_exp[r];
-        const double lse = lane_lse[r];
-        const double target_shifted = lane_target_shifted[r];
-        const double zloss_slope = lane_zloss_slope[r];
-        const double loss = lane_loss[r];
-        const double coef_prob = lane_coef_prob[r];
-        const double coef_smooth = lane_coef_smooth[r];
-        const double coef_rest = lane_coef_rest[r];
-        (void)log_sum_exp;
-        (void)lse;
-        (void)target_shifted;
-        (void)zloss_slope;
-        (void)loss;
-        (void)coef_prob;
-        (void)coef_smooth;
-        (void)coef_rest;
-        (void)row_max;
-        {
-            const double target_logit = lane_target_logit[r];
-            const double target_weight = 1;
-            const double row_weight = target_weight;
-            (void)target_logit;
-            const double dlogit_target = coef_prob*gs_expm1_f64(-log_sum_exp + target_shifted) + coef_rest;
-            (void)row_weight;
-            lane_dlogit_target[r] = dlogit_target;
-        }
-        {
-            const double stored_max = row_max; /* one chunk: the row's maximum */
-            const double stored_shifted = -row_max + stored_max;
-            const double stored_scale = gs_exp_f64(-log_sum_exp + stored_shifted);
-            lane_stored_scale[r] = stored_scale;
-        }
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -4886,11 +4851,9 @@ static void gs_lanes_index_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -4922,23 +4885,31 @@ static int gs_rows_index_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
+    int bad_rows = 0;
+    /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
+    GS_SIMD_TARGET_CHECK
     for (n = 0; n < n_rows; ++n) {
         const int64_t target = targets[n];
-        if (target == ignore_index) {
-            continue;
-        }
-        if (target < 0 || target >= n_classes) {
+        const int counted = target != ignore_index;
+        const int bad = counted & ((target < 0) | (target >= n_classes));
+        const int64_t read_target = counted & !bad ? target : 0;
+        const double target_weight = 1;
+        const double row_weight = target_weight;
+        (void)read_target;
+        bad_rows |= bad;
+        denominator += counted ? (double)row_weight : 0.0;
+        counted_rows += counted ? 1.0 : 0.0;
+    }
+    for (n = 0; bad_rows && n < n_rows; ++n) {
+        if (targets[n] != ignore_index && (targets[n] < 0 || targets[n] >= n_classes)) {
             if (bad_row != NULL) {
                 *bad_row = n;
             }
             return GS_ERR_TARGET;
-        }
-        {
-            const double target_weight = 1;
-            const double row_weight = target_weight;
-            denominator += (double)row_weight;
-            counted_rows += 1.0;
         }
     }
     (void)class_weights;
@@ -4957,6 +4928,16 @@ static int gs_rows_index_f64(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -4996,7 +4977,7 @@ static int gs_rows_index_f64(
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_f64(logits, logits_stride, targets,
                     ignore_index,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -5187,6 +5168,7 @@ static double gs_row_index_softcap_f64(
 static void gs_lanes_index_softcap_f64(
     const double *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -5214,20 +5196,20 @@ static void gs_lanes_index_softcap_f64(
     double lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -5292,6 +5274,8 @@ static void gs_lanes_index_softcap_f64(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
@@ -5313,6 +5297,8 @@ static void gs_lanes_index_softcap_f64(
         const double coef_prob = grad_scale*(p0*weight_sum + p1 + p2);
         const double coef_smooth = grad_scale*p0;
         const double coef_rest = grad_scale*(p0*(-target_weight + weight_sum) + p2);
+        const double dlogit_target = (1 - tanh(target_logit/softcap)*tanh(target_logit/softcap))*(coef_prob*gs_expm1_f64(-log_sum_exp + target_shifted) + coef_rest);
+        lane_dlogit_target[r] = dlogit_target;
         (void)row_weight;
         (void)sum_exp;
         lane_log_sum_exp[r] = log_sum_exp;
@@ -5323,37 +5309,6 @@ static void gs_lanes_index_softcap_f64(
         lane_coef_prob[r] = coef_prob;
         lane_coef_smooth[r] = coef_smooth;
         lane_coef_rest[r] = coef_rest;
-    }
-    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const double row_max = lane_max[r];
-        const double log_sum_exp = lane_log_sum_exp[r];
-        const double lse = lane_lse[r];
-        const double target_shifted = lane_target_shifted[r];
-        const double zloss_slope = lane_zloss_slope[r];
-        const double loss = lane_loss[r];
-        const double coef_prob = lane_coef_prob[r];
-        const double coef_smooth = lane_coef_smooth[r];
-        const double coef_rest = lane_coef_rest[r];
-        (void)log_sum_exp;
-        (void)lse;
-        (void)target_shifted;
-        (void)zloss_slope;
-        (void)loss;
-        (void)coef_prob;
-        (void)coef_smooth;
-        (void)coef_rest;
-        (void)row_max;
-        {
-            const double target_logit = lane_target_logit[r];
-            const double target_weight = 1;
-            const double row_weight = target_weight;
-            (void)target_logit;
-            const double dlogit_target = (1 - tanh(target_logit/softcap)*tanh(target_logit/softcap))*(coef_prob*gs_expm1_f64(-log_sum_exp + target_shifted) + coef_rest);
-            (void)row_weight;
-            lane_dlogit_target[r] = dlogit_target;
-        }
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -5420,11 +5375,9 @@ static void gs_lanes_index_softcap_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -5456,23 +5409,31 @@ static int gs_rows_index_softcap_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
+    int bad_rows = 0;
+    /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
+    GS_SIMD_TARGET_CHECK
     for (n = 0; n < n_rows; ++n) {
         const int64_t target = targets[n];
-        if (target == ignore_index) {
-            continue;
-        }
-        if (target < 0 || target >= n_classes) {
+        const int counted = target != ignore_index;
+        const int bad = counted & ((target < 0) | (target >= n_classes));
+        const int64_t read_target = counted & !bad ? target : 0;
+        const double target_weight = 1;
+        const double row_weight = target_weight;
+        (void)read_target;
+        bad_rows |= bad;
+        denominator += counted ? (double)row_weight : 0.0;
+        counted_rows += counted ? 1.0 : 0.0;
+    }
+    for (n = 0; bad_rows && n < n_rows; ++n) {
+        if (targets[n] != ignore_index && (targets[n] < 0 || targets[n] >= n_classes)) {
             if (bad_row != NULL) {
                 *bad_row = n;
             }
             return GS_ERR_TARGET;
-        }
-        {
-            const double target_weight = 1;
-            const double row_weight = target_weight;
-            denominator += (double)row_weight;
-            counted_rows += 1.0;
         }
     }
     (void)class_weights;
@@ -5491,6 +5452,16 @@ static int gs_rows_index_softcap_f64(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -5530,7 +5501,7 @@ static int gs_rows_index_softcap_f64(
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_softcap_f64(logits, logits_stride, targets,
                     ignore_index,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -5775,6 +5746,7 @@ static void gs_lanes_index_weighted_f64(
     const double *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
     const double *class_weights,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -5803,20 +5775,20 @@ static void gs_lanes_index_weighted_f64(
     double lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -5883,6 +5855,8 @@ static void gs_lanes_index_weighted_f64(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
@@ -5905,6 +5879,14 @@ static void gs_lanes_index_weighted_f64(
         const double coef_prob = grad_scale*(p0*weight_sum + p1 + p2);
         const double coef_smooth = grad_scale*p0;
         const double coef_rest = grad_scale*(p0*(-target_weight + weight_sum) + p2);
+        const double dlogit_target = coef_prob*gs_expm1_f64(-log_sum_exp + target_shifted) + coef_rest;
+        lane_dlogit_target[r] = dlogit_target;
+        {
+            const double stored_max = row_max; /* one chunk: the row's maximum */
+            const double stored_shifted = -row_max + stored_max;
+            const double stored_scale = gs_exp_f64(-log_sum_exp + stored_shifted);
+            lane_stored_scale[r] = stored_scale;
+        }
         (void)row_weight;
         (void)sum_exp;
         lane_log_sum_exp[r] = log_sum_exp;
@@ -5915,44 +5897,6 @@ static void gs_lanes_index_weighted_f64(
         lane_coef_prob[r] = coef_prob;
         lane_coef_smooth[r] = coef_smooth;
         lane_coef_rest[r] = coef_rest;
-    }
-    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const double row_max = lane_max[r];
-        const double log_sum_exp = lane_log_sum_exp[r];
-        const double lse = lane_lse[r];
-        const double target_shifted = lane_target_shifted[r];
-        const double zloss_slope = lane_zloss_slope[r];
-        const double loss = lane_loss[r];
-        const double coef_prob = lane_coef_prob[r];
-        const double coef_smooth = lane_coef_smooth[r];
-        const double coef_rest = lane_coef_rest[r];
-        (void)log_sum_exp;
-        (void)lse;
-        (void)target_shifted;
-        (void)zloss_slope;
-        (void)loss;
-        (void)coef_prob;
-        (void)coef_smooth;
-        (void)coef_rest;
-        (void)row_max;
-        {
-            const double target_logit = lane_target_logit[r];
-            const double target_class_weight = class_weights[lane_target[r]];
-            const double target_weight = target_class_weight;
-            const double row_weight = target_weight;
-            (void)target_logit;
-            const double dlogit_target = coef_prob*gs_expm1_f64(-log_sum_exp + target_shifted) + coef_rest;
-            (void)row_weight;
-            lane_dlogit_target[r] = dlogit_target;
-        }
-        {
-            const double stored_max = row_max; /* one chunk: the row's maximum */
-            const double stored_shifted = -row_max + stored_max;
-            const double stored_scale = gs_exp_f64(-log_sum_exp + stored_shifted);
-            lane_stored_scale[r] = stored_scale;
-        }
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
@@ -6018,11 +5962,9 @@ static void gs_lanes_index_weighted_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -6054,24 +5996,32 @@ static int gs_rows_index_weighted_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
+    int bad_rows = 0;
+    /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
+    GS_SIMD_TARGET_CHECK
     for (n = 0; n < n_rows; ++n) {
         const int64_t target = targets[n];
-        if (target == ignore_index) {
-            continue;
-        }
-        if (target < 0 || target >= n_classes) {
+        const int counted = target != ignore_index;
+        const int bad = counted & ((target < 0) | (target >= n_classes));
+        const int64_t read_target = counted & !bad ? target : 0;
+        const double target_class_weight = class_weights[read_target];
+        const double target_weight = target_class_weight;
+        const double row_weight = target_weight;
+        (void)read_target;
+        bad_rows |= bad;
+        denominator += counted ? (double)row_weight : 0.0;
+        counted_rows += counted ? 1.0 : 0.0;
+    }
+    for (n = 0; bad_rows && n < n_rows; ++n) {
+        if (targets[n] != ignore_index && (targets[n] < 0 || targets[n] >= n_classes)) {
             if (bad_row != NULL) {
                 *bad_row = n;
             }
             return GS_ERR_TARGET;
-        }
-        {
-            const double target_class_weight = class_weights[target];
-            const double target_weight = target_class_weight;
-            const double row_weight = target_weight;
-            denominator += (double)row_weight;
-            counted_rows += 1.0;
         }
     }
     {
@@ -6089,6 +6039,16 @@ static int gs_rows_index_weighted_f64(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -6129,7 +6089,7 @@ static int gs_rows_index_weighted_f64(
                 gs_lanes_index_weighted_f64(logits, logits_stride, targets,
                     ignore_index,
                     class_weights,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -6327,6 +6287,7 @@ static void gs_lanes_index_weighted_softcap_f64(
     const double *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
     const double *class_weights,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -6354,20 +6315,20 @@ static void gs_lanes_index_weighted_softcap_f64(
     double lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -6433,6 +6394,8 @@ static void gs_lanes_index_weighted_softcap_f64(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
@@ -6455,6 +6418,8 @@ static void gs_lanes_index_weighted_softcap_f64(
         const double coef_prob = grad_scale*(p0*weight_sum + p1 + p2);
         const double coef_smooth = grad_scale*p0;
         const double coef_rest = grad_scale*(p0*(-target_weight + weight_sum) + p2);
+        const double dlogit_target = (1 - tanh(target_logit/softcap)*tanh(target_logit/softcap))*(coef_prob*gs_expm1_f64(-log_sum_exp + target_shifted) + coef_rest);
+        lane_dlogit_target[r] = dlogit_target;
         (void)row_weight;
         (void)sum_exp;
         lane_log_sum_exp[r] = log_sum_exp;
@@ -6465,38 +6430,6 @@ static void gs_lanes_index_weighted_softcap_f64(
         lane_coef_prob[r] = coef_prob;
         lane_coef_smooth[r] = coef_smooth;
         lane_coef_rest[r] = coef_rest;
-    }
-    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const double row_max = lane_max[r];
-        const double log_sum_exp = lane_log_sum_exp[r];
-        const double lse = lane_lse[r];
-        const double target_shifted = lane_target_shifted[r];
-        const double zloss_slope = lane_zloss_slope[r];
-        const double loss = lane_loss[r];
-        const double coef_prob = lane_coef_prob[r];
-        const double coef_smooth = lane_coef_smooth[r];
-        const double coef_rest = lane_coef_rest[r];
-        (void)log_sum_exp;
-        (void)lse;
-        (void)target_shifted;
-        (void)zloss_slope;
-        (void)loss;
-        (void)coef_prob;
-        (void)coef_smooth;
-        (void)coef_rest;
-        (void)row_max;
-        {
-            const double target_logit = lane_target_logit[r];
-            const double target_class_weight = class_weights[lane_target[r]];
-            const double target_weight = target_class_weight;
-            const double row_weight = target_weight;
-            (void)target_logit;
-            const double dlogit_target = (1 - tanh(target_logit/softcap)*tanh(target_logit/softcap))*(coef_prob*gs_expm1_f64(-log_sum_exp + target_shifted) + coef_rest);
-            (void)row_weight;
-            lane_dlogit_target[r] = dlogit_target;
-        }
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
@@ -6564,11 +6497,9 @@ static void gs_lanes_index_weighted_softcap_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -6600,24 +6531,32 @@ static int gs_rows_index_weighted_softcap_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
+    int bad_rows = 0;
+    /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
+    GS_SIMD_TARGET_CHECK
     for (n = 0; n < n_rows; ++n) {
         const int64_t target = targets[n];
-        if (target == ignore_index) {
-            continue;
-        }
-        if (target < 0 || target >= n_classes) {
+        const int counted = target != ignore_index;
+        const int bad = counted & ((target < 0) | (target >= n_classes));
+        const int64_t read_target = counted & !bad ? target : 0;
+        const double target_class_weight = class_weights[read_target];
+        const double target_weight = target_class_weight;
+        const double row_weight = target_weight;
+        (void)read_target;
+        bad_rows |= bad;
+        denominator += counted ? (double)row_weight : 0.0;
+        counted_rows += counted ? 1.0 : 0.0;
+    }
+    for (n = 0; bad_rows && n < n_rows; ++n) {
+        if (targets[n] != ignore_index && (targets[n] < 0 || targets[n] >= n_classes)) {
             if (bad_row != NULL) {
                 *bad_row = n;
             }
             return GS_ERR_TARGET;
-        }
-        {
-            const double target_class_weight = class_weights[target];
-            const double target_weight = target_class_weight;
-            const double row_weight = target_weight;
-            denominator += (double)row_weight;
-            counted_rows += 1.0;
         }
     }
     {
@@ -6635,6 +6574,16 @@ static int gs_rows_index_weighted_softcap_f64(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -6675,7 +6624,7 @@ static int gs_rows_index_weighted_softcap_f64(
                 gs_lanes_index_weighted_softcap_f64(logits, logits_stride, targets,
                     ignore_index,
                     class_weights,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -6893,6 +6842,7 @@ static double gs_row_probs_f64(
 static void gs_lanes_probs_f64(
     const double *logits, int64_t logits_stride,
     const double *targets, int64_t targets_stride,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -6915,22 +6865,22 @@ static void gs_lanes_probs_f64(
     double lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-                prob_tile[j * GS_SEGMENT_ROWS + r] = prob_block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
+            prob_tile[i] = prob_block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -6993,6 +6943,8 @@ static void gs_lanes_probs_f64(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
@@ -7005,34 +6957,18 @@ static void gs_lanes_probs_f64(
         const double zloss_slope = lse*lse_square_scale;
         const double loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
         const double coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
-        (void)sum_exp;
-        lane_log_sum_exp[r] = log_sum_exp;
-        lane_lse[r] = lse;
-        lane_zloss_slope[r] = zloss_slope;
-        lane_loss[r] = loss;
-        lane_coef_prob[r] = coef_prob;
-    }
-    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const double row_max = lane_max[r];
-        const double log_sum_exp = lane_log_sum_exp[r];
-        const double lse = lane_lse[r];
-        const double zloss_slope = lane_zloss_slope[r];
-        const double loss = lane_loss[r];
-        const double coef_prob = lane_coef_prob[r];
-        (void)log_sum_exp;
-        (void)lse;
-        (void)zloss_slope;
-        (void)loss;
-        (void)coef_prob;
-        (void)row_max;
         {
             const double stored_max = row_max; /* one chunk: the row's maximum */
             const double stored_shifted = -row_max + stored_max;
             const double stored_scale = gs_exp_f64(-log_sum_exp + stored_shifted);
             lane_stored_scale[r] = stored_scale;
         }
+        (void)sum_exp;
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES
@@ -7085,11 +7021,9 @@ static void gs_lanes_probs_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -7121,7 +7055,11 @@ static int gs_rows_probs_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
+    GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
         const double row_weight = 1;
         denominator += (double)row_weight;
@@ -7143,6 +7081,16 @@ static int gs_rows_probs_f64(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -7182,7 +7130,7 @@ static int gs_rows_probs_f64(
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_f64(logits, logits_stride, targets,
                     targets_stride,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -7349,6 +7297,7 @@ static double gs_row_probs_softcap_f64(
 static void gs_lanes_probs_softcap_f64(
     const double *logits, int64_t logits_stride,
     const double *targets, int64_t targets_stride,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -7370,22 +7319,22 @@ static void gs_lanes_probs_softcap_f64(
     double lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-                prob_tile[j * GS_SEGMENT_ROWS + r] = prob_block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
+            prob_tile[i] = prob_block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -7447,6 +7396,8 @@ static void gs_lanes_probs_softcap_f64(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
@@ -7519,11 +7470,9 @@ static void gs_lanes_probs_softcap_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -7555,7 +7504,11 @@ static int gs_rows_probs_softcap_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
+    GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
         const double row_weight = 1;
         denominator += (double)row_weight;
@@ -7577,6 +7530,16 @@ static int gs_rows_probs_softcap_f64(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -7616,7 +7579,7 @@ static int gs_rows_probs_softcap_f64(
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_softcap_f64(logits, logits_stride, targets,
                     targets_stride,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -7839,6 +7802,7 @@ static void gs_lanes_probs_weighted_f64(
     const double *logits, int64_t logits_stride,
     const double *targets, int64_t targets_stride,
     const double *class_weights,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -7861,22 +7825,22 @@ static void gs_lanes_probs_weighted_f64(
     double lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-                prob_tile[j * GS_SEGMENT_ROWS + r] = prob_block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
+            prob_tile[i] = prob_block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -7940,6 +7904,8 @@ static void gs_lanes_probs_weighted_f64(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
@@ -7952,34 +7918,18 @@ static void gs_lanes_probs_weighted_f64(
         const double zloss_slope = lse*lse_square_scale;
         const double loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
         const double coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
-        (void)sum_exp;
-        lane_log_sum_exp[r] = log_sum_exp;
-        lane_lse[r] = lse;
-        lane_zloss_slope[r] = zloss_slope;
-        lane_loss[r] = loss;
-        lane_coef_prob[r] = coef_prob;
-    }
-    /* The exponentials of the row values in a loop of their own, which vectorises (log does not). */
-    GS_SIMD_LANES
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const double row_max = lane_max[r];
-        const double log_sum_exp = lane_log_sum_exp[r];
-        const double lse = lane_lse[r];
-        const double zloss_slope = lane_zloss_slope[r];
-        const double loss = lane_loss[r];
-        const double coef_prob = lane_coef_prob[r];
-        (void)log_sum_exp;
-        (void)lse;
-        (void)zloss_slope;
-        (void)loss;
-        (void)coef_prob;
-        (void)row_max;
         {
             const double stored_max = row_max; /* one chunk: the row's maximum */
             const double stored_shifted = -row_max + stored_max;
             const double stored_scale = gs_exp_f64(-log_sum_exp + stored_shifted);
             lane_stored_scale[r] = stored_scale;
         }
+        (void)sum_exp;
+        lane_log_sum_exp[r] = log_sum_exp;
+        lane_lse[r] = lse;
+        lane_zloss_slope[r] = zloss_slope;
+        lane_loss[r] = loss;
+        lane_coef_prob[r] = coef_prob;
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
@@ -8033,11 +7983,9 @@ static void gs_lanes_probs_weighted_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -8069,7 +8017,11 @@ static int gs_rows_probs_weighted_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
+    GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
         const double row_weight = 1;
         denominator += (double)row_weight;
@@ -8090,6 +8042,16 @@ static int gs_rows_probs_weighted_f64(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -8130,7 +8092,7 @@ static int gs_rows_probs_weighted_f64(
                 gs_lanes_probs_weighted_f64(logits, logits_stride, targets,
                     targets_stride,
                     class_weights,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -8303,6 +8265,7 @@ static void gs_lanes_probs_weighted_softcap_f64(
     const double *logits, int64_t logits_stride,
     const double *targets, int64_t targets_stride,
     const double *class_weights,
+    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -8324,22 +8287,22 @@ static void gs_lanes_probs_weighted_softcap_f64(
     double lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
+    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
-    /* A full segment of rows stored back to back is one block: its tile is filled by
-       vector gathers. */
+    /* A full segment of rows stored back to back is one block: its tile is filled, and later
+       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
+       block; from_tile[i]: where block entry i is in the tile). */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
-                prob_tile[j * GS_SEGMENT_ROWS + r] = prob_block[r * n_classes + j];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            tile[i] = block[from_block[i]];
+            prob_tile[i] = prob_block[from_block[i]];
         }
         GS_SIMD_LANES
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -8402,6 +8365,8 @@ static void gs_lanes_probs_weighted_softcap_f64(
             lane_shifted_sum[r] += shifted_term;
         }
     }
+    /* The row values, the target's gradient and the scale of the stored exponentials, in one
+       loop that vectorises: its log is the fast log. */
     GS_SIMD_LANES
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
@@ -8475,11 +8440,9 @@ static void gs_lanes_probs_weighted_softcap_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        for (j = 0; j < n_classes; ++j) {
-            GS_SIMD_LANES
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
-            }
+        GS_SIMD_LANES
+        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
+            block[i] = tile[from_tile[i]];
         }
     } else {
         for (r = 0; r < count; ++r) {
@@ -8511,7 +8474,11 @@ static int gs_rows_probs_weighted_softcap_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
+    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
+    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
+    GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
         const double row_weight = 1;
         denominator += (double)row_weight;
@@ -8532,6 +8499,16 @@ static int gs_rows_probs_weighted_softcap_f64(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
+    }
+    if (n_classes <= GS_SHORT_CLASSES) {
+        int64_t j;
+        int64_t r;
+        for (j = 0; j < n_classes; ++j) {
+            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
+                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
+            }
+        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -8572,7 +8549,7 @@ static int gs_rows_probs_weighted_softcap_f64(
                 gs_lanes_probs_weighted_softcap_f64(logits, logits_stride, targets,
                     targets_stride,
                     class_weights,
-                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
