@@ -118,6 +118,12 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str, fa
             [(ks.shifted, spec.element_shifted), (ks.dlogit, spec.dlogit)],
             sweep, "d", _ELEMENT_INPUTS | {"grad_scale"} | {str(s) for s, _ in spec.row_values},
         ),
+        # A row of the lanes is one chunk: its stored scale is 1/sum_exp.
+        "lanes_stored_scale": _group(
+            "lanes_stored_scale",
+            [(ks.stored_scale, spec.single_chunk_stored_scale)] if stores else [],
+            exact, "c", _ROW_STATE,
+        ),
         # The gradient from exp(transform - stored_max), stored by the first sweep.
         "stored_scale": _group(
             "stored_scale",
