@@ -46,7 +46,7 @@ from gradsmith.derive.fast_exp import (
 class _Format:
     precision: int  # significand bits, hidden bit included
     exponent_bits: int
-    degree: int  # of the tail polynomial T in z = s^2 (the polynomial in s has degree 2d + 3)
+    degree: int  # coefficients of the tail polynomial T in z = s^2 (degree 2d + 1 in s)
     claimed_relative_error: Fraction  # in units of 2^-(p-1), the machine epsilon
 
 
