@@ -31,6 +31,7 @@ from gradsmith.derive.check import Verdict, check_equal
 from gradsmith.derive.fast_exp import (
     DTYPES,
     _bits,
+    _check_arguments,
     _exact,
     _float,
     _high_precision,
@@ -40,6 +41,9 @@ from gradsmith.derive.fast_exp import (
     _round_to_precision,
     _significant_bits,
 )
+
+__all__ = ["DTYPES", "LogApproximation", "LogErrorBound", "log_approximation",
+           "verify_log_approximation"]
 
 
 @dataclass(frozen=True)
@@ -124,12 +128,9 @@ def _tail_coefficient(i: int) -> Fraction:
 @cache
 def log_approximation(dtype: str, degree: int | None = None) -> LogApproximation:
     """Build the approximation for ``dtype`` ("float32" or "float64"); check it with verify."""
-    if dtype not in _FORMATS:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    _check_arguments(dtype, degree, _FORMATS)
     fmt = _FORMATS[dtype]
     degree = fmt.degree if degree is None else degree
-    if not isinstance(degree, int) or degree < 1:
-        raise ValueError(f"degree must be a positive integer, got {degree!r}")
     p = fmt.precision
     bit_width = 32 if dtype == "float32" else 64
     mantissa_bits = p - 1
