@@ -175,7 +175,7 @@ def compiled_log(tmp_path_factory) -> ctypes.CDLL:
     wrapper = folder / "log_loop.c"
     wrapper.write_text(f'#include "{C_SOURCE}"\n' + "".join(
         f"void log_loop_{sfx}(const {real} *x, {real} *out, int64_t n)\n"
-        f"{{\n    int64_t i;\n    GS_SIMD_LANES\n    for (i = 0; i < n; ++i) {{\n"
+        f"{{\n    int64_t i;\n    GS_SIMD_LANES_{sfx.upper()}\n    for (i = 0; i < n; ++i) {{\n"
         f"        out[i] = gs_log_{sfx}(x[i]);\n    }}\n}}\n"
         for sfx, real in (("f32", "float"), ("f64", "double"))))
     library = folder / "log_loop.so"

@@ -73,7 +73,6 @@ static void gs_note_team(int threads, double region_seconds, double caller_secon
    the order is fixed by the build, so results stay deterministic. */
 #if defined(_OPENMP) || defined(GS_OPENMP_SIMD)
 #define GS_SIMD_SUMS _Pragma("omp simd reduction(+:chunk_sum_exp, chunk_weight_sum, chunk_shifted_sum)")
-#define GS_SIMD_LANES _Pragma("omp simd")
 #define GS_SIMD_LANES_SPECIAL _Pragma("omp simd reduction(|:special)")
 /* The mean's denominator: a sum of row weights, reassociated the same way in every call. */
 #define GS_SIMD_TARGET_CHECK _Pragma("omp simd reduction(+:denominator, counted_rows) reduction(|:bad_rows)")
@@ -81,14 +80,18 @@ static void gs_note_team(int threads, double region_seconds, double caller_secon
 /* Short chunks (short rows): 256-bit vectors, so that fewer elements fall to the scalar tail. */
 #define GS_SIMD_SUMS_SHORT_F32 _Pragma("omp simd simdlen(8) reduction(+:chunk_sum_exp, chunk_weight_sum, chunk_shifted_sum)")
 #define GS_SIMD_SUMS_SHORT_F64 _Pragma("omp simd simdlen(4) reduction(+:chunk_sum_exp, chunk_weight_sum, chunk_shifted_sum)")
+/* The loops over the lanes of a segment: 512-bit vectors where the machine has them. */
+#define GS_SIMD_LANES_F32 _Pragma("omp simd simdlen(16)")
+#define GS_SIMD_LANES_F64 _Pragma("omp simd simdlen(8)")
 #else
 #define GS_SIMD_SUMS
-#define GS_SIMD_LANES
 #define GS_SIMD_LANES_SPECIAL
 #define GS_SIMD_TARGET_CHECK
 #define GS_SIMD_DENOMINATOR
 #define GS_SIMD_SUMS_SHORT_F32
+#define GS_SIMD_LANES_F32
 #define GS_SIMD_SUMS_SHORT_F64
+#define GS_SIMD_LANES_F64
 #endif
 
 static int gs_check_arguments(const void *logits, int64_t logits_stride, const void *targets,
@@ -403,11 +406,11 @@ static void gs_lanes_index_f32(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
             lane_target[r] = lane_ignored[r] ? 0 : targets[first + r];
@@ -436,7 +439,7 @@ static void gs_lanes_index_f32(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_max[r] = -(float)INFINITY;
@@ -448,7 +451,7 @@ static void gs_lanes_index_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = logit;
@@ -457,7 +460,7 @@ static void gs_lanes_index_f32(
         }
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float row_max = lane_max[r];
@@ -473,7 +476,7 @@ static void gs_lanes_index_f32(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
         const float sum_exp = lane_sum_exp[r];
@@ -511,7 +514,7 @@ static void gs_lanes_index_f32(
         lane_coef_rest[r] = coef_rest;
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float grad_scale = lane_grad_scale[r];
             const float log_sum_exp = lane_log_sum_exp[r];
@@ -560,7 +563,7 @@ static void gs_lanes_index_f32(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (float)0 : finite ? lane_loss[r] : (float)NAN;
@@ -573,7 +576,7 @@ static void gs_lanes_index_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -929,11 +932,11 @@ static void gs_lanes_index_softcap_f32(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
             lane_target[r] = lane_ignored[r] ? 0 : targets[first + r];
@@ -962,7 +965,7 @@ static void gs_lanes_index_softcap_f32(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_max[r] = -(float)INFINITY;
@@ -974,7 +977,7 @@ static void gs_lanes_index_softcap_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = softcap*tanhf(logit/softcap);
@@ -983,7 +986,7 @@ static void gs_lanes_index_softcap_f32(
         }
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float row_max = lane_max[r];
@@ -998,7 +1001,7 @@ static void gs_lanes_index_softcap_f32(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
         const float sum_exp = lane_sum_exp[r];
@@ -1033,7 +1036,7 @@ static void gs_lanes_index_softcap_f32(
         lane_coef_rest[r] = coef_rest;
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float grad_scale = lane_grad_scale[r];
             const float log_sum_exp = lane_log_sum_exp[r];
@@ -1084,7 +1087,7 @@ static void gs_lanes_index_softcap_f32(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (float)0 : finite ? lane_loss[r] : (float)NAN;
@@ -1097,7 +1100,7 @@ static void gs_lanes_index_softcap_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -1508,11 +1511,11 @@ static void gs_lanes_index_weighted_f32(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
             lane_target[r] = lane_ignored[r] ? 0 : targets[first + r];
@@ -1541,7 +1544,7 @@ static void gs_lanes_index_weighted_f32(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_max[r] = -(float)INFINITY;
@@ -1553,7 +1556,7 @@ static void gs_lanes_index_weighted_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = logit;
@@ -1563,7 +1566,7 @@ static void gs_lanes_index_weighted_f32(
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float row_max = lane_max[r];
@@ -1579,7 +1582,7 @@ static void gs_lanes_index_weighted_f32(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
         const float sum_exp = lane_sum_exp[r];
@@ -1619,7 +1622,7 @@ static void gs_lanes_index_weighted_f32(
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float grad_scale = lane_grad_scale[r];
             const float log_sum_exp = lane_log_sum_exp[r];
@@ -1668,7 +1671,7 @@ static void gs_lanes_index_weighted_f32(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (float)0 : finite ? lane_loss[r] : (float)NAN;
@@ -1681,7 +1684,7 @@ static void gs_lanes_index_weighted_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -2045,11 +2048,11 @@ static void gs_lanes_index_weighted_softcap_f32(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
             lane_target[r] = lane_ignored[r] ? 0 : targets[first + r];
@@ -2078,7 +2081,7 @@ static void gs_lanes_index_weighted_softcap_f32(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_max[r] = -(float)INFINITY;
@@ -2090,7 +2093,7 @@ static void gs_lanes_index_weighted_softcap_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = softcap*tanhf(logit/softcap);
@@ -2100,7 +2103,7 @@ static void gs_lanes_index_weighted_softcap_f32(
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float row_max = lane_max[r];
@@ -2115,7 +2118,7 @@ static void gs_lanes_index_weighted_softcap_f32(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
         const float sum_exp = lane_sum_exp[r];
@@ -2152,7 +2155,7 @@ static void gs_lanes_index_weighted_softcap_f32(
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float grad_scale = lane_grad_scale[r];
             const float log_sum_exp = lane_log_sum_exp[r];
@@ -2203,7 +2206,7 @@ static void gs_lanes_index_weighted_softcap_f32(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (float)0 : finite ? lane_loss[r] : (float)NAN;
@@ -2216,7 +2219,7 @@ static void gs_lanes_index_weighted_softcap_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -2596,12 +2599,12 @@ static void gs_lanes_probs_f32(
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
             prob_tile[i] = prob_block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                 : grad_outputs == NULL ? (float)1 : grad_outputs[first + r];
@@ -2627,7 +2630,7 @@ static void gs_lanes_probs_f32(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(float)INFINITY;
         lane_nonfinite[r] = 0;
@@ -2638,7 +2641,7 @@ static void gs_lanes_probs_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = logit;
@@ -2647,7 +2650,7 @@ static void gs_lanes_probs_f32(
         }
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
@@ -2664,7 +2667,7 @@ static void gs_lanes_probs_f32(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
         const float sum_exp = lane_sum_exp[r];
@@ -2687,7 +2690,7 @@ static void gs_lanes_probs_f32(
         lane_coef_prob[r] = coef_prob;
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
             const float grad_scale = lane_grad_scale[r];
@@ -2724,7 +2727,7 @@ static void gs_lanes_probs_f32(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (float)NAN;
@@ -2737,7 +2740,7 @@ static void gs_lanes_probs_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -3047,12 +3050,12 @@ static void gs_lanes_probs_softcap_f32(
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
             prob_tile[i] = prob_block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                 : grad_outputs == NULL ? (float)1 : grad_outputs[first + r];
@@ -3078,7 +3081,7 @@ static void gs_lanes_probs_softcap_f32(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(float)INFINITY;
         lane_nonfinite[r] = 0;
@@ -3089,7 +3092,7 @@ static void gs_lanes_probs_softcap_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = softcap*tanhf(logit/softcap);
@@ -3098,7 +3101,7 @@ static void gs_lanes_probs_softcap_f32(
         }
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
@@ -3114,7 +3117,7 @@ static void gs_lanes_probs_softcap_f32(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
         const float sum_exp = lane_sum_exp[r];
@@ -3134,7 +3137,7 @@ static void gs_lanes_probs_softcap_f32(
         lane_coef_prob[r] = coef_prob;
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
             const float grad_scale = lane_grad_scale[r];
@@ -3173,7 +3176,7 @@ static void gs_lanes_probs_softcap_f32(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (float)NAN;
@@ -3186,7 +3189,7 @@ static void gs_lanes_probs_softcap_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -3553,12 +3556,12 @@ static void gs_lanes_probs_weighted_f32(
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
             prob_tile[i] = prob_block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                 : grad_outputs == NULL ? (float)1 : grad_outputs[first + r];
@@ -3584,7 +3587,7 @@ static void gs_lanes_probs_weighted_f32(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(float)INFINITY;
         lane_nonfinite[r] = 0;
@@ -3595,7 +3598,7 @@ static void gs_lanes_probs_weighted_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = logit;
@@ -3605,7 +3608,7 @@ static void gs_lanes_probs_weighted_f32(
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
@@ -3622,7 +3625,7 @@ static void gs_lanes_probs_weighted_f32(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
         const float sum_exp = lane_sum_exp[r];
@@ -3646,7 +3649,7 @@ static void gs_lanes_probs_weighted_f32(
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
             const float grad_scale = lane_grad_scale[r];
@@ -3683,7 +3686,7 @@ static void gs_lanes_probs_weighted_f32(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (float)NAN;
@@ -3696,7 +3699,7 @@ static void gs_lanes_probs_weighted_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -4012,12 +4015,12 @@ static void gs_lanes_probs_weighted_softcap_f32(
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
             prob_tile[i] = prob_block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                 : grad_outputs == NULL ? (float)1 : grad_outputs[first + r];
@@ -4043,7 +4046,7 @@ static void gs_lanes_probs_weighted_softcap_f32(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(float)INFINITY;
         lane_nonfinite[r] = 0;
@@ -4054,7 +4057,7 @@ static void gs_lanes_probs_weighted_softcap_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = softcap*tanhf(logit/softcap);
@@ -4064,7 +4067,7 @@ static void gs_lanes_probs_weighted_softcap_f32(
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
@@ -4080,7 +4083,7 @@ static void gs_lanes_probs_weighted_softcap_f32(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const float row_max = lane_max[r];
         const float sum_exp = lane_sum_exp[r];
@@ -4101,7 +4104,7 @@ static void gs_lanes_probs_weighted_softcap_f32(
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const float target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
             const float grad_scale = lane_grad_scale[r];
@@ -4140,7 +4143,7 @@ static void gs_lanes_probs_weighted_softcap_f32(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (float)NAN;
@@ -4153,7 +4156,7 @@ static void gs_lanes_probs_weighted_softcap_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F32
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -4666,11 +4669,11 @@ static void gs_lanes_index_f64(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
             lane_target[r] = lane_ignored[r] ? 0 : targets[first + r];
@@ -4699,7 +4702,7 @@ static void gs_lanes_index_f64(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_max[r] = -(double)INFINITY;
@@ -4711,7 +4714,7 @@ static void gs_lanes_index_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
@@ -4720,7 +4723,7 @@ static void gs_lanes_index_f64(
         }
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double row_max = lane_max[r];
@@ -4736,7 +4739,7 @@ static void gs_lanes_index_f64(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
         const double sum_exp = lane_sum_exp[r];
@@ -4774,7 +4777,7 @@ static void gs_lanes_index_f64(
         lane_coef_rest[r] = coef_rest;
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double grad_scale = lane_grad_scale[r];
             const double log_sum_exp = lane_log_sum_exp[r];
@@ -4823,7 +4826,7 @@ static void gs_lanes_index_f64(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (double)0 : finite ? lane_loss[r] : (double)NAN;
@@ -4836,7 +4839,7 @@ static void gs_lanes_index_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -5192,11 +5195,11 @@ static void gs_lanes_index_softcap_f64(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
             lane_target[r] = lane_ignored[r] ? 0 : targets[first + r];
@@ -5225,7 +5228,7 @@ static void gs_lanes_index_softcap_f64(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_max[r] = -(double)INFINITY;
@@ -5237,7 +5240,7 @@ static void gs_lanes_index_softcap_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*tanh(logit/softcap);
@@ -5246,7 +5249,7 @@ static void gs_lanes_index_softcap_f64(
         }
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double row_max = lane_max[r];
@@ -5261,7 +5264,7 @@ static void gs_lanes_index_softcap_f64(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
         const double sum_exp = lane_sum_exp[r];
@@ -5296,7 +5299,7 @@ static void gs_lanes_index_softcap_f64(
         lane_coef_rest[r] = coef_rest;
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double grad_scale = lane_grad_scale[r];
             const double log_sum_exp = lane_log_sum_exp[r];
@@ -5347,7 +5350,7 @@ static void gs_lanes_index_softcap_f64(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (double)0 : finite ? lane_loss[r] : (double)NAN;
@@ -5360,7 +5363,7 @@ static void gs_lanes_index_softcap_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -5771,11 +5774,11 @@ static void gs_lanes_index_weighted_f64(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
             lane_target[r] = lane_ignored[r] ? 0 : targets[first + r];
@@ -5804,7 +5807,7 @@ static void gs_lanes_index_weighted_f64(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_max[r] = -(double)INFINITY;
@@ -5816,7 +5819,7 @@ static void gs_lanes_index_weighted_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
@@ -5826,7 +5829,7 @@ static void gs_lanes_index_weighted_f64(
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double row_max = lane_max[r];
@@ -5842,7 +5845,7 @@ static void gs_lanes_index_weighted_f64(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
         const double sum_exp = lane_sum_exp[r];
@@ -5882,7 +5885,7 @@ static void gs_lanes_index_weighted_f64(
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double grad_scale = lane_grad_scale[r];
             const double log_sum_exp = lane_log_sum_exp[r];
@@ -5931,7 +5934,7 @@ static void gs_lanes_index_weighted_f64(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (double)0 : finite ? lane_loss[r] : (double)NAN;
@@ -5944,7 +5947,7 @@ static void gs_lanes_index_weighted_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -6308,11 +6311,11 @@ static void gs_lanes_index_weighted_softcap_f64(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
             lane_target[r] = lane_ignored[r] ? 0 : targets[first + r];
@@ -6341,7 +6344,7 @@ static void gs_lanes_index_weighted_softcap_f64(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_max[r] = -(double)INFINITY;
@@ -6353,7 +6356,7 @@ static void gs_lanes_index_weighted_softcap_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*tanh(logit/softcap);
@@ -6363,7 +6366,7 @@ static void gs_lanes_index_weighted_softcap_f64(
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double row_max = lane_max[r];
@@ -6378,7 +6381,7 @@ static void gs_lanes_index_weighted_softcap_f64(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
         const double sum_exp = lane_sum_exp[r];
@@ -6415,7 +6418,7 @@ static void gs_lanes_index_weighted_softcap_f64(
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double grad_scale = lane_grad_scale[r];
             const double log_sum_exp = lane_log_sum_exp[r];
@@ -6466,7 +6469,7 @@ static void gs_lanes_index_weighted_softcap_f64(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = lane_ignored[r] ? (double)0 : finite ? lane_loss[r] : (double)NAN;
@@ -6479,7 +6482,7 @@ static void gs_lanes_index_weighted_softcap_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -6859,12 +6862,12 @@ static void gs_lanes_probs_f64(
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
             prob_tile[i] = prob_block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                 : grad_outputs == NULL ? (double)1 : grad_outputs[first + r];
@@ -6890,7 +6893,7 @@ static void gs_lanes_probs_f64(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(double)INFINITY;
         lane_nonfinite[r] = 0;
@@ -6901,7 +6904,7 @@ static void gs_lanes_probs_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
@@ -6910,7 +6913,7 @@ static void gs_lanes_probs_f64(
         }
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
@@ -6927,7 +6930,7 @@ static void gs_lanes_probs_f64(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
         const double sum_exp = lane_sum_exp[r];
@@ -6950,7 +6953,7 @@ static void gs_lanes_probs_f64(
         lane_coef_prob[r] = coef_prob;
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
             const double grad_scale = lane_grad_scale[r];
@@ -6987,7 +6990,7 @@ static void gs_lanes_probs_f64(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (double)NAN;
@@ -7000,7 +7003,7 @@ static void gs_lanes_probs_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -7310,12 +7313,12 @@ static void gs_lanes_probs_softcap_f64(
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
             prob_tile[i] = prob_block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                 : grad_outputs == NULL ? (double)1 : grad_outputs[first + r];
@@ -7341,7 +7344,7 @@ static void gs_lanes_probs_softcap_f64(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(double)INFINITY;
         lane_nonfinite[r] = 0;
@@ -7352,7 +7355,7 @@ static void gs_lanes_probs_softcap_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*tanh(logit/softcap);
@@ -7361,7 +7364,7 @@ static void gs_lanes_probs_softcap_f64(
         }
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
@@ -7377,7 +7380,7 @@ static void gs_lanes_probs_softcap_f64(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
         const double sum_exp = lane_sum_exp[r];
@@ -7397,7 +7400,7 @@ static void gs_lanes_probs_softcap_f64(
         lane_coef_prob[r] = coef_prob;
     }
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
             const double grad_scale = lane_grad_scale[r];
@@ -7436,7 +7439,7 @@ static void gs_lanes_probs_softcap_f64(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (double)NAN;
@@ -7449,7 +7452,7 @@ static void gs_lanes_probs_softcap_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -7816,12 +7819,12 @@ static void gs_lanes_probs_weighted_f64(
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
             prob_tile[i] = prob_block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                 : grad_outputs == NULL ? (double)1 : grad_outputs[first + r];
@@ -7847,7 +7850,7 @@ static void gs_lanes_probs_weighted_f64(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(double)INFINITY;
         lane_nonfinite[r] = 0;
@@ -7858,7 +7861,7 @@ static void gs_lanes_probs_weighted_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
@@ -7868,7 +7871,7 @@ static void gs_lanes_probs_weighted_f64(
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
@@ -7885,7 +7888,7 @@ static void gs_lanes_probs_weighted_f64(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
         const double sum_exp = lane_sum_exp[r];
@@ -7909,7 +7912,7 @@ static void gs_lanes_probs_weighted_f64(
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
             const double grad_scale = lane_grad_scale[r];
@@ -7946,7 +7949,7 @@ static void gs_lanes_probs_weighted_f64(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (double)NAN;
@@ -7959,7 +7962,7 @@ static void gs_lanes_probs_weighted_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
@@ -8275,12 +8278,12 @@ static void gs_lanes_probs_weighted_softcap_f64(
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             tile[i] = block[from_block[i]];
             prob_tile[i] = prob_block[from_block[i]];
         }
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
                 : grad_outputs == NULL ? (double)1 : grad_outputs[first + r];
@@ -8306,7 +8309,7 @@ static void gs_lanes_probs_weighted_softcap_f64(
             lane_grad_scale[r] = 0;
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(double)INFINITY;
         lane_nonfinite[r] = 0;
@@ -8317,7 +8320,7 @@ static void gs_lanes_probs_weighted_softcap_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and whether a logit is NaN or infinite: then logit - logit is NaN, not 0. */
     for (j = 0; j < n_classes; ++j) {
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*tanh(logit/softcap);
@@ -8327,7 +8330,7 @@ static void gs_lanes_probs_weighted_softcap_f64(
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
@@ -8343,7 +8346,7 @@ static void gs_lanes_probs_weighted_softcap_f64(
     }
     /* The row values, the target's gradient and the scale of the stored exponentials, in one
        loop that vectorises: its log is the fast log. */
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const double row_max = lane_max[r];
         const double sum_exp = lane_sum_exp[r];
@@ -8364,7 +8367,7 @@ static void gs_lanes_probs_weighted_softcap_f64(
     }
     for (j = 0; j < n_classes; ++j) {
         const double weight = class_weights[j];
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double target_prob = prob_tile[j * GS_SEGMENT_ROWS + r];
             const double grad_scale = lane_grad_scale[r];
@@ -8403,7 +8406,7 @@ static void gs_lanes_probs_weighted_softcap_f64(
             }
         }
     }
-    GS_SIMD_LANES
+    GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         const int finite = !lane_nonfinite[r];
         row_losses[r] = finite ? lane_loss[r] : (double)NAN;
@@ -8416,7 +8419,7 @@ static void gs_lanes_probs_weighted_softcap_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES
+        GS_SIMD_LANES_F64
         for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
             block[i] = tile[from_tile[i]];
         }
