@@ -60,6 +60,20 @@ def _real(name: str, value: Any, *, low: float | None = None, high: float | None
 real = _real
 
 
+def check_reduction(reduction: Any, allowed: tuple[str, ...] = REDUCTIONS) -> str:
+    """``reduction``, one of ``allowed`` (cross-entropy's by default)."""
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {tuple(allowed)}, got {reduction!r}")
+    return reduction
+
+
+def check_ignore_index(ignore_index: Any) -> int:
+    """``ignore_index`` as an int (a bool is refused)."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    return int(ignore_index)
+
+
 def check_logits(logits: Any, dtype: str, *, name: str = "logits", copy: bool = True,
                  backend_dtypes: tuple[str, ...] = ()) -> Any:
     """A 2-D array of ``dtype`` with at least one class; rows made contiguous when ``copy``.
@@ -83,8 +97,7 @@ def check_logits(logits: Any, dtype: str, *, name: str = "logits", copy: bool = 
 def check_index_target(target: Any, n_rows: int, n_classes: int, ignore_index: Any, *,
                        xp: Any = np, check_range: bool = True) -> Any:
     """Class indices (N,) as int64, each in [0, C) or ``ignore_index``; errors name the first bad row."""
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    check_ignore_index(ignore_index)
     if not hasattr(target, "ndim") or not hasattr(target, "dtype"):
         raise TypeError(f"target must be an array, got {type(target).__name__}")
     if target.ndim != 1:
@@ -182,10 +195,8 @@ def check_options(
 ) -> tuple[float, float, float | None]:
     """Check the scalar options of a call in ``dtype`` (a NumPy dtype name); return
     ``(label_smoothing, lse_square_scale, softcap)`` as Python floats."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    check_reduction(reduction)
+    check_ignore_index(ignore_index)
     label_smoothing = _real("label_smoothing", label_smoothing, low=0.0, high=1.0)
     lse_square_scale = _real("lse_square_scale", lse_square_scale, low=0.0)
     limits = np.finfo(np.float32 if dtype in ("float32", "bfloat16", "float16") else np.float64)

@@ -1,8 +1,9 @@
-"""Lay out any row-loss kernel spec (``gradsmith.derive.row_loss``) for NumPy and C.
+"""Lay out any row-loss kernel spec (``gradsmith.derive.row_loss``) for NumPy, C and CUDA.
 
 Every expression is printed from the spec through ``print_code`` and the backends' printers;
-the templates ``numpy/row_loss.py.j2`` and ``c/row_loss.c.j2`` hold only the sweeps.  Nothing
-here knows the name or the formula of a loss.
+the templates ``numpy/row_loss.py.j2``, ``c/row_loss.c.j2`` and ``cuda/row_loss.cu.j2`` hold
+only the sweeps (and, for CUDA, the merge of the threads' partial rows).  Nothing here knows
+the name or the formula of a loss.
 """
 
 from __future__ import annotations
@@ -11,18 +12,27 @@ import re
 from collections.abc import Iterable
 
 import sympy as sp
+from gradsmith.codegen.abi import SUFFIXES as CUDA_SUFFIXES
+from gradsmith.codegen.backends.c.context import printed_fast_exp
 from gradsmith.codegen.backends.c.printer import C_TYPES, KernelCPrinter
+from gradsmith.codegen.backends.cuda.printer import ARITHMETICS, STORAGE, KernelCudaPrinter
 from gradsmith.codegen.backends.numpy.printer import NUMPY_TYPES, KernelNumPyPrinter
 from gradsmith.codegen.printing import check_reads, expression_hash, print_code
 from gradsmith.codegen.render import c_identifier, render_with_preamble
 from gradsmith.derive import row_loss as rl
 from gradsmith.derive.losses import LOSSES, definition
 
-BACKENDS = ("numpy", "c")
+BACKENDS = ("numpy", "c", "cuda")
 DTYPES = ("float32", "float64")
 SUFFIXES = {"float32": "f32", "float64": "f64"}
 NUMPY_TEMPLATE = "numpy/row_loss.py.j2"
 C_TEMPLATE = "c/row_loss.c.j2"
+CUDA_TEMPLATE = "cuda/row_loss.cu.j2"
+# Threads of a block of warp-owned rows (one row per warp up to WARP_ROW_MAX_CLASSES classes)
+# and of a block that owns one longer row.
+WARP_ROW_THREADS = 256
+WARP_ROW_MAX_CLASSES = 1024
+ROW_THREADS = 512
 # Cross-entropy keeps its specialised kernels; every other registered loss is emitted generically.
 SPECIALISED = ("cross_entropy",)
 
@@ -58,13 +68,25 @@ def c_path(name: str) -> str:
     return f"c/gradsmith_{name}.c"
 
 
-def _printer(backend: str, dtype: str):
-    return KernelNumPyPrinter(dtype) if backend == "numpy" else KernelCPrinter(dtype)
+def cuda_path(name: str) -> str:
+    return f"cuda/gradsmith_{name}.cu"
 
 
-def _group(backend: str, dtype: str, outputs, prefix: str, inputs: Iterable[str]) -> dict:
-    printed = print_code([(str(name), expr) for name, expr in outputs], _printer(backend, dtype),
-                         temp_prefix=prefix)
+def _printer(backend: str, dtype: str, sweep: bool = False):
+    """The printer of ``backend``; ``sweep``: C's per-element exponentials on the proven fast
+    exp (their arguments are <= 0, proven by ``row_loss_proofs``)."""
+    if backend == "numpy":
+        return KernelNumPyPrinter(dtype)
+    if backend == "cuda":
+        return KernelCudaPrinter(dtype)
+    names = {"exp": printed_fast_exp(dtype)["name"]} if sweep else None
+    return KernelCPrinter(dtype, function_names=names)
+
+
+def _group(backend: str, dtype: str, outputs, prefix: str, inputs: Iterable[str],
+           sweep: bool = False) -> dict:
+    printed = print_code([(str(name), expr) for name, expr in outputs],
+                         _printer(backend, dtype, sweep), temp_prefix=prefix)
     check_reads(prefix, printed.assignments, [*inputs, "np"] if backend == "numpy" else inputs)
     temporaries = {name for name, _ in printed.intermediates}
     return {"assignments": [(c_identifier(name), code, name in temporaries)
@@ -79,7 +101,7 @@ def _normalizer(spec: rl.RowLossSpec, backend: str, dtype: str, logit: sp.Symbol
     rename = {rl.logit: logit, rl.scaled: sp.Symbol(f"{name}_scaled", real=True),
               rl.row_max: maximum,
               rl.sum_exp: sp.Symbol(f"{name}_sum_exp", positive=True)}
-    printer = _printer(backend, dtype)
+    printer = _printer(backend, dtype, sweep=True)
     state = [str(rename[s]) for s in (rl.scaled, rl.row_max, rl.sum_exp)]
     scaled = _group(backend, dtype, [(rename[rl.scaled], spec.scaled_logit.xreplace(rename))],
                     f"{name}_a", [name, *options])
@@ -90,7 +112,7 @@ def _normalizer(spec: rl.RowLossSpec, backend: str, dtype: str, logit: sp.Symbol
         "term": printer.doprint(spec.normalizer_term.xreplace(rename)),
         "rescale": printer.doprint(spec.normalizer_rescale.xreplace(
             {rl.sum_exp: rename[rl.sum_exp], rl.old_max: rename[rl.row_max]})),
-        "log_sum_code": printer.doprint(spec.normalizer_log_sum.xreplace(rename)),
+        "log_sum_code": _printer(backend, dtype).doprint(spec.normalizer_log_sum.xreplace(rename)),
     }
 
 
@@ -106,14 +128,14 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
     element_inputs = row_inputs + row_names + [str(n[0]) for n in spec.normalizers]
     element_outputs = list(spec.element_values) + [(sp.Symbol("dlogit"), spec.dlogit)]
     element_outputs += [(a.symbol, a.term) for a in spec.accumulators]
-    elements = _group(backend, dtype, element_outputs, "e", element_inputs)
+    elements = _group(backend, dtype, element_outputs, "e", element_inputs, sweep=True)
     accumulators = [str(a.symbol) for a in spec.accumulators]
     # The final values read each row sum as its total over the row.
     totals = {a.symbol: sp.Symbol(f"{a.symbol}_total", real=True) for a in spec.accumulators}
     final = _group(backend, dtype, [(s, e.xreplace(totals)) for s, e in spec.final_values], "f",
                    row_inputs + row_names + [str(s) for s in totals.values()])
     op_count = rows["op_count"] + elements["op_count"] + final["op_count"]
-    return {
+    values = {
         "name": c_identifier(spec.name),
         "kind": spec.kind,
         "class_weights": spec.class_weights,
@@ -132,6 +154,10 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
         "spec_hash": expression_hash(spec.expressions()),
         "op_count": op_count,
     }
+    if backend == "c":
+        values["fast_exp"] = printed_fast_exp(dtype)
+        values["op_count"] += values["fast_exp"]["op_count"]
+    return values
 
 
 def _names(group: dict) -> set[str]:
@@ -145,9 +171,65 @@ def numpy_abi(spec: rl.RowLossSpec) -> str:
     return f"Python; rows(logits, {second}, grad_scale{options}, out) -> row_loss"
 
 
+# The arguments of every gs_NAME_f32/f64, in order, with their C kinds ("real*": the variant's
+# floating type), as row_loss.c.j2 declares them and the loaders pass them.
+C_ARGUMENTS = (
+    ("logits", "real*"), ("second", "real*"), ("target", "int64*"), ("alpha", "real*"),
+    ("n_rows", "int64"), ("n_classes", "int64"), ("options", "double*"),
+    ("ignore_index", "int64"), ("grad_scale", "real*"), ("row_loss", "real*"),
+    ("dlogits", "real*"), ("bad_row", "int64*"),
+)
+
+
+def cuda_context(spec: rl.RowLossSpec) -> dict:
+    """The CUDA template's context: per arithmetic type the printed sweeps of :func:`context`,
+    the merge of two partial normalizers, and which names each device function binds."""
+    arithmetics = []
+    for dtype in ARITHMETICS:
+        ctx = context(spec, "cuda", dtype)
+        printer = _printer("cuda", dtype)
+        statistics = [n[key] for n in ctx["normalizers"] for key in ("max", "log_sum")]
+        row_names = [name for name, _, _ in ctx["rows"]["assignments"]]
+        later = _names(ctx["elements"]) | _names(ctx["final"])
+        # The row struct: every row value, and the statistics the gradient sweep or the loss read.
+        fields = [n for n in statistics + ctx["gathered"] + ["grad_scale"] if n in later]
+        fields += row_names
+        scaled = set().union(*(_names(n["scaled_code"]) for n in ctx["normalizers"]))
+        arithmetics.append({
+            **ctx,
+            "real": printer.c_type,
+            "merge_code": printer.doprint(spec.normalizer_merge),
+            "row_fields": fields,
+            "fold_options": [o for o in ctx["options"] if o in scaled],
+            "row_options": [o for o in ctx["options"] if o in _names(ctx["rows"])],
+            "element_reads": [f for f in fields + ctx["options"] if f in _names(ctx["elements"])],
+            "final_reads": [f for f in fields + ctx["options"] if f in _names(ctx["final"])],
+        })
+    storages = [{"dtype": dtype, "type": storage_type, "suffix": CUDA_SUFFIXES[dtype],
+                 "arithmetic": SUFFIXES[arithmetic],
+                 "real": next(a["scalar_type"] for a in arithmetics if a["dtype"] == arithmetic)}
+                for dtype, (storage_type, arithmetic) in STORAGE.items()]
+    first = arithmetics[0]
+    return {
+        "name": first["name"], "kind": spec.kind, "class_weights": spec.class_weights,
+        "options": first["options"], "option_checks": option_checks(spec),
+        "arithmetics": arithmetics, "storages": storages,
+        "warp_row_threads": WARP_ROW_THREADS, "warp_row_max_classes": WARP_ROW_MAX_CLASSES,
+        "row_threads": ROW_THREADS,
+        "spec_hash": expression_hash([*spec.expressions(), spec.normalizer_merge]),
+        "op_count": sum(a["op_count"] for a in arithmetics),
+    }
+
+
+def cuda_abi(spec: rl.RowLossSpec) -> str:
+    return (f"CUDA; int gs_{spec.name}_cuda_f32/f64/bf16/f16(the C ABI's arguments, device "
+            "pointers but options, stream); *bad_row: the first bad target's row or -1, "
+            "written on the stream")
+
+
 def c_abi(spec: rl.RowLossSpec) -> str:
-    return (f"C99; int gs_{spec.name}_f32/f64(logits, second, target, alpha, n_rows, n_classes, "
-            "options, ignore_index, grad_scale, row_loss, dlogits, bad_row); status codes "
+    arguments = ", ".join(name for name, _ in C_ARGUMENTS)
+    return (f"C99; int gs_{spec.name}_f32/f64({arguments}); status codes "
             "GS_OK=0, NULL_POINTER=1, SHAPE=2, TARGET=3, PARAMS=4")
 
 
@@ -163,12 +245,17 @@ def render_loss(loss, backends: Iterable[str] = BACKENDS) -> dict[str, str]:
                                               context(spec, "numpy", dtype), numpy_abi(spec)))
     if "c" in backends:
         ctx = {dtype: context(spec, "c", dtype) for dtype in DTYPES}
-        combined = {"spec_hash": ctx["float32"]["spec_hash"], "name": spec.name,
+        fast_exps = [e for d in DTYPES for e in ctx[d]["fast_exp"]["expressions"]]
+        combined = {"spec_hash": expression_hash([*spec.expressions(), *fast_exps]),
+                    "name": spec.name,
                     "op_count": sum(c["op_count"] for c in ctx.values()),
                     "variants": [ctx[d] for d in DTYPES], "options": ctx["float32"]["options"],
                     "option_checks": option_checks(spec), "kind": spec.kind,
                     "class_weights": spec.class_weights}
         files.update(render_with_preamble({c_path(spec.name): C_TEMPLATE}, combined, c_abi(spec)))
+    if "cuda" in backends:
+        files.update(render_with_preamble({cuda_path(spec.name): CUDA_TEMPLATE},
+                                          cuda_context(spec), cuda_abi(spec)))
     return files
 
 

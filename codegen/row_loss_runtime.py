@@ -15,15 +15,22 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from gradsmith.codegen.arguments import check_grad_output, check_index_target, check_logits, real
+from gradsmith.codegen.arguments import (
+    check_grad_output,
+    check_index_target,
+    check_logits,
+    check_reduction,
+    real,
+)
 from gradsmith.codegen.native import Status, build_once, cache_dir, content_key
-from gradsmith.codegen.row_loss import DTYPES, SUFFIXES, c_path, numpy_path
+from gradsmith.codegen.row_loss import C_ARGUMENTS, DTYPES, SUFFIXES, c_path, numpy_path
 from gradsmith.derive.row_loss import LossDefinition
 
-BACKENDS = ("numpy", "c")
+BACKENDS = ("numpy", "c", "cuda")
 
 
-def _option_values(definition: LossDefinition, options: dict) -> list[float]:
+def option_values(definition: LossDefinition, options: dict) -> list[float]:
+    """The loss's option values in its definition's order, each checked against its range."""
     unknown = sorted(set(options) - {o.name for o in definition.options})
     if unknown:
         raise TypeError(f"{definition.name} has no option {unknown[0]!r}; its options are "
@@ -40,12 +47,10 @@ def _option_values(definition: LossDefinition, options: dict) -> list[float]:
 
 def _grad_scale(definition, reduction, grad_output, counted, n_rows, n_classes, dtype):
     """Each row's gradient factor: grad_output over the reduction's denominator (0 if ignored)."""
-    denominator = definition.reduction(reduction).denominator
-    if denominator is None:
+    total = definition.reduction(reduction).total(int(counted.sum()), n_rows, n_classes)
+    if total is None:
         scale = np.ones(n_rows) if grad_output is None else grad_output.astype(np.float64)
-        total = None
     else:
-        total = {"one": 1, "rows": int(counted.sum()), "elements": n_rows * n_classes}[denominator]
         factor = 1.0 if grad_output is None else float(grad_output)
         with np.errstate(divide="ignore", invalid="ignore"):
             scale = np.full(n_rows, np.float64(factor) / np.float64(total))
@@ -69,9 +74,8 @@ def make_callable(definition: LossDefinition, dtype: str, kernel: Callable) -> C
              reduction=definition.default_reduction, grad_output=None, **options):
         logits = check_logits(logits, dtype, backend_dtypes=DTYPES)
         n_rows, n_classes = (int(s) for s in logits.shape)
-        if reduction not in names:
-            raise ValueError(f"reduction must be one of {tuple(names)}, got {reduction!r}")
-        values = _option_values(definition, options)
+        check_reduction(reduction, names)
+        values = option_values(definition, options)
         grad_output = check_grad_output(grad_output, n_rows, reduction, reduction == "none",
                                         logits.dtype)
         target = None
@@ -159,9 +163,9 @@ def _c_kernel(definition: LossDefinition, dtype: str, kernels: Path) -> Callable
     pointer = ctypes.POINTER(scalar)
     function = getattr(_c_library(definition.name, kernels), f"gs_{definition.name}_{SUFFIXES[dtype]}")
     i64 = ctypes.c_int64
-    function.argtypes = [pointer, pointer, ctypes.POINTER(i64), pointer, i64, i64,
-                         ctypes.POINTER(ctypes.c_double), i64, pointer, pointer, pointer,
-                         ctypes.POINTER(i64)]
+    kinds = {"real*": pointer, "int64*": ctypes.POINTER(i64),
+             "double*": ctypes.POINTER(ctypes.c_double), "int64": i64}
+    function.argtypes = [kinds[kind] for _, kind in C_ARGUMENTS]
     function.restype = ctypes.c_int
 
     def ptr(array, ctype=scalar):
@@ -191,6 +195,9 @@ def load(definition: LossDefinition, backend: str, dtype: str, kernels: Path) ->
         raise ValueError(f"loss {definition.name!r} has kernels for {BACKENDS}, not {backend!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype for loss {definition.name!r} must be one of {DTYPES}, got {dtype!r}")
-    make = _numpy_kernel if backend == "numpy" else _c_kernel
+    if backend == "cuda":
+        from gradsmith.codegen.backends.cuda.row_loss_runtime import cuda_kernel as make
+    else:
+        make = _numpy_kernel if backend == "numpy" else _c_kernel
     return make_callable(definition, dtype, make(definition, dtype, Path(kernels)))
 

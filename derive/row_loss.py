@@ -64,6 +64,12 @@ sum_exp = sp.Symbol("sum_exp", nonnegative=True)
 NORMALIZER_TERM = sp.exp(scaled - row_max)
 NORMALIZER_RESCALE = (sum_exp + 1) * sp.exp(old_max - new_max)
 NORMALIZER_LOG_SUM = log1p(sum_exp)
+# Two partial normalizers of disjoint parts of a row, (row_max, sum_exp) and (other_max,
+# other_sum_exp) with row_max >= other_max, merge into one at row_max: the other part's sum
+# and its maximum's 1, rescaled (the parallel kernels merge their threads' states this way).
+other_max = sp.Symbol("other_max", real=True)
+other_sum_exp = sp.Symbol("other_sum_exp", nonnegative=True)
+NORMALIZER_MERGE = sum_exp + (other_sum_exp + 1) * sp.exp(other_max - row_max)
 # Per normalizer after the sweep: its maximum and the log of its rescaled sum; the logits are
 # shifted by the maximum before the log-sum is subtracted, exact however large they are.
 logit_max = sp.Symbol("logit_max", real=True)
@@ -109,6 +115,7 @@ class RowLossSpec:
     normalizer_term: sp.Expr
     normalizer_rescale: sp.Expr
     normalizer_log_sum: sp.Expr
+    normalizer_merge: sp.Expr  # read by the parallel kernels only, so outside expressions()
     gathered: tuple[sp.Symbol, ...]
     row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     element_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
@@ -117,6 +124,14 @@ class RowLossSpec:
     final_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     reductions: tuple[Reduction, ...]
     default_reduction: str
+
+    def sweep_expressions(self) -> list[sp.Expr]:
+        """What the two sweeps evaluate per element: the normalizer's term and rescale, the
+        element values, the gradient and the accumulators' terms.  Their exponentials run on
+        the fast exp, whose domain (x <= 0) ``row_loss_proofs`` proves they stay in."""
+        return [self.normalizer_term, self.normalizer_rescale,
+                *(e for _, e in self.element_values), self.dlogit,
+                *(a.term for a in self.accumulators)]
 
     def expressions(self) -> list[sp.Expr]:
         """Every expression of the spec, in a fixed order (for the content hash)."""
@@ -301,7 +316,8 @@ def kernel_spec(definition: LossDefinition) -> RowLossSpec:
             ((teacher_logit, teacher_logit_max, teacher_logit_log_sum_exp),)
             if definition.kind == "teacher" else ()),
         scaled_logit=scale * logit, normalizer_term=NORMALIZER_TERM,
-        normalizer_rescale=NORMALIZER_RESCALE, normalizer_log_sum=NORMALIZER_LOG_SUM, gathered=gathered,
+        normalizer_rescale=NORMALIZER_RESCALE, normalizer_log_sum=NORMALIZER_LOG_SUM,
+        normalizer_merge=NORMALIZER_MERGE, gathered=gathered,
         row_values=tuple(row_values), element_values=tuple(element_values), dlogit=dlogit,
         accumulators=accumulators, final_values=((row_loss, fitted.row_loss),),
         reductions=definition.reductions, default_reduction=definition.default_reduction,

@@ -55,6 +55,12 @@ class Reduction:
     name: str
     denominator: str | None
 
+    def total(self, counted_rows: int, n_rows: int, n_classes: int) -> int | None:
+        """What the summed row losses are divided by; None: no sum, one loss per row."""
+        if self.denominator is None:
+            return None
+        return {"one": 1, "rows": counted_rows, "elements": n_rows * n_classes}[self.denominator]
+
 
 @dataclass(frozen=True)
 class LossDefinition:

@@ -127,6 +127,9 @@ def prove(definition: rl.LossDefinition, losses=None) -> list[LossClaim]:
             fitted.derivative.xreplace(fixed), other_derivative,
             f"{name} {text}, gradient", definition)))
     claims.append(LossClaim("online normalizer: rescaled sums and lse", _online(spec)))
+    claims.append(LossClaim("fast exp domain: every exponent of the sweeps is <= 0",
+                            _sweep_exponents(spec)))
+    claims.append(LossClaim("online normalizer: merge of two partial rows", _merge(spec)))
     if any(symbol == rl.one_minus_p_target for symbol, _ in spec.row_values):
         x = sp.Symbol("x", real=True)
         claims.append(LossClaim("-expm1(log p_t) = 1 - p_t", check(
@@ -153,3 +156,47 @@ def _online(spec: rl.RowLossSpec) -> Verdict:
                 sp.log(sp.exp(rl.row_max) + sp.Add(*[sp.exp(v) for v in others])),
                 step="log-sum from the sweep", symbolic=False)
     return verdict
+
+
+def _sweep_exponents(spec: rl.RowLossSpec) -> Verdict:
+    """Every exp argument of the sweeps is <= 0, decided by SymPy's assumptions under what the
+    sweeps guarantee: the term's branch has scaled <= row_max and the rescale's new_max >
+    old_max; in the gradient sweep each normalizer's maximum bounds its scaled logits (the
+    scale is positive) and its log-sum log1p(sum_exp) is >= 0; the element values that later
+    ones read as nonpositive symbols (log p_j, log q_j) are shown nonpositive first."""
+    if spec.scale.is_positive is not True:
+        raise ProofError(f"{spec.name}: the scale {spec.scale} is not known to be positive")
+    if spec.normalizer_log_sum.is_nonnegative is not True:
+        raise ProofError(f"{spec.name}: the log-sum {spec.normalizer_log_sum} is not known to "
+                         "be >= 0")
+    below = {rl.scaled: rl.row_max - sp.Symbol("gap", nonnegative=True),
+             rl.new_max: rl.old_max + sp.Symbol("rise", positive=True)}
+    for logit, maximum, _ in spec.normalizers:
+        below[logit] = (maximum - sp.Symbol(f"{logit}_gap", nonnegative=True)) / spec.scale
+    values = {}
+    for symbol, expr in spec.element_values:
+        values[symbol] = sp.expand(expr.xreplace(values).xreplace(below))
+        if symbol.is_nonpositive and values[symbol].is_nonpositive is not True:
+            raise ProofError(f"{spec.name}: {symbol} = {expr} is not shown to be <= 0")
+    exponents = {e.args[0] for expr in spec.sweep_expressions() for e in expr.atoms(sp.exp)}
+    for exponent in sorted(exponents, key=sp.default_sort_key):
+        if sp.expand(exponent.xreplace(below)).is_nonpositive is not True:
+            raise ProofError(f"{spec.name}: the exponent {exponent} is not shown to be <= 0, "
+                             "outside the fast exp's domain")
+    return Verdict("symbolic", f"SymPy's assumptions decide {len(exponents)} exponents <= 0 "
+                               "under the sweeps' bounds")
+
+
+def _merge(spec: rl.RowLossSpec) -> Verdict:
+    """Parts A (maximum m_a, others a_1, a_2) and B (maximum m_b <= m_a, other b_1) of a row,
+    each swept at its own maximum, merge into the sum over the whole row at m_a."""
+    m_a, m_b, a_1, a_2, b_1 = sp.symbols("m_a m_b a_1 a_2 b_1", real=True)
+
+    def rest(pivot: sp.Symbol, values) -> sp.Expr:
+        return sp.Add(*[spec.normalizer_term.xreplace({rl.scaled: v, rl.row_max: pivot})
+                        for v in values])
+
+    merged = spec.normalizer_merge.xreplace({rl.sum_exp: rest(m_a, (a_1, a_2)), rl.row_max: m_a,
+                                             rl.other_sum_exp: rest(m_b, (b_1,)),
+                                             rl.other_max: m_b})
+    return check_equal(merged, rest(m_a, (a_1, a_2, m_b, b_1)), step="online merge of the sum")

@@ -233,3 +233,50 @@ def test_busy_run_adds_the_one_thread_row_and_its_target(tmp_path):
         pytest.skip("the C backend cannot run here")
     assert {"c", "c-out", "c-1thread"} <= names
     assert "c busy / c-1thread busy" in stdout.getvalue()
+
+
+def test_loss_bench_times_the_gradsmith_torch_op_with_the_same_loss():
+    pytest.importorskip("torch")
+    from gradsmith.codegen.bench import losses
+
+    report = losses.run("focal", ((16, 5),), repeat=1, warmup=0,
+                        peers=("torch-eager", "gradsmith.torch"))
+    (row,) = report["rows"]
+    assert set(row["ms"]) == {"numpy", "c", "torch-eager", "gradsmith.torch"}
+    assert row["skipped"] == {}
+    for name, loss in row["loss"].items():
+        assert loss == pytest.approx(row["loss"]["numpy"], rel=1e-5), name
+    assert "gradsmith.torch" in losses.format_report(report)
+
+
+def test_loss_bench_skips_the_torch_contenders_with_a_reason(monkeypatch):
+    from gradsmith.codegen.bench import losses, machine
+
+    monkeypatch.setattr(machine, "optional_torch", lambda: None)
+    report = losses.run("distill_kl", ((8, 3),), repeat=1, warmup=0)
+    (row,) = report["rows"]
+    assert set(row["ms"]) == {"numpy", "c"}
+    assert row["skipped"] == dict.fromkeys(losses.PEERS, "PyTorch is not installed")
+    table = losses.format_report(report)
+    assert "gradsmith.torch  skipped: PyTorch is not installed" in table
+
+
+def test_loss_bench_skips_a_loss_without_a_gradsmith_torch_function(monkeypatch):
+    pytest.importorskip("torch")
+    from gradsmith.codegen.bench import losses
+    from gradsmith.codegen.torch_op import row_loss_op
+
+    monkeypatch.delitem(row_loss_op.FUNCTIONS, "focal")
+    report = losses.run("focal", ((8, 3),), repeat=1, warmup=0, peers=("gradsmith.torch",))
+    (row,) = report["rows"]
+    assert "gradsmith.torch" not in row["ms"]
+    assert "no function for 'focal'" in row["skipped"]["gradsmith.torch"]
+
+
+def test_loss_bench_runs_without_threads_given(monkeypatch, capsys):
+    from gradsmith.codegen.bench import machine
+
+    monkeypatch.setattr(machine, "optional_torch", lambda: None)  # no compiling peer here
+    assert main(["bench", "--loss", "focal", "--shapes", "8x3", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "8x3" in out and "skipped: PyTorch is not installed" in out

@@ -8,14 +8,23 @@ driven the way a warp or a block drives them, then compared with the mpmath refe
 from __future__ import annotations
 
 import hashlib
-import os
-import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_build import (  # tests/ is on sys.path (conftest.py)
+    CACHE,
+    CUDA_DIR,
+    NVCC,
+    ROOT,
+    cached_build,
+    gpu,
+    gpu_available,
+    needs_nvcc,
+    ptxas_report,
+    supported_archs,
+)
 from gradsmith.codegen.abi import SUFFIXES
 from gradsmith.codegen.backends.cuda import BACKEND, render
 from gradsmith.derive.kernel_spec import all_specs
@@ -25,37 +34,8 @@ try:
 except ImportError:  # run from inside tests/
     from reference import reference_cross_entropy
 
-ROOT = Path(__file__).resolve().parents[1]
-CUDA_DIR = ROOT / "generated" / "cuda"
-NVCC = shutil.which("nvcc") or next(
-    (p for p in ("/usr/local/cuda/bin/nvcc",) if Path(p).is_file()), None
-)
-needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
-ARCHS = ("sm_70", "sm_80", "sm_90")
 STORAGES = ("float32", "float64", "bfloat16", "float16")
 VARIANTS = [spec.name for spec in all_specs()]
-CACHE = Path(os.environ.get("GRADSMITH_CACHE", Path.home() / ".cache" / "gradsmith")) / "cuda-tests"
-
-
-def _supported_archs() -> set[str]:
-    out = subprocess.run([NVCC, "--list-gpu-code"], capture_output=True, text=True, check=False)
-    return set(out.stdout.split())
-
-
-def _cached_build(tag: str, command: list[str], extra: bytes = b"") -> tuple[Path, str]:
-    """Run an nvcc command once per (sources, command); return its output folder and log."""
-    digest = hashlib.sha256(extra + "\0".join(command).encode())
-    for path in sorted(CUDA_DIR.iterdir()):
-        digest.update(path.read_bytes())
-    folder = CACHE / f"{tag}-{digest.hexdigest()[:20]}"
-    log = folder / "log.txt"
-    if not log.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(command, cwd=folder, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            pytest.fail(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
-        log.write_text(result.stdout + result.stderr)
-    return folder, log.read_text()
 
 
 def test_generated_cuda_is_current():
@@ -65,16 +45,7 @@ def test_generated_cuda_is_current():
 
 @needs_nvcc
 def test_kernels_compile_without_warnings_spills_or_local_memory():
-    archs = [a for a in ARCHS if a in _supported_archs()]
-    gencode = []
-    for arch in archs:
-        number = arch.removeprefix("sm_")
-        gencode += ["-gencode", f"arch=compute_{number},code=[sm_{number},compute_{number}]"]
-    command = [NVCC, "-Werror", "all-warnings", "-std=c++17", "-O3", "--threads", "2",
-               "-Xptxas", "-v", *gencode, "-c", str(CUDA_DIR / "gradsmith_ce.cu"), "-o", "ce.o"]
-    _, log = _cached_build("ptxas", command)
-    entries = re.findall(r"Compiling entry function '(\w+)' for '(sm_\d+)'", log)
-    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    archs, entries, frames, log = ptxas_report("ptxas", CUDA_DIR / "gradsmith_ce.cu")
     assert {arch for _, arch in entries} == set(archs)
     # 8 variants x 4 storages x (warp rows, block rows, denominator, loss) per architecture.
     assert len(entries) == len(frames) == 8 * 4 * 4 * len(archs)
@@ -84,11 +55,11 @@ def test_kernels_compile_without_warnings_spills_or_local_memory():
 
 @needs_nvcc
 def test_sm70_is_built_when_nvcc_supports_it():
-    if "sm_70" not in _supported_archs():
+    if "sm_70" not in supported_archs():
         pytest.skip("this nvcc cannot target sm_70 (CUDA 13 dropped Volta); sm_80 and sm_90 are checked")
     command = [NVCC, "-Werror", "all-warnings", "-std=c++17", "-O3", "-arch=sm_70", "-cubin",
                str(CUDA_DIR / "gradsmith_ce.cu"), "-o", "ce.cubin"]
-    _cached_build("sm70", command)
+    cached_build("sm70", command)
 
 
 HARNESS = r"""
@@ -218,7 +189,7 @@ def harness() -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "harness.cu").write_text(source)
     command[-3] = str(folder / "harness.cu")
-    built, _ = _cached_build("harness", command, source.encode())
+    built, _ = cached_build("harness", command, source.encode())
     return built / "harness"
 
 
@@ -376,16 +347,6 @@ def test_bad_target_is_reported_without_reading_out_of_bounds(harness):
 # ---- on a GPU --------------------------------------------------------------------------------
 
 
-def _gpu_available() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 -- CuPy raises its own error types without a driver
-        return False
-
-
-gpu = pytest.mark.skipif(not _gpu_available(), reason="no NVIDIA GPU / CuPy")
 
 
 @needs_nvcc
@@ -449,8 +410,8 @@ def test_launchers_accept_null_row_arrays_for_an_empty_batch(suffix):
     # No rows and reduction "none": nothing to launch, nothing to refuse (without a device the
     # runtime then reports its missing driver, GS_ERR_CUDA).
     code = probs(None, 10, None, 10, None, 0, 10, params(0), None, None, None, 10, None, fake, None)
-    assert code == (0 if _gpu_available() else 5)
-    if not _gpu_available():  # on a device these would launch (and write the fake workspace)
+    assert code == (0 if gpu_available() else 5)
+    if not gpu_available():  # on a device these would launch (and write the fake workspace)
         for reduction in (0, 1, 2):
             loss = fake if reduction else None
             assert index(None, 10, None, None, 0, 10, params(reduction), None, loss, None, 10, None, None,
@@ -476,7 +437,7 @@ def test_rows_the_kernels_cannot_walk_are_copied():
 
 
 def test_clear_error_without_gpu():
-    if _gpu_available():
+    if gpu_available():
         pytest.skip("a GPU is present")
     from gradsmith.codegen import loading
 

@@ -306,3 +306,53 @@ def test_bad_loss_arguments_are_one_line_and_exit_two(argv, capsys):
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.err.strip().count("\n") == 0 and "Traceback" not in captured.err
+
+
+def test_the_sweeps_run_on_the_proven_fast_exp():
+    """The C sweeps call the proven exp (its domain x <= 0 is a claim of every loss) and
+    float32 stays within a few ulps of the 40-digit reference."""
+    from gradsmith.codegen.loading import shipped_kernels
+    from gradsmith.derive.fast_exp import exp_approximation
+
+    for name in ("focal", "distill_kl"):
+        claims = {claim.name: claim for claim in prove(definition(name), definition)}
+        assert claims["fast exp domain: every exponent of the sweeps is <= 0"].verdict.method == "symbolic"
+        source = (shipped_kernels() / "c" / f"gradsmith_{name}.c").read_text()
+        assert "gs_exp_f32(log_p)" in source and "expf(log_p)" not in source
+    rng = np.random.default_rng(12)
+    z = (rng.standard_normal((4, 6)) * 3).astype("float32")
+    u = (rng.standard_normal((4, 6)) * 3).astype("float32")
+    t = np.array([0, 5, 2, 3])
+    ulp = float(np.finfo(np.float32).eps)
+    assert float(exp_approximation("float32").claimed_relative_error) <= 2 * ulp
+    focal_loss, focal_grad = load("c", "float32", loss="focal")(z, t, gamma=2.0, reduction="none")
+    kl_loss, kl_grad = load("c", "float32", loss="distill_kl")(z, u, temperature=1.5,
+                                                               reduction="none")
+    with mpmath.workdps(40):
+        for n in range(4):
+            row, teacher = [float(v) for v in z[n]], [float(v) for v in u[n]]
+            for loss, grad, function in (
+                    (focal_loss, focal_grad, lambda r, n=n: mp_focal_row(r, t[n], 2)),
+                    (kl_loss, kl_grad, lambda r, teacher=teacher: mp_kl_row(r, teacher, 1.5))):
+                assert loss[n] == pytest.approx(float(function(row)), rel=64 * ulp, abs=ulp)
+                want = [float(g) for g in mp_gradient(function, row)]
+                np.testing.assert_allclose(grad[n], want, rtol=0,
+                                           atol=64 * ulp * (1 + max(map(abs, want))))
+
+
+def test_an_exponent_outside_the_fast_exp_domain_is_refused():
+    import dataclasses
+
+    import sympy as sp
+    from gradsmith.derive import row_loss as rl
+    from gradsmith.derive.check import ProofError
+    from gradsmith.derive.row_loss_proofs import _sweep_exponents
+
+    spec = rl.kernel_spec(definition("focal"))
+    flipped = dataclasses.replace(spec, normalizer_term=sp.exp(rl.row_max - rl.scaled))
+    with pytest.raises(ProofError, match="fast exp's domain"):
+        _sweep_exponents(flipped)
+    unshifted = dataclasses.replace(spec, element_values=(
+        (rl.shifted_p, rl.logit), *spec.element_values[1:]))
+    with pytest.raises(ProofError, match="log_p"):
+        _sweep_exponents(unshifted)

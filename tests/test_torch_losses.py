@@ -138,11 +138,109 @@ def test_compiled_training_step(backend):
         torch.testing.assert_close(got, want)
 
 
-def test_bfloat16_computes_in_float32():
-    z = torch.randn(3, 4).bfloat16().requires_grad_()
-    loss = focal_loss(z, torch.tensor([0, 1, 2]))
-    loss.backward()
-    assert loss.dtype == torch.float32 and z.grad.dtype == torch.bfloat16
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_types_are_refused_on_cpu_as_by_cross_entropy(dtype):
+    z = torch.randn(3, 4).to(dtype)
+    t = torch.tensor([0, 1, 2])
+    for call in (lambda: cross_entropy(z, t), lambda: focal_loss(z, t),
+                 lambda: distill_kl(z, z)):
+        with pytest.raises(TypeError, match="float32"):
+            call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loss_and_gradient_come_back_in_the_input_dtype(dtype):
+    z = torch.randn(3, 4, dtype=dtype, requires_grad=True)
+    for loss in (focal_loss(z, torch.tensor([0, 1, 2])), distill_kl(z, torch.randn(3, 4, dtype=dtype))):
+        z.grad = None
+        loss.backward()
+        assert loss.dtype == dtype and z.grad.dtype == dtype
+
+
+def test_the_kernel_reads_the_tensors_memory_without_a_copy(monkeypatch):
+    from gradsmith.codegen.torch_op import row_loss_kernel
+
+    seen = []
+    original = row_loss_kernel._entry
+
+    def spy(name, suffix):
+        function = original(name, suffix)
+        return lambda *args: (seen.append(args[:4]), function(*args))[1]
+
+    monkeypatch.setattr(row_loss_kernel, "_entry", spy)
+    z = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 3, 1, 2, 0])
+    alpha = torch.rand(4, dtype=torch.float64)
+    u = torch.randn(5, 4, dtype=torch.float64)
+    focal_loss(z, t, alpha=alpha).backward()
+    distill_kl(z, u)
+    assert seen == [(z.data_ptr(), None, t.data_ptr(), alpha.data_ptr()),
+                    (z.data_ptr(), u.data_ptr(), None, None)]
+
+
+def test_row_loss_op_has_no_bare_definition_alias():
+    from gradsmith.codegen.torch_op import row_loss_op
+
+    assert not hasattr(row_loss_op, "kernel_definition")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_focal_takes_pytorch_spatial_shapes(reduction):
+    """(N, C, d1, d2) with classes on dim 1, as F.cross_entropy; the reference moves them last."""
+    gen = torch.Generator().manual_seed(8)
+    z = torch.randn(2, 5, 3, 4, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, 5, (2, 3, 4), generator=gen)
+    t[0, 1, 2] = -100
+    alpha = torch.rand(5, generator=gen, dtype=torch.float64)
+    z_ours = z.clone().requires_grad_()
+    z_ref = z.clone().requires_grad_()
+    ours = focal_loss(z_ours, t, gamma=1.5, alpha=alpha, reduction=reduction)
+    ref = focal_reference(z_ref.movedim(1, -1).reshape(-1, 5), t.reshape(-1), 1.5, alpha, -100,
+                          reduction)
+    if reduction == "none":
+        ref = ref.reshape(2, 3, 4)
+    _compare(ours, ref, z_ours, z_ref, reduction, torch.float64)
+
+
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "mean", "none"])
+@pytest.mark.parametrize("shape", [(2, 3, 6), (6,), (1, 2, 2, 5)])
+def test_distill_kl_takes_any_leading_shape_as_kl_div(shape, reduction):
+    """F.kl_div of log_softmax(dim=-1): "batchmean" divides by size(0), not by the rows."""
+    gen = torch.Generator().manual_seed(9)
+    z = torch.randn(shape, generator=gen, dtype=torch.float64)
+    u = torch.randn(shape, generator=gen, dtype=torch.float64)
+    z_ours = z.clone().requires_grad_()
+    z_ref = z.clone().requires_grad_()
+    ours = distill_kl(z_ours, u, temperature=2.0, reduction=reduction)
+    log_p, log_q = F.log_softmax(z_ref / 2, -1), F.log_softmax(u / 2, -1)
+    if reduction == "none":
+        ref = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1) * 4
+    else:
+        ref = F.kl_div(log_p, log_q, log_target=True, reduction=reduction) * 4
+    _compare(ours, ref, z_ours, z_ref, reduction, torch.float64)
+
+
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")
+@pytest.mark.parametrize("shape", [(0, 4), (0, 4, 3)])
+def test_an_empty_batch_gives_what_pytorch_gives(shape):
+    z = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    t = torch.zeros((shape[0], *shape[2:]), dtype=torch.int64)
+    for reduction in ("mean", "sum", "none"):
+        ours = focal_loss(z, t, reduction=reduction)
+        ref = F.cross_entropy(z, t, reduction=reduction)  # gamma = 0 agrees on no rows
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref, equal_nan=True)
+        ours.sum().backward()
+        assert z.grad.shape == z.shape and not z.grad.any()
+    student = torch.zeros((0, 2, 4), dtype=torch.float64, requires_grad=True)
+    for reduction in ("batchmean", "sum", "mean", "none"):
+        ours = distill_kl(student, torch.zeros(0, 2, 4, dtype=torch.float64), reduction=reduction)
+        ref = F.kl_div(student, student, log_target=True, reduction=reduction)
+        if reduction == "none":
+            ref = ref.sum(-1)
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref.detach(), equal_nan=True)
 
 
 @pytest.mark.parametrize("call, match, error", [
@@ -151,7 +249,17 @@ def test_bfloat16_computes_in_float32():
     (lambda z, t: focal_loss(z, t, reduction="batchmean"), "reduction", ValueError),
     (lambda z, t: distill_kl(z, z, temperature=0.0), "temperature", ValueError),
     (lambda z, t: distill_kl(z, z[:, :2]), "teacher_logits", ValueError),
-    (lambda z, t: focal_loss(z, torch.tensor([0, 9])), "target", ValueError),
+    (lambda z, t: focal_loss(z, torch.tensor([0, 9])), r"target\[1\] = 9 is outside \[0, 3\)",
+     ValueError),
+    (lambda z, t: focal_loss(z, t.double()), "target", ValueError),
+    (lambda z, t: focal_loss(z, t, ignore_index=1.5), "ignore_index", TypeError),
+    (lambda z, t: focal_loss(z, z), "class indices", ValueError),
+    (lambda z, t: focal_loss(z, t, alpha=torch.ones(3)), "alpha", TypeError),
+    (lambda z, t: focal_loss(z, t, alpha=torch.ones(3, dtype=torch.float64,
+                                                    requires_grad=True)), "alpha", ValueError),
+    (lambda z, t: distill_kl(z, z.float()), "teacher_logits", TypeError),
+    (lambda z, t: distill_kl(z[0, 0], z[0, 0]), "student_logits", ValueError),
+    (lambda z, t: distill_kl(z, z, reduction="avg"), "reduction", ValueError),
     (lambda z, t: focal_loss(z, t, alpha=torch.ones(2, dtype=torch.float64)), "alpha",
      ValueError),
 ])
@@ -183,3 +291,24 @@ def test_second_derivative_raises_instead_of_being_wrong():
     (grad,) = torch.autograd.grad(focal_loss(z, torch.tensor([0, 1, 2])), z, create_graph=True)
     with pytest.raises(RuntimeError, match="second derivative"):
         grad.sum().backward()
+
+
+def test_compiled_spatial_shapes_trace_in_one_graph():
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(10)
+    z = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 5, (2, 3), generator=gen)
+    u = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
+
+    def forward(z):
+        return focal_loss(z, t, reduction="sum") + distill_kl(z.movedim(1, -1), u)
+
+    compiled = torch.compile(forward, backend="aot_eager", fullgraph=True)
+    loss = compiled(z)
+    loss.backward()
+    grad = z.grad.clone()
+    z.grad = None
+    eager = forward(z)
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    torch.testing.assert_close(grad, z.grad)

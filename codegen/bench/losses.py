@@ -23,41 +23,61 @@ def _inputs(found, n_rows: int, n_classes: int, dtype: str, seed: int):
     return logits, rng.integers(0, n_classes, n_rows)
 
 
-PEERS = ("torch-eager", "torch-compile")
+PEERS = ("torch-eager", "torch-compile", "gradsmith.torch")
 
 
-def _torch_calls(found, logits, second, options: dict, peers=PEERS) -> dict[str, Any]:
-    """Fused forward + backward in torch, eager and compiled, of the module's torch form."""
+def _torch_calls(found, logits, second, options: dict, peers=PEERS):
+    """Fused forward + backward in torch, eager and compiled, of the module's torch form, and
+    of the gradsmith.torch op; also why a contender of ``peers`` is skipped."""
     torch = machine.optional_torch()
-    if torch is None or found.torch_rows is None:
-        return {}
-    reduction = found.reduction(found.default_reduction).denominator
+    if torch is None:
+        return {}, dict.fromkeys(peers, "PyTorch is not installed")
     z = torch.from_numpy(logits).requires_grad_(True)
     other = torch.from_numpy(second)
-
-    def step(rows):
-        total = rows.sum() / (rows.numel() if reduction == "rows" else 1)
-        total.backward()
-        return total
-
-    def eager():
-        return step(found.torch_rows(torch, z, other, **options))
-
-    def compiled():
-        return step(compiled_rows(z, other))
 
     def reset():
         z.grad = None
 
-    calls = {"torch-eager": (eager, reset)}
-    if "torch-compile" in peers:
-        compiled_rows = torch.compile(lambda a, b: found.torch_rows(torch, a, b, **options))
-        calls["torch-compile"] = (compiled, reset)
-    return calls
+    calls, skipped = {}, {}
+    if found.torch_rows is None:
+        skipped.update((name, f"loss {found.name!r} has no torch_rows")
+                       for name in ("torch-eager", "torch-compile") if name in peers)
+    else:
+        reduction = found.reduction(found.default_reduction).denominator
+
+        def step(rows):
+            total = rows.sum() / (rows.numel() if reduction == "rows" else 1)
+            total.backward()
+            return total
+
+        calls["torch-eager"] = (lambda: step(found.torch_rows(torch, z, other, **options)), reset)
+        if "torch-compile" in peers:
+            compiled_rows = torch.compile(lambda a, b: found.torch_rows(torch, a, b, **options))
+            calls["torch-compile"] = (lambda: step(compiled_rows(z, other)), reset)
+    if "gradsmith.torch" in peers:
+        from gradsmith.codegen.torch_op.row_loss_op import FUNCTIONS
+
+        function = FUNCTIONS.get(found.name)
+        if function is None:
+            skipped["gradsmith.torch"] = f"gradsmith.torch has no function for {found.name!r}"
+        else:
+            def op_step():
+                total = function(z, other, **options)
+                total.backward()
+                return total
+
+            calls["gradsmith.torch"] = (op_step, reset)
+    return calls, skipped
 
 
 def _kernel_call(function, logits, second, options: dict):
     return lambda: function(logits, second, **options)
+
+
+def _loss_of(result) -> float:
+    """The loss a contender's call returned ((loss, dlogits) of a kernel, or a torch scalar)."""
+    value = result[0] if isinstance(result, tuple) else result
+    return float(value.detach() if hasattr(value, "detach") else value)
 
 
 def run(loss: str, shapes=SHAPES, dtype: str = "float32", repeat: int = 5, warmup: int = 1,
@@ -70,10 +90,17 @@ def run(loss: str, shapes=SHAPES, dtype: str = "float32", repeat: int = 5, warmu
         logits, second = _inputs(found, n_rows, n_classes, dtype, seed)
         calls = {name: (_kernel_call(load(name, dtype, loss=loss), logits, second, options), None)
                  for name in BACKENDS}
-        calls.update(_torch_calls(found, logits, second, options, peers))
+        torch_calls, skipped = _torch_calls(found, logits, second, options, peers)
+        calls.update(torch_calls)
         times = {name: measure(call, clock=HostClock(), repeat=repeat, warmup=warmup,
                                reset=reset).median_ms for name, (call, reset) in calls.items()}
-        rows.append({"shape": f"{n_rows}x{n_classes}", "dtype": dtype, "ms": times})
+        losses = {}
+        for name, (call, reset) in calls.items():  # one more call, untimed, for its loss
+            if reset is not None:
+                reset()
+            losses[name] = _loss_of(call())
+        rows.append({"shape": f"{n_rows}x{n_classes}", "dtype": dtype, "ms": times,
+                     "loss": losses, "skipped": skipped})
     return {"loss": found.name, "machine": machine.describe(threads), "repeat": repeat,
             "rows": rows}
 
@@ -84,11 +111,13 @@ def format_report(report: dict[str, Any]) -> str:
               f"GPU: {m['gpu'] or 'none'}; torch {m['torch']}"),
              (f"{report['loss']}: fused forward + backward, default options and reduction; "
               f"median of {report['repeat']} after warm-up; ratio = torch-eager ms / ms"), ""]
-    header = f"{'shape':<12} {'dtype':<8} {'contender':<14} {'ms':>9} {'vs eager':>9}"
+    header = f"{'shape':<12} {'dtype':<8} {'contender':<16} {'ms':>9} {'vs eager':>9}"
     lines += [header, "-" * len(header)]
     for row in report["rows"]:
         eager = row["ms"].get("torch-eager")
         for name, ms in row["ms"].items():
             ratio = f"{eager / ms:.2f}x" if eager else "-"
-            lines.append(f"{row['shape']:<12} {row['dtype']:<8} {name:<14} {ms:>9.3f} {ratio:>9}")
+            lines.append(f"{row['shape']:<12} {row['dtype']:<8} {name:<16} {ms:>9.3f} {ratio:>9}")
+        for name, reason in row["skipped"].items():
+            lines.append(f"{row['shape']:<12} {row['dtype']:<8} {name:<16} skipped: {reason}")
     return "\n".join(lines)

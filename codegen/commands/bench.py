@@ -113,8 +113,10 @@ def _run_loss(args: argparse.Namespace) -> int:
         repeat = check_repeat(args.repeat)
     except ValueError as error:
         raise UserError(str(error)) from error
-    machine.set_threads(threads)
-    report = losses.run(args.loss, shapes, dtype, repeat, args.warmup, threads, args.seed)
+    if threads is not None:  # else OpenMP's and torch's own defaults, as the main benchmark
+        machine.set_threads(threads)
+    report = losses.run(args.loss, shapes, dtype, repeat, args.warmup,
+                        threads or machine.core_count(), args.seed)
     print(losses.format_report(report))
     if args.json is not None:
         write_json(report, args.json)

@@ -99,11 +99,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_loss(args: argparse.Namespace, tree: Path) -> int:
     from gradsmith.codegen import row_loss_runtime
+    from gradsmith.codegen.registry import backend
     from gradsmith.codegen.validate.row_loss import validate_loss
 
     found = resolve_loss(args.loss)
     rows = []
     for name in [b for b in args.backends if b in row_loss_runtime.BACKENDS]:
+        missing = backend(name).unavailable()
+        if missing is not None:
+            print(f"{found.name}  {name:<6} skipped: {missing}")
+            continue
         for dtype in row_loss_runtime.DTYPES:
             function = row_loss_runtime.load(found, name, dtype, tree)
             rows += validate_loss(found, function, name, dtype)

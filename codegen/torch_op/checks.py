@@ -7,7 +7,7 @@ import math
 import numbers
 
 import torch
-from gradsmith.codegen.arguments import REDUCTIONS
+from gradsmith.codegen.arguments import check_ignore_index, check_reduction
 
 
 def check_options(
@@ -19,10 +19,8 @@ def check_options(
     softcap: float | None,
 ) -> tuple[int, str, float, float, float | None]:
     """The cross-entropy options, checked and normalised to Python numbers."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    check_reduction(reduction)
+    check_ignore_index(ignore_index)
     values = []
     for name, value, high in (("label_smoothing", label_smoothing, 1.0),
                               ("lse_square_scale", lse_square_scale, math.inf)):

@@ -9,7 +9,7 @@ from gradsmith.codegen.torch_op.op import InplaceCrossEntropy, cross_entropy_op
 from torch import Tensor
 
 
-def _as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, bool, tuple[int, ...]]:
+def as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, bool, tuple[int, ...]]:
     """(N', C) logits and their targets for PyTorch's shapes (C,), (N, C), (N, C, d1, ...);
     also whether the targets are probabilities and the shape of a per-position result."""
     if not isinstance(input, Tensor) or not isinstance(target, Tensor):
@@ -64,7 +64,7 @@ def cross_entropy(
         raise TypeError("return_lse and inplace_backward must be bools")
     if not isinstance(check_targets, bool):
         raise TypeError(f"check_targets must be a bool, got {type(check_targets).__name__}")
-    rows, row_target, _, positions = _as_rows(input, target)
+    rows, row_target, _, positions = as_rows(input, target)
     # Checked here too, so that the op's float arguments are Python floats in range.
     label_smoothing, lse_square_scale, softcap = check_options(
         "float64" if input.dtype == torch.float64 else "float32", ignore_index=ignore_index,

@@ -17,6 +17,7 @@ import torch
 from gradsmith.codegen.abi import SUFFIXES
 from gradsmith.codegen.arguments import REDUCTION_CODES, check_options
 from gradsmith.codegen.native import Params, Status
+from gradsmith.codegen.torch_op import memory
 
 _NUMPY_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
                 torch.float16: "float16"}
@@ -53,7 +54,9 @@ def _cpu_entry(kind: str, suffix: str):
 
 
 @cache
-def _omp_set_num_threads():
+def omp_set_num_threads():
+    """``omp_set_num_threads`` of the process's OpenMP runtime (shared by every kernel library
+    gradsmith builds), or None when the kernels are built without OpenMP."""
     try:
         setter = _cpu_library().omp_set_num_threads
     except AttributeError:  # built without OpenMP: serial
@@ -61,6 +64,13 @@ def _omp_set_num_threads():
     setter.argtypes = [ctypes.c_int]
     setter.restype = None
     return setter
+
+
+def match_torch_threads() -> None:
+    """Runs the C kernels' OpenMP loops on torch's intra-op thread count."""
+    setter = omp_set_num_threads()
+    if setter is not None:
+        setter(torch.get_num_threads())
 
 
 @cache
@@ -85,7 +95,8 @@ def _rows(name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _check_tensor(name: str, value, device: torch.device) -> torch.Tensor:
+def check_tensor(name: str, value, device: torch.device) -> torch.Tensor:
+    """``value``, a tensor on the logits' ``device``."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.device != device:
@@ -93,7 +104,8 @@ def _check_tensor(name: str, value, device: torch.device) -> torch.Tensor:
     return value
 
 
-def _check_logits(logits) -> str:
+def check_logits(logits) -> str:
+    """The entry-point suffix of (N, C) logits in a dtype their device's kernels run."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 2:
@@ -110,7 +122,7 @@ def _check_logits(logits) -> str:
 
 
 def _check_target(target, logits: torch.Tensor, ignore_index: int) -> tuple[str, torch.Tensor]:
-    target = _check_tensor("target", target, logits.device)
+    target = check_tensor("target", target, logits.device)
     n_rows, n_classes = logits.shape
     if target.dim() == 1:
         if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
@@ -132,7 +144,7 @@ def _check_target(target, logits: torch.Tensor, ignore_index: int) -> tuple[str,
 
 
 def _check_dlogits(dlogits, logits: torch.Tensor) -> torch.Tensor:
-    dlogits = _check_tensor("dlogits", dlogits, logits.device)
+    dlogits = check_tensor("dlogits", dlogits, logits.device)
     if dlogits.shape != logits.shape or dlogits.dtype != logits.dtype:
         raise ValueError(f"dlogits must be {logits.dtype} of shape {tuple(logits.shape)}, got "
                          f"{dlogits.dtype} of shape {tuple(dlogits.shape)}")
@@ -143,15 +155,16 @@ def _check_dlogits(dlogits, logits: torch.Tensor) -> torch.Tensor:
     return dlogits
 
 
-def _raise_for(status: int, target: torch.Tensor, bad_row: int, n_classes: int,
-               ignore_index: int) -> None:
+def raise_for_status(status: int, target: torch.Tensor | None, bad_row: int, n_classes: int,
+                     ignore_index: int, kernel: str = "cross-entropy") -> None:
+    """Nothing for GS_OK; else a ValueError naming the first bad target row, or the status."""
     if status == Status.OK:
         return
     if status == Status.TARGET:
         raise ValueError(f"target[{bad_row}] = {int(target[bad_row])} is outside [0, {n_classes}) "
                          f"and is not ignore_index ({ignore_index})")
     text = Status(status).describe() if status in set(Status) else f"status {status}"
-    raise ValueError(f"the cross-entropy kernel refused its arguments: {text}")
+    raise ValueError(f"the {kernel} kernel refused its arguments: {text}")
 
 
 def fused_cross_entropy(
@@ -176,7 +189,7 @@ def fused_cross_entropy(
     the returned loss scaled by grad_output (None = 1), written into `dlogits` when given
     (which may be `logits` itself for in-place, same strides), else a new tensor; lse (N,)
     when want_lse else None. Row-strided inputs are used without a copy."""
-    suffix = _check_logits(logits)
+    suffix = check_logits(logits)
     label_smoothing, lse_square_scale, softcap = check_options(
         _NUMPY_NAMES[logits.dtype], ignore_index=ignore_index, reduction=reduction,
         label_smoothing=label_smoothing, lse_square_scale=lse_square_scale, softcap=softcap)
@@ -184,7 +197,7 @@ def fused_cross_entropy(
     n_rows, n_classes = (int(s) for s in logits.shape)
     aux = arithmetic_dtype(logits.dtype)
     if weight is not None:
-        weight = _check_tensor("weight", weight, logits.device)
+        weight = check_tensor("weight", weight, logits.device)
         if weight.shape != (n_classes,):
             raise ValueError(f"weight must have shape ({n_classes},), got {tuple(weight.shape)}")
         if weight.dtype != logits.dtype:
@@ -200,7 +213,7 @@ def fused_cross_entropy(
     original = logits
     logits = _rows("logits", logits)
     if dlogits is None:
-        dlogits = torch.empty((n_rows, n_classes), dtype=logits.dtype, device=logits.device)
+        dlogits = memory.empty((n_rows, n_classes), dtype=logits.dtype, device=logits.device)
     else:
         if dlogits is original and logits is not original:
             raise ValueError("dlogits written over logits needs logits with contiguous classes "
@@ -223,9 +236,7 @@ def fused_cross_entropy(
 
 
 def _run_cpu(kind, suffix, logits, target, params, pointers, loss, dlogits, ignore_index) -> None:
-    setter = _omp_set_num_threads()
-    if setter is not None:
-        setter(torch.get_num_threads())
+    match_torch_threads()
     n_rows, n_classes = logits.shape
     bad_row = ctypes.c_int64(-1)
     if kind == "index":
@@ -239,7 +250,7 @@ def _run_cpu(kind, suffix, logits, target, params, pointers, loss, dlogits, igno
             pointers["weight"], n_rows, n_classes, ctypes.byref(params),
             pointers["grad_output"], loss.data_ptr(), dlogits.data_ptr(), _row_stride(dlogits),
             pointers["lse"])
-    _raise_for(status, target, bad_row.value, n_classes, ignore_index)
+    raise_for_status(status, target, bad_row.value, n_classes, ignore_index)
 
 
 def _run_cuda(kind, suffix, logits, target, params, pointers, loss, dlogits, ignore_index,
@@ -266,8 +277,8 @@ def _run_cuda(kind, suffix, logits, target, params, pointers, loss, dlogits, ign
                 dlogits.data_ptr() or None, _row_stride(dlogits), pointers["lse"] or None,
                 workspace.data_ptr(), stream)
     if code != Status.OK:
-        _raise_for(code, target, -1, n_classes, ignore_index)
+        raise_for_status(code, target, -1, n_classes, ignore_index)
     if status_word is not None and check:
         bad_row = int(status_word.item())  # the one host synchronisation
         if bad_row >= 0:
-            _raise_for(Status.TARGET, target, bad_row, n_classes, ignore_index)
+            raise_for_status(Status.TARGET, target, bad_row, n_classes, ignore_index)

@@ -1,15 +1,20 @@
 """The row losses (a loss definition's kind "index" or "teacher") as one PyTorch op,
-``gradsmith::row_loss``, on the generated C kernels for CPU tensors (float32/float64; half
-types are computed in float32).  The teacher of a "teacher" loss gets no gradient.
+``gradsmith::row_loss``, on the generated C kernels for CPU tensors in float32/float64 (as
+cross-entropy's CPU kernels, other dtypes raise TypeError; the loss and the gradient come back
+in the input's dtype).  The teacher of a "teacher" loss gets no gradient.
 
 The forward keeps the gradient at grad_output = 1 (per row for "none"); the backward scales it.
 """
 
 from __future__ import annotations
 
-import gradsmith
 import torch
-from gradsmith.codegen.torch_op.kernel import _omp_set_num_threads
+from gradsmith.codegen.arguments import check_ignore_index, check_reduction
+from gradsmith.codegen.row_loss_runtime import option_values
+from gradsmith.codegen.torch_op.checks import check_class_weight, check_target
+from gradsmith.codegen.torch_op.functional import as_rows
+from gradsmith.codegen.torch_op.kernel import check_logits, check_tensor
+from gradsmith.codegen.torch_op.row_loss_kernel import fused_row_loss
 from gradsmith.codegen.torch_op.scaled_gradient import scaled_gradient_op
 from gradsmith.derive.losses import definition
 from gradsmith.derive.row_loss import LossDefinition
@@ -18,35 +23,18 @@ from torch import Tensor
 _NO_INDEX = -100
 
 
-def _arithmetic(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @torch.library.custom_op("gradsmith::row_loss", mutates_args=())
 def row_loss_op(loss: str, logits: Tensor, second: Tensor, alpha: Tensor | None,
                 ignore_index: int, reduction: str, options: list[float]) -> tuple[Tensor, Tensor]:
     """(loss, dlogits) of the loss named ``loss``; ``second`` is the target or teacher logits."""
-    dtype = _arithmetic(logits.dtype)
-    setter = _omp_set_num_threads()  # the process's OpenMP runtime, shared by every kernel
-    if setter is not None:
-        setter(torch.get_num_threads())
-    kernel = gradsmith.load("c", str(dtype).removeprefix("torch."), loss=loss)
-    names = [o.name for o in kernel_definition(loss).options]
-    extra = {} if alpha is None else {"alpha": alpha.detach().to(dtype).contiguous().numpy()}
-    if kernel_definition(loss).kind == "teacher":
-        second_np = second.detach().to(dtype).contiguous().numpy()
-    else:
-        second_np = second.detach().to(torch.int64).contiguous().numpy()
-        extra["ignore_index"] = ignore_index
-    value, dlogits = kernel(logits.detach().to(dtype).contiguous().numpy(), second_np,
-                            reduction=reduction, **extra, **dict(zip(names, options)))
-    return torch.as_tensor(value).clone(), torch.from_numpy(dlogits).to(logits.dtype)
+    return fused_row_loss(definition(loss), logits, second, alpha, ignore_index, reduction,
+                          options)
 
 
 @row_loss_op.register_fake
 def _(loss, logits, second, alpha, ignore_index, reduction, options):
     shape = (logits.shape[0],) if reduction == "none" else ()
-    return (logits.new_empty(shape, dtype=_arithmetic(logits.dtype)),
+    return (logits.new_empty(shape),
             torch.empty_like(logits, memory_format=torch.contiguous_format))
 
 
@@ -70,64 +58,78 @@ def _backward(ctx, grad_loss, grad_dlogits):
 row_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def kernel_definition(name: str) -> LossDefinition:
-    return definition(name)
-
-
-def row_loss(spec: LossDefinition, input: Tensor, second: Tensor, *,
-             alpha: Tensor | None = None, ignore_index: int = _NO_INDEX, reduction: str,
-             **options: float) -> Tensor:
-    """``spec``'s loss on (N, C) or (C,) logits, its arguments checked from the definition."""
-    name = spec.name
-    if not isinstance(input, Tensor) or not isinstance(second, Tensor):
-        raise TypeError("input and its target/teacher must be torch.Tensors")
+def _cpu_input(function: str, names: tuple[str, str], input, second) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{names[0]} must be a torch.Tensor, got {type(input).__name__}")
     if input.device.type != "cpu":
-        raise NotImplementedError(f"gradsmith.torch.{name} has CPU kernels only, got device "
-                                  f"{input.device}")
-    if input.dim() not in (1, 2):
-        raise ValueError(f"input must have shape (C,) or (N, C), got {tuple(input.shape)}")
-    unknown = sorted(set(options) - {o.name for o in spec.options})
-    if unknown:
-        raise TypeError(f"{name} has no option {unknown[0]!r}")
-    values = []
-    for option in spec.options:
-        value = options.get(option.name, option.default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{option.name} must be a real number, got {type(value).__name__}")
-        value = float(value)
-        too_low = option.low is not None and (value <= option.low if option.low_open
-                                              else value < option.low)
-        if too_low or (option.high is not None and value > option.high):
-            raise ValueError(f"{option.name} out of range, got {value:g}")
-        values.append(value)
-    reductions = [r.name for r in spec.reductions]
-    if reduction not in reductions:
-        raise ValueError(f"reduction must be one of {tuple(reductions)}, got {reduction!r}")
-    rows = input[None] if input.dim() == 1 else input
-    if spec.kind == "teacher":
-        if second.shape != input.shape:
-            raise ValueError(f"teacher_logits must have shape {tuple(input.shape)}, got "
-                             f"{tuple(second.shape)}")
-        second = second.detach()
-    second = second[None] if input.dim() == 1 else second
-    loss, _ = row_loss_op(name, rows, second, alpha, int(ignore_index), reduction, values)
-    return loss[0] if input.dim() == 1 and reduction == "none" else loss
+        raise NotImplementedError(f"gradsmith.torch.{function} has CPU kernels only, got "
+                                  f"{names[0]} on {input.device}")
+    check_tensor(names[1], second, input.device)
+
+
+def _scalars(spec: LossDefinition, reduction: str, **options: float) -> list[float]:
+    check_reduction(reduction, tuple(r.name for r in spec.reductions))
+    return option_values(spec, options)
 
 
 # Resolved on import: torch.compile does not trace the definitions' module lookup.
-_FOCAL = kernel_definition("focal")
-_DISTILL_KL = kernel_definition("distill_kl")
+_FOCAL = definition("focal")
+_DISTILL_KL = definition("distill_kl")
 
 
 def focal_loss(input: Tensor, target: Tensor, gamma: float = 2.0, alpha: Tensor | None = None,
                ignore_index: int = _NO_INDEX, reduction: str = "mean") -> Tensor:
-    """Softmax focal loss -alpha_t (1 - p_t)^gamma log p_t; "mean" over the counted rows."""
-    return row_loss(_FOCAL, input, target, alpha=alpha, ignore_index=ignore_index,
-                    reduction=reduction, gamma=gamma)
+    """Softmax focal loss -alpha_t (1 - p_t)^gamma log p_t, with ``F.cross_entropy``'s shapes:
+    input (C,), (N, C) or (N, C, d1, ..., dk) (classes on dim 1) and class indices of shape
+    (), (N,) or (N, d1, ..., dk); "none" gives that shape, "mean" divides by the counted
+    positions (NaN if none is counted), "sum" adds them.  ``alpha`` (C,) is a per-class
+    weight in the input's dtype."""
+    _cpu_input("focal_loss", ("input", "target"), input, target)
+    values = _scalars(_FOCAL, reduction, gamma=gamma)
+    ignore_index = check_ignore_index(ignore_index)
+    rows, row_target, probabilities, positions = as_rows(input, target)
+    if probabilities:
+        raise ValueError(f"focal_loss takes class indices as target, of shape {positions}, "
+                         f"not probabilities of shape {tuple(target.shape)}")
+    check_logits(rows)
+    check_target(row_target, (rows.shape[0],), rows.shape[1], ignore_index)
+    check_class_weight("alpha", alpha, rows.shape[1], rows)
+    if alpha is not None and alpha.dtype != rows.dtype:
+        raise TypeError(f"alpha must be {rows.dtype} like input, got {alpha.dtype}")
+    loss, _ = row_loss_op(_FOCAL.name, rows, row_target, alpha, ignore_index, reduction, values)
+    return loss.reshape(positions) if reduction == "none" else loss
 
 
 def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0,
                reduction: str = "batchmean") -> Tensor:
-    """T^2 KL(teacher_T || student_T); the teacher is detached (its grad stays None)."""
-    return row_loss(_DISTILL_KL, student_logits, teacher_logits, reduction=reduction,
-                    temperature=temperature)
+    """T^2 KL(teacher_T || student_T) over the last dim, as ``F.kl_div(log_softmax(z / T, -1),
+    log_softmax(u / T, -1), log_target=True, reduction=r) * T**2`` on logits of any shape
+    (..., C): "batchmean" divides by ``student_logits.size(0)`` (for (C,) that is C, as in
+    PyTorch), "mean" by the number of elements, "sum" adds; "none" gives the per-row sums, of
+    shape (...).  An empty batch gives NaN for the means, 0 for "sum".  The teacher is
+    detached (its grad stays None) and must match the student's shape and dtype."""
+    _cpu_input("distill_kl", ("student_logits", "teacher_logits"), student_logits,
+               teacher_logits)
+    values = _scalars(_DISTILL_KL, reduction, temperature=temperature)
+    shape = tuple(student_logits.shape)
+    if not shape or shape[-1] < 1:
+        raise ValueError(f"student_logits must have shape (..., C) with C >= 1, got {shape}")
+    if tuple(teacher_logits.shape) != shape:
+        raise ValueError(f"teacher_logits must have shape {shape}, got "
+                         f"{tuple(teacher_logits.shape)}")
+    if teacher_logits.dtype != student_logits.dtype:
+        raise TypeError(f"teacher_logits must be {student_logits.dtype} like student_logits, "
+                        f"got {teacher_logits.dtype}")
+    rows = student_logits.reshape(-1, shape[-1])
+    check_logits(rows)
+    # F.kl_div's "batchmean" divides by size(0), which is the number of rows only for (N, C).
+    by_batch = reduction == "batchmean" and len(shape) != 2
+    loss, _ = row_loss_op(_DISTILL_KL.name, rows, teacher_logits.detach().reshape(-1, shape[-1]),
+                          None, _NO_INDEX, "sum" if by_batch else reduction, values)
+    if reduction == "none":
+        return loss.reshape(shape[:-1])
+    return loss / shape[0] if by_batch else loss
+
+
+# The gradsmith.torch function of each loss that has one, by the loss's name.
+FUNCTIONS = {_FOCAL.name: focal_loss, _DISTILL_KL.name: distill_kl}

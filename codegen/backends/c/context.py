@@ -172,7 +172,8 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str, fa
     }
 
 
-def _fast_exp(dtype: str) -> dict:
+def printed_fast_exp(dtype: str) -> dict:
+    """The proven fast exp of ``dtype``, printed for ``macros.c.j2``'s fast_exp_function."""
     approx = exp_approximation(dtype)
     verify_exp_approximation(approx)  # refuse to emit an exp whose error bound does not hold
     printer = KernelCPrinter(dtype)
@@ -231,7 +232,7 @@ def _fast_expm1(dtype: str, fast_exp: str) -> dict:
 
 
 def dtype_context(dtype: str) -> dict:
-    fast_exp = _fast_exp(dtype)
+    fast_exp = printed_fast_exp(dtype)
     fast_expm1 = _fast_expm1(dtype, fast_exp["name"])
     fast_log = _fast_log(dtype)
     variants = [_variant(spec, dtype, fast_exp["name"], fast_expm1["name"], fast_log["name"])

@@ -59,11 +59,12 @@ def _nvcc() -> str:
 
 
 @cache
-def build_library(arch: str, source_dir: Path = SOURCE_DIR) -> Path:
-    """Compile the tree's cuda/ folder for ``arch`` (e.g. "sm_90") into the cache; return the
-    library."""
+def build_library(arch: str, source_dir: Path = SOURCE_DIR, main: str = SOURCES[0]) -> Path:
+    """Compile ``main`` (default: the cross-entropy kernels) of the tree's cuda/ folder for
+    ``arch`` (e.g. "sm_90") into the cache; return the library."""
     nvcc = _nvcc()
-    missing = [name for name in SOURCES if not (source_dir / name).is_file()]
+    sources = SOURCES if main == SOURCES[0] else (main, SOURCES[1])  # a file and the header
+    missing = [name for name in sources if not (source_dir / name).is_file()]
     if missing:
         raise ValueError(f"{source_dir} lacks {missing}: write a complete tree with "
                          "'gradsmith generate --out DIR'")
@@ -71,13 +72,13 @@ def build_library(arch: str, source_dir: Path = SOURCE_DIR) -> Path:
     flags = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC",
              "-gencode", f"arch=compute_{number},code=[sm_{number},compute_{number}]"]
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
-    key = content_key([*((source_dir / name).read_bytes() for name in SOURCES), *flags, version])
+    key = content_key([*((source_dir / name).read_bytes() for name in sources), *flags, version])
 
     def command(output: str) -> list[str]:
-        return [nvcc, *flags, "-o", output, str(source_dir / "gradsmith_ce.cu")]
+        return [nvcc, *flags, "-o", output, str(source_dir / main)]
 
-    return build_once(cache_dir() / "cuda", f"gradsmith_ce_{arch}", key, command,
-                      f"nvcc building generated/cuda for {arch}")
+    return build_once(cache_dir() / "cuda", f"{Path(main).stem}_{arch}", key, command,
+                      f"nvcc building generated/cuda/{main} for {arch}")
 
 
 def _pointer_type(argument: Argument, suffix: str) -> type:

@@ -1,0 +1,66 @@
+"""The generic row losses' CUDA kernels (``gradsmith.load("cuda", dtype, loss=NAME)``).
+
+The kernel of :func:`gradsmith.codegen.row_loss_runtime.make_callable` for CUDA: the
+arguments, checked there on the host, are copied to the current CuPy device, the launcher runs
+on CuPy's current stream, and the row losses and the gradient come back as NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from gradsmith.codegen.backends.cuda.runtime import _cupy, _pointer, _to_device, build_library
+from gradsmith.codegen.native import Status
+from gradsmith.codegen.row_loss import CUDA_SUFFIXES, cuda_path
+from gradsmith.derive.row_loss import LossDefinition
+
+
+@cache
+def _launcher(name: str, suffix: str, arch: str, source_dir: Path) -> Callable:
+    library = ctypes.CDLL(str(build_library(arch, source_dir, Path(cuda_path(name)).name)))
+    function = getattr(library, f"gs_{name}_cuda_{suffix}")
+    i64, pointer = ctypes.c_int64, ctypes.c_void_p
+    function.argtypes = [pointer, pointer, pointer, pointer, i64, i64,
+                         ctypes.POINTER(ctypes.c_double), i64, pointer, pointer, pointer, pointer,
+                         pointer]
+    function.restype = ctypes.c_int
+    return function
+
+
+def cuda_kernel(definition: LossDefinition, dtype: str, kernels: Path) -> Callable:
+    """``kernel(logits, second, target, alpha, ignore_index, scale, values) -> (row_losses,
+    dlogits)`` on the GPU; raises ValueError without CuPy or a GPU."""
+    _cupy()
+    source_dir = Path(kernels) / "cuda"
+    suffix = CUDA_SUFFIXES[dtype]
+
+    def kernel(logits, second, target, alpha, ignore_index, scale, values):
+        cupy = _cupy()
+        n_rows, n_classes = logits.shape
+        if n_rows == 0:
+            return np.empty(0, dtype=dtype), np.empty_like(logits)
+        launch = _launcher(definition.name, suffix,
+                           f"sm_{cupy.cuda.Device().compute_capability}", source_dir)
+        device = [_to_device(cupy, a) for a in (logits, second, target, alpha, scale)]
+        dlogits = cupy.empty(logits.shape, dtype=logits.dtype)
+        row_losses = cupy.empty(n_rows, dtype=logits.dtype)
+        bad_row = cupy.empty(1, dtype=np.int64)
+        options = np.asarray(values or [0.0], dtype=np.float64)
+        d_logits, d_second, d_target, d_alpha, d_scale = device
+        status = launch(_pointer(d_logits), _pointer(d_second), _pointer(d_target), _pointer(d_alpha),
+                        n_rows, n_classes, options.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+                        ignore_index, _pointer(d_scale), _pointer(row_losses), _pointer(dlogits),
+                        _pointer(bad_row), cupy.cuda.get_current_stream().ptr)
+        if status != Status.OK:
+            raise ValueError(f"{definition.name} cuda kernel: {Status(status).describe()}")
+        row = int(bad_row.get()[0])
+        if row >= 0:
+            raise ValueError(f"target[{row}] = {int(target[row])} is outside [0, {n_classes}) "
+                             f"and is not ignore_index ({ignore_index})")
+        return row_losses.get(), dlogits.get()
+
+    return kernel
