@@ -61,7 +61,7 @@ class Claim:
     function: str
     args: tuple = ()
     index: int | None = None
-    kind: str = "derivation"  # or "kernel spec", "exp bound"
+    kind: str = "derivation"  # or "kernel spec", "exp bound", "log bound"
     task: str = ""  # claims of one task share cached steps, so they run in one process
 
 
@@ -135,6 +135,11 @@ def registry(class_counts: Iterable[int]) -> list[Claim]:
               task=f"exp {dtype}")
         for dtype in EXP_DTYPES
     )
+    claims.extend(
+        Claim("kernel log", "gradsmith.derive.fast_log", "log_approximation", (dtype,), kind="log bound",
+              task=f"log {dtype}")
+        for dtype in EXP_DTYPES
+    )
     return claims
 
 
@@ -187,6 +192,8 @@ def run_claim(claim: Claim) -> ClaimResult:
             return _run_spec(claim, start)
         if claim.kind == "exp bound":
             return _run_exp_bound(claim, start)
+        if claim.kind == "log bound":
+            return _run_log_bound(claim, start)
         derivation = _call(claim.module, claim.function, claim.args)
         if claim.index is not None:
             derivation = derivation[claim.index]
@@ -207,7 +214,7 @@ def run_claim(claim: Claim) -> ClaimResult:
 
 
 def _classes_of(claim: Claim) -> str:
-    if claim.kind in ("exp bound", "row loss"):
+    if claim.kind in ("exp bound", "log bound", "row loss"):
         return "-"
     return str(claim.args[0]) if claim.args else "symbolic"
 
@@ -225,6 +232,24 @@ def _run_exp_bound(claim: Claim, start: float) -> ClaimResult:
         seconds=time.perf_counter() - start,
         detail=f"degree-{approx.degree} polynomial, {len(bound.verdicts)} identities "
         "checked symbolically, remainder and rounding bounded in exact rational arithmetic",
+    )
+
+
+def _run_log_bound(claim: Claim, start: float) -> ClaimResult:
+    """The short rows' log: its identities and its error bound, proven in exact arithmetic."""
+    from gradsmith.derive.fast_log import log_approximation, verify_log_approximation
+
+    dtype = claim.args[0]
+    approx = log_approximation(dtype)
+    bound = verify_log_approximation(approx)
+    methods = sorted({verdict.method for _, verdict in bound.verdicts})
+    return ClaimResult(
+        name=f"{dtype} log: relative error <= {float(bound.relative):.3g} on positive normals",
+        classes="-", group=claim.group, method="+".join(methods), result="holds",
+        seconds=time.perf_counter() - start,
+        detail=f"degree-{2 * approx.degree + 1} odd polynomial in s = (m-1)/(m+1), "
+        f"{len(bound.verdicts)} identities checked, division, remainder and rounding bounded "
+        "in exact rational arithmetic",
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
@@ -148,6 +149,14 @@ def _irrational(name: str) -> tuple[Fraction, Fraction]:
         return _high_precision(value), Fraction(1, 2**_GUARD_BITS)
 
 
+def _check_arguments(dtype: str, degree: object, formats: Mapping[str, object]) -> None:
+    """A ValueError naming ``dtype`` or ``degree`` (None: the format's own) when it is bad."""
+    if dtype not in formats:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if degree is not None and (not isinstance(degree, int) or degree < 1):
+        raise ValueError(f"degree must be a positive integer, got {degree!r}")
+
+
 def _float(value: Fraction) -> sp.Float:
     return sp.Float(float(value))  # exact: every value here is a double
 
@@ -165,12 +174,9 @@ def _exact(value: sp.Float) -> Fraction:
 @cache
 def exp_approximation(dtype: str, degree: int | None = None) -> ExpApproximation:
     """Build the approximation for ``dtype`` ("float32" or "float64"); check it with verify."""
-    if dtype not in _FORMATS:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    _check_arguments(dtype, degree, _FORMATS)
     fmt = _FORMATS[dtype]
     degree = fmt.degree if degree is None else degree
-    if not isinstance(degree, int) or degree < 1:
-        raise ValueError(f"degree must be a positive integer, got {degree!r}")
     p = fmt.precision
     unit = Fraction(1, 2**p)
     ln2, _ = _irrational("ln2")

@@ -20,6 +20,7 @@ import sympy as sp
 from gradsmith.derive.check import Verdict, check_equal
 from gradsmith.derive.fast_exp import (
     DTYPES,
+    _check_arguments,
     _exact,
     _exp_neg_lower,
     _float,
@@ -30,6 +31,9 @@ from gradsmith.derive.fast_exp import (
     exp_approximation,
     verify_exp_approximation,
 )
+
+__all__ = ["DTYPES", "Expm1Approximation", "Expm1ErrorBound", "expm1_approximation",
+           "verify_expm1_approximation"]
 
 # (precision, Taylor degree of Q, claimed relative error in units of the machine epsilon)
 _FORMATS = {"float32": (24, 8, Fraction(3)), "float64": (53, 15, Fraction(3))}
@@ -64,12 +68,9 @@ class Expm1ErrorBound:
 @cache
 def expm1_approximation(dtype: str, degree: int | None = None) -> Expm1Approximation:
     """Build the approximation for ``dtype`` ("float32" or "float64"); check it with verify."""
-    if dtype not in _FORMATS:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    _check_arguments(dtype, degree, _FORMATS)
     precision, default_degree, claim = _FORMATS[dtype]
     degree = default_degree if degree is None else degree
-    if not isinstance(degree, int) or degree < 1:
-        raise ValueError(f"degree must be a positive integer, got {degree!r}")
     coefficients = tuple(_float(_round_to_precision(Fraction(1, math.factorial(i + 1)), precision))
                          for i in range(degree + 1))
     q = sp.horner(sum((c * x**i for i, c in enumerate(coefficients)), sp.Integer(0)), x)

@@ -83,6 +83,9 @@ class KernelSpec:
     exp(transform - stored_max) times ``stored_scale``, whose value is ``stored_scale_value``
     in terms of ``stored_shifted`` = ``stored_shifted_value`` (one per chunk, not per element;
     the maxima are subtracted first, as for ``element_shifted``).
+    ``single_chunk_stored_scale`` is ``stored_scale_value`` for a row summed in one chunk
+    (stored_max = row_max): exp(-log(sum_exp)) = 1/sum_exp, one division instead of an exp of
+    a log (:func:`verify_single_chunk_stored_scale`).
     """
 
     name: str
@@ -108,6 +111,7 @@ class KernelSpec:
     stored_shifted_value: sp.Expr
     stored_scale_value: sp.Expr
     dlogit_from_stored: sp.Expr
+    single_chunk_stored_scale: sp.Expr
 
     def expressions(self) -> dict[str, sp.Expr]:
         """Every expression of the spec by name (for hashing and for tests)."""
@@ -129,6 +133,7 @@ class KernelSpec:
             "stored_shifted_value": self.stored_shifted_value,
             "stored_scale_value": self.stored_scale_value,
             "dlogit_from_stored": self.dlogit_from_stored,
+            "single_chunk_stored_scale": self.single_chunk_stored_scale,
         }
         named.update({f"row:{symbol}": expr for symbol, expr in self.row_values})
         if self.dlogit_target is not None:
@@ -240,6 +245,7 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         stored_shifted_value=stored_max - row_max,
         stored_scale_value=sp.exp(stored_shifted - log_sum_exp),
         dlogit_from_stored=from_stored(dlogit_expr, softmax_term),
+        single_chunk_stored_scale=1 / sum_exp,
     )
 
 
@@ -330,6 +336,7 @@ def verify_spec(spec: KernelSpec, classes: int = 3, target: int = 1) -> list[tup
     results.append((f"{spec.name}: online rescale", verify_online_rescale(spec)))
     results.append((f"{spec.name}: online merge", verify_online_merge(spec)))
     results.append((f"{spec.name}: dlogit from stored", verify_stored_gradient(spec)))
+    results.append((f"{spec.name}: single-chunk stored scale", verify_single_chunk_stored_scale(spec)))
     results.append((f"{spec.name}: mean z-loss over counted rows", verify_mean_z_loss(spec)))
     return results
 
@@ -362,6 +369,18 @@ def verify_stored_gradient(
     lhs = lhs.xreplace({stored_shifted: spec.stored_shifted_value})
     rhs = spec.dlogit.xreplace({shifted: spec.element_shifted})
     return check_equal(lhs, rhs, step=f"{spec.name} dlogit from the stored exponential")
+
+
+def verify_single_chunk_stored_scale(spec: KernelSpec, value: sp.Expr | None = None) -> Verdict:
+    """``single_chunk_stored_scale`` equals ``stored_scale_value`` with stored_max = row_max and
+    log_sum_exp = log(sum_exp), the first row value (symbolically).  ``value`` replaces the
+    spec's expression (to show that a wrong one is refused)."""
+    value = spec.single_chunk_stored_scale if value is None else value
+    row_values = dict(spec.row_values)
+    general = spec.stored_scale_value.xreplace(
+        {stored_shifted: spec.stored_shifted_value.xreplace({stored_max: row_max})})
+    return check_equal(general.xreplace({log_sum_exp: row_values[log_sum_exp]}), value,
+                       step=f"{spec.name} single-chunk stored scale")
 
 
 def verify_mean_z_loss(spec: KernelSpec, rows: int = 3) -> Verdict:

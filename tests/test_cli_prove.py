@@ -18,6 +18,15 @@ def test_registry_lists_every_group():
     assert sum(claim.kind == "kernel spec" for claim in registry) == 8
 
 
+def test_the_kernels_log_bound_is_a_claim_that_holds():
+    log_claims = [claim for claim in claims.registry((2,)) if claim.kind == "log bound"]
+    assert [claim.args for claim in log_claims] == [("float32",), ("float64",)]
+    for claim in log_claims:
+        result = claims.run_claim(claim)
+        assert result.result == "holds" and result.method == "symbolic"
+        assert result.name.startswith(f"{claim.args[0]} log: relative error <= ")
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("1..4", (1, 2, 3, 4)), ("3,5,8", (3, 5, 8)), ("1..2, 8", (1, 2, 8)), ("16", (16,)),
 ])

@@ -48,6 +48,18 @@ def test_verify_spec_includes_the_stored_gradient():
 
 
 @pytest.mark.parametrize("spec", ks.all_specs(), ids=lambda spec: spec.name)
+def test_the_single_chunk_stored_scale_is_proven(spec):
+    assert ks.verify_single_chunk_stored_scale(spec).method == "symbolic"
+    assert f"{spec.name}: single-chunk stored scale" in dict(ks.verify_spec(spec))
+
+
+@pytest.mark.parametrize("wrong", [1 / (ks.sum_exp + 1), ks.sum_exp, sp.exp(-ks.sum_exp)])
+def test_a_wrong_single_chunk_stored_scale_is_refused(wrong):
+    with pytest.raises(ProofError, match="single-chunk stored scale"):
+        ks.verify_single_chunk_stored_scale(ks.kernel_spec("index", True, False), wrong)
+
+
+@pytest.mark.parametrize("spec", ks.all_specs(), ids=lambda spec: spec.name)
 def test_the_merge_of_two_partial_rows_is_proven(spec):
     assert ks.verify_online_merge(spec).method == "symbolic"
     assert f"{spec.name}: online merge" in dict(ks.verify_spec(spec))

@@ -1,7 +1,7 @@
 """What the C templates lay out: every expression of every variant, printed per dtype.
 
 Expressions come from ``gradsmith.derive.kernel_spec`` (the loss, the gradient, the online normalizer)
-and ``gradsmith.derive.fast_exp`` (the vectorisable exp).  Each group of assignments is printed with one
+and ``gradsmith.derive.fast_exp``, ``fast_expm1`` and ``fast_log`` (the vectorisable exp, expm1, log).  Each group of assignments is printed with one
 ``print_code`` call so that CSE temporaries stay in the scope where the template places them,
 and ``check_reads`` makes sure that no assignment reads a name assigned after it.
 """
@@ -23,6 +23,7 @@ from gradsmith.codegen.printing import (
 from gradsmith.derive import kernel_spec as ks
 from gradsmith.derive.fast_exp import exp_approximation, verify_exp_approximation
 from gradsmith.derive.fast_expm1 import expm1_approximation, verify_expm1_approximation
+from gradsmith.derive.fast_log import log_approximation, verify_log_approximation
 
 DTYPES = ("float32", "float64")
 CHUNK = 512  # elements per online-normalizer step: the chunk stays in L1 between its two loops
@@ -32,8 +33,14 @@ STORED_CHUNKS = 4096
 # Chunks shorter than this are summed with 256-bit vectors (elements per vector below).
 SHORT_CHUNK = 64
 SHORT_SIMDLEN = {"float32": 8, "float64": 4}
+# Lanes per vector in the loops over a segment's lanes: 512 bits (with AVX-512 they ran 9% faster
+# than gcc's default 256 at 65536x10 and 7% at 262144x4, one thread; elsewhere a hint).
+LANE_SIMDLEN = {"float32": 16, "float64": 8}
 ROW_BLOCK = 4096  # segments per parallel region, their sums kept for a serial double sum
-SEGMENT_ROWS = 16  # rows per segment, summed in order by one thread
+# Rows per segment, summed in order by one thread.  The short rows' loops over lanes are
+# latency-bound at 16 lanes (two 256-bit vectors); 32 was 7% faster at C = 10 and 17% at C = 4
+# (one thread), 64 no faster.
+SEGMENT_ROWS = 32
 # Elements per thread below which a thread costs more than it saves: two threads broke even
 # between 20480 and 40960 elements at C = 10 and between 32000 and 64000 at C = 1000.
 PARALLEL_MIN_ELEMENTS = 32768
@@ -72,20 +79,12 @@ def _group(
     return printed
 
 
-def _leading_calls(row_values: Sequence[tuple[sp.Symbol, sp.Expr]]) -> int:
-    """How many leading row values call a function gcc cannot vectorise (log)."""
-    count = 0
-    while count < len(row_values) and row_values[count][1].has(sp.log):
-        count += 1
-    return count
-
-
-def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str) -> dict:
+def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str, fast_log: str) -> dict:
     exact = KernelCPrinter(dtype)
     sweep = KernelCPrinter(dtype, function_names={"exp": fast_exp, "expm1": fast_expm1})
+    lanes = KernelCPrinter(dtype, function_names={"log": fast_log})
     wide = KernelCPrinter("float64")
     index = spec.target_kind == "index"
-    calls = _leading_calls(spec.row_values)
     # In place the logits are gone once the exponentials are stored over them.
     stores = not ({ks.logit, ks.shifted} & spec.dlogit_from_stored.free_symbols)
     groups = {
@@ -108,11 +107,10 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str) ->
             exact, "u", _ROW_STATE | {"old_max", "new_max"},
         ),
         "row": _group("row", list(spec.row_values), exact, "r", _ROW_STATE),
-        # The same row values in two groups for the lanes: the libm calls (log) in a scalar
-        # loop of their own, so that the loop over the rest vectorises.
-        "row_calls": _group("row_calls", list(spec.row_values[:calls]), exact, "q", _ROW_STATE),
-        "row_rest": _group("row_rest", list(spec.row_values[calls:]), exact, "p",
-                           _ROW_STATE | {str(s) for s, _ in spec.row_values[:calls]}),
+        # The row values of the lanes with the fast log, so that their loop vectorises: a
+        # finite row's sum_exp is in [1, C] (the maximum's term is exp(0) = 1), a positive
+        # normal number; a non-finite row's is NaN, which passes through.
+        "lanes_row": _group("lanes_row", list(spec.row_values), lanes, "p", _ROW_STATE),
         # Its own group: CSE across it and the row values would hoist reads of row values.
         # Its exponent target_shifted - log_sum_exp is <= 0 (sum_exp >= 1 holds the row
         # maximum's exp(0) = 1), in the fast expm1's domain.
@@ -125,6 +123,12 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str) ->
             "second_sweep",
             [(ks.shifted, spec.element_shifted), (ks.dlogit, spec.dlogit)],
             sweep, "d", _ELEMENT_INPUTS | {"grad_scale"} | {str(s) for s, _ in spec.row_values},
+        ),
+        # A row of the lanes is one chunk: its stored scale is 1/sum_exp.
+        "lanes_stored_scale": _group(
+            "lanes_stored_scale",
+            [(ks.stored_scale, spec.single_chunk_stored_scale)] if stores else [],
+            exact, "c", _ROW_STATE,
         ),
         # The gradient from exp(transform - stored_max), stored by the first sweep.
         "stored_scale": _group(
@@ -163,7 +167,6 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str) ->
         "softcapped": spec.softcapped,
         "stores": stores,
         "row_names": [str(symbol) for symbol, _ in spec.row_values],
-        "row_call_names": [str(symbol) for symbol, _ in spec.row_values[:calls]],
         "groups": groups,
         "op_count": sum(g.op_count for g in groups.values()),
     }
@@ -193,6 +196,27 @@ def printed_fast_exp(dtype: str) -> dict:
     }
 
 
+def _fast_log(dtype: str) -> dict:
+    approx = log_approximation(dtype)
+    verify_log_approximation(approx)  # refuse to emit a log whose error bound does not hold
+    printer = KernelCPrinter(dtype)
+    steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
+    check_reads("C fast_log", steps, {"x", "exponent_shifted", "mantissa"})
+    width = approx.bit_width
+    return {
+        "name": f"gs_log_{SUFFIXES[dtype]}",
+        "steps": steps,
+        "uint": f"uint{width}_t",
+        "offset_bits": f"UINT{width}_C({approx.offset_bits})",
+        "shifter_bits": f"UINT{width}_C({approx.shifter_bits})",
+        "mantissa_base_bits": f"UINT{width}_C({approx.mantissa_base_bits})",
+        "mantissa_mask": f"UINT{width}_C({approx.mantissa_mask})",
+        "mantissa_bits": approx.mantissa_bits,
+        "expressions": tuple(expr for _, expr in approx.steps),
+        "op_count": sum(int(sp.count_ops(expr)) for _, expr in approx.steps),
+    }
+
+
 def _fast_expm1(dtype: str, fast_exp: str) -> dict:
     approx = expm1_approximation(dtype)
     verify_expm1_approximation(approx)  # refuse to emit an expm1 whose error bound does not hold
@@ -210,17 +234,21 @@ def _fast_expm1(dtype: str, fast_exp: str) -> dict:
 def dtype_context(dtype: str) -> dict:
     fast_exp = printed_fast_exp(dtype)
     fast_expm1 = _fast_expm1(dtype, fast_exp["name"])
-    variants = [_variant(spec, dtype, fast_exp["name"], fast_expm1["name"])
+    fast_log = _fast_log(dtype)
+    variants = [_variant(spec, dtype, fast_exp["name"], fast_expm1["name"], fast_log["name"])
                 for spec in ks.all_specs()]
     return {
         "dtype": dtype,
         "real": C_TYPES[dtype],
         "sfx": SUFFIXES[dtype],
         "short_simdlen": SHORT_SIMDLEN[dtype],
+        "lane_simdlen": LANE_SIMDLEN[dtype],
         "fast_exp": fast_exp,
         "fast_expm1": fast_expm1,
+        "fast_log": fast_log,
         "variants": variants,
-        "op_count": fast_exp["op_count"] + fast_expm1["op_count"] + sum(v["op_count"] for v in variants),
+        "op_count": fast_exp["op_count"] + fast_expm1["op_count"] + fast_log["op_count"]
+        + sum(v["op_count"] for v in variants),
     }
 
 
@@ -230,6 +258,7 @@ def kernel_context() -> dict:
     expressions = [expr for spec in ks.all_specs() for expr in spec.expressions().values()]
     expressions += [expr for d in dtypes for expr in d["fast_exp"]["expressions"]]
     expressions += [expr for d in dtypes for expr in d["fast_expm1"]["expressions"]]
+    expressions += [expr for d in dtypes for expr in d["fast_log"]["expressions"]]
     return {
         "dtypes": dtypes,
         "chunk": CHUNK,
