@@ -4,7 +4,6 @@ in-place mode's safety, shapes, the raw kernel call's contract, and bad argument
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 
@@ -287,7 +286,7 @@ def test_bad_arguments_name_the_argument(call, error, match):
 
 def _huge_page_mode() -> str:
     try:
-        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
     except OSError:
         return "none"
     return text.split("[", 1)[1].split("]", 1)[0]
@@ -296,7 +295,7 @@ def _huge_page_mode() -> str:
 def _anon_huge_kib(address: int) -> int:
     """AnonHugePages of the mapping of this process that holds ``address``."""
     inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
+    for line in open("/proc/self/smaps"):
         head = line.split()[0]
         if "-" in head and not head.endswith(":"):
             low, high = (int(part, 16) for part in head.split("-"))
