@@ -282,38 +282,3 @@ def test_torch_thread_count_is_honoured(monkeypatch):
 def test_bad_arguments_name_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
-
-
-def _huge_page_mode() -> str:
-    try:
-        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
-    except OSError:
-        return "none"
-    return text.split("[", 1)[1].split("]", 1)[0]
-
-
-def _anon_huge_kib(address: int) -> int:
-    """AnonHugePages of the mapping of this process that holds ``address``."""
-    inside = False
-    for line in open("/proc/self/smaps"):
-        head = line.split()[0]
-        if "-" in head and not head.endswith(":"):
-            low, high = (int(part, 16) for part in head.split("-"))
-            inside = low <= address < high
-        elif inside and head == "AnonHugePages:":
-            return int(line.split()[1])
-    return 0
-
-
-@pytest.mark.skipif(_huge_page_mode() not in ("madvise", "always"),
-                    reason="transparent huge pages are off on this machine")
-def test_gradient_buffers_are_advised_onto_huge_pages():
-    from gradsmith.codegen.torch_op import memory
-
-    logits = torch.randn(512, 8192)
-    target = torch.randint(0, 8192, (512,))
-    _, dlogits, _ = gt.fused_cross_entropy(logits, target)
-    assert torch.allclose(dlogits, torch.func.grad(F.cross_entropy)(logits, target), atol=1e-7)
-    assert _anon_huge_kib(dlogits.data_ptr() + dlogits.nbytes // 2) > 0
-    small = memory.empty((4, 4), dtype=torch.float32)  # under the threshold: plain torch.empty
-    assert small.shape == (4, 4) and small.dtype == torch.float32

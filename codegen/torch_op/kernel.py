@@ -17,7 +17,6 @@ import torch
 from gradsmith.codegen.abi import SUFFIXES
 from gradsmith.codegen.arguments import REDUCTION_CODES, check_options
 from gradsmith.codegen.native import Params, Status
-from gradsmith.codegen.torch_op import memory
 
 _NUMPY_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
                 torch.float16: "float16"}
@@ -230,7 +229,7 @@ def fused_cross_entropy(
     original = logits
     logits = _rows("logits", logits)
     if dlogits is None:
-        dlogits = memory.empty((n_rows, n_classes), dtype=logits.dtype, device=logits.device)
+        dlogits = torch.empty((n_rows, n_classes), dtype=logits.dtype, device=logits.device)
     else:
         if dlogits is original and logits is not original:
             raise ValueError("dlogits written over logits needs logits with contiguous classes "

@@ -18,7 +18,6 @@ from functools import cache
 import torch
 from gradsmith.codegen.loading import shipped_kernels
 from gradsmith.codegen.row_loss import C_ARGUMENTS
-from gradsmith.codegen.torch_op import memory
 from gradsmith.codegen.torch_op.kernel import (
     CPU_DTYPES,
     CUDA_DTYPES,
@@ -84,7 +83,7 @@ def fused_row_loss(spec: LossDefinition, logits: torch.Tensor, second: torch.Ten
     total = spec.reduction(reduction).total(counted_rows, n_rows, n_classes)
     grad_scale = _grad_scale(total, n_rows, real, device)
     row_loss = torch.empty((n_rows,), dtype=real, device=device)
-    dlogits = memory.empty((n_rows, n_classes), dtype=dtype, device=device)
+    dlogits = torch.empty((n_rows, n_classes), dtype=dtype, device=device)
     if n_rows:  # an empty batch: nothing to read, and data_ptr() may be NULL
         values = (ctypes.c_double * max(len(options), 1))(*options)
         pointers = [logits.data_ptr(), None if second is None else second.data_ptr(),

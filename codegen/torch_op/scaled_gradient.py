@@ -4,7 +4,6 @@ derivative (the gradient comes from a kernel, not from differentiable torch oper
 from __future__ import annotations
 
 import torch
-from gradsmith.codegen.torch_op import memory
 from torch import Tensor
 
 
@@ -15,9 +14,7 @@ def scaled_gradient_op(name: str, no_second_derivative: str):
     @torch.library.custom_op(f"gradsmith::{name}", mutates_args=())
     def op(dlogits: Tensor, grad_loss: Tensor) -> Tensor:
         scale = grad_loss if grad_loss.dim() == 0 else grad_loss[:, None]
-        if dlogits.device.type != "cpu":
-            return (dlogits * scale).to(dlogits.dtype)
-        return torch.mul(dlogits, scale, out=memory.empty(dlogits.shape, dtype=dlogits.dtype))
+        return (dlogits * scale).to(dlogits.dtype)
 
     @op.register_fake
     def _(dlogits, grad_loss):
