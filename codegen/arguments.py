@@ -114,9 +114,7 @@ def check_index_target(target: Any, n_rows: int, n_classes: int, ignore_index: A
         bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
         if bool(bad.any()):
             row = int(xp.argmax(bad))
-            raise ValueError(
-                f"target[{row}] = {int(target[row])} is outside [0, {n_classes}) and is not ignore_index ({ignore_index})"
-            )
+            raise ValueError(bad_target_message(row, int(target[row]), n_classes, ignore_index))
     return target
 
 
@@ -300,3 +298,9 @@ def prepare_call(
         inplace=inplace,
         out=out,
     )
+
+
+def bad_target_message(row: int, value: int, n_classes: int, ignore_index: int) -> str:
+    """What every backend and op says of a class index outside [0, C) that is not ignored."""
+    return (f"target[{row}] = {value} is outside [0, {n_classes}) and is not ignore_index "
+            f"({ignore_index})")

@@ -55,14 +55,14 @@ def _torch_calls(found, logits, second, options: dict, peers=PEERS):
             compiled_rows = torch.compile(lambda a, b: found.torch_rows(torch, a, b, **options))
             calls["torch-compile"] = (lambda: step(compiled_rows(z, other)), reset)
     if "gradsmith.torch" in peers:
-        from gradsmith.codegen.torch_op.row_loss_op import FUNCTIONS
+        from gradsmith.codegen.torch_op import row_loss_op
 
-        function = FUNCTIONS.get(found.name)
-        if function is None:
-            skipped["gradsmith.torch"] = f"gradsmith.torch has no function for {found.name!r}"
+        if found.name not in row_loss_op.REGISTERED:
+            skipped["gradsmith.torch"] = (f"gradsmith.torch.row_loss takes the registered losses "
+                                          f"{row_loss_op.REGISTERED}, not {found.name!r}")
         else:
             def op_step():
-                total = function(z, other, **options)
+                total = row_loss_op.row_loss(found.name, z, other, **options)
                 total.backward()
                 return total
 

@@ -15,7 +15,7 @@ from functools import cache
 
 import torch
 from gradsmith.codegen.abi import SUFFIXES
-from gradsmith.codegen.arguments import REDUCTION_CODES, check_options
+from gradsmith.codegen.arguments import REDUCTION_CODES, bad_target_message, check_options
 from gradsmith.codegen.native import Params, Status
 
 _NUMPY_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
@@ -166,8 +166,8 @@ def raise_for_status(status: int, target: torch.Tensor | None, bad_row: int, n_c
     if status == Status.OK:
         return
     if status == Status.TARGET:
-        raise ValueError(f"target[{bad_row}] = {int(target[bad_row])} is outside [0, {n_classes}) "
-                         f"and is not ignore_index ({ignore_index})")
+        raise ValueError(bad_target_message(bad_row, int(target[bad_row]), n_classes,
+                                            ignore_index))
     text = Status(status).describe() if status in set(Status) else f"status {status}"
     raise ValueError(f"the {kernel} kernel refused its arguments: {text}")
 

@@ -12,6 +12,7 @@ the backward recomputes each chunk with the per-row ``grad_output``, so it is ne
 from __future__ import annotations
 
 import torch
+from gradsmith.codegen.arguments import bad_target_message
 from gradsmith.codegen.torch_op.checks import check_class_weight, check_options, check_target
 from gradsmith.codegen.torch_op.kernel import fused_cross_entropy
 from gradsmith.codegen.torch_op.spec_functions import evaluate, spec_for
@@ -87,8 +88,7 @@ def chunked_linear_cross_entropy(
         bad = (target != ignore_index) & ((target < 0) | (target >= classes))
         if bool(bad.any()):  # checked here for all rows, so that the message names the row
             row = int(bad.nonzero()[0, 0])
-            raise ValueError(f"target[{row}] = {int(target[row])} is outside [0, {classes}) and "
-                             f"is not ignore_index ({ignore_index})")
+            raise ValueError(bad_target_message(row, int(target[row]), classes, ignore_index))
     per_row = reduction == "none" or row_grad_output is not None
     scale = None
     if reduction == "mean" and row_grad_output is None:

@@ -81,6 +81,7 @@ def _scalars(spec: LossDefinition, reduction: str, **options: float) -> list[flo
 
 # Resolved on import: torch.compile does not trace the definitions' module lookup.
 _DEFINITIONS = {name: definition(name) for name in LOSSES if name not in SPECIALISED}
+REGISTERED = tuple(_DEFINITIONS)  # the losses row_loss takes by name
 _FOCAL = _DEFINITIONS["focal"]
 _DISTILL_KL = _DEFINITIONS["distill_kl"]
 
@@ -176,6 +177,3 @@ def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     return _teacher_loss(_DISTILL_KL, student_logits, teacher_logits, reduction,
                          {"temperature": temperature})
 
-
-# The gradsmith.torch function of each loss that has one, by the loss's name.
-FUNCTIONS = {_FOCAL.name: focal_loss, _DISTILL_KL.name: distill_kl}

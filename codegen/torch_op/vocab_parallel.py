@@ -15,6 +15,7 @@ import struct
 
 import torch
 import torch.distributed as dist
+from gradsmith.codegen.arguments import bad_target_message
 from gradsmith.codegen.torch_op.checks import check_class_weight, check_options
 from gradsmith.codegen.torch_op.linear import LOW_PRECISION, mean_denominator, mean_scale
 from gradsmith.codegen.torch_op.spec_functions import evaluate, row_values, spec_for
@@ -85,8 +86,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         bad = counted & ((target < 0) | (target >= classes))
         if bool(bad.any()):
             row = int(bad.nonzero()[0, 0])
-            raise ValueError(f"target[{row}] = {int(target[row])} is outside [0, {classes}) and "
-                             f"is not ignore_index ({ignore_index})")
+            raise ValueError(bad_target_message(row, int(target[row]), classes, ignore_index))
         spec = spec_for("index", weight is not None, options["softcap"] is not None)
         # The statistics are summed in float32 at least, whatever the logits' storage.
         dtype = torch.float32 if local_logits.dtype in LOW_PRECISION else local_logits.dtype

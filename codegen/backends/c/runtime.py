@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from gradsmith.codegen.abi import SUFFIXES
-from gradsmith.codegen.arguments import prepare_call
+from gradsmith.codegen.arguments import bad_target_message, prepare_call
 from gradsmith.codegen.backends.c import build
 from gradsmith.codegen.backends.c.context import DTYPES
 from gradsmith.codegen.native import Status, call_params
@@ -46,11 +46,8 @@ def _raise_for(status: int, call, bad_row: int) -> None:
     if status == Status.OK:
         return
     if status == Status.TARGET:
-        value = int(call.target[bad_row])
-        raise ValueError(
-            f"target[{bad_row}] = {value} is outside [0, {call.n_classes}) and is not "
-            f"ignore_index ({call.ignore_index})"
-        )
+        raise ValueError(bad_target_message(bad_row, int(call.target[bad_row]), call.n_classes,
+                                            call.ignore_index))
     if status == Status.PARAMS:
         raise ValueError("options out of range (reduction, label_smoothing, lse_square_scale, softcap)")
     if status == Status.SHAPE:

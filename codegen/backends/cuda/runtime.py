@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from gradsmith.codegen.abi import SUFFIXES, Argument, declare
-from gradsmith.codegen.arguments import prepare_call
+from gradsmith.codegen.arguments import bad_target_message, prepare_call
 from gradsmith.codegen.backends.cuda.printer import STORAGE
 from gradsmith.codegen.loading import shipped_kernels
 from gradsmith.codegen.native import Status, build_once, cache_dir, call_params, content_key
@@ -192,10 +192,8 @@ def load(dtype: str, kernels: Path | None = None) -> Callable:
         if status is not None:
             bad_row = int(status.get()[0])
             if bad_row >= 0:
-                value = int(target[bad_row].get())
-                raise ValueError(
-                    f"target[{bad_row}] = {value} is outside [0, {classes}) and is not "
-                    f"ignore_index ({call.ignore_index})")
+                raise ValueError(bad_target_message(bad_row, int(target[bad_row].get()), classes,
+                                                    call.ignore_index))
         loss = loss if call.reduction == "none" else loss.reshape(())
         results = [loss, dlogits] + ([lse] if call.return_lse else [])
         if on_host:
