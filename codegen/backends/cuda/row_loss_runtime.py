@@ -16,18 +16,19 @@ from pathlib import Path
 import numpy as np
 from gradsmith.codegen.backends.cuda.runtime import _cupy, _pointer, _to_device, build_library
 from gradsmith.codegen.native import Status
-from gradsmith.codegen.row_loss import CUDA_SUFFIXES, cuda_path
+from gradsmith.codegen.row_loss import C_ARGUMENTS, CUDA_SUFFIXES, cuda_path
 from gradsmith.derive.row_loss import LossDefinition
+
+# The C ABI's arguments (device pointers, but options: a host pointer), then the stream.
+_ARGUMENTS = [ctypes.c_int64 if kind == "int64" else ctypes.c_void_p
+              for _, kind in C_ARGUMENTS] + [ctypes.c_void_p]
 
 
 @cache
 def _launcher(name: str, suffix: str, arch: str, source_dir: Path) -> Callable:
     library = ctypes.CDLL(str(build_library(arch, source_dir, Path(cuda_path(name)).name)))
     function = getattr(library, f"gs_{name}_cuda_{suffix}")
-    i64, pointer = ctypes.c_int64, ctypes.c_void_p
-    function.argtypes = [pointer, pointer, pointer, pointer, i64, i64,
-                         ctypes.POINTER(ctypes.c_double), i64, pointer, pointer, pointer, pointer,
-                         pointer]
+    function.argtypes = _ARGUMENTS
     function.restype = ctypes.c_int
     return function
 
@@ -53,7 +54,7 @@ def cuda_kernel(definition: LossDefinition, dtype: str, kernels: Path) -> Callab
         options = np.asarray(values or [0.0], dtype=np.float64)
         d_logits, d_second, d_target, d_alpha, d_scale = device
         status = launch(_pointer(d_logits), _pointer(d_second), _pointer(d_target), _pointer(d_alpha),
-                        n_rows, n_classes, options.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+                        n_rows, n_classes, options.ctypes.data,
                         ignore_index, _pointer(d_scale), _pointer(row_losses), _pointer(dlogits),
                         _pointer(bad_row), cupy.cuda.get_current_stream().ptr)
         if status != Status.OK:
