@@ -568,8 +568,44 @@ def test_gpu_16_bit_loader_matches_the_float32_c_kernel_on_the_rounded_inputs(na
 @pytest.mark.gpu
 @gpu
 def test_gpu_bad_target_and_empty_batch():
+    """The loader's bad target is refused by make_callable's host check, before any launch (the
+    kernel's *bad_row is not read back); the device's own bad_row is checked below."""
     focal = load("cuda", "float32", loss="focal")
     with pytest.raises(ValueError, match=r"target\[1\] = 3"):
         focal(np.zeros((2, 3), np.float32), np.array([0, 3]))
     loss, grad = focal(np.zeros((0, 5), np.float32), np.zeros(0, np.int64), reduction="sum")
     assert float(loss) == 0 and grad.shape == (0, 5)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_kernel_reports_the_first_bad_row_and_fills_it_with_nan():
+    """The launcher called directly through CuPy, no host check: the kernel's atomicMin gives
+    the first of the bad rows, which are NaN, while ignored rows are 0 and the others finite."""
+    import cupy
+    from gradsmith.codegen.backends.cuda.row_loss_runtime import _launcher
+
+    arch = f"sm_{cupy.cuda.Device().compute_capability}"
+    for classes in (10, 5003):  # warp-owned rows, block-owned rows
+        focal = _launcher("focal", "f32", arch, CUDA_DIR)
+        n_rows = 40
+        logits = cupy.asarray(np.random.default_rng(classes).normal(size=(n_rows, classes)), cupy.float32)
+        target = cupy.zeros(n_rows, cupy.int64)
+        target[[7, 30]] = classes
+        target[25] = -1
+        target[3] = -100
+        scale = cupy.ones(n_rows, cupy.float32)
+        loss = cupy.empty(n_rows, cupy.float32)
+        grad = cupy.empty_like(logits)
+        bad_row = cupy.full(1, 12345, cupy.int64)
+        options = (ctypes.c_double * 1)(2.0)
+        status = focal(logits.data.ptr, None, target.data.ptr, None, n_rows, classes, options, -100,
+                       scale.data.ptr, loss.data.ptr, grad.data.ptr, bad_row.data.ptr,
+                       cupy.cuda.get_current_stream().ptr)
+        assert status == 0
+        assert int(bad_row.get()[0]) == 7
+        loss, grad = loss.get(), grad.get()
+        assert np.isnan(loss[[7, 25, 30]]).all() and np.isnan(grad[[7, 25, 30]]).all()
+        assert loss[3] == 0 and (grad[3] == 0).all()
+        good = np.setdiff1d(np.arange(n_rows), [3, 7, 25, 30])
+        assert np.isfinite(loss[good]).all() and np.isfinite(grad[good]).all()
