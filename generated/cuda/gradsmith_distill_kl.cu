@@ -638,6 +638,8 @@ template <class M, typename T> int launch(const call<M, T> &c, cudaStream_t stre
                 <<<(unsigned)(c.n_rows < INT_MAX ? c.n_rows : INT_MAX), 512, 0, stream>>>(c);
         }
     }
+    // As gradsmith_ce.cu's launch: the error cudaGetLastError() returns (and clears) is this
+    // launch's, or an earlier asynchronous one still pending, which fails this call as well.
     return cudaGetLastError() == cudaSuccess ? GS_OK : GS_ERR_CUDA;
 }
 
