@@ -189,11 +189,12 @@ def cuda_context(spec: rl.RowLossSpec) -> dict:
         ctx = context(spec, "cuda", dtype)
         printer = _printer("cuda", dtype)
         statistics = [n[key] for n in ctx["normalizers"] for key in ("max", "log_sum")]
-        row_names = [name for name, _, _ in ctx["rows"]["assignments"]]
         later = _names(ctx["elements"]) | _names(ctx["final"])
-        # The row struct: every row value, and the statistics the gradient sweep or the loss read.
+        if ctx["has_target_coefficient"]:
+            later.add(str(rl.coef_target))  # added at the target by the template
+        # The row struct: the statistics and row values the gradient sweep or the loss read.
         fields = [n for n in statistics + ctx["gathered"] + ["grad_scale"] if n in later]
-        fields += row_names
+        fields += [name for name, _, _ in ctx["rows"]["assignments"] if name in later]
         scaled = set().union(*(_names(n["scaled_code"]) for n in ctx["normalizers"]))
         arithmetics.append({
             **ctx,

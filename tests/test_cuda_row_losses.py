@@ -55,6 +55,15 @@ def test_generated_cuda_is_current():
             f"{path} is stale: run gradsmith generate")
 
 
+@pytest.mark.parametrize("name", GENERIC)
+def test_every_row_struct_field_is_read_by_the_gradient_sweep_or_the_loss(name):
+    text = (ROOT / "generated" / cuda_path(name)).read_text()
+    written = re.findall(r"^\s*r\.(\w+) = \1;$", text, flags=re.MULTILINE)
+    read = {field for line in text.splitlines() if not re.match(r"\s*r\.(\w+) = \1;$", line)
+            for field in re.findall(r"\br\.(\w+)", line)}
+    assert written and set(written) <= read, sorted(set(written) - read)
+
+
 def test_the_merge_of_partial_normalizers_is_proven_and_a_wrong_one_refused():
     spec = rl.kernel_spec(definition("focal"))
     assert _merge(spec).method == "symbolic"

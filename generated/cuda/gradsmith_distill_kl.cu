@@ -141,7 +141,6 @@ struct math_f32 {
         float logit_log_sum_exp;
         float teacher_logit_max;
         float teacher_logit_log_sum_exp;
-        float r0;
         float coef_p;
         float coef_q;
     };
@@ -206,7 +205,6 @@ struct math_f32 {
         r.logit_log_sum_exp = logit_log_sum_exp;
         r.teacher_logit_max = teacher_logit_max;
         r.teacher_logit_log_sum_exp = teacher_logit_log_sum_exp;
-        r.r0 = r0;
         r.coef_p = coef_p;
         r.coef_q = coef_q;
     }
@@ -368,7 +366,6 @@ struct math_f64 {
         double logit_log_sum_exp;
         double teacher_logit_max;
         double teacher_logit_log_sum_exp;
-        double r0;
         double coef_p;
         double coef_q;
     };
@@ -433,7 +430,6 @@ struct math_f64 {
         r.logit_log_sum_exp = logit_log_sum_exp;
         r.teacher_logit_max = teacher_logit_max;
         r.teacher_logit_log_sum_exp = teacher_logit_log_sum_exp;
-        r.r0 = r0;
         r.coef_p = coef_p;
         r.coef_q = coef_q;
     }

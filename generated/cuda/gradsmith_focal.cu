@@ -114,11 +114,8 @@ struct math_f32 {
         float logit_max;
         float logit_log_sum_exp;
         float target_alpha;
-        float target_shifted;
         float log_p_target;
-        float p_target;
         float one_minus_p_target;
-        float r0;
         float coef_p;
         float coef_target;
     };
@@ -166,11 +163,8 @@ struct math_f32 {
         r.logit_max = logit_max;
         r.logit_log_sum_exp = logit_log_sum_exp;
         r.target_alpha = target_alpha;
-        r.target_shifted = target_shifted;
         r.log_p_target = log_p_target;
-        r.p_target = p_target;
         r.one_minus_p_target = one_minus_p_target;
-        r.r0 = r0;
         r.coef_p = coef_p;
         r.coef_target = coef_target;
     }
@@ -294,11 +288,8 @@ struct math_f64 {
         double logit_max;
         double logit_log_sum_exp;
         double target_alpha;
-        double target_shifted;
         double log_p_target;
-        double p_target;
         double one_minus_p_target;
-        double r0;
         double coef_p;
         double coef_target;
     };
@@ -346,11 +337,8 @@ struct math_f64 {
         r.logit_max = logit_max;
         r.logit_log_sum_exp = logit_log_sum_exp;
         r.target_alpha = target_alpha;
-        r.target_shifted = target_shifted;
         r.log_p_target = log_p_target;
-        r.p_target = p_target;
         r.one_minus_p_target = one_minus_p_target;
-        r.r0 = r0;
         r.coef_p = coef_p;
         r.coef_target = coef_target;
     }
