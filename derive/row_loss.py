@@ -101,8 +101,9 @@ class RowLossSpec:
     ``scale`` multiplies each logit before its softmax (both normalizers).  ``row_values``
     follow the first sweep (which gives each normalizer's maximum and log-sum), in order; the gradient
     sweep evaluates ``element_values`` and adds each accumulator's term; ``final_values``
-    then give ``row_loss``.  ``dlogit`` is each element's gradient; ``coef_target`` is added
-    at the target class.  Options are symbols named as the loss module names them.
+    then give ``row_loss``.  ``dlogit`` is each element's gradient off the target class and,
+    for class targets, ``dlogit_at_target`` (``dlogit + coef_target``) at it.  Options are
+    symbols named as the loss module names them.
     """
 
     name: str
@@ -120,6 +121,7 @@ class RowLossSpec:
     row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     element_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     dlogit: sp.Expr
+    dlogit_at_target: sp.Expr | None  # None without a target class
     accumulators: tuple[Accumulator, ...]
     final_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     reductions: tuple[Reduction, ...]
@@ -130,12 +132,16 @@ class RowLossSpec:
         element values, the gradient and the accumulators' terms.  Their exponentials run on
         the fast exp, whose domain (x <= 0) ``row_loss_proofs`` proves they stay in."""
         return [self.normalizer_term, self.normalizer_rescale,
-                *(e for _, e in self.element_values), self.dlogit,
+                *(e for _, e in self.element_values), *self.gradients(),
                 *(a.term for a in self.accumulators)]
+
+    def gradients(self) -> list[sp.Expr]:
+        """``dlogit``, then ``dlogit_at_target`` where there is a target class."""
+        return [self.dlogit] + ([] if self.dlogit_at_target is None else [self.dlogit_at_target])
 
     def expressions(self) -> list[sp.Expr]:
         """Every expression of the spec, in a fixed order (for the content hash)."""
-        named = [self.scale, self.dlogit, self.scaled_logit, self.normalizer_term,
+        named = [self.scale, *self.gradients(), self.scaled_logit, self.normalizer_term,
                  self.normalizer_rescale, self.normalizer_log_sum]
         named += [e for _, e in self.row_values + self.element_values + self.final_values]
         named += [a.term for a in self.accumulators]
@@ -319,6 +325,7 @@ def kernel_spec(definition: LossDefinition) -> RowLossSpec:
         normalizer_rescale=NORMALIZER_RESCALE, normalizer_log_sum=NORMALIZER_LOG_SUM,
         normalizer_merge=NORMALIZER_MERGE, gathered=gathered,
         row_values=tuple(row_values), element_values=tuple(element_values), dlogit=dlogit,
+        dlogit_at_target=dlogit + coef_target if definition.kind == "index" else None,
         accumulators=accumulators, final_values=((row_loss, fitted.row_loss),),
         reductions=definition.reductions, default_reduction=definition.default_reduction,
     )

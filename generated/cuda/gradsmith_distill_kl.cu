@@ -554,8 +554,7 @@ GS_HD typename M::sums second_sweep(const call<M, T> &c, const int64_t n, const 
     T *grad = c.dlogits + n * c.n_classes;
     const T *teacher = c.teacher + n * c.n_classes;
     for (int64_t j = first; j < c.n_classes; j += step) {
-        const R d = M::dlogit(acc, storage<T>::load(logits[j]), storage<T>::load(teacher[j]), r, c.o);
-        grad[j] = storage<T>::store(d);
+        grad[j] = storage<T>::store(M::dlogit(acc, storage<T>::load(logits[j]), storage<T>::load(teacher[j]), r, c.o));
     }
     return acc;
 }
