@@ -147,6 +147,7 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
         "options": options,
         "normalizers": normalizers,
         "gathered": gathered,
+        "gathered_defaults": [_printer(backend, dtype).doprint(d) for d in spec.gathered_defaults],
         "rows": rows,
         "elements": elements,
         "accumulators": accumulators,

@@ -85,6 +85,9 @@ coef_target = sp.Symbol("coef_target", real=True)
 coef_q = sp.Symbol("coef_q", real=True)
 row_loss = sp.Symbol("row_loss", real=True)
 grad_scale = sp.Symbol("grad_scale", real=True)
+# Each gathered entry's value in a row that gathers none (its target ignored or bad): the row
+# is not evaluated, so any value in the entry's domain does (an alpha is positive).
+GATHERED_DEFAULTS = {target_logit: sp.Integer(0), target_alpha: sp.Integer(1)}
 
 @dataclass(frozen=True)
 class Accumulator:
@@ -118,6 +121,7 @@ class RowLossSpec:
     normalizer_log_sum: sp.Expr
     normalizer_merge: sp.Expr  # read by the parallel kernels only, so outside expressions()
     gathered: tuple[sp.Symbol, ...]
+    gathered_defaults: tuple[sp.Expr, ...]  # GATHERED_DEFAULTS of each gathered entry
     row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     element_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     dlogit: sp.Expr
@@ -145,6 +149,7 @@ class RowLossSpec:
                  self.normalizer_rescale, self.normalizer_log_sum]
         named += [e for _, e in self.row_values + self.element_values + self.final_values]
         named += [a.term for a in self.accumulators]
+        named += list(self.gathered_defaults)
         return named
 
 
@@ -324,6 +329,7 @@ def kernel_spec(definition: LossDefinition) -> RowLossSpec:
         scaled_logit=scale * logit, normalizer_term=NORMALIZER_TERM,
         normalizer_rescale=NORMALIZER_RESCALE, normalizer_log_sum=NORMALIZER_LOG_SUM,
         normalizer_merge=NORMALIZER_MERGE, gathered=gathered,
+        gathered_defaults=tuple(GATHERED_DEFAULTS[g] for g in gathered),
         row_values=tuple(row_values), element_values=tuple(element_values), dlogit=dlogit,
         dlogit_at_target=dlogit + coef_target if definition.kind == "index" else None,
         accumulators=accumulators, final_values=((row_loss, fitted.row_loss),),
