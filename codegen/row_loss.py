@@ -127,6 +127,8 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
     row_names = [name for name, _, _ in rows["assignments"]]
     element_inputs = row_inputs + row_names + [str(n[0]) for n in spec.normalizers]
     element_outputs = list(spec.element_values) + [(sp.Symbol("dlogit"), spec.dlogit)]
+    if spec.dlogit_at_target is not None:
+        element_outputs.append((sp.Symbol("dlogit_at_target"), spec.dlogit_at_target))
     element_outputs += [(a.symbol, a.term) for a in spec.accumulators]
     elements = _group(backend, dtype, element_outputs, "e", element_inputs, sweep=True)
     accumulators = [str(a.symbol) for a in spec.accumulators]
@@ -145,11 +147,12 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
         "options": options,
         "normalizers": normalizers,
         "gathered": gathered,
+        "gathered_defaults": [_printer(backend, dtype).doprint(d) for d in spec.gathered_defaults],
         "rows": rows,
         "elements": elements,
         "accumulators": accumulators,
         "final": final,
-        "has_target_coefficient": spec.kind == "index",
+        "has_target_coefficient": spec.dlogit_at_target is not None,
         "reads_class_alpha": str(rl.class_alpha) in _names(elements),
         "spec_hash": expression_hash(spec.expressions()),
         "op_count": op_count,
@@ -189,11 +192,10 @@ def cuda_context(spec: rl.RowLossSpec) -> dict:
         ctx = context(spec, "cuda", dtype)
         printer = _printer("cuda", dtype)
         statistics = [n[key] for n in ctx["normalizers"] for key in ("max", "log_sum")]
-        row_names = [name for name, _, _ in ctx["rows"]["assignments"]]
         later = _names(ctx["elements"]) | _names(ctx["final"])
-        # The row struct: every row value, and the statistics the gradient sweep or the loss read.
+        # The row struct: the statistics and row values the gradient sweep or the loss read.
         fields = [n for n in statistics + ctx["gathered"] + ["grad_scale"] if n in later]
-        fields += row_names
+        fields += [name for name, _, _ in ctx["rows"]["assignments"] if name in later]
         scaled = set().union(*(_names(n["scaled_code"]) for n in ctx["normalizers"]))
         arithmetics.append({
             **ctx,

@@ -85,6 +85,9 @@ coef_target = sp.Symbol("coef_target", real=True)
 coef_q = sp.Symbol("coef_q", real=True)
 row_loss = sp.Symbol("row_loss", real=True)
 grad_scale = sp.Symbol("grad_scale", real=True)
+# Each gathered entry's value in a row that gathers none (its target ignored or bad): the row
+# is not evaluated, so any value in the entry's domain does (an alpha is positive).
+GATHERED_DEFAULTS = {target_logit: sp.Integer(0), target_alpha: sp.Integer(1)}
 
 @dataclass(frozen=True)
 class Accumulator:
@@ -101,8 +104,9 @@ class RowLossSpec:
     ``scale`` multiplies each logit before its softmax (both normalizers).  ``row_values``
     follow the first sweep (which gives each normalizer's maximum and log-sum), in order; the gradient
     sweep evaluates ``element_values`` and adds each accumulator's term; ``final_values``
-    then give ``row_loss``.  ``dlogit`` is each element's gradient; ``coef_target`` is added
-    at the target class.  Options are symbols named as the loss module names them.
+    then give ``row_loss``.  ``dlogit`` is each element's gradient off the target class and,
+    for class targets, ``dlogit_at_target`` (``dlogit + coef_target``) at it.  Options are
+    symbols named as the loss module names them.
     """
 
     name: str
@@ -117,9 +121,11 @@ class RowLossSpec:
     normalizer_log_sum: sp.Expr
     normalizer_merge: sp.Expr  # read by the parallel kernels only, so outside expressions()
     gathered: tuple[sp.Symbol, ...]
+    gathered_defaults: tuple[sp.Expr, ...]  # GATHERED_DEFAULTS of each gathered entry
     row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     element_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     dlogit: sp.Expr
+    dlogit_at_target: sp.Expr | None  # None without a target class
     accumulators: tuple[Accumulator, ...]
     final_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     reductions: tuple[Reduction, ...]
@@ -130,15 +136,20 @@ class RowLossSpec:
         element values, the gradient and the accumulators' terms.  Their exponentials run on
         the fast exp, whose domain (x <= 0) ``row_loss_proofs`` proves they stay in."""
         return [self.normalizer_term, self.normalizer_rescale,
-                *(e for _, e in self.element_values), self.dlogit,
+                *(e for _, e in self.element_values), *self.gradients(),
                 *(a.term for a in self.accumulators)]
+
+    def gradients(self) -> list[sp.Expr]:
+        """``dlogit``, then ``dlogit_at_target`` where there is a target class."""
+        return [self.dlogit] + ([] if self.dlogit_at_target is None else [self.dlogit_at_target])
 
     def expressions(self) -> list[sp.Expr]:
         """Every expression of the spec, in a fixed order (for the content hash)."""
-        named = [self.scale, self.dlogit, self.scaled_logit, self.normalizer_term,
+        named = [self.scale, *self.gradients(), self.scaled_logit, self.normalizer_term,
                  self.normalizer_rescale, self.normalizer_log_sum]
         named += [e for _, e in self.row_values + self.element_values + self.final_values]
         named += [a.term for a in self.accumulators]
+        named += list(self.gathered_defaults)
         return named
 
 
@@ -318,7 +329,9 @@ def kernel_spec(definition: LossDefinition) -> RowLossSpec:
         scaled_logit=scale * logit, normalizer_term=NORMALIZER_TERM,
         normalizer_rescale=NORMALIZER_RESCALE, normalizer_log_sum=NORMALIZER_LOG_SUM,
         normalizer_merge=NORMALIZER_MERGE, gathered=gathered,
+        gathered_defaults=tuple(GATHERED_DEFAULTS[g] for g in gathered),
         row_values=tuple(row_values), element_values=tuple(element_values), dlogit=dlogit,
+        dlogit_at_target=dlogit + coef_target if definition.kind == "index" else None,
         accumulators=accumulators, final_values=((row_loss, fitted.row_loss),),
         reductions=definition.reductions, default_reduction=definition.default_reduction,
     )

@@ -98,7 +98,9 @@ def prove(definition: rl.LossDefinition, losses=None) -> list[LossClaim]:
     row = rl.SymbolicRow(spec.scale, definition.class_weights)
     name = definition.name
     claims = []
-    gradient = spec.dlogit + (rl.coef_target * rl.is_target if spec.kind == "index" else 0)
+    gradient = spec.dlogit
+    if spec.dlogit_at_target is not None:  # the kernels print both values and pick one per class
+        gradient = (1 - rl.is_target) * spec.dlogit + rl.is_target * spec.dlogit_at_target
     emitted = definition_terms(spec, gradient, row)
     claims.append(LossClaim(f"{name}: kernel dL/dz_j = SymPy's derivative",
                             check(emitted, fitted.derivative, f"{name} gradient", definition)))

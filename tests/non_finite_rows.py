@@ -11,8 +11,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from gradsmith.codegen.row_loss import SPECIALISED
 from gradsmith.codegen.validate.row_loss import _reference
-from gradsmith.derive.losses import definition
+from gradsmith.derive.losses import LOSSES, definition
+
+# The losses with generic kernels, and the tolerance of a finite row against the reference.
+GENERIC = [name for name in LOSSES if name not in SPECIALISED]
+TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
 
 VALUES = (-np.inf, np.inf, np.nan)
 POSITIONS = ("first", "middle", "last")

@@ -3,8 +3,10 @@
 Without a GPU: the emitted files are current, compile for sm_80 and sm_90 with every warning an
 error and no spills, and their ``__host__ __device__`` row functions, compiled for the host and
 driven the way a warp or a block of threads drives them (per-thread sweeps, butterfly merges),
-match the 40-digit reference of the definition and the C kernels.  On a GPU: the CuPy loader
-against the C kernels.
+match the 40-digit reference of the definition and the C kernels.  That host harness re-implements
+the kernel's row loop, row_all_reduce and bad-row bookkeeping, so it checks the printed device row
+functions only: not the launch, __syncthreads or atomicMin, which only the GPU tests run.  On a
+GPU: the CuPy loader against the C kernels, and the launcher's bad_row.
 """
 
 from __future__ import annotations
@@ -31,17 +33,15 @@ from cuda_build import (  # tests/ is on sys.path (conftest.py)
     ptxas_report,
 )
 from gradsmith import load
-from gradsmith.codegen.row_loss import SPECIALISED, cuda_path, render_loss
+from gradsmith.codegen.row_loss import cuda_path, render_loss
 from gradsmith.codegen.validate.row_loss import _reference
 from gradsmith.derive import row_loss as rl
 from gradsmith.derive.check import ProofError
-from gradsmith.derive.losses import LOSSES, definition
+from gradsmith.derive.losses import definition
 from gradsmith.derive.row_loss_proofs import _merge
-from non_finite_rows import batch, check
+from non_finite_rows import GENERIC, TOLERANCE, batch, check
 
-GENERIC = [name for name in LOSSES if name not in SPECIALISED]
 STORAGES = ("float32", "float64", "bfloat16", "float16")
-TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
 
 
 def _sources(name: str) -> tuple[str, ...]:
@@ -53,6 +53,15 @@ def test_generated_cuda_is_current():
         path = cuda_path(name)
         assert (ROOT / "generated" / path).read_text() == render_loss(name, ("cuda",))[path], (
             f"{path} is stale: run gradsmith generate")
+
+
+@pytest.mark.parametrize("name", GENERIC)
+def test_every_row_struct_field_is_read_by_the_gradient_sweep_or_the_loss(name):
+    text = (ROOT / "generated" / cuda_path(name)).read_text()
+    written = re.findall(r"^\s*r\.(\w+) = \1;$", text, flags=re.MULTILINE)
+    read = {field for line in text.splitlines() if not re.match(r"\s*r\.(\w+) = \1;$", line)
+            for field in re.findall(r"\br\.(\w+)", line)}
+    assert written and set(written) <= read, sorted(set(written) - read)
 
 
 def test_the_merge_of_partial_normalizers_is_proven_and_a_wrong_one_refused():
@@ -91,6 +100,9 @@ def test_a_loss_from_outside_the_registry_gets_cuda_kernels_that_compile():
     cached_build("poly1", command, text.encode(), ("gradsmith_ce.cuh",))
 
 
+# A host stand-in for row_kernel: its own row loop, row_all_reduce (butterflies over lanes, then
+# over the warps' lane 0) and first bad row, around the file's setup_row, fill_row, first_sweep,
+# row_values, second_sweep and loss.
 HARNESS = r"""
 %INCLUDES%
 #include <cstdio>
@@ -568,8 +580,44 @@ def test_gpu_16_bit_loader_matches_the_float32_c_kernel_on_the_rounded_inputs(na
 @pytest.mark.gpu
 @gpu
 def test_gpu_bad_target_and_empty_batch():
+    """The loader's bad target is refused by make_callable's host check, before any launch (the
+    kernel's *bad_row is not read back); the device's own bad_row is checked below."""
     focal = load("cuda", "float32", loss="focal")
     with pytest.raises(ValueError, match=r"target\[1\] = 3"):
         focal(np.zeros((2, 3), np.float32), np.array([0, 3]))
     loss, grad = focal(np.zeros((0, 5), np.float32), np.zeros(0, np.int64), reduction="sum")
     assert float(loss) == 0 and grad.shape == (0, 5)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_kernel_reports_the_first_bad_row_and_fills_it_with_nan():
+    """The launcher called directly through CuPy, no host check: the kernel's atomicMin gives
+    the first of the bad rows, which are NaN, while ignored rows are 0 and the others finite."""
+    import cupy
+    from gradsmith.codegen.backends.cuda.row_loss_runtime import _launcher
+
+    arch = f"sm_{cupy.cuda.Device().compute_capability}"
+    for classes in (10, 5003):  # warp-owned rows, block-owned rows
+        focal = _launcher("focal", "f32", arch, CUDA_DIR)
+        n_rows = 40
+        logits = cupy.asarray(np.random.default_rng(classes).normal(size=(n_rows, classes)), cupy.float32)
+        target = cupy.zeros(n_rows, cupy.int64)
+        target[[7, 30]] = classes
+        target[25] = -1
+        target[3] = -100
+        scale = cupy.ones(n_rows, cupy.float32)
+        loss = cupy.empty(n_rows, cupy.float32)
+        grad = cupy.empty_like(logits)
+        bad_row = cupy.full(1, 12345, cupy.int64)
+        options = (ctypes.c_double * 1)(2.0)
+        status = focal(logits.data.ptr, None, target.data.ptr, None, n_rows, classes, options, -100,
+                       scale.data.ptr, loss.data.ptr, grad.data.ptr, bad_row.data.ptr,
+                       cupy.cuda.get_current_stream().ptr)
+        assert status == 0
+        assert int(bad_row.get()[0]) == 7
+        loss, grad = loss.get(), grad.get()
+        assert np.isnan(loss[[7, 25, 30]]).all() and np.isnan(grad[[7, 25, 30]]).all()
+        assert loss[3] == 0 and (grad[3] == 0).all()
+        good = np.setdiff1d(np.arange(n_rows), [3, 7, 25, 30])
+        assert np.isfinite(loss[good]).all() and np.isfinite(grad[good]).all()

@@ -7,12 +7,7 @@ from __future__ import annotations
 
 import pytest
 from gradsmith import load
-from gradsmith.codegen.row_loss import SPECIALISED
-from gradsmith.derive.losses import LOSSES
-from non_finite_rows import batch, check  # tests/ is on sys.path (conftest.py)
-
-GENERIC = [name for name in LOSSES if name not in SPECIALISED]
-TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
+from non_finite_rows import GENERIC, TOLERANCE, batch, check  # tests/ is on sys.path (conftest.py)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -356,3 +356,17 @@ def test_an_exponent_outside_the_fast_exp_domain_is_refused():
         (rl.shifted_p, rl.logit), *spec.element_values[1:]))
     with pytest.raises(ProofError, match="log_p"):
         _sweep_exponents(unshifted)
+
+
+def test_a_gradient_at_the_target_without_coef_target_is_refused(monkeypatch):
+    import dataclasses
+
+    from gradsmith.derive import row_loss as rl
+    from gradsmith.derive.check import ProofError
+
+    spec = rl.kernel_spec(definition("focal"))
+    assert spec.dlogit_at_target is not None and spec.dlogit_at_target != spec.dlogit
+    monkeypatch.setattr(rl, "kernel_spec", lambda found: dataclasses.replace(
+        spec, dlogit_at_target=spec.dlogit))
+    with pytest.raises(ProofError, match="focal gradient"):
+        prove(definition("focal"))

@@ -68,13 +68,13 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
         int64_t ignore_index, const float *grad_scale_rows, float *row_loss_out,
         float *dlogits, int64_t *bad_row)
 {
+    (void)target;
+    (void)alpha;
+    (void)ignore_index;
     if (!logits || !grad_scale_rows || !row_loss_out || !dlogits || !bad_row || !options || !second)
         return GS_ERR_NULL_POINTER;
     if (n_rows < 0 || n_classes < 1 || (n_rows > 0 && n_classes > INT64_MAX / n_rows))
         return GS_ERR_SHAPE;
-    (void)target;
-    (void)alpha;
-    (void)ignore_index;
     if (!(options[0] == options[0]) || options[0] <= 0.0)
         return GS_ERR_PARAMS;
     if (options[0] - options[0] != 0.0)
@@ -155,13 +155,13 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
         int64_t ignore_index, const double *grad_scale_rows, double *row_loss_out,
         double *dlogits, int64_t *bad_row)
 {
+    (void)target;
+    (void)alpha;
+    (void)ignore_index;
     if (!logits || !grad_scale_rows || !row_loss_out || !dlogits || !bad_row || !options || !second)
         return GS_ERR_NULL_POINTER;
     if (n_rows < 0 || n_classes < 1 || (n_rows > 0 && n_classes > INT64_MAX / n_rows))
         return GS_ERR_SHAPE;
-    (void)target;
-    (void)alpha;
-    (void)ignore_index;
     if (!(options[0] == options[0]) || options[0] <= 0.0)
         return GS_ERR_PARAMS;
     if (options[0] - options[0] != 0.0)

@@ -141,7 +141,6 @@ struct math_f32 {
         float logit_log_sum_exp;
         float teacher_logit_max;
         float teacher_logit_log_sum_exp;
-        float r0;
         float coef_p;
         float coef_q;
     };
@@ -206,7 +205,6 @@ struct math_f32 {
         r.logit_log_sum_exp = logit_log_sum_exp;
         r.teacher_logit_max = teacher_logit_max;
         r.teacher_logit_log_sum_exp = teacher_logit_log_sum_exp;
-        r.r0 = r0;
         r.coef_p = coef_p;
         r.coef_q = coef_q;
     }
@@ -368,7 +366,6 @@ struct math_f64 {
         double logit_log_sum_exp;
         double teacher_logit_max;
         double teacher_logit_log_sum_exp;
-        double r0;
         double coef_p;
         double coef_q;
     };
@@ -433,7 +430,6 @@ struct math_f64 {
         r.logit_log_sum_exp = logit_log_sum_exp;
         r.teacher_logit_max = teacher_logit_max;
         r.teacher_logit_log_sum_exp = teacher_logit_log_sum_exp;
-        r.r0 = r0;
         r.coef_p = coef_p;
         r.coef_q = coef_q;
     }
@@ -558,8 +554,7 @@ GS_HD typename M::sums second_sweep(const call<M, T> &c, const int64_t n, const 
     T *grad = c.dlogits + n * c.n_classes;
     const T *teacher = c.teacher + n * c.n_classes;
     for (int64_t j = first; j < c.n_classes; j += step) {
-        const R d = M::dlogit(acc, storage<T>::load(logits[j]), storage<T>::load(teacher[j]), r, c.o);
-        grad[j] = storage<T>::store(d);
+        grad[j] = storage<T>::store(M::dlogit(acc, storage<T>::load(logits[j]), storage<T>::load(teacher[j]), r, c.o));
     }
     return acc;
 }
@@ -638,6 +633,8 @@ template <class M, typename T> int launch(const call<M, T> &c, cudaStream_t stre
                 <<<(unsigned)(c.n_rows < INT_MAX ? c.n_rows : INT_MAX), 512, 0, stream>>>(c);
         }
     }
+    // As gradsmith_ce.cu's launch: the error cudaGetLastError() returns (and clears) is this
+    // launch's, or an earlier asynchronous one still pending, which fails this call as well.
     return cudaGetLastError() == cudaSuccess ? GS_OK : GS_ERR_CUDA;
 }
 
