@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (optional test dependency)")
 import gradsmith.torch as gt
 import torch.nn.functional as F
+from torch_references import focal_reference, kl_reference  # tests/ is on sys.path
 
 HAS_GPU = torch.cuda.is_available()
 # Judged as Cut Cross-Entropy does: against float64, no worse than torch's own error in the
@@ -107,21 +108,6 @@ def test_cuda_runs_on_the_current_stream_and_in_place():
 # ---- the row losses (focal_loss, distill_kl) on CUDA ------------------------------------------
 
 
-def _focal_reference(logits, target, gamma, alpha, reduction):
-    """The focal loss by its definition, in torch ops (autograd gives its gradient)."""
-    keep = target != -100
-    safe = torch.where(keep, target, 0)
-    log_p_t = F.log_softmax(logits, -1).gather(1, safe[:, None])[:, 0]
-    rows = torch.where(keep, -alpha[safe] * (-torch.expm1(log_p_t)) ** gamma * log_p_t, 0)
-    return {"mean": rows.sum() / keep.sum(), "sum": rows.sum(), "none": rows}[reduction]
-
-
-def _kl_reference(logits, teacher, temperature, reduction):
-    out = F.kl_div(F.log_softmax(logits / temperature, -1), F.log_softmax(teacher / temperature, -1),
-                   log_target=True, reduction="none" if reduction == "none" else reduction)
-    return (out.sum(-1) if reduction == "none" else out) * temperature**2
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA device")
 @pytest.mark.parametrize("dtype", CUDA_DTYPES, ids=str)
@@ -148,8 +134,8 @@ def test_cuda_row_losses_match_their_torch_references(dtype, loss, reduction, sh
 
     def theirs(x, use):
         if loss == "focal":
-            return _focal_reference(x, target.cuda(), 0.5, alpha64.to(use).cuda(), reduction)
-        return _kl_reference(x, teacher64.to(use).cuda(), 2.0, reduction)
+            return focal_reference(x, target.cuda(), 0.5, alpha64.to(use).cuda(), -100, reduction)
+        return kl_reference(x, teacher64.to(use).cuda(), 2.0, reduction)
 
     results = {}
     for name, function, use in (("gradsmith", ours, dtype), ("torch", theirs, dtype),
