@@ -3,8 +3,12 @@
 A row of logits is processed in two sweeps.  The first keeps a running maximum, the sum of
 exp(logit - max) rescaled whenever the maximum grows (the online normalizer), and linear sums
 ``A = sum_j a_j`` and ``B = sum_j a_j (logit_j - max)`` rescaled the same way.  The second
-writes the gradient.  Every expression below is checked against SymPy's derivative of the
-loss definition (PyTorch's ``cross_entropy``) by :func:`verify_spec`.
+writes the gradient.  The C kernels split the sum of exponentials as ``top_count + rest_sum``:
+the number of elements at the running maximum (each exp(0) = 1) and the sum of the others'
+terms, so that log_sum_exp = log1p(top_count - 1 + rest_sum) keeps the digits of a sum close
+to 1 (1 - p_t stays accurate as p_t -> 1, on any vector width).  Every expression below is
+checked against SymPy's derivative of the loss definition (PyTorch's ``cross_entropy``) by
+:func:`verify_spec`.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ from functools import cache
 from itertools import product
 
 import sympy as sp
-from gradsmith.derive.check import Verdict, check_equal, without_expm1
+from gradsmith.derive.check import ProofError, Verdict, check_equal, without_expm1
 from gradsmith.derive.losses import cross_entropy
 from gradsmith.derive.row_loss_definition import ConcreteRow
-from sympy.codegen.cfunctions import expm1
+from sympy.codegen.cfunctions import expm1, log1p
 
 TARGET_KINDS = ("index", "probs")
 
@@ -32,6 +36,12 @@ old_max = sp.Symbol("old_max", real=True)
 new_max = sp.Symbol("new_max", real=True)
 sum_exp = sp.Symbol("sum_exp", positive=True)
 weight_sum = sp.Symbol("weight_sum", real=True)
+# The split of sum_exp (C kernels): elements at the running maximum counted, the others summed.
+exp_term = sp.Symbol("exp_term", positive=True)
+top_term = sp.Symbol("top_term", nonnegative=True, integer=True)
+top_count = sp.Symbol("top_count", nonnegative=True, integer=True)
+top_excess = sp.Symbol("top_excess", nonnegative=True, integer=True)
+rest_sum = sp.Symbol("rest_sum", nonnegative=True)
 shifted_sum = sp.Symbol("shifted_sum", real=True)
 # Row scalars known before the first sweep.
 target_logit = sp.Symbol("target_logit", real=True)
@@ -79,6 +89,10 @@ class KernelSpec:
     ``mean_lse_square_scale`` is the z-loss scale a "mean" call gives the rows, from the
     denominator and the number of counted rows: the z-term is then a mean over counted rows,
     whatever the class weights (:func:`verify_mean_z_loss`).
+    ``top_term`` and ``rest_term`` (in ``exp_term``, the element's exp(shifted)) are an
+    element's shares of ``top_count`` and ``rest_sum``; a rescale sets them to ``rescale_top_count`` and
+    ``rescale_rest_sum``.  ``split_sum_exp`` is sum_exp from the split and ``split_row_values``
+    are ``row_values`` from it, log_sum_exp as a log1p (:func:`verify_split_sum`).
     ``dlogit_from_stored`` is ``dlogit`` written with the stored exponential ``stored`` =
     exp(transform - stored_max) times ``stored_scale``, whose value is ``stored_scale_value``
     in terms of ``stored_shifted`` = ``stored_shifted_value`` (one per chunk, not per element;
@@ -98,6 +112,12 @@ class KernelSpec:
     linear_coefficient: sp.Expr
     rescale_sum_exp: sp.Expr
     rescale_shifted_sum: sp.Expr
+    top_term: sp.Expr
+    rest_term: sp.Expr
+    rescale_top_count: sp.Expr
+    rescale_rest_sum: sp.Expr
+    split_sum_exp: sp.Expr
+    split_row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     merge_sum_exp: sp.Expr
     merge_shifted_sum: sp.Expr
     row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
@@ -122,6 +142,11 @@ class KernelSpec:
             "linear_coefficient": self.linear_coefficient,
             "rescale_sum_exp": self.rescale_sum_exp,
             "rescale_shifted_sum": self.rescale_shifted_sum,
+            "top_term": self.top_term,
+            "rest_term": self.rest_term,
+            "rescale_top_count": self.rescale_top_count,
+            "rescale_rest_sum": self.rescale_rest_sum,
+            "split_sum_exp": self.split_sum_exp,
             "merge_sum_exp": self.merge_sum_exp,
             "merge_shifted_sum": self.merge_shifted_sum,
             "dlogit": self.dlogit,
@@ -136,6 +161,7 @@ class KernelSpec:
             "single_chunk_stored_scale": self.single_chunk_stored_scale,
         }
         named.update({f"row:{symbol}": expr for symbol, expr in self.row_values})
+        named.update({f"split_row:{symbol}": expr for symbol, expr in self.split_row_values})
         if self.dlogit_target is not None:
             named["dlogit_target"] = self.dlogit_target
         return named
@@ -220,6 +246,9 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         dlogit_expr = (coef_prob * softmax_term - grad_scale * linear_coefficient) * chain
         dlogit_target = None
         row_weight = sp.Integer(1)
+    rescale_sum_exp = sum_exp * sp.exp(old_max - new_max)
+    split_sum_exp = top_count + rest_sum
+    at_max = sp.Eq(shifted, 0)
     return KernelSpec(
         name=variant_name(target_kind, weighted, softcapped),
         target_kind=target_kind,
@@ -229,8 +258,15 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         element_shifted=shifted_of_element,
         exp_term=sp.exp(shifted),
         linear_coefficient=linear_coefficient,
-        rescale_sum_exp=sum_exp * sp.exp(old_max - new_max),
+        rescale_sum_exp=rescale_sum_exp,
         rescale_shifted_sum=shifted_sum + weight_sum * (old_max - new_max),
+        top_term=sp.Piecewise((1, at_max), (0, True)),
+        rest_term=sp.Piecewise((exp_term, sp.Ne(shifted, 0)), (0, True)),
+        # The old maximum's elements are no longer at the maximum: all of the sum is the rest.
+        rescale_top_count=sp.Integer(0),
+        rescale_rest_sum=rescale_sum_exp.xreplace({sum_exp: split_sum_exp}),
+        split_sum_exp=split_sum_exp,
+        split_row_values=_split(row_values),
         merge_sum_exp=sum_exp * sp.exp(old_max - new_max),
         merge_shifted_sum=shifted_sum + weight_sum * (old_max - new_max),
         row_values=row_values,
@@ -247,6 +283,16 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         dlogit_from_stored=from_stored(dlogit_expr, softmax_term),
         single_chunk_stored_scale=1 / sum_exp,
     )
+
+
+def _split(row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]) -> tuple[tuple[sp.Symbol, sp.Expr], ...]:
+    """``row_values`` with log_sum_exp = log(sum_exp) taken from the split as a log1p of
+    top_excess + rest_sum: top_excess = top_count - 1 is an exact integer, computed first, so
+    a sum close to 1 keeps its digits."""
+    (first, value), *rest = row_values
+    if (first, value) != (log_sum_exp, sp.log(sum_exp)):
+        raise ValueError(f"the first row value must be log_sum_exp = log(sum_exp), got {first} = {value}")
+    return ((top_excess, top_count - 1), (log_sum_exp, log1p(top_excess + rest_sum)), *rest)
 
 
 def from_stored(gradient: sp.Expr, softmax_term: sp.Expr) -> sp.Expr:
@@ -335,6 +381,7 @@ def verify_spec(spec: KernelSpec, classes: int = 3, target: int = 1) -> list[tup
         results.append((f"{spec.name}: coef_rest", verify_coef_rest(spec)))
     results.append((f"{spec.name}: online rescale", verify_online_rescale(spec)))
     results.append((f"{spec.name}: online merge", verify_online_merge(spec)))
+    results.append((f"{spec.name}: split sum", verify_split_sum(spec)))
     results.append((f"{spec.name}: dlogit from stored", verify_stored_gradient(spec)))
     results.append((f"{spec.name}: single-chunk stored scale", verify_single_chunk_stored_scale(spec)))
     results.append((f"{spec.name}: mean z-loss over counted rows", verify_mean_z_loss(spec)))
@@ -425,6 +472,36 @@ def verify_online_rescale(spec: KernelSpec) -> Verdict:
     return check_equal(
         spec.rescale_shifted_sum.subs(state), new_sums[2], step=f"{spec.name} rescale shifted_sum"
     )
+
+
+def verify_split_sum(spec: KernelSpec, split_row_values=None) -> Verdict:
+    """The split of sum_exp into top_count + rest_sum is exact (symbolically).
+
+    An element's top_term + rest_term is its exp(shifted), at the maximum (shifted = 0) and off
+    it; the split's rescale gives the rescaled sum_exp; ``split_row_values`` equal
+    ``row_values`` at sum_exp = top_count + rest_sum, log1p(u) being log(1 + u).
+    ``split_row_values`` replaces the spec's (to show that a wrong one is refused).
+    """
+    split_row_values = spec.split_row_values if split_row_values is None else split_row_values
+    off_max = sp.Symbol("off_max", negative=True)
+    for value in (sp.Integer(0), off_max):
+        parts = spec.top_term + spec.rest_term.xreplace({top_term: spec.top_term, exp_term: spec.exp_term})
+        check_equal(parts.xreplace({shifted: value}), spec.exp_term.xreplace({shifted: value}),
+                    step=f"{spec.name} split term at shifted = {value}")
+    rescaled = spec.rescale_top_count + spec.rescale_rest_sum
+    check_equal(rescaled, spec.rescale_sum_exp.xreplace({sum_exp: spec.split_sum_exp}),
+                step=f"{spec.name} split rescale")
+    (excess, excess_value), *split_values = split_row_values
+    if excess != top_excess or [s for s, _ in split_values] != [s for s, _ in spec.row_values]:
+        raise ProofError(f"step '{spec.name} split row values' does not hold: other names")
+    verdict = None
+    for (symbol, split_value), (_, value) in zip(split_values, spec.row_values, strict=True):
+        verdict = check_equal(
+            split_value.replace(lambda e: isinstance(e, log1p), lambda e: sp.log(1 + e.args[0]))
+            .xreplace({top_excess: excess_value}),
+            value.xreplace({sum_exp: spec.split_sum_exp}),
+            step=f"{spec.name} split row value {symbol}")
+    return verdict
 
 
 def verify_online_merge(

@@ -80,6 +80,45 @@ def test_a_wrong_merge_is_refused(sum_exp, shifted_sum):
 
 
 @pytest.mark.parametrize("spec", ks.all_specs(), ids=lambda spec: spec.name)
+def test_the_split_of_the_sum_is_proven(spec):
+    assert ks.verify_split_sum(spec).method == "symbolic"
+    assert f"{spec.name}: split sum" in dict(ks.verify_spec(spec))
+    assert spec.split_row_values[1][1].atoms(sp.log) == set()
+
+
+def _wrong_split_values(spec, lse):
+    return ((ks.top_excess, ks.top_count - 1), (ks.log_sum_exp, lse), *spec.split_row_values[2:])
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        {"split_row_values": "count"},  # log1p(top_count + rest_sum): the top counted once too often
+        {"split_row_values": "rest"},  # log1p(top_excess): the rest forgotten
+        {"rescale_top_count": ks.top_count},  # the old maximum's elements kept as ones
+        {"rescale_rest_sum": ks.rest_sum * sp.exp(ks.old_max - ks.new_max)},  # the ones dropped
+        {"top_term": sp.Integer(1)},  # every element counted at the maximum
+    ],
+    ids=lambda wrong: next(iter(wrong)) + ":" + str(next(iter(wrong.values()))),
+)
+def test_a_wrong_split_is_refused(wrong):
+    import dataclasses
+
+    from sympy.codegen.cfunctions import log1p
+
+    spec = ks.kernel_spec("index", True, True)
+    (field, value), = wrong.items()
+    if field == "split_row_values":
+        u = ks.top_count + ks.rest_sum if value == "count" else ks.top_excess
+        split = _wrong_split_values(spec, log1p(u))
+        with pytest.raises(ProofError, match="split row value"):
+            ks.verify_split_sum(spec, split_row_values=split)
+        return
+    with pytest.raises(ProofError, match="split"):
+        ks.verify_split_sum(dataclasses.replace(spec, **{field: value}))
+
+
+@pytest.mark.parametrize("spec", ks.all_specs(), ids=lambda spec: spec.name)
 def test_mean_z_loss_is_over_counted_rows(spec):
     assert ks.verify_mean_z_loss(spec).method == "symbolic"
     names = [name for name, _ in ks.verify_spec(spec)]

@@ -58,7 +58,7 @@ SHORT_CLASSES = 32
 # Names the template itself declares before a group is evaluated.
 _ELEMENT_INPUTS = {"logit", "weight", "target_prob", "row_max", "num_classes",
                    "label_smoothing", "lse_square_scale", "softcap"}
-_ROW_STATE = {"row_max", "sum_exp", "weight_sum", "shifted_sum", "target_logit",
+_ROW_STATE = {"row_max", "top_count", "rest_sum", "weight_sum", "shifted_sum", "target_logit",
               "target_weight", "grad_scale", "num_classes", "label_smoothing",
               "lse_square_scale", "softcap"}
 
@@ -94,7 +94,9 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str, fa
             "first_sweep",
             [
                 (ks.shifted, spec.element_shifted),
-                ("exp_term", spec.exp_term),
+                (ks.exp_term, spec.exp_term),
+                (ks.top_term, spec.top_term),
+                ("rest_term", spec.rest_term),
                 (linear_coefficient, spec.linear_coefficient),
                 ("shifted_term", linear_coefficient * ks.shifted),
             ],
@@ -102,15 +104,18 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str, fa
         ),
         "rescale": _group(
             "rescale",
-            [("rescaled_sum_exp", spec.rescale_sum_exp),
+            [("rescaled_top_count", spec.rescale_top_count),
+             ("rescaled_rest_sum", spec.rescale_rest_sum),
              ("rescaled_shifted_sum", spec.rescale_shifted_sum)],
             exact, "u", _ROW_STATE | {"old_max", "new_max"},
         ),
-        "row": _group("row", list(spec.row_values), exact, "r", _ROW_STATE),
-        # The row values of the lanes with the fast log, so that their loop vectorises: a
-        # finite row's sum_exp is in [1, C] (the maximum's term is exp(0) = 1), a positive
-        # normal number; a non-finite row's is NaN, which passes through.
-        "lanes_row": _group("lanes_row", list(spec.row_values), lanes, "p", _ROW_STATE),
+        "row": _group("row", list(spec.split_row_values), exact, "r", _ROW_STATE),
+        # The row values of the lanes with the fast log, so that their loop vectorises (no
+        # log1p there): sum_exp from the split is rounded once, not once per class.  A finite
+        # row's sum_exp is in [1, C] (the maximum's term is exp(0) = 1), a positive normal
+        # number; a non-finite row's is NaN, which passes through.
+        "lanes_row": _group("lanes_row", [(ks.sum_exp, spec.split_sum_exp), *spec.row_values],
+                            lanes, "p", _ROW_STATE),
         # Its own group: CSE across it and the row values would hoist reads of row values.
         # Its exponent target_shifted - log_sum_exp is <= 0 (sum_exp >= 1 holds the row
         # maximum's exp(0) = 1), in the fast expm1's domain.
@@ -128,7 +133,7 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str, fa
         "lanes_stored_scale": _group(
             "lanes_stored_scale",
             [(ks.stored_scale, spec.single_chunk_stored_scale)] if stores else [],
-            exact, "c", _ROW_STATE,
+            exact, "c", _ROW_STATE | {"sum_exp"},
         ),
         # The gradient from exp(transform - stored_max), stored by the first sweep.
         "stored_scale": _group(
