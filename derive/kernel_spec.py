@@ -267,7 +267,7 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         rescale_rest_sum=rescale_sum_exp.xreplace({sum_exp: split_sum_exp}),
         split_sum_exp=split_sum_exp,
         split_row_values=_split(row_values),
-        merge_sum_exp=sum_exp * sp.exp(old_max - new_max),
+        merge_sum_exp=rescale_sum_exp,
         merge_shifted_sum=shifted_sum + weight_sum * (old_max - new_max),
         row_values=row_values,
         dlogit=dlogit_expr,
@@ -484,8 +484,8 @@ def verify_split_sum(spec: KernelSpec, split_row_values=None) -> Verdict:
     """
     split_row_values = spec.split_row_values if split_row_values is None else split_row_values
     off_max = sp.Symbol("off_max", negative=True)
+    parts = spec.top_term + spec.rest_term.xreplace({exp_term: spec.exp_term})
     for value in (sp.Integer(0), off_max):
-        parts = spec.top_term + spec.rest_term.xreplace({top_term: spec.top_term, exp_term: spec.exp_term})
         check_equal(parts.xreplace({shifted: value}), spec.exp_term.xreplace({shifted: value}),
                     step=f"{spec.name} split term at shifted = {value}")
     rescaled = spec.rescale_top_count + spec.rescale_rest_sum
