@@ -1,0 +1,73 @@
+"""The C kernels' SIMD loops that evaluate the proven fast functions are vectorised by gcc.
+
+A loop under one of the kernels' ``GS_SIMD_*`` pragmas that calls the fast exp, expm1 or log
+must be reported by ``-fopt-info-vec-optimized`` when built with the flags the package builds
+with.  A select left as a branch (with trapping math, gcc keeps one in those functions) makes
+such a loop scalar: the results stay right and the kernel runs 2.5x to 5x slower, so only this
+test notices.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from gradsmith.codegen.backends.c import build
+
+FAST_CALL = re.compile(r"\bgs_(exp|expm1|log)_f(32|64)\(")
+# Functions outside the fast set: libm has no vector form for gcc to call here.
+LIBM_CALL = re.compile(r"\b(tanh|tanhf|exp|expf|log|logf|expm1|expm1f|log1p|log1pf)\(")
+PRAGMA = re.compile(r"^\s*GS_SIMD_\w+\s*$")
+
+
+def _gcc_or_skip() -> list[str]:
+    cc = build.compiler()
+    try:
+        version = subprocess.run([*cc, "--version"], check=False, capture_output=True,
+                                 text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired) as error:
+        pytest.skip(f"C compiler {cc[0]!r} cannot be run: {error}")
+    if "Free Software Foundation" not in version or "clang" in version.lower():
+        pytest.skip(f"-fopt-info is gcc's; the C compiler is {version.splitlines()[0]!r}")
+    return cc
+
+
+def _simd_loops(lines: list[str]) -> list[tuple[int, int]]:
+    """(first, last) line numbers (1-based) of each innermost loop under a GS_SIMD pragma."""
+    loops = []
+    for index, line in enumerate(lines):
+        if not PRAGMA.match(line) or not lines[index + 1].lstrip().startswith("for ("):
+            continue
+        first, depth = index + 1, 0
+        for last in range(first, len(lines)):
+            depth += lines[last].count("{") - lines[last].count("}")
+            if depth == 0:
+                break
+        if not any("for (" in body for body in lines[first + 1:last + 1]):
+            loops.append((first + 1, last + 1))
+    return loops
+
+
+def test_simd_loops_calling_the_fast_functions_are_vectorised(tmp_path):
+    cc = _gcc_or_skip()
+    source = build.SOURCE_DIR / "gradsmith_ce.c"
+    report = tmp_path / "vectorised.txt"
+    command = [*cc, *build.BASE_FLAGS, *build.OPENMP_FLAGS, "-c", "-o", str(tmp_path / "ce.o"),
+               f"-fopt-info-vec-optimized={report}", str(source)]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    vectorised = {int(line) for line in re.findall(
+        re.escape(Path(source).name) + r":(\d+):\d+: optimized: loop vectorized", report.read_text())}
+    lines = source.read_text().splitlines()
+    checked, scalar = 0, []
+    for first, last in _simd_loops(lines):
+        body = "\n".join(lines[first - 1:last])
+        if not FAST_CALL.search(body) or LIBM_CALL.search(body):
+            continue
+        checked += 1
+        if not vectorised.intersection(range(first, last + 1)):
+            scalar.append(f"line {first}: {lines[first - 1].strip()}")
+    assert checked >= 16, f"only {checked} SIMD loops call a fast function: has the layout changed?"
+    assert not scalar, f"{len(scalar)} of {checked} loops not vectorised:\n" + "\n".join(scalar)
