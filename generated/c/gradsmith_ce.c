@@ -27,6 +27,7 @@
 #define GS_PARALLEL_CHUNK_ELEMENTS 32768
 
 #define GS_LATE_TEAM_SERIAL_ELEMENTS 67108864
+#define GS_LATE_REGIONS 2
 
 #ifdef _OPENMP
 /* Many more chunks than threads, handed out as threads come: a thread whose core is taken by
@@ -36,10 +37,13 @@
 
 /* Elements left to run on one thread.  A region that took longer than its fastest thread
    alone would have (that thread's time per segment times all segments) waited for threads
-   whose cores are taken: the next GS_LATE_TEAM_SERIAL_ELEMENTS elements run serially, then
-   the team is tried again.  The fastest thread, not the calling one: the caller may be the
-   thread whose core is taken. */
+   whose cores are taken.  After GS_LATE_REGIONS such regions in a row, the next
+   GS_LATE_TEAM_SERIAL_ELEMENTS elements run serially, then the team is tried again.  The
+   fastest thread, not the calling one: the caller may be the thread whose core is taken.  In
+   a row: on a quiet machine a single region can be late (a thread preempted once), and one
+   such region must not put a long run of calls on one thread. */
 static int64_t gs_serial_elements;
+static int gs_late_regions;
 
 static int gs_team_threads(int wanted, int64_t elements)
 {
@@ -60,7 +64,20 @@ static int gs_team_threads(int wanted, int64_t elements)
 static void gs_note_team(int threads, double region_seconds, double fastest_rate,
                          int64_t segments)
 {
-    if (threads > 1 && fastest_rate > 0.0 && region_seconds > fastest_rate * (double)segments) {
+    int late;
+    if (threads <= 1 || fastest_rate <= 0.0) {
+        return;
+    }
+    if (region_seconds <= fastest_rate * (double)segments) {
+#pragma omp atomic write
+        gs_late_regions = 0;
+        return;
+    }
+#pragma omp atomic capture
+    late = ++gs_late_regions;
+    if (late >= GS_LATE_REGIONS) {
+#pragma omp atomic write
+        gs_late_regions = 0;
 #pragma omp atomic write
         gs_serial_elements = GS_LATE_TEAM_SERIAL_ELEMENTS;
     }

@@ -51,6 +51,8 @@ PARALLEL_CHUNK_ELEMENTS = 32768
 # thread alone would have (the others' cores busy), before the team is tried again: about 60 ms
 # of one thread's work, so that a wrong call costs little and a busy machine is re-checked often.
 LATE_TEAM_SERIAL_ELEMENTS = 1 << 26
+# Late regions in a row that send work to one thread: one can be a hiccup, two are a pattern.
+LATE_REGIONS = 2
 # Rows of at most this many classes are processed a segment at a time, one row per SIMD lane
 # (a transposed tile of SEGMENT_ROWS rows): no per-row reductions, tails or calls.
 SHORT_CLASSES = 32
@@ -277,6 +279,7 @@ def kernel_context() -> dict:
         "parallel_min_elements": PARALLEL_MIN_ELEMENTS,
         "parallel_chunk_elements": PARALLEL_CHUNK_ELEMENTS,
         "late_team_serial_elements": LATE_TEAM_SERIAL_ELEMENTS,
+        "late_regions": LATE_REGIONS,
         "spec_hash": expression_hash(expressions),
         "op_count": sum(d["op_count"] for d in dtypes),
     }
