@@ -21,7 +21,7 @@ DTYPE = np.float32
 BLOCK_ELEMENTS = 262144
 # Rows are independent: large calls are split across threads (NumPy releases the GIL in the
 # block-sized ufuncs).  Each thread gets at least this many elements.
-THREAD_ELEMENTS = 1048576
+THREAD_ELEMENTS = 262144
 SHORT_ROW_CLASSES = 32
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
