@@ -295,6 +295,18 @@ def _split(row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]) -> tuple[tuple[sp.
     return ((top_excess, top_count - 1), (log_sum_exp, log1p(top_excess + rest_sum)), *rest)
 
 
+def linear_sums_unused_without_smoothing(spec: KernelSpec) -> bool:
+    """True when, at label_smoothing = 0, nothing evaluated after the first sweep (row values,
+    the per-element and the target's gradient) reads the linear sums weight_sum and
+    shifted_sum: a kernel may then leave them at 0 instead of accumulating them."""
+    sums = {weight_sum, shifted_sum}
+    after_sweep = [expr for _, expr in spec.row_values + spec.split_row_values]
+    after_sweep += [spec.dlogit, spec.dlogit_from_stored]
+    if spec.dlogit_target is not None:
+        after_sweep.append(spec.dlogit_target)
+    return all(not (expr.subs(label_smoothing, 0).free_symbols & sums) for expr in after_sweep)
+
+
 def from_stored(gradient: sp.Expr, softmax_term: sp.Expr) -> sp.Expr:
     """``gradient`` with exp(shifted - log_sum_exp) written as stored * stored_scale.
 

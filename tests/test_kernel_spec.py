@@ -133,3 +133,19 @@ def test_z_loss_divided_by_the_weights_is_refused():
                                mean_lse_square_scale=ks.lse_square_scale)
     with pytest.raises(ProofError, match="counted rows"):
         ks.verify_mean_z_loss(spec)
+
+
+@pytest.mark.parametrize("spec", ks.all_specs(), ids=lambda spec: spec.name)
+def test_linear_sums_are_unused_without_smoothing_only_for_index_targets(spec):
+    # Index targets without smoothing: loss = w_t (lse - z_t).  Probability targets read
+    # sum_j y_j and sum_j y_j z_j whatever the smoothing.
+    assert ks.linear_sums_unused_without_smoothing(spec) == (spec.target_kind == "index")
+
+
+def test_a_row_value_reading_the_linear_sums_unscaled_keeps_them():
+    import dataclasses
+
+    spec = ks.kernel_spec("index", False, False)
+    (symbol, value), *rest = spec.row_values
+    wrong = dataclasses.replace(spec, row_values=((symbol, value + ks.shifted_sum), *rest))
+    assert not ks.linear_sums_unused_without_smoothing(wrong)

@@ -105,6 +105,12 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str, fa
              *sweep_terms[2:]],
             sweep, "a", _ELEMENT_INPUTS,
         ),
+        # Without label smoothing nothing reads the linear sums (linear_optional).
+        "first_sweep_exp": _group(
+            "first_sweep_exp",
+            [*sweep_terms[:2], (ks.top_term, spec.top_term), ("rest_term", spec.rest_term)],
+            sweep, "a", _ELEMENT_INPUTS,
+        ),
         # The lanes sum exp_term itself: their sum_exp is rounded to the kernel's type before
         # the fast log anyway, and the split's two selects made them 20-35% slower at C = 4
         # and 10.
@@ -176,6 +182,7 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str, fa
         "weighted": spec.weighted,
         "softcapped": spec.softcapped,
         "stores": stores,
+        "linear_optional": ks.linear_sums_unused_without_smoothing(spec),
         "row_names": [str(symbol) for symbol, _ in spec.row_values],
         "groups": groups,
         "op_count": sum(g.op_count for g in groups.values()),

@@ -66,14 +66,6 @@ def print_group(
     return Group(assignments, buffers, destinations, printer.scratch_count, printed.op_count)
 
 
-def _linear_sums_need_smoothing(spec: ks.KernelSpec) -> bool:
-    """True when, at label_smoothing = 0, no row value depends on the linear sums."""
-    sums = {ks.weight_sum, ks.shifted_sum}
-    return all(
-        not (expr.subs(ks.label_smoothing, 0).free_symbols & sums) for _, expr in spec.row_values
-    )
-
-
 def reuse_exp_term(spec: ks.KernelSpec) -> sp.Expr:
     """The spec's ``dlogit_from_stored`` with the exponential stored at the row maximum.
 
@@ -119,7 +111,7 @@ def variant_context(spec: ks.KernelSpec, dtype: str) -> dict:
         "grad_buffer": grad.destinations["dlogit"],
         "buffers": tuple(b for g in groups for b in g.buffers if b != grad.destinations["dlogit"]),
         "scratch": max(g.scratch for g in groups),
-        "linear_optional": _linear_sums_need_smoothing(spec),
+        "linear_optional": ks.linear_sums_unused_without_smoothing(spec),
         "identity_transform": spec.transform == ks.logit,
         "grad_reads_logit": ks.logit in spec.dlogit.free_symbols,
         "op_count": sum(g.op_count for g in groups),
