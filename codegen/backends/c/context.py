@@ -96,21 +96,14 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str, fa
         (linear_coefficient, spec.linear_coefficient),
         ("shifted_term", linear_coefficient * ks.shifted),
     ]
+    split_terms = [*sweep_terms[:2], (ks.top_term, spec.top_term), ("rest_term", spec.rest_term)]
     groups = {
         "transform": _group("transform", [(transformed, spec.transform)], exact, "m",
                             _ELEMENT_INPUTS),
-        "first_sweep": _group(
-            "first_sweep",
-            [*sweep_terms[:2], (ks.top_term, spec.top_term), ("rest_term", spec.rest_term),
-             *sweep_terms[2:]],
-            sweep, "a", _ELEMENT_INPUTS,
-        ),
+        "first_sweep": _group("first_sweep", [*split_terms, *sweep_terms[2:]], sweep, "a",
+                              _ELEMENT_INPUTS),
         # Without label smoothing nothing reads the linear sums (linear_optional).
-        "first_sweep_exp": _group(
-            "first_sweep_exp",
-            [*sweep_terms[:2], (ks.top_term, spec.top_term), ("rest_term", spec.rest_term)],
-            sweep, "a", _ELEMENT_INPUTS,
-        ),
+        "first_sweep_exp": _group("first_sweep_exp", split_terms, sweep, "a", _ELEMENT_INPUTS),
         # The lanes sum exp_term itself: their sum_exp is rounded to the kernel's type before
         # the fast log anyway, and the split's two selects made them 20-35% slower at C = 4
         # and 10.
