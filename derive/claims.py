@@ -61,7 +61,7 @@ class Claim:
     function: str
     args: tuple = ()
     index: int | None = None
-    kind: str = "derivation"  # or "kernel spec", "exp bound", "log bound"
+    kind: str = "derivation"  # or "kernel spec", "exp bound", "log bound", "expm1 bound", "tanh bound"
     task: str = ""  # claims of one task share cached steps, so they run in one process
 
 
@@ -140,6 +140,11 @@ def registry(class_counts: Iterable[int]) -> list[Claim]:
               task=f"log {dtype}")
         for dtype in EXP_DTYPES
     )
+    claims.extend(
+        Claim(f"kernel {function}", f"gradsmith.derive.fast_{function}", f"{function}_approximation",
+              (dtype,), kind=f"{function} bound", task=f"{function} {dtype}")
+        for function in _FUNCTION_DOMAINS for dtype in EXP_DTYPES
+    )
     return claims
 
 
@@ -194,6 +199,8 @@ def run_claim(claim: Claim) -> ClaimResult:
             return _run_exp_bound(claim, start)
         if claim.kind == "log bound":
             return _run_log_bound(claim, start)
+        if claim.kind.removesuffix(" bound") in _FUNCTION_DOMAINS:
+            return _run_function_bound(claim, start)
         derivation = _call(claim.module, claim.function, claim.args)
         if claim.index is not None:
             derivation = derivation[claim.index]
@@ -214,7 +221,7 @@ def run_claim(claim: Claim) -> ClaimResult:
 
 
 def _classes_of(claim: Claim) -> str:
-    if claim.kind in ("exp bound", "log bound", "row loss"):
+    if claim.kind.endswith(" bound") or claim.kind == "row loss":
         return "-"
     return str(claim.args[0]) if claim.args else "symbolic"
 
@@ -250,6 +257,27 @@ def _run_log_bound(claim: Claim, start: float) -> ClaimResult:
         detail=f"degree-{2 * approx.degree + 1} odd polynomial in s = (m-1)/(m+1), "
         f"{len(bound.verdicts)} identities checked, division, remainder and rounding bounded "
         "in exact rational arithmetic",
+    )
+
+
+# The fast functions built on the fast exp, and where their bound holds.
+_FUNCTION_DOMAINS = {"expm1": "x <= 1/2", "tanh": "every real x"}
+
+
+def _run_function_bound(claim: Claim, start: float) -> ClaimResult:
+    """The fast expm1 or tanh: identities and the error bound, proven in exact arithmetic."""
+    function, dtype = claim.kind.removesuffix(" bound"), claim.args[0]
+    module = importlib.import_module(claim.module)
+    approx = getattr(module, f"{function}_approximation")(dtype)
+    bound = getattr(module, f"verify_{function}_approximation")(approx)
+    methods = {verdict.method for _, verdict in bound.verdicts}
+    return ClaimResult(
+        name=f"{dtype} {function}: relative error <= {float(bound.relative):.3g} on "
+        f"{_FUNCTION_DOMAINS[function]}",
+        classes="-", group=claim.group, method="numeric" if "numeric" in methods else "symbolic",
+        result="holds", seconds=time.perf_counter() - start,
+        detail=f"{len(bound.verdicts)} identities checked, the fast functions' bounds and each "
+        "rounding combined in exact rational arithmetic",
     )
 
 

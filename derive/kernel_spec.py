@@ -72,6 +72,10 @@ stored = sp.Symbol("stored", nonnegative=True)
 stored_max = sp.Symbol("stored_max", real=True)
 stored_shifted = sp.Symbol("stored_shifted", real=True)
 stored_scale = sp.Symbol("stored_scale", positive=True)
+# A kernel may keep each element's transformed logit (the softcapped one) instead of the raw
+# logit, so that the sweeps after the first evaluate the transform's tanh no more.
+transformed = sp.Symbol("transformed", real=True)
+squashed = sp.Symbol("squashed", real=True)  # tanh(logit/softcap), read back as transformed/softcap
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,11 @@ class KernelSpec:
     ``single_chunk_stored_scale`` is ``stored_scale_value`` for a row summed in one chunk
     (stored_max = row_max): exp(-log(sum_exp)) = 1/sum_exp, one division instead of an exp of
     a log (:func:`verify_single_chunk_stored_scale`).
+    ``shifted_from_transformed`` and ``dlogit_from_transformed`` are ``element_shifted`` and
+    ``dlogit`` written with the element's ``transformed`` logit instead of its raw logit, after
+    the steps ``from_transformed_steps`` (the softcap's chain rule factor 1 - tanh^2 is
+    1 - squashed^2 with squashed = transformed/softcap), checked by
+    :func:`verify_transformed_gradient`.
     """
 
     name: str
@@ -132,6 +141,9 @@ class KernelSpec:
     stored_scale_value: sp.Expr
     dlogit_from_stored: sp.Expr
     single_chunk_stored_scale: sp.Expr
+    from_transformed_steps: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    shifted_from_transformed: sp.Expr
+    dlogit_from_transformed: sp.Expr
 
     def expressions(self) -> dict[str, sp.Expr]:
         """Every expression of the spec by name (for hashing and for tests)."""
@@ -159,6 +171,9 @@ class KernelSpec:
             "stored_scale_value": self.stored_scale_value,
             "dlogit_from_stored": self.dlogit_from_stored,
             "single_chunk_stored_scale": self.single_chunk_stored_scale,
+            **{f"from_transformed:{symbol}": expr for symbol, expr in self.from_transformed_steps},
+            "shifted_from_transformed": self.shifted_from_transformed,
+            "dlogit_from_transformed": self.dlogit_from_transformed,
         }
         named.update({f"row:{symbol}": expr for symbol, expr in self.row_values})
         named.update({f"split_row:{symbol}": expr for symbol, expr in self.split_row_values})
@@ -282,6 +297,9 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         stored_scale_value=sp.exp(stored_shifted - log_sum_exp),
         dlogit_from_stored=from_stored(dlogit_expr, softmax_term),
         single_chunk_stored_scale=1 / sum_exp,
+        from_transformed_steps=((squashed, transformed / softcap),) if softcapped else (),
+        shifted_from_transformed=from_transformed(shifted_of_element, softcapped),
+        dlogit_from_transformed=from_transformed(dlogit_expr, softcapped),
     )
 
 
@@ -316,6 +334,18 @@ def from_stored(gradient: sp.Expr, softmax_term: sp.Expr) -> sp.Expr:
     if softmax_term not in gradient.atoms(sp.exp):
         raise ValueError(f"{softmax_term} does not occur in the gradient {gradient}")
     return gradient.xreplace({softmax_term: stored * stored_scale})
+
+
+def from_transformed(expr: sp.Expr, softcapped: bool) -> sp.Expr:
+    """``expr`` with the element's logit read through ``transformed``: with softcapping,
+    transformed = softcap tanh(logit/softcap), so the transform is ``transformed`` and its tanh
+    is squashed = transformed/softcap (a ratio of two numbers of the same size, which neither
+    underflows nor overflows for any softcap); the logit itself otherwise.  Checked by
+    :func:`verify_transformed_gradient`."""
+    if softcapped:
+        return expr.xreplace({sp.tanh(logit / softcap): squashed}).xreplace(
+            {softcap * squashed: transformed})
+    return expr.xreplace({logit: transformed})
 
 
 def all_specs() -> tuple[KernelSpec, ...]:
@@ -396,6 +426,7 @@ def verify_spec(spec: KernelSpec, classes: int = 3, target: int = 1) -> list[tup
     results.append((f"{spec.name}: split sum", verify_split_sum(spec)))
     results.append((f"{spec.name}: dlogit from stored", verify_stored_gradient(spec)))
     results.append((f"{spec.name}: single-chunk stored scale", verify_single_chunk_stored_scale(spec)))
+    results.append((f"{spec.name}: dlogit from the transformed logit", verify_transformed_gradient(spec)))
     results.append((f"{spec.name}: mean z-loss over counted rows", verify_mean_z_loss(spec)))
     return results
 
@@ -428,6 +459,28 @@ def verify_stored_gradient(
     lhs = lhs.xreplace({stored_shifted: spec.stored_shifted_value})
     rhs = spec.dlogit.xreplace({shifted: spec.element_shifted})
     return check_equal(lhs, rhs, step=f"{spec.name} dlogit from the stored exponential")
+
+
+def verify_transformed_gradient(spec: KernelSpec, gradient: sp.Expr | None = None) -> Verdict:
+    """``dlogit_from_transformed`` (``gradient`` replaces it, to show that a wrong one is refused)
+    and ``shifted_from_transformed`` read no raw logit and equal ``dlogit`` and
+    ``element_shifted`` with transformed = ``transform`` (symbolically)."""
+    gradient = spec.dlogit_from_transformed if gradient is None else gradient
+    steps = [*spec.from_transformed_steps, ("dlogit", gradient), ("shifted", spec.shifted_from_transformed)]
+    for name, expr in steps:
+        if logit in expr.free_symbols:
+            raise ProofError(f"step '{spec.name} {name} from the transformed logit' does not hold: "
+                             f"it still reads the raw logit: {expr}")
+
+    def in_logits(expr: sp.Expr) -> sp.Expr:
+        for symbol, value in reversed(spec.from_transformed_steps):
+            expr = expr.xreplace({symbol: value})
+        return expr.xreplace({transformed: spec.transform})
+
+    check_equal(in_logits(spec.shifted_from_transformed), spec.element_shifted,
+                step=f"{spec.name} shifted from the transformed logit")
+    return check_equal(in_logits(gradient), spec.dlogit,
+                       step=f"{spec.name} dlogit from the transformed logit")
 
 
 def verify_single_chunk_stored_scale(spec: KernelSpec, value: sp.Expr | None = None) -> Verdict:

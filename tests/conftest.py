@@ -10,8 +10,10 @@ notices a backend that stopped loading.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -204,3 +206,63 @@ def random_weight(rng: np.random.Generator, classes: int, zero_fraction: float =
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20240531)
+
+
+C_SOURCE = Path(__file__).resolve().parents[1] / "generated" / "c" / "gradsmith_ce.c"
+FAST_FUNCTIONS = ("log", "tanh")
+
+
+@pytest.fixture(scope="session")
+def fast_function_loops(tmp_path_factory):
+    """``run(name, dtype, values)``: the generated kernels' gs_<name>_<f32|f64> over ``values``,
+    called in a loop that gcc vectorises (as the kernels do), compiled once from generated/c."""
+    from gradsmith.codegen.backends.c import build
+
+    if not C_SOURCE.is_file():
+        pytest.skip("generated/c/gradsmith_ce.c is missing")
+    folder = tmp_path_factory.mktemp("fast_functions")
+    wrapper = folder / "loops.c"
+    wrapper.write_text(f'#include "{C_SOURCE}"\n' + "".join(
+        f"void {name}_loop_{sfx}(const {real} *x, {real} *out, int64_t n)\n"
+        f"{{\n    int64_t i;\n    GS_SIMD_LANES_{sfx.upper()}\n    for (i = 0; i < n; ++i) {{\n"
+        f"        out[i] = gs_{name}_{sfx}(x[i]);\n    }}\n}}\n"
+        for name in FAST_FUNCTIONS for sfx, real in (("f32", "float"), ("f64", "double"))))
+    library = folder / "loops.so"
+    command = [*build.compiler(), *build.BASE_FLAGS, *build.SIMD_FLAGS, "-Wall", "-Werror",
+               "-Wno-unused-function", "-Wdouble-promotion", f"-I{C_SOURCE.parent}", "-o",
+               str(library), str(wrapper), "-lm"]
+    try:
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    except OSError as error:
+        pytest.skip(f"C compiler cannot be run: {error}")
+    assert result.returncode == 0, result.stderr
+    compiled = ctypes.CDLL(str(library))
+
+    def run(name: str, dtype: str, values) -> np.ndarray:
+        float_type = numpy_dtype(dtype)
+        pointer = ctypes.POINTER(ctypes.c_float if dtype == "float32" else ctypes.c_double)
+        function = getattr(compiled, f"{name}_loop_{'f32' if dtype == 'float32' else 'f64'}")
+        function.argtypes = [pointer, pointer, ctypes.c_int64]
+        function.restype = None
+        values = np.ascontiguousarray(values, dtype=float_type)
+        out = np.empty_like(values)
+        function(values.ctypes.data_as(pointer), out.ctypes.data_as(pointer), values.size)
+        return out
+
+    return run
+
+
+def worst_relative_error(exact, inputs, outputs):
+    """The largest |output / exact(input) - 1| at 40 digits (``exact``: an mpmath function);
+    where the exact value is 0 the output must be 0 too."""
+    import mpmath
+
+    worst = mpmath.mpf(0)
+    with mpmath.workdps(40):
+        for got, value in zip(outputs, inputs, strict=True):
+            want = exact(mpmath.mpf(float(value)))
+            if want == 0:
+                assert got == 0, (value, got)
+                continue
+            worst = max(worst, abs(mpmath.mpf(float(got)) / want - 1))
+    return worst

@@ -156,6 +156,9 @@ def test_plot_is_written(tmp_path):
         (["--repeat", "two"], "--repeat"),
         (["--threads", "0"], "--threads"),
         (["--json", "/nonexistent-folder/x.json"], "nonexistent-folder"),
+        (["--softcap", "0"], "--softcap"),
+        (["--softcap", "inf"], "--softcap"),
+        (["--softcap", "30", "--loss", "focal"], "--softcap"),
     ],
 )
 def test_bad_arguments_fail_in_one_line(argv, needle, capsys):
@@ -280,3 +283,35 @@ def test_loss_bench_runs_without_threads_given(monkeypatch, capsys):
     assert main(["bench", "--loss", "focal", "--shapes", "8x3", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "8x3" in out and "skipped: PyTorch is not installed" in out
+
+
+def test_softcap_run_softcaps_every_contender(tmp_path):
+    """Every contender computes the softcapped loss (torch's and JAX's own cap * tanh(z / cap)),
+    which is not the plain one; textbook NumPy is skipped with its reason."""
+    path = tmp_path / "softcap.json"
+    backends = "numpy,c,torch,gradsmith.torch,textbook" + (",jax" if _has("jax") else "")
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert main(["bench", "--softcap", "1.5", "--shapes", "16x9", "--backends", backends,
+                     "--repeat", "1", "--no-progress", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["settings"]["softcap"] == 1.5
+    assert "softcap 1.5" in stdout.getvalue()
+    rows = {row["name"]: row for row in report["results"]}
+    assert rows["textbook"]["status"] == "skipped" and "softcap" in rows["textbook"]["reason"]
+    from gradsmith.codegen.bench.peers import Inputs
+
+    logits, target = Inputs(Case(16, 9, "float32"), seed=0).host()
+    capped = 1.5 * np.tanh(logits.astype(np.float64) / 1.5)
+    expected, _ = textbook_cross_entropy(capped, target)
+    plain, _ = textbook_cross_entropy(logits.astype(np.float64), target)
+    assert abs(float(expected) - float(plain)) > 0.1
+    ran = [row for row in report["results"] if row["status"] == "ok"]
+    assert {"numpy", "c"} <= {row["name"] for row in ran}
+    for row in ran:
+        assert row["loss"] == pytest.approx(float(expected), rel=1e-5), row["name"]
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -27,6 +27,16 @@ def test_the_kernels_log_bound_is_a_claim_that_holds():
         assert result.name.startswith(f"{claim.args[0]} log: relative error <= ")
 
 
+@pytest.mark.parametrize("function", ["expm1", "tanh"])
+def test_the_kernels_expm1_and_tanh_bounds_are_claims_that_hold(function):
+    found = [claim for claim in claims.registry((2,)) if claim.kind == f"{function} bound"]
+    assert [claim.args for claim in found] == [("float32",), ("float64",)]
+    for claim in found:
+        result = claims.run_claim(claim)
+        assert result.result == "holds" and result.classes == "-"
+        assert result.name.startswith(f"{claim.args[0]} {function}: relative error <= ")
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("1..4", (1, 2, 3, 4)), ("3,5,8", (3, 5, 8)), ("1..2, 8", (1, 2, 8)), ("16", (16,)),
 ])

@@ -4,17 +4,13 @@ generated/c, in a vectorised loop) stay within the proven bound against mpmath."
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import subprocess
 from fractions import Fraction
-from pathlib import Path
 
 import mpmath
 import numpy as np
 import pytest
 import sympy as sp
-from gradsmith.codegen.backends.c import build
 from gradsmith.derive.check import ProofError
 from gradsmith.derive.fast_log import (
     DTYPES,
@@ -25,10 +21,8 @@ from gradsmith.derive.fast_log import (
     verify_log_approximation,
 )
 
+from conftest import worst_relative_error
 from tests.test_fast_exp import NUMPY_TYPES, _numeric
-
-C_SOURCE = Path(__file__).resolve().parents[1] / "generated" / "c" / "gradsmith_ce.c"
-SUFFIX = {"float32": "f32", "float64": "f64"}
 
 
 def _evaluate(approx, inputs: np.ndarray) -> np.ndarray:
@@ -67,15 +61,7 @@ def _inputs(dtype: str) -> np.ndarray:
 
 
 def _worst_relative(inputs: np.ndarray, outputs: np.ndarray) -> mpmath.mpf:
-    worst = mpmath.mpf(0)
-    with mpmath.workdps(40):
-        for got, value in zip(outputs, inputs, strict=True):
-            want = mpmath.log(mpmath.mpf(float(value)))
-            if want == 0:
-                assert got == 0
-                continue
-            worst = max(worst, abs(mpmath.mpf(float(got)) / want - 1))
-    return worst
+    return worst_relative_error(mpmath.log, inputs, outputs)
 
 
 def _allowed(dtype: str) -> mpmath.mpf:
@@ -164,43 +150,12 @@ def test_steps_against_mpmath_within_the_proven_bound(dtype):
     assert specials[3] == NUMPY_TYPES[dtype][0](np.log(2.0))
 
 
-@pytest.fixture(scope="module")
-def compiled_log(tmp_path_factory) -> ctypes.CDLL:
-    """The generated kernels' log, called in a loop that gcc vectorises (as the kernels do)."""
-    if not C_SOURCE.is_file():
-        pytest.skip("generated/c/gradsmith_ce.c is missing")
-    folder = tmp_path_factory.mktemp("fast_log")
-    wrapper = folder / "log_loop.c"
-    wrapper.write_text(f'#include "{C_SOURCE}"\n' + "".join(
-        f"void log_loop_{sfx}(const {real} *x, {real} *out, int64_t n)\n"
-        f"{{\n    int64_t i;\n    GS_SIMD_LANES_{sfx.upper()}\n    for (i = 0; i < n; ++i) {{\n"
-        f"        out[i] = gs_log_{sfx}(x[i]);\n    }}\n}}\n"
-        for sfx, real in (("f32", "float"), ("f64", "double"))))
-    library = folder / "log_loop.so"
-    command = [*build.compiler(), *build.BASE_FLAGS, *build.SIMD_FLAGS, "-Wall", "-Werror",
-               "-Wno-unused-function", "-Wdouble-promotion", f"-I{C_SOURCE.parent}", "-o",
-               str(library), str(wrapper), "-lm"]
-    try:
-        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
-    except OSError as error:
-        pytest.skip(f"C compiler cannot be run: {error}")
-    assert result.returncode == 0, result.stderr
-    return ctypes.CDLL(str(library))
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_compiled_c_against_mpmath_within_the_proven_bound(dtype, compiled_log):
+def test_compiled_c_against_mpmath_within_the_proven_bound(dtype, fast_function_loops):
     float_type = NUMPY_TYPES[dtype][0]
-    pointer = ctypes.POINTER(ctypes.c_float if dtype == "float32" else ctypes.c_double)
-    function = getattr(compiled_log, f"log_loop_{SUFFIX[dtype]}")
-    function.argtypes = [pointer, pointer, ctypes.c_int64]
-    function.restype = None
 
-    def run(values: np.ndarray) -> np.ndarray:
-        values = np.ascontiguousarray(values, dtype=float_type)
-        out = np.empty_like(values)
-        function(values.ctypes.data_as(pointer), out.ctypes.data_as(pointer), values.size)
-        return out
+    def run(values) -> np.ndarray:
+        return fast_function_loops("log", dtype, values)
 
     inputs = _inputs(dtype)
     outputs = run(inputs)

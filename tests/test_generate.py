@@ -306,6 +306,24 @@ def test_numpy_printer_keeps_the_dtype():
         KernelNumPyPrinter("float16")
 
 
+@pytest.mark.parametrize("text", [
+    "1 - t**2/s**2", "c*t**2/s**2", "-t/s**3", "(c + t)/s**2", "c/(s**2*t)", "s**(-2)",
+    "-2*c/s**4", "c*t**2", "c/(s*t)**2", "t/s",
+])
+def test_c_printer_keeps_the_value_of_products_and_quotients(text):
+    """C reads a*b/c*d as ((a*b)/c)*d, as Python does: the printed text, evaluated with
+    Python's precedence, must keep the expression's value."""
+    from gradsmith.codegen.backends.c.printer import KernelCPrinter
+
+    c, s, t = sp.symbols("c s t", real=True)
+    expr = sp.sympify(text, locals={"c": c, "s": s, "t": t})
+    printed = KernelCPrinter("float64").doprint(expr)
+    assert "pow" not in printed, printed
+    values = {c: 1.7, s: 3.1, t: -0.6}
+    got = eval(printed, {}, {str(symbol): value for symbol, value in values.items()})
+    assert got == pytest.approx(float(expr.subs(values)), rel=1e-14), printed
+
+
 def test_generate_refuses_a_spec_that_fails_its_proof(tree, monkeypatch, capsys):
     spec = ks.kernel_spec("index", False, False)
     wrong = dataclasses.replace(spec, dlogit=2 * spec.dlogit)

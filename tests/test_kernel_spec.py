@@ -149,3 +149,25 @@ def test_a_row_value_reading_the_linear_sums_unscaled_keeps_them():
     (symbol, value), *rest = spec.row_values
     wrong = dataclasses.replace(spec, row_values=((symbol, value + ks.shifted_sum), *rest))
     assert not ks.linear_sums_unused_without_smoothing(wrong)
+
+
+@pytest.mark.parametrize("spec", ks.all_specs(), ids=lambda spec: spec.name)
+def test_the_gradient_from_the_transformed_logit_is_proven(spec):
+    """The softcapped kernels keep s tanh(z/s) per element and read it back: the gradient and
+    the shift from it read no raw logit and equal the spec's own."""
+    assert ks.verify_transformed_gradient(spec).method == "symbolic"
+    assert ks.logit not in spec.dlogit_from_transformed.free_symbols
+    assert spec.dlogit_from_transformed.atoms(sp.tanh) == set()
+    assert bool(spec.from_transformed_steps) == spec.softcapped
+    assert "dlogit from the transformed logit" in " ".join(name for name, _ in ks.verify_spec(spec))
+
+
+@pytest.mark.parametrize("wrong", [
+    lambda d: d.xreplace({ks.squashed: 2 * ks.squashed}),  # tanh taken as transformed / (softcap/2)
+    lambda d: d / (1 - ks.squashed**2),  # the chain rule's factor left out
+    lambda d: d.xreplace({ks.squashed: sp.tanh(ks.logit / ks.softcap)}),  # reads the raw logit
+])
+def test_a_wrong_gradient_from_the_transformed_logit_is_refused(wrong):
+    spec = ks.kernel_spec("index", True, True)
+    with pytest.raises(ProofError, match="transformed logit"):
+        ks.verify_transformed_gradient(spec, gradient=wrong(spec.dlogit_from_transformed))

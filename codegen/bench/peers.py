@@ -60,11 +60,13 @@ def textbook_cross_entropy(logits: np.ndarray, target: np.ndarray) -> tuple[np.n
 
 
 class Inputs:
-    """Logits (standard normal, scaled by 2) and uniform targets of one case, made once."""
+    """Logits (standard normal, scaled by 2) and uniform targets of one case, made once, and
+    the run's softcap (None: none), which every contender applies."""
 
-    def __init__(self, case: Case, seed: int) -> None:
+    def __init__(self, case: Case, seed: int, softcap: float | None = None) -> None:
         self.case = case
         self.seed = seed
+        self.softcap = softcap
         self._host: tuple[np.ndarray, np.ndarray] | None = None
         self._torch_gpu: tuple[Any, Any] | None = None
 
@@ -149,14 +151,15 @@ def _generated(backend: str, device: str, *, mode: str = "new") -> Callable[[Inp
             kernel = load(backend, inputs.case.dtype)
         except (ImportError, OSError, RuntimeError, NotImplementedError) as error:
             raise Skip(f"{backend} backend not available ({error})") from error
+        options = {} if inputs.softcap is None else {"softcap": inputs.softcap}
         if mode == "new":
-            return Prepared(lambda: kernel(logits, target), clock, meter)
+            return Prepared(lambda: kernel(logits, target, **options), clock, meter)
         if mode == "out":
             out = xp.empty_like(logits)
-            return Prepared(lambda: kernel(logits, target, out=out), clock, meter)
+            return Prepared(lambda: kernel(logits, target, out=out, **options), clock, meter)
         buffer = logits.copy()
         return Prepared(
-            lambda: kernel(buffer, target, inplace=True),
+            lambda: kernel(buffer, target, inplace=True, **options),
             clock,
             meter,
             reset=lambda: xp.copyto(buffer, logits),
@@ -165,16 +168,23 @@ def _generated(backend: str, device: str, *, mode: str = "new") -> Callable[[Inp
     return prepare
 
 
-def torch_autograd(device: str, loss_function: Callable[[Any], Callable],
+def softcapped(torch: Any, cross_entropy: Callable, softcap: float | None) -> Callable:
+    """``cross_entropy`` of the logits softcapped as s tanh(z/s) in torch (Gemma 2's form)."""
+    if softcap is None:
+        return cross_entropy
+    return lambda logits, target: cross_entropy(softcap * torch.tanh(logits / softcap), target)
+
+
+def torch_autograd(device: str, loss_function: Callable[[Any, float | None], Callable],
                    cpu_skip: Callable[[str], str | None]) -> Callable[[Inputs], Prepared]:
-    """A torch contender: ``loss_function(torch)(logits, target)`` then ``.backward()``.
+    """A torch contender: ``loss_function(torch, softcap)(logits, target)`` then ``.backward()``.
 
     ``cpu_skip(dtype)`` is the reason a CPU case is not run, or None."""
     def prepare(inputs: Inputs) -> Prepared:
         torch = machine.optional_torch()
         if torch is None:
             raise Skip("PyTorch is not installed")
-        cross_entropy = loss_function(torch)
+        cross_entropy = loss_function(torch, inputs.softcap)
         if device == "gpu":
             logits, target = inputs.torch_gpu(torch)
             clock: Clock = TorchCudaClock(torch)
@@ -203,7 +213,7 @@ def torch_autograd(device: str, loss_function: Callable[[Any], Callable],
 
 def _torch(device: str) -> Callable[[Inputs], Prepared]:
     return torch_autograd(
-        device, lambda torch: torch.nn.functional.cross_entropy,
+        device, lambda torch, softcap: softcapped(torch, torch.nn.functional.cross_entropy, softcap),
         lambda dtype: "PyTorch CPU float16 cross-entropy is not a fair peer"
         if dtype == "float16" else None)
 
@@ -219,7 +229,8 @@ def _torch_compiled(inputs: Inputs) -> Prepared:
     host_logits, host_target = inputs.host()
     target = torch.from_numpy(host_target)
     leaf = torch.from_numpy(host_logits).detach().requires_grad_(True)
-    compiled = torch.compile(torch.nn.functional.cross_entropy, dynamic=False)
+    compiled = torch.compile(softcapped(torch, torch.nn.functional.cross_entropy, inputs.softcap),
+                             dynamic=False)
 
     def call() -> tuple[Any, Any]:
         loss = compiled(leaf, target)
@@ -250,6 +261,8 @@ def _jax_jit(inputs: Inputs) -> Prepared:
     host_logits, host_target = inputs.host()
 
     def mean_cross_entropy(logits: Any, target: Any) -> Any:
+        if inputs.softcap is not None:
+            logits = inputs.softcap * jnp.tanh(logits / inputs.softcap)
         target_logit = jnp.take_along_axis(logits, target[:, None], axis=1)[:, 0]
         return jnp.mean(jax.nn.logsumexp(logits, axis=1) - target_logit)
 
@@ -267,6 +280,8 @@ def _jax_jit(inputs: Inputs) -> Prepared:
 def _textbook(inputs: Inputs) -> Prepared:
     if inputs.case.dtype not in ("float32", "float64"):
         raise Skip(f"textbook NumPy is not run in {inputs.case.dtype}")
+    if inputs.softcap is not None:
+        raise Skip("textbook NumPy is plain cross-entropy, without softcapping")
     logits, target = inputs.host()
     return Prepared(lambda: textbook_cross_entropy(logits, target), HostClock(), HostMeter())
 

@@ -88,6 +88,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"after {settings['warmup']} warm-up; GB/s counts the logits read, the gradient written "
         "and the targets read"
     )
+    if settings.get("softcap") is not None:
+        lines.append(f"softcap {settings['softcap']:g}: every contender softcaps the logits, "
+                     "s tanh(z/s), before the softmax")
     if settings.get("busy"):
         lines.append("busy: another process kept one core busy throughout; c-1thread is the C kernel "
                      "on one OpenMP thread")

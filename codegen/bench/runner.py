@@ -172,7 +172,7 @@ def _run_benchmark(settings: Settings, stream: TextIO | None) -> dict[str, Any]:
         progress.step("GPU bandwidth")
     rows: list[dict[str, Any]] = []
     for case in settings.cases:
-        inputs = Inputs(case, settings.seed)
+        inputs = Inputs(case, settings.seed, settings.softcap)
         case_rows = []
         for contender in runs(case):
             progress.show(f"{contender.name} {case.label} {case.dtype}")
@@ -200,6 +200,7 @@ def _run_benchmark(settings: Settings, stream: TextIO | None) -> dict[str, Any]:
             "backends": list(settings.backends),
             "inplace": settings.inplace,
             "busy": settings.busy,
+            "softcap": settings.softcap,
             "timing": "median of --repeat calls after warm-up; host: perf_counter, GPU: CUDA events",
             "gb_per_s": "(2 * N * C * itemsize + 8 * N) (logits read, gradient written, targets read) / median time",
             "loss": "reduction='mean', integer targets; loss and dlogits in every call",

@@ -46,6 +46,7 @@ class Settings:
     progress: bool = True
     inplace: bool = False  # also time the C and CUDA kernels writing dlogits over the logits
     busy: bool = False  # keep one core busy with another process, and time the C kernel on one thread
+    softcap: float | None = None  # every contender softcaps the logits, s tanh(z/s), before the softmax
 
 
 def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
@@ -98,6 +99,12 @@ def check_repeat(repeat: int) -> int:
     if repeat < 1:
         raise ValueError(f"--repeat must be >= 1, got {repeat}")
     return repeat
+
+
+def check_softcap(softcap: float | None) -> float | None:
+    if softcap is not None and not (0 < softcap < float("inf")):
+        raise ValueError(f"--softcap must be a finite number > 0, got {softcap}")
+    return softcap
 
 
 def check_threads(threads: int | None) -> int | None:

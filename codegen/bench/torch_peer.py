@@ -3,6 +3,7 @@ contender, and its per-call overhead against the raw C call at small shapes."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -15,10 +16,10 @@ NAME = "gradsmith.torch"
 OVERHEAD_SHAPES = ((64, 10), (256, 100), (1024, 1000))
 
 
-def _gradsmith_cross_entropy(torch: Any) -> Callable:
+def _gradsmith_cross_entropy(torch: Any, softcap: float | None) -> Callable:
     import gradsmith.torch as gt
 
-    return gt.cross_entropy
+    return gt.cross_entropy if softcap is None else functools.partial(gt.cross_entropy, softcap=softcap)
 
 
 def _prepare(device: str) -> Callable[[Inputs], Prepared]:

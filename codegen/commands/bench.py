@@ -15,6 +15,7 @@ from gradsmith.codegen.bench.settings import (
     Settings,
     build_cases,
     check_repeat,
+    check_softcap,
     check_threads,
     parse_backends,
     parse_dtypes,
@@ -50,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep one core busy with another process throughout (started and stopped here), "
              "and also time the C kernel on one thread",
     )
+    parser.add_argument("--softcap", type=float, default=None, metavar="S",
+                        help="softcap the logits as S tanh(z/S) before the softmax (Gemma 2), in "
+                             "every contender")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random logits and targets")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--loss", default=None, metavar="NAME",
@@ -77,11 +81,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
         progress=not args.no_progress,
         inplace=args.inplace,
         busy=args.busy,
+        softcap=check_softcap(args.softcap),
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.loss is not None and resolve_loss(args.loss).name != DEFAULT:
+    other_loss = args.loss is not None and resolve_loss(args.loss).name != DEFAULT
+    if args.softcap is not None and (other_loss or args.linear is not None):
+        raise UserError("--softcap applies to cross-entropy, not to --loss or --linear")
+    if other_loss:
         return _run_loss(args)
     if args.linear is not None:
         return _run_linear(args)

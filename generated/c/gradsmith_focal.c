@@ -13,9 +13,17 @@
 #include <stdint.h>
 #include <string.h>
 
+/* The fast functions are inlined into every loop that calls them, or the loop stays scalar;
+   with many call sites gcc's unit-growth limit would otherwise decide for some of them. */
+#if defined(__GNUC__)
+#define GS_FAST_MATH static inline __attribute__((always_inline))
+#else
+#define GS_FAST_MATH static inline
+#endif
+
 /* exp(x) for x <= 0 (NaN passes through), float32: range reduction and a polynomial,
    with the error bound proven in derive/fast_exp.py; no libm call, so loops vectorise. */
-static inline float gs_exp_f32(float x)
+GS_FAST_MATH float gs_exp_f32(float x)
 {
     uint32_t shifted_bits;
     uint32_t scale_bits;
@@ -36,7 +44,7 @@ static inline float gs_exp_f32(float x)
 
 /* exp(x) for x <= 0 (NaN passes through), float64: range reduction and a polynomial,
    with the error bound proven in derive/fast_exp.py; no libm call, so loops vectorise. */
-static inline double gs_exp_f64(double x)
+GS_FAST_MATH double gs_exp_f64(double x)
 {
     uint64_t shifted_bits;
     uint64_t scale_bits;

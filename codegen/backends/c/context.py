@@ -1,7 +1,8 @@
 """What the C templates lay out: every expression of every variant, printed per dtype.
 
 Expressions come from ``gradsmith.derive.kernel_spec`` (the loss, the gradient, the online normalizer)
-and ``gradsmith.derive.fast_exp``, ``fast_expm1`` and ``fast_log`` (the vectorisable exp, expm1, log).  Each group of assignments is printed with one
+and ``gradsmith.derive.fast_exp``, ``fast_expm1``, ``fast_log`` and ``fast_tanh`` (the vectorisable exp,
+expm1, log and tanh).  Each group of assignments is printed with one
 ``print_code`` call so that CSE temporaries stay in the scope where the template places them,
 and ``check_reads`` makes sure that no assignment reads a name assigned after it.
 """
@@ -24,6 +25,7 @@ from gradsmith.derive import kernel_spec as ks
 from gradsmith.derive.fast_exp import exp_approximation, verify_exp_approximation
 from gradsmith.derive.fast_expm1 import expm1_approximation, verify_expm1_approximation
 from gradsmith.derive.fast_log import log_approximation, verify_log_approximation
+from gradsmith.derive.fast_tanh import tanh_approximation, verify_tanh_approximation
 
 DTYPES = ("float32", "float64")
 CHUNK = 512  # elements per online-normalizer step: the chunk stays in L1 between its two loops
@@ -59,14 +61,13 @@ LATE_REGIONS = 2
 SHORT_CLASSES = 32
 
 # Names the template itself declares before a group is evaluated.
-_ELEMENT_INPUTS = {"logit", "weight", "target_prob", "row_max", "num_classes",
+_ELEMENT_INPUTS = {"logit", "transformed", "weight", "target_prob", "row_max", "num_classes",
                    "label_smoothing", "lse_square_scale", "softcap"}
 _ROW_STATE = {"row_max", "top_count", "rest_sum", "weight_sum", "shifted_sum", "target_logit",
               "target_weight", "grad_scale", "num_classes", "label_smoothing",
               "lse_square_scale", "softcap"}
 
 target_class_weight = sp.Symbol("target_class_weight", real=True)
-transformed = sp.Symbol("transformed", real=True)
 linear_coefficient = sp.Symbol("linear_coefficient", real=True)
 
 
@@ -82,23 +83,35 @@ def _group(
     return printed
 
 
-def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str, fast_log: str) -> dict:
-    exact = KernelCPrinter(dtype)
-    sweep = KernelCPrinter(dtype, function_names={"exp": fast_exp, "expm1": fast_expm1})
-    lanes = KernelCPrinter(dtype, function_names={"log": fast_log})
+def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
+    # The softcap's tanh is the fast one everywhere: the maximum and the sweeps must see the
+    # same transformed logits, and libm's tanh would keep every loop over them scalar.
+    tanh = {"tanh": fast["tanh"]}
+    exact = KernelCPrinter(dtype, function_names=tanh)
+    sweep = KernelCPrinter(dtype, function_names={"exp": fast["exp"], "expm1": fast["expm1"]} | tanh)
+    lanes = KernelCPrinter(dtype, function_names={"log": fast["log"]} | tanh)
     wide = KernelCPrinter("float64")
     index = spec.target_kind == "index"
     # In place the logits are gone once the exponentials are stored over them.
     stores = not ({ks.logit, ks.shifted} & spec.dlogit_from_stored.free_symbols)
+    # A transform that is not the identity (the softcap's tanh) is evaluated once per element:
+    # the maximum's loop keeps the transformed logits where the gradient goes, and the sweeps
+    # read them there.
+    keeps_transformed = spec.transform != ks.logit
+    if keeps_transformed and stores:
+        raise ValueError(f"{spec.name}: the transformed logits and the stored exponentials "
+                         "would share the gradient's buffer")
+    element_shifted = spec.shifted_from_transformed if keeps_transformed else spec.element_shifted
+    element_dlogit = spec.dlogit_from_transformed if keeps_transformed else spec.dlogit
     sweep_terms = [
-        (ks.shifted, spec.element_shifted),
+        (ks.shifted, element_shifted),
         (ks.exp_term, spec.exp_term),
         (linear_coefficient, spec.linear_coefficient),
         ("shifted_term", linear_coefficient * ks.shifted),
     ]
     split_terms = [*sweep_terms[:2], (ks.top_term, spec.top_term), ("rest_term", spec.rest_term)]
     groups = {
-        "transform": _group("transform", [(transformed, spec.transform)], exact, "m",
+        "transform": _group("transform", [(ks.transformed, spec.transform)], exact, "m",
                             _ELEMENT_INPUTS),
         "first_sweep": _group("first_sweep", [*split_terms, *sweep_terms[2:]], sweep, "a",
                               _ELEMENT_INPUTS),
@@ -130,7 +143,8 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str, fa
         ),
         "second_sweep": _group(
             "second_sweep",
-            [(ks.shifted, spec.element_shifted), (ks.dlogit, spec.dlogit)],
+            [(ks.shifted, element_shifted),
+             *(spec.from_transformed_steps if keeps_transformed else ()), (ks.dlogit, element_dlogit)],
             sweep, "d", _ELEMENT_INPUTS | {"grad_scale"} | {str(s) for s, _ in spec.row_values},
         ),
         # A row of the lanes is one chunk: its stored scale is 1/sum_exp.
@@ -175,6 +189,7 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast_exp: str, fast_expm1: str, fa
         "weighted": spec.weighted,
         "softcapped": spec.softcapped,
         "stores": stores,
+        "keeps_transformed": keeps_transformed,
         "linear_optional": ks.linear_sums_unused_without_smoothing(spec),
         "row_names": [str(symbol) for symbol, _ in spec.row_values],
         "groups": groups,
@@ -241,12 +256,30 @@ def _fast_expm1(dtype: str, fast_exp: str) -> dict:
     }
 
 
+def _fast_tanh(dtype: str) -> dict:
+    approx = tanh_approximation(dtype)
+    verify_tanh_approximation(approx)  # refuse to emit a tanh whose error bound does not hold
+    working = approx.working_dtype
+    printer = KernelCPrinter(working, function_names={"expm1": f"gs_expm1_{SUFFIXES[working]}"})
+    steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
+    check_reads("C fast_tanh", steps, {"x"})
+    return {
+        "name": f"gs_tanh_{SUFFIXES[dtype]}",
+        "working_real": C_TYPES[working],
+        "steps": steps,
+        "expressions": tuple(expr for _, expr in approx.steps),
+        "op_count": sum(int(sp.count_ops(expr)) for _, expr in approx.steps),
+    }
+
+
 def dtype_context(dtype: str) -> dict:
     fast_exp = printed_fast_exp(dtype)
     fast_expm1 = _fast_expm1(dtype, fast_exp["name"])
     fast_log = _fast_log(dtype)
-    variants = [_variant(spec, dtype, fast_exp["name"], fast_expm1["name"], fast_log["name"])
-                for spec in ks.all_specs()]
+    fast_tanh = _fast_tanh(dtype)
+    fast = {"exp": fast_exp["name"], "expm1": fast_expm1["name"], "log": fast_log["name"],
+            "tanh": fast_tanh["name"]}
+    variants = [_variant(spec, dtype, fast) for spec in ks.all_specs()]
     return {
         "dtype": dtype,
         "real": C_TYPES[dtype],
@@ -256,9 +289,10 @@ def dtype_context(dtype: str) -> dict:
         "fast_exp": fast_exp,
         "fast_expm1": fast_expm1,
         "fast_log": fast_log,
+        "fast_tanh": fast_tanh,
         "variants": variants,
         "op_count": fast_exp["op_count"] + fast_expm1["op_count"] + fast_log["op_count"]
-        + sum(v["op_count"] for v in variants),
+        + fast_tanh["op_count"] + sum(v["op_count"] for v in variants),
     }
 
 
@@ -269,6 +303,7 @@ def kernel_context() -> dict:
     expressions += [expr for d in dtypes for expr in d["fast_exp"]["expressions"]]
     expressions += [expr for d in dtypes for expr in d["fast_expm1"]["expressions"]]
     expressions += [expr for d in dtypes for expr in d["fast_log"]["expressions"]]
+    expressions += [expr for d in dtypes for expr in d["fast_tanh"]["expressions"]]
     return {
         "dtypes": dtypes,
         "chunk": CHUNK,

@@ -11,7 +11,9 @@ from collections.abc import Mapping
 
 import sympy as sp
 from sympy.codegen.ast import float32, float64, real
+from sympy.core.mul import _keep_coeff
 from sympy.printing.c import C99CodePrinter
+from sympy.printing.precedence import PRECEDENCE
 
 C_TYPES = {"float32": "float", "float64": "double"}
 _SYMPY_TYPES = {"float32": float32, "float64": float64}
@@ -30,11 +32,28 @@ class KernelCPrinter(C99CodePrinter):
     def _print_Pow(self, expr: sp.Pow) -> str:
         exponent = expr.exp
         if exponent.is_Integer and 2 <= int(exponent) <= 4:
-            base = self.parenthesize(expr.base, sp.printing.precedence.PRECEDENCE["Mul"])
+            base = self.parenthesize(expr.base, PRECEDENCE["Mul"])
             return "*".join([base] * int(exponent))
         if exponent.is_Integer and int(exponent) == -1:
-            return f"{self._print(sp.Float(1))}/{self.parenthesize(expr.base, sp.printing.precedence.PRECEDENCE['Mul'])}"
+            return f"{self._print(sp.Float(1))}/{self.parenthesize(expr.base, PRECEDENCE['Mul'])}"
+        if exponent.is_Integer and -4 <= int(exponent) <= -2:
+            return f"{self._print(sp.Float(1))}/({self._print(expr.base ** -exponent)})"
         return super()._print_Pow(expr)
+
+    def _print_Mul(self, expr: sp.Mul) -> str:
+        """SymPy's product, but a lone denominator that prints as a product (x**2 as x*x) is
+        parenthesised: SymPy would print a/x**2 as a/x*x, which C reads as (a/x)*x."""
+        coefficient, rest = expr.as_coeff_Mul()
+        sign = "-" if coefficient < 0 else ""
+        factors = sp.Mul.make_args(_keep_coeff(-coefficient, rest) if sign else expr)
+        powers = [f for f in factors if f.is_Pow and f.exp.is_Integer and -4 <= int(f.exp) <= -2]
+        others = [f for f in factors if f not in powers]
+        if len(powers) != 1 or any(f.is_Pow and f.exp.is_negative for f in others):
+            return super()._print_Mul(expr)
+        numerator = sp.Mul(*others)
+        top = (self._print(sp.Float(1)) if numerator == 1
+               else self.parenthesize(numerator, PRECEDENCE["Mul"], strict=True))
+        return f"{sign}{top}/({self._print(powers[0].base ** -powers[0].exp)})"
 
     def _print_Function(self, expr: sp.Function) -> str:
         name = self._function_names.get(type(expr).__name__)
