@@ -11,6 +11,7 @@ import mpmath
 import numpy as np
 import pytest
 import sympy as sp
+from conftest import worst_relative_error
 from gradsmith.derive.check import ProofError
 from gradsmith.derive.fast_log import (
     DTYPES,
@@ -21,7 +22,6 @@ from gradsmith.derive.fast_log import (
     verify_log_approximation,
 )
 
-from conftest import worst_relative_error
 from tests.test_fast_exp import NUMPY_TYPES, _numeric
 
 

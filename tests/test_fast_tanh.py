@@ -10,6 +10,7 @@ from fractions import Fraction
 import mpmath
 import numpy as np
 import pytest
+from conftest import worst_relative_error
 from gradsmith.derive.check import ProofError
 from gradsmith.derive.fast_tanh import (
     DTYPES,
@@ -18,8 +19,6 @@ from gradsmith.derive.fast_tanh import (
     tanh_approximation,
     verify_tanh_approximation,
 )
-
-from conftest import worst_relative_error
 
 NUMPY_TYPE = {"float32": np.float32, "float64": np.float64}
 

@@ -26,7 +26,8 @@
 #define GS_PARALLEL_MIN_ELEMENTS 32768
 #define GS_PARALLEL_CHUNK_ELEMENTS 32768
 
-#define GS_LATE_TEAM_SERIAL_ELEMENTS 67108864
+#define GS_LATE_TEAM_SERIAL_MIN 1048576
+#define GS_LATE_TEAM_SERIAL_MAX 67108864
 #define GS_LATE_REGIONS 2
 
 /* The fast functions are inlined into every loop that calls them, or the loop stays scalar;
@@ -44,15 +45,20 @@
 #define GS_PARALLEL _Pragma("omp parallel num_threads(gs_threads) if (gs_threads > 1)")
 #define GS_FOR_SEGMENTS _Pragma("omp for schedule(dynamic, gs_chunk_segments) nowait")
 
-/* Elements left to run on one thread.  A region that took longer than its fastest thread
-   alone would have (that thread's time per segment times all segments) waited for threads
-   whose cores are taken.  After GS_LATE_REGIONS such regions in a row, the next
-   GS_LATE_TEAM_SERIAL_ELEMENTS elements run serially, then the team is tried again.  The
-   fastest thread, not the calling one: the caller may be the thread whose core is taken.  In
-   a row: on a quiet machine a single region can be late (a thread preempted once), and one
-   such region must not put a long run of calls on one thread. */
+/* Elements left to run on one thread, and how many the next such run gets.  A region that
+   took longer than its fastest thread alone would have (that thread's time per segment times
+   all segments) waited for threads whose cores are taken, or that were slow to wake.  After
+   GS_LATE_REGIONS such regions in a row the next gs_serial_budget elements run on one thread,
+   then the team is tried again.  If that first team region is late too, the budget doubles (up
+   to GS_LATE_TEAM_SERIAL_MAX) and one thread goes on at once; every region on time halves it
+   (down to GS_LATE_TEAM_SERIAL_MIN).  So a busy machine is re-checked ever more rarely, and a
+   slow start on a quiet one costs a call or two.  The fastest thread, not the calling one: the
+   caller may be the thread whose core is taken.  In a row: on a quiet machine a single region
+   can be late (a thread preempted once). */
 static int64_t gs_serial_elements;
+static int64_t gs_serial_budget = GS_LATE_TEAM_SERIAL_MIN;
 static int gs_late_regions;
+static int gs_retrying; /* the next team region is the first after a run on one thread */
 
 static int gs_team_threads(int wanted, int64_t elements)
 {
@@ -74,21 +80,41 @@ static void gs_note_team(int threads, double region_seconds, double fastest_rate
                          int64_t segments)
 {
     int late;
+    int retrying;
+    int64_t budget;
     if (threads <= 1 || fastest_rate <= 0.0) {
         return;
     }
+#pragma omp atomic capture
+    {
+        retrying = gs_retrying;
+        gs_retrying = 0;
+    }
+#pragma omp atomic read
+    budget = gs_serial_budget;
     if (region_seconds <= fastest_rate * (double)segments) {
 #pragma omp atomic write
         gs_late_regions = 0;
+#pragma omp atomic write
+        gs_serial_budget = budget / 2 > GS_LATE_TEAM_SERIAL_MIN ? budget / 2 : GS_LATE_TEAM_SERIAL_MIN;
         return;
     }
+    if (retrying) {
+        budget = budget < GS_LATE_TEAM_SERIAL_MAX / 2 ? 2 * budget : GS_LATE_TEAM_SERIAL_MAX;
+        late = GS_LATE_REGIONS;
+    } else {
 #pragma omp atomic capture
-    late = ++gs_late_regions;
+        late = ++gs_late_regions;
+    }
     if (late >= GS_LATE_REGIONS) {
 #pragma omp atomic write
         gs_late_regions = 0;
 #pragma omp atomic write
-        gs_serial_elements = GS_LATE_TEAM_SERIAL_ELEMENTS;
+        gs_serial_budget = budget;
+#pragma omp atomic write
+        gs_retrying = 1;
+#pragma omp atomic write
+        gs_serial_elements = budget;
     }
 }
 #else

@@ -50,11 +50,15 @@ PARALLEL_MIN_ELEMENTS = 32768
 # taken holds back little work, large enough that handing out chunks costs nothing.
 PARALLEL_CHUNK_ELEMENTS = 32768
 # Elements run on the calling thread alone after parallel regions that took longer than their
-# fastest thread alone would have (other cores busy), before the team is tried again: one
-# thread's work of about 60 ms at C = 32000 and 150 ms at C = 10 (AMD EPYC, AVX2), so that a
-# wrong call costs little and a busy machine is re-checked often.  Only after LATE_REGIONS such regions in a row: on a quiet machine a single late region
-# (a thread preempted once) put 512 calls of 4096 x 32 on one thread, 1.6x slower.
-LATE_TEAM_SERIAL_ELEMENTS = 1 << 26
+# fastest thread alone would have (other cores busy, or a thread slow to wake), before the team
+# is tried again.  The first run is short (one thread's work of about 1 ms at C = 32000 and
+# 2.5 ms at C = 10, AMD EPYC, AVX2): a slow start on a quiet machine costs a call or two.  Each
+# first team region after a run that is late again doubles the next run, up to the longest (about
+# 60 ms at C = 32000 and 150 ms at C = 10), so a busy machine is re-checked ever more rarely;
+# each region on time halves it.  A run starts only after LATE_REGIONS late regions in a row
+# (one, right after a run): on a quiet machine a single late region is a thread preempted once.
+LATE_TEAM_SERIAL_MIN = 1 << 20
+LATE_TEAM_SERIAL_MAX = 1 << 26
 LATE_REGIONS = 2
 # Rows of at most this many classes are processed a segment at a time, one row per SIMD lane
 # (a transposed tile of SEGMENT_ROWS rows): no per-row reductions, tails or calls.
@@ -314,7 +318,8 @@ def kernel_context() -> dict:
         "short_classes": SHORT_CLASSES,
         "parallel_min_elements": PARALLEL_MIN_ELEMENTS,
         "parallel_chunk_elements": PARALLEL_CHUNK_ELEMENTS,
-        "late_team_serial_elements": LATE_TEAM_SERIAL_ELEMENTS,
+        "late_team_serial_min": LATE_TEAM_SERIAL_MIN,
+        "late_team_serial_max": LATE_TEAM_SERIAL_MAX,
         "late_regions": LATE_REGIONS,
         "spec_hash": expression_hash(expressions),
         "op_count": sum(d["op_count"] for d in dtypes),

@@ -1,0 +1,94 @@
+"""The C kernels' late-team rule, driven with made-up region timings: when calls go to one
+thread, for how many elements, and how that run grows on a busy machine and shrinks on a quiet
+one (the constants are the generated file's own)."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import subprocess
+
+import pytest
+from conftest import C_SOURCE
+from gradsmith.codegen.backends.c import build
+
+HARNESS = """
+void note(int threads, double region_seconds, double fastest_rate, int64_t segments)
+{ gs_note_team(threads, region_seconds, fastest_rate, segments); }
+int team(int wanted, int64_t elements) { return gs_team_threads(wanted, elements); }
+int64_t serial_left(void) { return gs_serial_elements; }
+int64_t budget(void) { return gs_serial_budget; }
+"""
+ON_TIME = (2, 1.0, 0.1, 20)  # 1 s against 20 segments at 0.1 s each for the fastest thread
+LATE = (2, 3.0, 0.1, 20)
+
+
+def _define(name: str) -> int:
+    match = re.search(rf"^#define {name} (\d+)$", C_SOURCE.read_text(), re.MULTILINE)
+    assert match, name
+    return int(match.group(1))
+
+
+@pytest.fixture()
+def rule(tmp_path):
+    if not C_SOURCE.is_file():
+        pytest.skip("generated/c/gradsmith_ce.c is missing")
+    wrapper = tmp_path / "late_team.c"
+    wrapper.write_text(f'#include "{C_SOURCE}"\n{HARNESS}')
+    library = tmp_path / "late_team.so"
+    command = [*build.compiler(), "-std=c99", "-O0", "-fPIC", "-shared", *build.OPENMP_FLAGS,
+               f"-I{C_SOURCE.parent}", "-o", str(library), str(wrapper), "-lm"]
+    try:
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    except OSError as error:
+        pytest.skip(f"C compiler cannot be run: {error}")
+    if result.returncode != 0 and "omp" in result.stderr:
+        pytest.skip(f"no OpenMP here: {result.stderr.strip()[:200]}")
+    assert result.returncode == 0, result.stderr
+    lib = ctypes.CDLL(str(library))
+    lib.note.argtypes = [ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int64]
+    lib.team.argtypes = [ctypes.c_int, ctypes.c_int64]
+    lib.serial_left.restype = lib.budget.restype = ctypes.c_int64
+    return lib
+
+
+def _run_out(lib, elements: int) -> int:
+    """Calls of ``elements`` each that go to one thread until the team is tried again."""
+    calls = 0
+    while lib.team(2, elements) == 1:
+        calls += 1
+    return calls
+
+
+def test_two_late_regions_in_a_row_send_the_shortest_run_to_one_thread(rule):
+    least = _define("GS_LATE_TEAM_SERIAL_MIN")
+    rule.note(*LATE)
+    rule.note(*ON_TIME)
+    rule.note(*LATE)
+    assert rule.serial_left() == 0 and rule.team(2, 1000) == 2  # not in a row: the team stays
+    rule.note(*LATE)
+    assert rule.serial_left() == least
+    assert _run_out(rule, least // 4) == 4
+    assert rule.team(2, 1000) == 2
+    assert rule.team(1, 1000) == 1  # one thread asked for is one thread, whatever the state
+
+
+def test_a_late_retry_doubles_the_run_up_to_the_longest_and_on_time_halves_it(rule):
+    least, most = _define("GS_LATE_TEAM_SERIAL_MIN"), _define("GS_LATE_TEAM_SERIAL_MAX")
+    rule.note(*LATE)
+    rule.note(*LATE)
+    runs = [rule.serial_left()]
+    for _ in range(40):  # a busy machine: every retry is late again, at once
+        _run_out(rule, least)
+        rule.note(*LATE)
+        runs.append(rule.serial_left())
+    assert runs[:3] == [least, 2 * least, 4 * least]
+    assert max(runs) == most and runs[-1] == most
+    _run_out(rule, most)
+    rule.note(*ON_TIME)  # quiet again
+    assert rule.budget() == most // 2 and rule.serial_left() <= 0
+    for _ in range(40):
+        rule.note(*ON_TIME)
+    assert rule.budget() == least
+    rule.note(*LATE)  # after regions on time, one late region is a thread preempted once
+    assert rule.serial_left() <= 0 and rule.team(2, 1000) == 2
