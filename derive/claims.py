@@ -61,7 +61,7 @@ class Claim:
     function: str
     args: tuple = ()
     index: int | None = None
-    kind: str = "derivation"  # or "kernel spec", "exp bound", "log bound", "expm1 bound", "tanh bound"
+    kind: str = "derivation"  # or "kernel spec", "row loss", "<fast function> bound"
     task: str = ""  # claims of one task share cached steps, so they run in one process
 
 
@@ -131,19 +131,9 @@ def registry(class_counts: Iterable[int]) -> list[Claim]:
     )
     claims.extend(loss_claim(name) for name in LOSSES)
     claims.extend(
-        Claim("kernel exp", "gradsmith.derive.fast_exp", "exp_approximation", (dtype,), kind="exp bound",
-              task=f"exp {dtype}")
-        for dtype in EXP_DTYPES
-    )
-    claims.extend(
-        Claim("kernel log", "gradsmith.derive.fast_log", "log_approximation", (dtype,), kind="log bound",
-              task=f"log {dtype}")
-        for dtype in EXP_DTYPES
-    )
-    claims.extend(
         Claim(f"kernel {function}", f"gradsmith.derive.fast_{function}", f"{function}_approximation",
               (dtype,), kind=f"{function} bound", task=f"{function} {dtype}")
-        for function in _FUNCTION_DOMAINS for dtype in EXP_DTYPES
+        for function in _FAST_FUNCTIONS for dtype in EXP_DTYPES
     )
     return claims
 
@@ -195,11 +185,7 @@ def run_claim(claim: Claim) -> ClaimResult:
     try:
         if claim.kind == "kernel spec":
             return _run_spec(claim, start)
-        if claim.kind == "exp bound":
-            return _run_exp_bound(claim, start)
-        if claim.kind == "log bound":
-            return _run_log_bound(claim, start)
-        if claim.kind.removesuffix(" bound") in _FUNCTION_DOMAINS:
+        if claim.kind.removesuffix(" bound") in _FAST_FUNCTIONS:
             return _run_function_bound(claim, start)
         derivation = _call(claim.module, claim.function, claim.args)
         if claim.index is not None:
@@ -226,58 +212,29 @@ def _classes_of(claim: Claim) -> str:
     return str(claim.args[0]) if claim.args else "symbolic"
 
 
-def _run_exp_bound(claim: Claim, start: float) -> ClaimResult:
-    """The kernels' exp: its identities and its error bound, proven in exact arithmetic."""
-    from gradsmith.derive.fast_exp import exp_approximation, verify_exp_approximation
-
-    dtype = claim.args[0]
-    approx = exp_approximation(dtype)
-    bound = verify_exp_approximation(approx)
-    return ClaimResult(
-        name=f"{dtype} exp: relative error <= {float(bound.relative):.3g} on x <= 0",
-        classes="-", group=claim.group, method="symbolic", result="holds",
-        seconds=time.perf_counter() - start,
-        detail=f"degree-{approx.degree} polynomial, {len(bound.verdicts)} identities "
-        "checked symbolically, remainder and rounding bounded in exact rational arithmetic",
-    )
-
-
-def _run_log_bound(claim: Claim, start: float) -> ClaimResult:
-    """The short rows' log: its identities and its error bound, proven in exact arithmetic."""
-    from gradsmith.derive.fast_log import log_approximation, verify_log_approximation
-
-    dtype = claim.args[0]
-    approx = log_approximation(dtype)
-    bound = verify_log_approximation(approx)
-    methods = sorted({verdict.method for _, verdict in bound.verdicts})
-    return ClaimResult(
-        name=f"{dtype} log: relative error <= {float(bound.relative):.3g} on positive normals",
-        classes="-", group=claim.group, method="+".join(methods), result="holds",
-        seconds=time.perf_counter() - start,
-        detail=f"degree-{2 * approx.degree + 1} odd polynomial in s = (m-1)/(m+1), "
-        f"{len(bound.verdicts)} identities checked, division, remainder and rounding bounded "
-        "in exact rational arithmetic",
-    )
-
-
-# The fast functions built on the fast exp, and where their bound holds.
-_FUNCTION_DOMAINS = {"expm1": "x <= 1/2", "tanh": "every real x"}
+# The C kernels' fast functions: where each bound holds, and the form of each.
+_FAST_FUNCTIONS = {
+    "exp": ("x <= 0", "range reduction and a Taylor polynomial"),
+    "log": ("positive normals", "the exponent from the bits, an odd polynomial in s = (m-1)/(m+1)"),
+    "expm1": ("x <= 1/2", "x Q(x) for |x| <= 1/2, the fast exp minus 1 below"),
+    "tanh": ("every real x", "-E/(E + 2), E = expm1(-2|x|), in float64"),
+}
 
 
 def _run_function_bound(claim: Claim, start: float) -> ClaimResult:
-    """The fast expm1 or tanh: identities and the error bound, proven in exact arithmetic."""
+    """A fast function: its identities and its error bound, proven in exact arithmetic."""
     function, dtype = claim.kind.removesuffix(" bound"), claim.args[0]
+    domain, form = _FAST_FUNCTIONS[function]
     module = importlib.import_module(claim.module)
     approx = getattr(module, f"{function}_approximation")(dtype)
     bound = getattr(module, f"verify_{function}_approximation")(approx)
     methods = {verdict.method for _, verdict in bound.verdicts}
     return ClaimResult(
-        name=f"{dtype} {function}: relative error <= {float(bound.relative):.3g} on "
-        f"{_FUNCTION_DOMAINS[function]}",
+        name=f"{dtype} {function}: relative error <= {float(bound.relative):.3g} on {domain}",
         classes="-", group=claim.group, method="numeric" if "numeric" in methods else "symbolic",
         result="holds", seconds=time.perf_counter() - start,
-        detail=f"{len(bound.verdicts)} identities checked, the fast functions' bounds and each "
-        "rounding combined in exact rational arithmetic",
+        detail=f"{form}; {len(bound.verdicts)} identities checked, remainder and rounding bounded "
+        "in exact rational arithmetic",
     )
 
 

@@ -28,7 +28,6 @@ __all__ = ["DTYPES", "WORKING_DTYPE", "TanhApproximation", "TanhErrorBound", "ta
            "verify_tanh_approximation"]
 
 WORKING_DTYPE = "float64"
-_PRECISION = {"float32": 24, "float64": 53}
 # claimed relative error: float32 is half an ulp (the conversion) and a hair for the float64 part
 _CLAIMS = {"float32": Fraction(1, 2**24) + Fraction(1, 2**48), "float64": Fraction(16, 2**53)}
 
@@ -57,7 +56,7 @@ class TanhErrorBound:
 @cache
 def tanh_approximation(dtype: str) -> TanhApproximation:
     """Build the approximation for ``dtype`` ("float32" or "float64"); check it with verify."""
-    if dtype not in _PRECISION:
+    if dtype not in _CLAIMS:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     steps = (
         (t, sp.Abs(x)),
@@ -89,12 +88,12 @@ def verify_tanh_approximation(approx: TanhApproximation) -> TanhErrorBound:
     verdicts = _check_identities(approx)
     expm1_bound = verify_expm1_approximation(expm1_approximation(approx.working_dtype))
     delta = expm1_bound.relative  # E = expm1(-2t) (1 + d1), |d1| <= delta; -2t <= 0 is in its domain
-    unit = Fraction(1, 2 ** _PRECISION[approx.working_dtype])
+    unit = Fraction(1, 2 ** expm1_approximation(approx.working_dtype).precision)
     _require(delta < Fraction(1, 2), "expm1 bound below 1/2", f"{float(delta):.3e}")
     # fl(E + 2) = (expm1 + 2)(1 + expm1 d1 / (expm1 + 2))(1 + d2) with |expm1| <= expm1 + 2 on
     # [-1, 0]; fl(-E / D) rounds once more (d3); negation and the select are exact.
     working = (1 + delta) * (1 + unit) / ((1 - delta) * (1 - unit)) - 1
-    output_unit = Fraction(1, 2 ** _PRECISION[approx.dtype])
+    output_unit = Fraction(1, 2 ** expm1_approximation(approx.dtype).precision)
     relative = working if approx.dtype == approx.working_dtype else (1 + working) * (1 + output_unit) - 1
     _require(relative <= approx.claimed_relative_error, "relative error within the claim",
              f"proven {float(relative):.3e} > claimed {float(approx.claimed_relative_error):.3e}")
