@@ -106,6 +106,51 @@ def test_double_backward_raises_a_clear_error():
     assert "torch.nn.functional.cross_entropy" in DOUBLE_BACKWARD
 
 
+def test_eager_calls_run_the_autograd_function_and_traced_calls_the_op():
+    logits = _logits()
+    loss = gt.cross_entropy(logits, TARGETS)
+    assert type(loss.grad_fn).__name__ == "GradsmithCrossEntropyBackward"
+    focal = gt.focal_loss(logits, TARGETS)
+    assert type(focal.grad_fn).__name__ == "GradsmithRowLossBackward"
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    traced = make_fx(lambda z: gt.cross_entropy(z, TARGETS))(logits.detach())
+    assert "gradsmith.cross_entropy" in traced.code
+    torch.testing.assert_close(traced(logits.detach()), loss.detach(), rtol=0, atol=0)
+
+
+def _linear(logits, target):
+    return gt.linear_cross_entropy(logits, torch.eye(5, dtype=logits.dtype), target)
+
+
+@pytest.mark.parametrize("loss_function", [gt.cross_entropy, gt.focal_loss, _linear],
+                         ids=["cross_entropy", "focal_loss", "linear_cross_entropy"])
+def test_a_retained_graph_backs_up_three_times_as_torch_does(loss_function):
+    # At grad_output 1 a freed graph's saved gradient is handed back as it is; a kept one's
+    # must not be, or autograd takes it over as .grad and later backwards add to it.
+    logits = _logits()
+    loss = loss_function(logits, TARGETS)
+    loss.backward(retain_graph=True)
+    first = logits.grad.clone()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(logits.grad, 3 * first, rtol=0, atol=0)
+    expected_logits = logits.detach().clone().requires_grad_()
+    if loss_function is not gt.focal_loss:
+        F.cross_entropy(expected_logits, TARGETS).backward()
+        torch.testing.assert_close(first, expected_logits.grad, rtol=1e-12, atol=1e-13)
+
+
+def test_a_gradient_from_a_kept_graph_is_the_callers_own():
+    logits = _logits()
+    loss = gt.cross_entropy(logits, TARGETS)
+    (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    expected = grad.clone()
+    grad.mul_(3)
+    (again,) = torch.autograd.grad(loss, logits)
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
 def test_compiled_training_step_has_no_graph_break_and_gives_eager_results():
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 from gradsmith.codegen.arguments import check_options
-from gradsmith.codegen.torch_op.op import InplaceCrossEntropy, cross_entropy_op
+from gradsmith.codegen.torch_op.op import InplaceCrossEntropy, cross_entropy_rows
 from torch import Tensor
 
 
@@ -83,8 +83,8 @@ def cross_entropy(
                              "grad; pass logits computed from it, or inplace_backward=False")
         loss, _ = InplaceCrossEntropy.apply(input, row_target, weight, *options, check_targets)
         return loss
-    loss, lse, _ = cross_entropy_op(rows, row_target, weight, *options, return_lse,
-                                    check_targets)
+    loss, lse, _ = cross_entropy_rows(rows, row_target, weight, *options, return_lse,
+                                      check_targets)
     if reduction == "none":
         loss = loss.reshape(positions)
     if return_lse:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from gradsmith.codegen.arguments import bad_target_message
 from gradsmith.codegen.torch_op.checks import check_class_weight, check_options, check_target
+from gradsmith.codegen.torch_op.eager import may_hand_back
 from gradsmith.codegen.torch_op.kernel import fused_cross_entropy
 from gradsmith.codegen.torch_op.spec_functions import evaluate, spec_for
 
@@ -238,21 +239,11 @@ def _setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(*output[1:])
 
 
-def _is_one(grad_loss: torch.Tensor) -> bool:
-    """Whether a scalar grad_output is exactly 1, where asking costs no device sync and no
-    graph break (eager, on the CPU)."""
-    return (grad_loss.device.type == "cpu" and type(grad_loss) is torch.Tensor
-            and not torch.compiler.is_compiling() and bool(grad_loss == 1))
-
-
 def _scaled(grads: tuple[torch.Tensor, ...], grad_loss: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The saved gradients times the scalar grad_output.
-
-    At grad_output 1 they are returned as they are: autograd then takes them over as ``.grad``
-    once this graph is freed, or copies them when the graph is retained, so that nothing saved
-    is ever changed and no second copy of grad_weight exists.
-    """
-    if _is_one(grad_loss):
+    """The saved gradients times the scalar grad_output, or the saved gradients themselves
+    where ``may_hand_back``: autograd then takes them over as ``.grad`` with no second copy of
+    grad_weight."""
+    if may_hand_back(grad_loss):
         return grads
     return tuple(grad * grad_loss.to(grad.dtype) for grad in grads)
 

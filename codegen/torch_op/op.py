@@ -2,7 +2,9 @@
 with a fake and an autograd formula), its backward op, and the in-place-gradient mode.
 
 The forward runs the fused kernel once and keeps only the gradient of the returned loss at
-grad_output = 1; the backward scales it by the incoming grad_output (per row for "none").
+grad_output = 1; the backward scales it by the incoming grad_output (per row for "none"), or
+hands it back as it is for grad_output 1.  ``cross_entropy_rows`` calls the op, or its eager path
+where nothing traces (``eager.py``).
 ``lse``'s gradient is softmax(u) du/dz with u the (softcapped) logits, from torch's own
 softmax: the only case where the logits are kept for the backward.
 """
@@ -10,8 +12,9 @@ softmax: the only case where the logits are kept for the backward.
 from __future__ import annotations
 
 import torch
+from gradsmith.codegen.torch_op.eager import with_eager_path
 from gradsmith.codegen.torch_op.kernel import arithmetic_dtype, fused_cross_entropy
-from gradsmith.codegen.torch_op.scaled_gradient import scaled_gradient_op
+from gradsmith.codegen.torch_op.scaled_gradient import scale_saved_gradient, scaled_gradient_op
 from torch import Tensor
 
 DOUBLE_BACKWARD = (
@@ -20,8 +23,7 @@ DOUBLE_BACKWARD = (
 )
 
 
-@torch.library.custom_op("gradsmith::cross_entropy", mutates_args=())
-def cross_entropy_op(
+def _cross_entropy(
     logits: Tensor,
     target: Tensor,
     weight: Tensor | None,
@@ -42,6 +44,10 @@ def cross_entropy_op(
     if lse is None:
         lse = logits.new_empty((0,), dtype=arithmetic_dtype(logits.dtype))
     return loss, lse, dlogits
+
+
+cross_entropy_op = torch.library.custom_op("gradsmith::cross_entropy", _cross_entropy,
+                                           mutates_args=())
 
 
 @cross_entropy_op.register_fake
@@ -79,7 +85,7 @@ def _backward(ctx, grad_loss, grad_lse, grad_dlogits):
     dlogits, logits = ctx.saved_tensors
     grad = None
     if grad_loss is not None:
-        grad = cross_entropy_backward_op(dlogits, grad_loss)
+        grad = scale_saved_gradient(cross_entropy_backward_op, dlogits, grad_loss)
     if ctx.want_lse and grad_lse is not None:
         extra = lse_gradient(logits, grad_lse, ctx.softcap)
         grad = extra if grad is None else grad + extra
@@ -87,6 +93,8 @@ def _backward(ctx, grad_loss, grad_lse, grad_dlogits):
 
 
 cross_entropy_op.register_autograd(_backward, setup_context=_setup_context)
+cross_entropy_rows = with_eager_path("GradsmithCrossEntropy", cross_entropy_op, _cross_entropy,
+                                     _setup_context, _backward)
 
 
 class InplaceCrossEntropy(torch.autograd.Function):

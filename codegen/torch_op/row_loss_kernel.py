@@ -25,6 +25,7 @@ from gradsmith.codegen.torch_op.kernel import (
     check_reported_target,
     cuda_arch,
     match_torch_threads,
+    new_rows,
     raise_for_status,
     targets_checked,
 )
@@ -83,7 +84,7 @@ def fused_row_loss(spec: LossDefinition, logits: torch.Tensor, second: torch.Ten
     total = spec.reduction(reduction).total(counted_rows, n_rows, n_classes)
     grad_scale = _grad_scale(total, n_rows, real, device)
     row_loss = torch.empty((n_rows,), dtype=real, device=device)
-    dlogits = torch.empty((n_rows, n_classes), dtype=dtype, device=device)
+    dlogits = new_rows(logits)
     if n_rows:  # an empty batch: nothing to read, and data_ptr() may be NULL
         values = (ctypes.c_double * max(len(options), 1))(*options)
         pointers = [logits.data_ptr(), None if second is None else second.data_ptr(),

@@ -4,7 +4,9 @@ cross-entropy's CPU kernels, other dtypes raise TypeError), the generated CUDA l
 CUDA tensors in float32/float64/bfloat16/float16; the loss and the gradient come back in the
 input's dtype.  The teacher of a "teacher" loss gets no gradient.
 
-The forward keeps the gradient at grad_output = 1 (per row for "none"); the backward scales it.
+The forward keeps the gradient at grad_output = 1 (per row for "none"); the backward scales it,
+or hands it back as it is for grad_output 1.  ``row_loss_rows`` calls the op, or its eager
+path where nothing traces (``eager.py``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from gradsmith.codegen.arguments import check_ignore_index, check_reduction
 from gradsmith.codegen.row_loss import SPECIALISED
 from gradsmith.codegen.row_loss_runtime import option_values
 from gradsmith.codegen.torch_op.checks import check_class_weight, check_target
+from gradsmith.codegen.torch_op.eager import with_eager_path
 from gradsmith.codegen.torch_op.functional import as_rows
 from gradsmith.codegen.torch_op.kernel import check_logits, check_tensor
 from gradsmith.codegen.torch_op.row_loss_kernel import fused_row_loss
-from gradsmith.codegen.torch_op.scaled_gradient import scaled_gradient_op
+from gradsmith.codegen.torch_op.scaled_gradient import scale_saved_gradient, scaled_gradient_op
 from gradsmith.derive.losses import LOSSES, definition
 from gradsmith.derive.row_loss import LossDefinition
 from torch import Tensor
@@ -25,14 +28,16 @@ from torch import Tensor
 _NO_INDEX = -100
 
 
-@torch.library.custom_op("gradsmith::row_loss", mutates_args=())
-def row_loss_op(loss: str, logits: Tensor, second: Tensor, alpha: Tensor | None,
+def _row_loss(loss: str, logits: Tensor, second: Tensor, alpha: Tensor | None,
                 ignore_index: int, reduction: str, options: list[float],
                 check_targets: bool) -> tuple[Tensor, Tensor]:
     """(loss, dlogits) of the loss named ``loss``; ``second`` is the target or teacher logits;
     ``check_targets=False`` skips the bad-target check (CUDA's one host synchronisation)."""
     return fused_row_loss(definition(loss), logits, second, alpha, ignore_index, reduction,
                           options, check_targets)
+
+
+row_loss_op = torch.library.custom_op("gradsmith::row_loss", _row_loss, mutates_args=())
 
 
 @row_loss_op.register_fake
@@ -55,11 +60,14 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, grad_dlogits):
     (dlogits,) = ctx.saved_tensors
-    grad = None if grad_loss is None else row_loss_backward_op(dlogits, grad_loss)
+    grad = (None if grad_loss is None
+            else scale_saved_gradient(row_loss_backward_op, dlogits, grad_loss))
     return None, grad, None, None, None, None, None, None
 
 
 row_loss_op.register_autograd(_backward, setup_context=_setup_context)
+row_loss_rows = with_eager_path("GradsmithRowLoss", row_loss_op, _row_loss, _setup_context,
+                                _backward)
 
 
 def _check_input(names: tuple[str, str], input, second) -> None:
@@ -124,8 +132,8 @@ def _index_loss(spec: LossDefinition, input, target, alpha, ignore_index, reduct
     check_class_weight("alpha", alpha, rows.shape[1], rows)
     if alpha is not None and alpha.dtype != rows.dtype:
         raise TypeError(f"alpha must be {rows.dtype} like input, got {alpha.dtype}")
-    loss, _ = row_loss_op(spec.name, rows, row_target, alpha, ignore_index, reduction, values,
-                          check_targets)
+    loss, _ = row_loss_rows(spec.name, rows, row_target, alpha, ignore_index, reduction, values,
+                            check_targets)
     return loss.reshape(positions) if reduction == "none" else loss
 
 
@@ -146,8 +154,8 @@ def _teacher_loss(spec: LossDefinition, student_logits, teacher_logits, reductio
     _check_rows(rows)
     # F.kl_div's "batchmean" divides by size(0), which is the number of rows only for (N, C).
     by_batch = reduction == "batchmean" and len(shape) != 2
-    loss, _ = row_loss_op(spec.name, rows, teacher_logits.detach().reshape(-1, shape[-1]),
-                          None, _NO_INDEX, "sum" if by_batch else reduction, values, True)
+    loss, _ = row_loss_rows(spec.name, rows, teacher_logits.detach().reshape(-1, shape[-1]),
+                            None, _NO_INDEX, "sum" if by_batch else reduction, values, True)
     if reduction == "none":
         return loss.reshape(shape[:-1])
     return loss / shape[0] if by_batch else loss
