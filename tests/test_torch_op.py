@@ -151,6 +151,16 @@ def test_a_gradient_from_a_kept_graph_is_the_callers_own():
     torch.testing.assert_close(again, expected, rtol=0, atol=0)
 
 
+def test_the_ops_dlogits_output_never_becomes_grad():
+    logits = _logits()
+    loss, _, dlogits = cross_entropy_op(logits, TARGETS, None, -100, "mean", 0.0, 0.0, None,
+                                        False, True)
+    kept = dlogits.detach().clone()
+    loss.backward()
+    logits.grad.zero_()
+    torch.testing.assert_close(dlogits.detach(), kept, rtol=0, atol=0)
+
+
 def test_compiled_training_step_has_no_graph_break_and_gives_eager_results():
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 5)

@@ -85,7 +85,7 @@ def _backward(ctx, grad_loss, grad_lse, grad_dlogits):
     dlogits, logits = ctx.saved_tensors
     grad = None
     if grad_loss is not None:
-        grad = scale_saved_gradient(cross_entropy_backward_op, dlogits, grad_loss)
+        grad = scale_saved_gradient(cross_entropy_backward_op, ctx, dlogits, grad_loss)
     if ctx.want_lse and grad_lse is not None:
         extra = lse_gradient(logits, grad_lse, ctx.softcap)
         grad = extra if grad is None else grad + extra

@@ -29,8 +29,8 @@ _NO_INDEX = -100
 
 
 def _row_loss(loss: str, logits: Tensor, second: Tensor, alpha: Tensor | None,
-                ignore_index: int, reduction: str, options: list[float],
-                check_targets: bool) -> tuple[Tensor, Tensor]:
+              ignore_index: int, reduction: str, options: list[float],
+              check_targets: bool) -> tuple[Tensor, Tensor]:
     """(loss, dlogits) of the loss named ``loss``; ``second`` is the target or teacher logits;
     ``check_targets=False`` skips the bad-target check (CUDA's one host synchronisation)."""
     return fused_row_loss(definition(loss), logits, second, alpha, ignore_index, reduction,
@@ -61,7 +61,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, grad_dlogits):
     (dlogits,) = ctx.saved_tensors
     grad = (None if grad_loss is None
-            else scale_saved_gradient(row_loss_backward_op, dlogits, grad_loss))
+            else scale_saved_gradient(row_loss_backward_op, ctx, dlogits, grad_loss))
     return None, grad, None, None, None, None, None, None
 
 

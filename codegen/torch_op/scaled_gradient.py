@@ -5,7 +5,7 @@ the saved gradient handed back as it is where grad_output is exactly 1."""
 from __future__ import annotations
 
 import torch
-from gradsmith.codegen.torch_op.eager import may_hand_back
+from gradsmith.codegen.torch_op.eager import is_eager, may_hand_back
 from gradsmith.codegen.torch_op.kernel import new_rows
 from torch import Tensor
 
@@ -30,9 +30,11 @@ def scaled_gradient_op(name: str, no_second_derivative: str):
     return op
 
 
-def scale_saved_gradient(op, dlogits: Tensor, grad_loss: Tensor) -> Tensor:
+def scale_saved_gradient(op, ctx, dlogits: Tensor, grad_loss: Tensor) -> Tensor:
     """``op(dlogits, grad_loss)``, or ``dlogits`` itself where ``may_hand_back(grad_loss)``
-    (``loss.backward()`` on the CPU): that saves an N x C copy per step."""
-    if may_hand_back(grad_loss):
+    (``loss.backward()`` on the CPU) on the eager path: that saves an N x C copy per step.
+    Only there, because there the op's dlogits output never reaches the caller, who would
+    otherwise hold memory that autograd makes ``.grad``."""
+    if is_eager(ctx) and may_hand_back(grad_loss):
         return dlogits
     return op(dlogits, grad_loss)
