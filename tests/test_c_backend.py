@@ -130,6 +130,31 @@ def test_short_rows_in_lanes_and_long_rows_agree_with_reference(dtype, probs, we
         assert np.array_equal(inplace[1], dlogits, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
+def test_every_short_class_count_transposes_its_segments_exactly(dtype, probs):
+    """A full segment of short rows stored back to back is moved to and from its tile by a
+    transpose specialised to its class count; rows with a wider stride are copied one by one.
+    For every class count the two must give the same bits; for some, the reference's values."""
+    f = runtime.load(dtype)
+    rng = np.random.default_rng(21)
+    for classes in range(1, context.SHORT_CLASSES + 1):
+        logits, target, _ = _inputs(rng, dtype, 2 * context.SEGMENT_ROWS + 3, classes, probs)
+        loss, dlogits = f(logits, target, reduction="none")
+        wide = np.zeros((len(logits), classes + 3), dtype)
+        wide[:, :classes] = logits
+        strided_loss, strided_dlogits = f(wide[:, :classes], target, reduction="none")
+        out = np.full((len(logits), classes + 5), 7, dtype)
+        f(logits, target, reduction="none", out=out[:, :classes])
+        assert np.array_equal(strided_loss, loss) and np.array_equal(strided_dlogits, dlogits)
+        assert np.array_equal(out[:, :classes], dlogits) and (out[:, classes:] == 7).all()
+        if classes not in (1, 4, 10, context.SHORT_CLASSES):
+            continue
+        ref_loss, ref_grad = reference_cross_entropy(logits, target, reduction="none")
+        _assert_close(loss, ref_loss, dtype, f"C={classes} loss")
+        _assert_close(dlogits, ref_grad, dtype, f"C={classes} dlogits")
+
+
 @pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
 def test_central_differences(probs):
     f = runtime.load("float64")

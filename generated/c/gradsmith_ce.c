@@ -320,6 +320,474 @@ GS_FAST_MATH double gs_tanh_f64(double argument)
     return (double)result;
 }
 
+static void gs_tile_from_block_f32(const float *block, float *tile, int64_t n_classes)
+{
+    int64_t r;
+    int64_t j;
+    switch (n_classes) {
+    case 1:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 1; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 1 + j];
+            }
+        }
+        break;
+    case 2:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 2; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 2 + j];
+            }
+        }
+        break;
+    case 3:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 3; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 3 + j];
+            }
+        }
+        break;
+    case 4:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 4; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 4 + j];
+            }
+        }
+        break;
+    case 5:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 5; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 5 + j];
+            }
+        }
+        break;
+    case 6:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 6; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 6 + j];
+            }
+        }
+        break;
+    case 7:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 7; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 7 + j];
+            }
+        }
+        break;
+    case 8:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 8; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 8 + j];
+            }
+        }
+        break;
+    case 9:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 9; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 9 + j];
+            }
+        }
+        break;
+    case 10:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 10; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 10 + j];
+            }
+        }
+        break;
+    case 11:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 11; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 11 + j];
+            }
+        }
+        break;
+    case 12:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 12; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 12 + j];
+            }
+        }
+        break;
+    case 13:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 13; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 13 + j];
+            }
+        }
+        break;
+    case 14:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 14; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 14 + j];
+            }
+        }
+        break;
+    case 15:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 15; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 15 + j];
+            }
+        }
+        break;
+    case 16:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 16; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 16 + j];
+            }
+        }
+        break;
+    case 17:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 17; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 17 + j];
+            }
+        }
+        break;
+    case 18:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 18; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 18 + j];
+            }
+        }
+        break;
+    case 19:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 19; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 19 + j];
+            }
+        }
+        break;
+    case 20:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 20; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 20 + j];
+            }
+        }
+        break;
+    case 21:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 21; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 21 + j];
+            }
+        }
+        break;
+    case 22:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 22; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 22 + j];
+            }
+        }
+        break;
+    case 23:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 23; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 23 + j];
+            }
+        }
+        break;
+    case 24:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 24; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 24 + j];
+            }
+        }
+        break;
+    case 25:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 25; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 25 + j];
+            }
+        }
+        break;
+    case 26:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 26; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 26 + j];
+            }
+        }
+        break;
+    case 27:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 27; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 27 + j];
+            }
+        }
+        break;
+    case 28:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 28; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 28 + j];
+            }
+        }
+        break;
+    case 29:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 29; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 29 + j];
+            }
+        }
+        break;
+    case 30:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 30; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 30 + j];
+            }
+        }
+        break;
+    case 31:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 31; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 31 + j];
+            }
+        }
+        break;
+    case 32:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 32; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 32 + j];
+            }
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void gs_block_from_tile_f32(float *block, const float *tile, int64_t n_classes)
+{
+    int64_t r;
+    int64_t j;
+    switch (n_classes) {
+    case 1:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 1; ++j) {
+                block[r * 1 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 2:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 2; ++j) {
+                block[r * 2 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 3:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 3; ++j) {
+                block[r * 3 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 4:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 4; ++j) {
+                block[r * 4 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 5:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 5; ++j) {
+                block[r * 5 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 6:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 6; ++j) {
+                block[r * 6 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 7:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 7; ++j) {
+                block[r * 7 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 8:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 8; ++j) {
+                block[r * 8 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 9:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 9; ++j) {
+                block[r * 9 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 10:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 10; ++j) {
+                block[r * 10 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 11:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 11; ++j) {
+                block[r * 11 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 12:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 12; ++j) {
+                block[r * 12 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 13:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 13; ++j) {
+                block[r * 13 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 14:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 14; ++j) {
+                block[r * 14 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 15:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 15; ++j) {
+                block[r * 15 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 16:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 16; ++j) {
+                block[r * 16 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 17:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 17; ++j) {
+                block[r * 17 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 18:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 18; ++j) {
+                block[r * 18 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 19:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 19; ++j) {
+                block[r * 19 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 20:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 20; ++j) {
+                block[r * 20 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 21:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 21; ++j) {
+                block[r * 21 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 22:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 22; ++j) {
+                block[r * 22 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 23:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 23; ++j) {
+                block[r * 23 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 24:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 24; ++j) {
+                block[r * 24 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 25:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 25; ++j) {
+                block[r * 25 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 26:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 26; ++j) {
+                block[r * 26 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 27:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 27; ++j) {
+                block[r * 27 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 28:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 28; ++j) {
+                block[r * 28 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 29:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 29; ++j) {
+                block[r * 29 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 30:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 30; ++j) {
+                block[r * 30 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 31:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 31; ++j) {
+                block[r * 31 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 32:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 32; ++j) {
+                block[r * 32 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    default:
+        break;
+    }
+}
+
 static float gs_row_index_f32(
     const float *logits_row, float *dlogits_row, int64_t n_classes,
     int64_t target, int ignored,
@@ -571,7 +1039,6 @@ static float gs_row_index_f32(
 static void gs_lanes_index_f32(
     const float *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -600,21 +1067,16 @@ static void gs_lanes_index_f32(
     float lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-        }
+        gs_tile_from_block_f32(block, tile, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -781,10 +1243,7 @@ static void gs_lanes_index_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f32(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             float *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -815,9 +1274,6 @@ static int gs_rows_index_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
     int bad_rows = 0;
     /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
@@ -859,16 +1315,6 @@ static int gs_rows_index_f32(
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
     }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
-    }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
             ? GS_ROW_BLOCK * GS_SEGMENT_ROWS : n_rows - block;
@@ -907,7 +1353,7 @@ static int gs_rows_index_f32(
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_f32(logits, logits_stride, targets,
                     ignore_index,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -1138,7 +1584,6 @@ static float gs_row_index_softcap_f32(
 static void gs_lanes_index_softcap_f32(
     const float *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -1166,21 +1611,16 @@ static void gs_lanes_index_softcap_f32(
     float lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-        }
+        gs_tile_from_block_f32(block, tile, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -1346,10 +1786,7 @@ static void gs_lanes_index_softcap_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f32(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             float *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -1380,9 +1817,6 @@ static int gs_rows_index_softcap_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
     int bad_rows = 0;
     /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
@@ -1424,16 +1858,6 @@ static int gs_rows_index_softcap_f32(
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
     }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
-    }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
             ? GS_ROW_BLOCK * GS_SEGMENT_ROWS : n_rows - block;
@@ -1472,7 +1896,7 @@ static int gs_rows_index_softcap_f32(
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_softcap_f32(logits, logits_stride, targets,
                     ignore_index,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -1787,7 +2211,6 @@ static void gs_lanes_index_weighted_f32(
     const float *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
     const float *class_weights,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -1816,21 +2239,16 @@ static void gs_lanes_index_weighted_f32(
     float lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-        }
+        gs_tile_from_block_f32(block, tile, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -2000,10 +2418,7 @@ static void gs_lanes_index_weighted_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f32(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             float *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -2034,9 +2449,6 @@ static int gs_rows_index_weighted_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
     int bad_rows = 0;
     /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
@@ -2078,16 +2490,6 @@ static int gs_rows_index_weighted_f32(
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
     }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
-    }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
             ? GS_ROW_BLOCK * GS_SEGMENT_ROWS : n_rows - block;
@@ -2127,7 +2529,7 @@ static int gs_rows_index_weighted_f32(
                 gs_lanes_index_weighted_f32(logits, logits_stride, targets,
                     ignore_index,
                     class_weights,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -2365,7 +2767,6 @@ static void gs_lanes_index_weighted_softcap_f32(
     const float *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
     const float *class_weights,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -2393,21 +2794,16 @@ static void gs_lanes_index_weighted_softcap_f32(
     float lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-        }
+        gs_tile_from_block_f32(block, tile, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -2576,10 +2972,7 @@ static void gs_lanes_index_weighted_softcap_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f32(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             float *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -2610,9 +3003,6 @@ static int gs_rows_index_weighted_softcap_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
     int bad_rows = 0;
     /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
@@ -2654,16 +3044,6 @@ static int gs_rows_index_weighted_softcap_f32(
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
     }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
-    }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
             ? GS_ROW_BLOCK * GS_SEGMENT_ROWS : n_rows - block;
@@ -2703,7 +3083,7 @@ static int gs_rows_index_weighted_softcap_f32(
                 gs_lanes_index_weighted_softcap_f32(logits, logits_stride, targets,
                     ignore_index,
                     class_weights,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -2940,7 +3320,6 @@ static float gs_row_probs_f32(
 static void gs_lanes_probs_f32(
     const float *logits, int64_t logits_stride,
     const float *targets, int64_t targets_stride,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -2963,23 +3342,18 @@ static void gs_lanes_probs_f32(
     float lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-            prob_tile[i] = prob_block[from_block[i]];
-        }
+        gs_tile_from_block_f32(block, tile, n_classes);
+        gs_tile_from_block_f32(prob_block, prob_tile, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -3116,10 +3490,7 @@ static void gs_lanes_probs_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f32(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             float *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -3150,9 +3521,6 @@ static int gs_rows_probs_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
     GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
@@ -3176,16 +3544,6 @@ static int gs_rows_probs_f32(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
-    }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -3225,7 +3583,7 @@ static int gs_rows_probs_f32(
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_f32(logits, logits_stride, targets,
                     targets_stride,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -3406,7 +3764,6 @@ static float gs_row_probs_softcap_f32(
 static void gs_lanes_probs_softcap_f32(
     const float *logits, int64_t logits_stride,
     const float *targets, int64_t targets_stride,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -3428,23 +3785,18 @@ static void gs_lanes_probs_softcap_f32(
     float lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-            prob_tile[i] = prob_block[from_block[i]];
-        }
+        gs_tile_from_block_f32(block, tile, n_classes);
+        gs_tile_from_block_f32(prob_block, prob_tile, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -3580,10 +3932,7 @@ static void gs_lanes_probs_softcap_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f32(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             float *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -3614,9 +3963,6 @@ static int gs_rows_probs_softcap_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
     GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
@@ -3640,16 +3986,6 @@ static int gs_rows_probs_softcap_f32(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
-    }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -3689,7 +4025,7 @@ static int gs_rows_probs_softcap_f32(
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_softcap_f32(logits, logits_stride, targets,
                     targets_stride,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -3931,7 +4267,6 @@ static void gs_lanes_probs_weighted_f32(
     const float *logits, int64_t logits_stride,
     const float *targets, int64_t targets_stride,
     const float *class_weights,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -3954,23 +4289,18 @@ static void gs_lanes_probs_weighted_f32(
     float lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-            prob_tile[i] = prob_block[from_block[i]];
-        }
+        gs_tile_from_block_f32(block, tile, n_classes);
+        gs_tile_from_block_f32(prob_block, prob_tile, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -4109,10 +4439,7 @@ static void gs_lanes_probs_weighted_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f32(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             float *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -4143,9 +4470,6 @@ static int gs_rows_probs_weighted_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
     GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
@@ -4168,16 +4492,6 @@ static int gs_rows_probs_weighted_f32(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
-    }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -4218,7 +4532,7 @@ static int gs_rows_probs_weighted_f32(
                 gs_lanes_probs_weighted_f32(logits, logits_stride, targets,
                     targets_stride,
                     class_weights,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -4405,7 +4719,6 @@ static void gs_lanes_probs_weighted_softcap_f32(
     const float *logits, int64_t logits_stride,
     const float *targets, int64_t targets_stride,
     const float *class_weights,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     float label_smoothing, float lse_square_scale, float softcap,
     int32_t reduction, float reduced_grad_scale, const float *grad_outputs,
@@ -4427,23 +4740,18 @@ static void gs_lanes_probs_weighted_softcap_f32(
     float lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-            prob_tile[i] = prob_block[from_block[i]];
-        }
+        gs_tile_from_block_f32(block, tile, n_classes);
+        gs_tile_from_block_f32(prob_block, prob_tile, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -4581,10 +4889,7 @@ static void gs_lanes_probs_weighted_softcap_f32(
     }
     if (full && dlogits_stride == n_classes) {
         float *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F32
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f32(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             float *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -4615,9 +4920,6 @@ static int gs_rows_probs_weighted_softcap_f32(
     float reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
     GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
@@ -4640,16 +4942,6 @@ static int gs_rows_probs_weighted_softcap_f32(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (float)mean_lse_square_scale;
-    }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -4690,7 +4982,7 @@ static int gs_rows_probs_weighted_softcap_f32(
                 gs_lanes_probs_weighted_softcap_f32(logits, logits_stride, targets,
                     targets_stride,
                     class_weights,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -4811,6 +5103,474 @@ int gs_ce_probs_f32(const float *logits, int64_t logits_stride, const float *tar
             weight, n_rows, n_classes, params, grad_output, loss, dlogits, dlogits_stride, lse, bad_row);
     }
     return GS_ERR_PARAMS; /* not reached: the four variants cover every case */
+}
+
+static void gs_tile_from_block_f64(const double *block, double *tile, int64_t n_classes)
+{
+    int64_t r;
+    int64_t j;
+    switch (n_classes) {
+    case 1:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 1; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 1 + j];
+            }
+        }
+        break;
+    case 2:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 2; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 2 + j];
+            }
+        }
+        break;
+    case 3:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 3; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 3 + j];
+            }
+        }
+        break;
+    case 4:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 4; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 4 + j];
+            }
+        }
+        break;
+    case 5:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 5; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 5 + j];
+            }
+        }
+        break;
+    case 6:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 6; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 6 + j];
+            }
+        }
+        break;
+    case 7:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 7; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 7 + j];
+            }
+        }
+        break;
+    case 8:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 8; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 8 + j];
+            }
+        }
+        break;
+    case 9:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 9; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 9 + j];
+            }
+        }
+        break;
+    case 10:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 10; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 10 + j];
+            }
+        }
+        break;
+    case 11:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 11; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 11 + j];
+            }
+        }
+        break;
+    case 12:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 12; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 12 + j];
+            }
+        }
+        break;
+    case 13:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 13; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 13 + j];
+            }
+        }
+        break;
+    case 14:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 14; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 14 + j];
+            }
+        }
+        break;
+    case 15:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 15; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 15 + j];
+            }
+        }
+        break;
+    case 16:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 16; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 16 + j];
+            }
+        }
+        break;
+    case 17:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 17; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 17 + j];
+            }
+        }
+        break;
+    case 18:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 18; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 18 + j];
+            }
+        }
+        break;
+    case 19:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 19; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 19 + j];
+            }
+        }
+        break;
+    case 20:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 20; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 20 + j];
+            }
+        }
+        break;
+    case 21:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 21; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 21 + j];
+            }
+        }
+        break;
+    case 22:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 22; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 22 + j];
+            }
+        }
+        break;
+    case 23:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 23; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 23 + j];
+            }
+        }
+        break;
+    case 24:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 24; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 24 + j];
+            }
+        }
+        break;
+    case 25:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 25; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 25 + j];
+            }
+        }
+        break;
+    case 26:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 26; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 26 + j];
+            }
+        }
+        break;
+    case 27:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 27; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 27 + j];
+            }
+        }
+        break;
+    case 28:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 28; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 28 + j];
+            }
+        }
+        break;
+    case 29:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 29; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 29 + j];
+            }
+        }
+        break;
+    case 30:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 30; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 30 + j];
+            }
+        }
+        break;
+    case 31:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 31; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 31 + j];
+            }
+        }
+        break;
+    case 32:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 32; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * 32 + j];
+            }
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void gs_block_from_tile_f64(double *block, const double *tile, int64_t n_classes)
+{
+    int64_t r;
+    int64_t j;
+    switch (n_classes) {
+    case 1:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 1; ++j) {
+                block[r * 1 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 2:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 2; ++j) {
+                block[r * 2 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 3:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 3; ++j) {
+                block[r * 3 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 4:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 4; ++j) {
+                block[r * 4 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 5:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 5; ++j) {
+                block[r * 5 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 6:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 6; ++j) {
+                block[r * 6 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 7:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 7; ++j) {
+                block[r * 7 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 8:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 8; ++j) {
+                block[r * 8 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 9:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 9; ++j) {
+                block[r * 9 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 10:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 10; ++j) {
+                block[r * 10 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 11:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 11; ++j) {
+                block[r * 11 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 12:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 12; ++j) {
+                block[r * 12 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 13:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 13; ++j) {
+                block[r * 13 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 14:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 14; ++j) {
+                block[r * 14 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 15:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 15; ++j) {
+                block[r * 15 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 16:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 16; ++j) {
+                block[r * 16 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 17:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 17; ++j) {
+                block[r * 17 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 18:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 18; ++j) {
+                block[r * 18 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 19:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 19; ++j) {
+                block[r * 19 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 20:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 20; ++j) {
+                block[r * 20 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 21:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 21; ++j) {
+                block[r * 21 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 22:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 22; ++j) {
+                block[r * 22 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 23:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 23; ++j) {
+                block[r * 23 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 24:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 24; ++j) {
+                block[r * 24 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 25:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 25; ++j) {
+                block[r * 25 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 26:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 26; ++j) {
+                block[r * 26 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 27:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 27; ++j) {
+                block[r * 27 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 28:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 28; ++j) {
+                block[r * 28 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 29:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 29; ++j) {
+                block[r * 29 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 30:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 30; ++j) {
+                block[r * 30 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 31:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 31; ++j) {
+                block[r * 31 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    case 32:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < 32; ++j) {
+                block[r * 32 + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
+        break;
+    default:
+        break;
+    }
 }
 
 static double gs_row_index_f64(
@@ -5064,7 +5824,6 @@ static double gs_row_index_f64(
 static void gs_lanes_index_f64(
     const double *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -5093,21 +5852,16 @@ static void gs_lanes_index_f64(
     double lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-        }
+        gs_tile_from_block_f64(block, tile, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -5274,10 +6028,7 @@ static void gs_lanes_index_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f64(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             double *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -5308,9 +6059,6 @@ static int gs_rows_index_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
     int bad_rows = 0;
     /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
@@ -5352,16 +6100,6 @@ static int gs_rows_index_f64(
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
     }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
-    }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
             ? GS_ROW_BLOCK * GS_SEGMENT_ROWS : n_rows - block;
@@ -5400,7 +6138,7 @@ static int gs_rows_index_f64(
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_f64(logits, logits_stride, targets,
                     ignore_index,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -5631,7 +6369,6 @@ static double gs_row_index_softcap_f64(
 static void gs_lanes_index_softcap_f64(
     const double *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -5659,21 +6396,16 @@ static void gs_lanes_index_softcap_f64(
     double lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-        }
+        gs_tile_from_block_f64(block, tile, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -5839,10 +6571,7 @@ static void gs_lanes_index_softcap_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f64(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             double *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -5873,9 +6602,6 @@ static int gs_rows_index_softcap_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
     int bad_rows = 0;
     /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
@@ -5917,16 +6643,6 @@ static int gs_rows_index_softcap_f64(
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
     }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
-    }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
             ? GS_ROW_BLOCK * GS_SEGMENT_ROWS : n_rows - block;
@@ -5965,7 +6681,7 @@ static int gs_rows_index_softcap_f64(
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_softcap_f64(logits, logits_stride, targets,
                     ignore_index,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -6280,7 +6996,6 @@ static void gs_lanes_index_weighted_f64(
     const double *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
     const double *class_weights,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -6309,21 +7024,16 @@ static void gs_lanes_index_weighted_f64(
     double lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-        }
+        gs_tile_from_block_f64(block, tile, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -6493,10 +7203,7 @@ static void gs_lanes_index_weighted_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f64(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             double *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -6527,9 +7234,6 @@ static int gs_rows_index_weighted_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
     int bad_rows = 0;
     /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
@@ -6571,16 +7275,6 @@ static int gs_rows_index_weighted_f64(
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
     }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
-    }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
             ? GS_ROW_BLOCK * GS_SEGMENT_ROWS : n_rows - block;
@@ -6620,7 +7314,7 @@ static int gs_rows_index_weighted_f64(
                 gs_lanes_index_weighted_f64(logits, logits_stride, targets,
                     ignore_index,
                     class_weights,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -6858,7 +7552,6 @@ static void gs_lanes_index_weighted_softcap_f64(
     const double *logits, int64_t logits_stride,
     const int64_t *targets, int64_t ignore_index,
     const double *class_weights,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -6886,21 +7579,16 @@ static void gs_lanes_index_weighted_softcap_f64(
     double lane_coef_rest[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-        }
+        gs_tile_from_block_f64(block, tile, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -7069,10 +7757,7 @@ static void gs_lanes_index_weighted_softcap_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f64(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             double *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -7103,9 +7788,6 @@ static int gs_rows_index_weighted_softcap_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     const int64_t ignore_index = params->ignore_index;
     int bad_rows = 0;
     /* Branch-free, so that it vectorises; a bad target reads class 0 and is found below. */
@@ -7147,16 +7829,6 @@ static int gs_rows_index_weighted_softcap_f64(
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
     }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
-    }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
             ? GS_ROW_BLOCK * GS_SEGMENT_ROWS : n_rows - block;
@@ -7196,7 +7868,7 @@ static int gs_rows_index_weighted_softcap_f64(
                 gs_lanes_index_weighted_softcap_f64(logits, logits_stride, targets,
                     ignore_index,
                     class_weights,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -7433,7 +8105,6 @@ static double gs_row_probs_f64(
 static void gs_lanes_probs_f64(
     const double *logits, int64_t logits_stride,
     const double *targets, int64_t targets_stride,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -7456,23 +8127,18 @@ static void gs_lanes_probs_f64(
     double lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-            prob_tile[i] = prob_block[from_block[i]];
-        }
+        gs_tile_from_block_f64(block, tile, n_classes);
+        gs_tile_from_block_f64(prob_block, prob_tile, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -7609,10 +8275,7 @@ static void gs_lanes_probs_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f64(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             double *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -7643,9 +8306,6 @@ static int gs_rows_probs_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
     GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
@@ -7669,16 +8329,6 @@ static int gs_rows_probs_f64(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
-    }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -7718,7 +8368,7 @@ static int gs_rows_probs_f64(
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_f64(logits, logits_stride, targets,
                     targets_stride,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -7899,7 +8549,6 @@ static double gs_row_probs_softcap_f64(
 static void gs_lanes_probs_softcap_f64(
     const double *logits, int64_t logits_stride,
     const double *targets, int64_t targets_stride,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -7921,23 +8570,18 @@ static void gs_lanes_probs_softcap_f64(
     double lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-            prob_tile[i] = prob_block[from_block[i]];
-        }
+        gs_tile_from_block_f64(block, tile, n_classes);
+        gs_tile_from_block_f64(prob_block, prob_tile, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -8073,10 +8717,7 @@ static void gs_lanes_probs_softcap_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f64(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             double *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -8107,9 +8748,6 @@ static int gs_rows_probs_softcap_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
     GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
@@ -8133,16 +8771,6 @@ static int gs_rows_probs_softcap_f64(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
-    }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -8182,7 +8810,7 @@ static int gs_rows_probs_softcap_f64(
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_softcap_f64(logits, logits_stride, targets,
                     targets_stride,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -8424,7 +9052,6 @@ static void gs_lanes_probs_weighted_f64(
     const double *logits, int64_t logits_stride,
     const double *targets, int64_t targets_stride,
     const double *class_weights,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -8447,23 +9074,18 @@ static void gs_lanes_probs_weighted_f64(
     double lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-            prob_tile[i] = prob_block[from_block[i]];
-        }
+        gs_tile_from_block_f64(block, tile, n_classes);
+        gs_tile_from_block_f64(prob_block, prob_tile, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -8602,10 +9224,7 @@ static void gs_lanes_probs_weighted_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f64(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             double *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -8636,9 +9255,6 @@ static int gs_rows_probs_weighted_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
     GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
@@ -8661,16 +9277,6 @@ static int gs_rows_probs_weighted_f64(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
-    }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -8711,7 +9317,7 @@ static int gs_rows_probs_weighted_f64(
                 gs_lanes_probs_weighted_f64(logits, logits_stride, targets,
                     targets_stride,
                     class_weights,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
@@ -8898,7 +9504,6 @@ static void gs_lanes_probs_weighted_softcap_f64(
     const double *logits, int64_t logits_stride,
     const double *targets, int64_t targets_stride,
     const double *class_weights,
-    const int32_t *from_block, const int32_t *from_tile,
     int64_t first, int64_t count, int64_t n_classes,
     double label_smoothing, double lse_square_scale, double softcap,
     int32_t reduction, double reduced_grad_scale, const double *grad_outputs,
@@ -8920,23 +9525,18 @@ static void gs_lanes_probs_weighted_softcap_f64(
     double lane_coef_prob[GS_SEGMENT_ROWS];
     int64_t j;
     int64_t r;
-    int64_t i;
     (void)label_smoothing;
     (void)lse_square_scale;
     (void)softcap;
     (void)num_classes;
     /* A full segment of rows stored back to back is one block: its tile is filled, and later
-       written back, in one loop of gathers (from_block[i]: where tile entry i is in the
-       block; from_tile[i]: where block entry i is in the tile). */
+       written back, by one transpose each. */
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes && targets_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            tile[i] = block[from_block[i]];
-            prob_tile[i] = prob_block[from_block[i]];
-        }
+        gs_tile_from_block_f64(block, tile, n_classes);
+        gs_tile_from_block_f64(prob_block, prob_tile, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -9074,10 +9674,7 @@ static void gs_lanes_probs_weighted_softcap_f64(
     }
     if (full && dlogits_stride == n_classes) {
         double *const block = dlogits + first * n_classes;
-        GS_SIMD_LANES_F64
-        for (i = 0; i < n_classes * GS_SEGMENT_ROWS; ++i) {
-            block[i] = tile[from_tile[i]];
-        }
+        gs_block_from_tile_f64(block, tile, n_classes);
     } else {
         for (r = 0; r < count; ++r) {
             double *const dlogits_row = dlogits + (first + r) * dlogits_stride;
@@ -9108,9 +9705,6 @@ static int gs_rows_probs_weighted_softcap_f64(
     double reduced_grad_scale;
     int64_t block;
     int64_t n;
-    /* The transposes between a block of GS_SEGMENT_ROWS short rows and its tile, as offsets. */
-    int32_t from_block[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    int32_t from_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
     (void)bad_row;
     GS_SIMD_DENOMINATOR
     for (n = 0; n < n_rows; ++n) {
@@ -9133,16 +9727,6 @@ static int gs_rows_probs_weighted_softcap_f64(
         const double lse_square_scale = params->lse_square_scale;
         const double mean_lse_square_scale = denominator*lse_square_scale/counted_rows;
         rows_lse_square_scale = (double)mean_lse_square_scale;
-    }
-    if (n_classes <= GS_SHORT_CLASSES) {
-        int64_t j;
-        int64_t r;
-        for (j = 0; j < n_classes; ++j) {
-            for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-                from_block[j * GS_SEGMENT_ROWS + r] = (int32_t)(r * n_classes + j);
-                from_tile[r * n_classes + j] = (int32_t)(j * GS_SEGMENT_ROWS + r);
-            }
-        }
     }
     for (block = 0; block < n_rows; block += GS_ROW_BLOCK * GS_SEGMENT_ROWS) {
         const int64_t block_rows = n_rows - block > GS_ROW_BLOCK * GS_SEGMENT_ROWS
@@ -9183,7 +9767,7 @@ static int gs_rows_probs_weighted_softcap_f64(
                 gs_lanes_probs_weighted_softcap_f64(logits, logits_stride, targets,
                     targets_stride,
                     class_weights,
-                    from_block, from_tile, first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
+                    first, last - first, n_classes, label_smoothing, rows_lse_square_scale, softcap,
                     reduction, reduced_grad_scale, grad_outputs, dlogits, dlogits_stride, lse_rows,
                     row_losses);
                 for (row = first; row < last; ++row) {
