@@ -212,6 +212,31 @@ def test_empty_batch_one_class_and_inplace(dtype):
     assert dlogits is buffer and np.array_equal(dlogits, expected[1]) and loss == expected[0]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_in_place_reads_each_target_before_its_chunk_is_written(dtype):
+    """Long rows run in chunks, and each row's target logit is read in its chunk before the
+    gradient is written over it: targets in the first, a middle and the last chunk, in place
+    and not, with every option that reads the target."""
+    f = runtime.load(dtype)
+    rng = np.random.default_rng(6)
+    classes = 3 * context.CHUNK + 7
+    logits, _, weight = _inputs(rng, dtype, 6, classes, False)
+    target = np.array([0, context.CHUNK - 1, context.CHUNK, 2 * context.CHUNK + 3, classes - 1, 5])
+    for options in ({}, {"weight": weight, "label_smoothing": 0.1, "lse_square_scale": 1e-2}):
+        expected = f(logits, target, reduction="none", **options)
+        buffer = logits.copy()
+        loss, dlogits = f(buffer, target, reduction="none", inplace=True, **options)
+        assert np.array_equal(loss, expected[0]) and np.array_equal(dlogits, expected[1])
+    # The target logits were read at all: -log softmax at the target, in float64 (the mpmath
+    # reference takes minutes at this size).
+    wide = logits.astype(np.float64)
+    top = wide.max(axis=1)
+    lse = top + np.log(np.exp(wide - top[:, None]).sum(axis=1))
+    np.testing.assert_allclose(f(logits, target, reduction="none")[0],
+                               lse - wide[np.arange(len(wide)), target],
+                               rtol=1e-5 if dtype == "float32" else 1e-12)
+
+
 def test_serial_and_parallel_builds_agree_bitwise(tmp_path):
     serial = runtime.bind(_strict_build(tmp_path, openmp=False), "float32")
     parallel = runtime.bind(_strict_build(tmp_path, openmp=True), "float32")

@@ -801,8 +801,10 @@ static float gs_row_index_f32(
     float weight_sum = 0;
     float shifted_sum = 0;
     uint32_t exponent_max = 0;
-    /* read before anything is written: dlogits_row may be logits_row */
-    const float target_logit = logits_row[target];
+    /* Read in its chunk, between the maximum's loop, which brings the chunk into cache, and
+       the sums, which may write over it (dlogits_row may be logits_row): read first, it missed
+       every cache and stalled the row. */
+    float target_logit = 0;
     const int stores = n_classes <= (int64_t)GS_CHUNK * GS_STORED_CHUNKS;
     float chunk_maxima[GS_STORED_CHUNKS];
     int64_t chunk;
@@ -830,6 +832,9 @@ static float gs_row_index_f32(
             chunk_key = key > chunk_key ? key : chunk_key;
             logit_bits &= UINT32_C(2139095040);
             exponent_max = logit_bits > exponent_max ? logit_bits : exponent_max;
+        }
+        if (target >= chunk && target < chunk_end) {
+            target_logit = logits_row[target];
         }
         chunk_key = chunk_key < 0 ? chunk_key ^ INT32_MAX : chunk_key;
         memcpy(&chunk_max, &chunk_key, sizeof chunk_max);
@@ -1965,8 +1970,10 @@ static float gs_row_index_weighted_f32(
     float weight_sum = 0;
     float shifted_sum = 0;
     uint32_t exponent_max = 0;
-    /* read before anything is written: dlogits_row may be logits_row */
-    const float target_logit = logits_row[target];
+    /* Read in its chunk, between the maximum's loop, which brings the chunk into cache, and
+       the sums, which may write over it (dlogits_row may be logits_row): read first, it missed
+       every cache and stalled the row. */
+    float target_logit = 0;
     const int stores = n_classes <= (int64_t)GS_CHUNK * GS_STORED_CHUNKS;
     float chunk_maxima[GS_STORED_CHUNKS];
     int64_t chunk;
@@ -1994,6 +2001,9 @@ static float gs_row_index_weighted_f32(
             chunk_key = key > chunk_key ? key : chunk_key;
             logit_bits &= UINT32_C(2139095040);
             exponent_max = logit_bits > exponent_max ? logit_bits : exponent_max;
+        }
+        if (target >= chunk && target < chunk_end) {
+            target_logit = logits_row[target];
         }
         chunk_key = chunk_key < 0 ? chunk_key ^ INT32_MAX : chunk_key;
         memcpy(&chunk_max, &chunk_key, sizeof chunk_max);
@@ -5586,8 +5596,10 @@ static double gs_row_index_f64(
     double weight_sum = 0;
     double shifted_sum = 0;
     uint64_t exponent_max = 0;
-    /* read before anything is written: dlogits_row may be logits_row */
-    const double target_logit = logits_row[target];
+    /* Read in its chunk, between the maximum's loop, which brings the chunk into cache, and
+       the sums, which may write over it (dlogits_row may be logits_row): read first, it missed
+       every cache and stalled the row. */
+    double target_logit = 0;
     const int stores = n_classes <= (int64_t)GS_CHUNK * GS_STORED_CHUNKS;
     double chunk_maxima[GS_STORED_CHUNKS];
     int64_t chunk;
@@ -5615,6 +5627,9 @@ static double gs_row_index_f64(
             chunk_key = key > chunk_key ? key : chunk_key;
             logit_bits &= UINT64_C(9218868437227405312);
             exponent_max = logit_bits > exponent_max ? logit_bits : exponent_max;
+        }
+        if (target >= chunk && target < chunk_end) {
+            target_logit = logits_row[target];
         }
         chunk_key = chunk_key < 0 ? chunk_key ^ INT64_MAX : chunk_key;
         memcpy(&chunk_max, &chunk_key, sizeof chunk_max);
@@ -6750,8 +6765,10 @@ static double gs_row_index_weighted_f64(
     double weight_sum = 0;
     double shifted_sum = 0;
     uint64_t exponent_max = 0;
-    /* read before anything is written: dlogits_row may be logits_row */
-    const double target_logit = logits_row[target];
+    /* Read in its chunk, between the maximum's loop, which brings the chunk into cache, and
+       the sums, which may write over it (dlogits_row may be logits_row): read first, it missed
+       every cache and stalled the row. */
+    double target_logit = 0;
     const int stores = n_classes <= (int64_t)GS_CHUNK * GS_STORED_CHUNKS;
     double chunk_maxima[GS_STORED_CHUNKS];
     int64_t chunk;
@@ -6779,6 +6796,9 @@ static double gs_row_index_weighted_f64(
             chunk_key = key > chunk_key ? key : chunk_key;
             logit_bits &= UINT64_C(9218868437227405312);
             exponent_max = logit_bits > exponent_max ? logit_bits : exponent_max;
+        }
+        if (target >= chunk && target < chunk_end) {
+            target_logit = logits_row[target];
         }
         chunk_key = chunk_key < 0 ? chunk_key ^ INT64_MAX : chunk_key;
         memcpy(&chunk_max, &chunk_key, sizeof chunk_max);
