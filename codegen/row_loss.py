@@ -100,9 +100,15 @@ def _normalizer(spec: rl.RowLossSpec, backend: str, dtype: str, logit: sp.Symbol
     name = str(logit)
     rename = {rl.logit: logit, rl.scaled: sp.Symbol(f"{name}_scaled", real=True),
               rl.row_max: maximum,
-              rl.sum_exp: sp.Symbol(f"{name}_sum_exp", positive=True)}
+              rl.sum_exp: sp.Symbol(f"{name}_sum_exp", positive=True),
+              rl.top_count: sp.Symbol(f"{name}_top_count", nonnegative=True, integer=True),
+              rl.top_excess: sp.Symbol(f"{name}_top_excess", nonnegative=True, integer=True),
+              rl.rest_sum: sp.Symbol(f"{name}_rest_sum", nonnegative=True)}
     printer = _printer(backend, dtype, sweep=True)
     state = [str(rename[s]) for s in (rl.scaled, rl.row_max, rl.sum_exp)]
+    split = {key: str(rename[s]) for key, s in (("top_count", rl.top_count),
+                                                 ("top_excess", rl.top_excess),
+                                                 ("rest_sum", rl.rest_sum))}
     scaled = _group(backend, dtype, [(rename[rl.scaled], spec.scaled_logit.xreplace(rename))],
                     f"{name}_a", [name, *options])
     return {
@@ -113,6 +119,11 @@ def _normalizer(spec: rl.RowLossSpec, backend: str, dtype: str, logit: sp.Symbol
         "rescale": printer.doprint(spec.normalizer_rescale.xreplace(
             {rl.sum_exp: rename[rl.sum_exp], rl.old_max: rename[rl.row_max]})),
         "log_sum_code": _printer(backend, dtype).doprint(spec.normalizer_log_sum.xreplace(rename)),
+        **split,
+        "top_term": printer.doprint(spec.normalizer_top_term.xreplace(rename)),
+        "rest_term": printer.doprint(spec.normalizer_rest_term.xreplace(rename)),
+        "top_excess_code": printer.doprint(spec.normalizer_top_excess.xreplace(rename)),
+        "split_sum": printer.doprint(spec.normalizer_split_sum.xreplace(rename)),
     }
 
 

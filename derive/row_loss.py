@@ -70,6 +70,17 @@ NORMALIZER_LOG_SUM = log1p(sum_exp)
 other_max = sp.Symbol("other_max", real=True)
 other_sum_exp = sp.Symbol("other_sum_exp", nonnegative=True)
 NORMALIZER_MERGE = sum_exp + (other_sum_exp + 1) * sp.exp(other_max - row_max)
+# The same sum in two passes (the C kernels, whose loops then vectorise): with the maximum
+# found first, each element adds 1 to top_count where it is the maximum and its term to
+# rest_sum where it is not; the other elements' sum is top_excess + rest_sum, with top_excess =
+# top_count - 1 an exact integer computed first, so that a sum close to 0 keeps its digits.
+top_count = sp.Symbol("top_count", nonnegative=True, integer=True)
+top_excess = sp.Symbol("top_excess", nonnegative=True, integer=True)
+rest_sum = sp.Symbol("rest_sum", nonnegative=True)
+NORMALIZER_TOP_TERM = sp.Piecewise((1, sp.Eq(scaled, row_max)), (0, True))
+NORMALIZER_REST_TERM = sp.Piecewise((NORMALIZER_TERM, sp.Ne(scaled, row_max)), (0, True))
+NORMALIZER_TOP_EXCESS = top_count - 1
+NORMALIZER_SPLIT_SUM = top_excess + rest_sum
 # Per normalizer after the sweep: its maximum and the log of its rescaled sum; the logits are
 # shifted by the maximum before the log-sum is subtracted, exact however large they are.
 logit_max = sp.Symbol("logit_max", real=True)
@@ -120,6 +131,12 @@ class RowLossSpec:
     normalizer_rescale: sp.Expr
     normalizer_log_sum: sp.Expr
     normalizer_merge: sp.Expr  # read by the parallel kernels only, so outside expressions()
+    # The two-pass form (C): per element, top_term and rest_term; per row, top_excess and then
+    # the split sum_exp.
+    normalizer_top_term: sp.Expr
+    normalizer_rest_term: sp.Expr
+    normalizer_top_excess: sp.Expr
+    normalizer_split_sum: sp.Expr
     gathered: tuple[sp.Symbol, ...]
     gathered_defaults: tuple[sp.Expr, ...]  # GATHERED_DEFAULTS of each gathered entry
     row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
@@ -135,7 +152,7 @@ class RowLossSpec:
         """What the two sweeps evaluate per element: the normalizer's term and rescale, the
         element values, the gradient and the accumulators' terms.  Their exponentials run on
         the fast exp, whose domain (x <= 0) ``row_loss_proofs`` proves they stay in."""
-        return [self.normalizer_term, self.normalizer_rescale,
+        return [self.normalizer_term, self.normalizer_rescale, self.normalizer_rest_term,
                 *(e for _, e in self.element_values), *self.gradients(),
                 *(a.term for a in self.accumulators)]
 
@@ -146,7 +163,9 @@ class RowLossSpec:
     def expressions(self) -> list[sp.Expr]:
         """Every expression of the spec, in a fixed order (for the content hash)."""
         named = [self.scale, *self.gradients(), self.scaled_logit, self.normalizer_term,
-                 self.normalizer_rescale, self.normalizer_log_sum]
+                 self.normalizer_rescale, self.normalizer_log_sum, self.normalizer_top_term,
+                 self.normalizer_rest_term, self.normalizer_top_excess,
+                 self.normalizer_split_sum]
         named += [e for _, e in self.row_values + self.element_values + self.final_values]
         named += [a.term for a in self.accumulators]
         named += list(self.gathered_defaults)
@@ -328,7 +347,9 @@ def kernel_spec(definition: LossDefinition) -> RowLossSpec:
             if definition.kind == "teacher" else ()),
         scaled_logit=scale * logit, normalizer_term=NORMALIZER_TERM,
         normalizer_rescale=NORMALIZER_RESCALE, normalizer_log_sum=NORMALIZER_LOG_SUM,
-        normalizer_merge=NORMALIZER_MERGE, gathered=gathered,
+        normalizer_merge=NORMALIZER_MERGE, normalizer_top_term=NORMALIZER_TOP_TERM,
+        normalizer_rest_term=NORMALIZER_REST_TERM, normalizer_top_excess=NORMALIZER_TOP_EXCESS,
+        normalizer_split_sum=NORMALIZER_SPLIT_SUM, gathered=gathered,
         gathered_defaults=tuple(GATHERED_DEFAULTS[g] for g in gathered),
         row_values=tuple(row_values), element_values=tuple(element_values), dlogit=dlogit,
         dlogit_at_target=dlogit + coef_target if definition.kind == "index" else None,

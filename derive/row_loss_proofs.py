@@ -132,6 +132,8 @@ def prove(definition: rl.LossDefinition, losses=None) -> list[LossClaim]:
     claims.append(LossClaim("fast exp domain: every exponent of the sweeps is <= 0",
                             _sweep_exponents(spec)))
     claims.append(LossClaim("online normalizer: merge of two partial rows", _merge(spec)))
+    claims.append(LossClaim("two-pass normalizer: the maximum counted, the rest summed",
+                            _two_pass(spec)))
     if any(symbol == rl.one_minus_p_target for symbol, _ in spec.row_values):
         x = sp.Symbol("x", real=True)
         claims.append(LossClaim("-expm1(log p_t) = 1 - p_t", check(
@@ -202,3 +204,28 @@ def _merge(spec: rl.RowLossSpec) -> Verdict:
                                              rl.other_sum_exp: rest(m_b, (b_1,)),
                                              rl.other_max: m_b})
     return check_equal(merged, rest(m_a, (a_1, a_2, m_b, b_1)), step="online merge of the sum")
+
+
+def _two_pass(spec: rl.RowLossSpec) -> Verdict:
+    """The two-pass sweep gives the online sweep's sum.  An element's top_term + rest_term is
+    its term, at the maximum and below it; and for rows whose maximum occurs k = 1, 2, 3 times
+    beside two smaller elements, top_excess + rest_sum from the counts is the sum of the terms
+    of every element but one maximum."""
+    gap = sp.Symbol("gap", positive=True)
+    verdict = None
+    for value in (rl.row_max, rl.row_max - gap):
+        at = {rl.scaled: value}
+        verdict = check_equal((spec.normalizer_top_term + spec.normalizer_rest_term).xreplace(at),
+                              spec.normalizer_term.xreplace(at),
+                              step=f"two-pass split of the term at scaled = {value}")
+    below = [rl.row_max - g for g in sp.symbols("gap_1:3", positive=True)]
+    for count in (1, 2, 3):
+        row = [rl.row_max] * count + below
+        tops = sp.Add(*[spec.normalizer_top_term.xreplace({rl.scaled: v}) for v in row])
+        rests = sp.Add(*[spec.normalizer_rest_term.xreplace({rl.scaled: v}) for v in row])
+        excess = spec.normalizer_top_excess.xreplace({rl.top_count: tops})
+        split = spec.normalizer_split_sum.xreplace({rl.top_excess: excess, rl.rest_sum: rests})
+        others = sp.Add(*[spec.normalizer_term.xreplace({rl.scaled: v}) for v in row[1:]])
+        verdict = check_equal(split, others, step=f"two-pass sum with the maximum {count} times")
+    return verdict
+

@@ -340,6 +340,25 @@ def test_the_sweeps_run_on_the_proven_fast_exp():
                                            atol=64 * ulp * (1 + max(map(abs, want))))
 
 
+def test_the_two_pass_split_is_proven_and_a_wrong_one_refused():
+    """The C sweeps count the maximum's elements and sum the rest; leaving the maximum's own 1
+    in the sum, or counting a tie at the maximum once, is the slip the proof must catch."""
+    import dataclasses
+
+    import sympy as sp
+    from gradsmith.derive import row_loss as rl
+    from gradsmith.derive.check import ProofError
+    from gradsmith.derive.row_loss_proofs import _two_pass
+
+    spec = rl.kernel_spec(definition("focal"))
+    assert _two_pass(spec).method == "symbolic"
+    for wrong in ({"normalizer_top_excess": rl.top_count},
+                  {"normalizer_top_excess": sp.Integer(0)},
+                  {"normalizer_rest_term": rl.NORMALIZER_TERM}):
+        with pytest.raises(ProofError):
+            _two_pass(dataclasses.replace(spec, **wrong))
+
+
 def test_an_exponent_outside_the_fast_exp_domain_is_refused():
     import dataclasses
 
