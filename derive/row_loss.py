@@ -149,8 +149,8 @@ class RowLossSpec:
     default_reduction: str
 
     def sweep_expressions(self) -> list[sp.Expr]:
-        """What the two sweeps evaluate per element: the normalizer's term and rescale, the
-        element values, the gradient and the accumulators' terms.  Their exponentials run on
+        """What the sweeps evaluate per element: the normalizer's term, rescale and split rest
+        term, the element values, the gradient and the accumulators' terms.  Their exponentials run on
         the fast exp, whose domain (x <= 0) ``row_loss_proofs`` proves they stay in."""
         return [self.normalizer_term, self.normalizer_rescale, self.normalizer_rest_term,
                 *(e for _, e in self.element_values), *self.gradients(),

@@ -121,8 +121,8 @@ int gs_focal_f32(const float *logits, const float *second, const int64_t *target
         float logit_top_count = 0;
         float logit_rest_sum = 0;
         /* Two passes, each a vectorised reduction: the maxima, then per element 1 at its
-           maximum or its term below it.  Whether a logit is NaN or infinite: then
-           x - x is NaN, not 0. */
+           maximum or its term below it.  nonfinite: whether a
+           logit is NaN or infinite (then x - x is NaN, not 0). */
         int nonfinite = 0;
         GS_SIMD_MAXIMA
         for (int64_t c = 0; c < n_classes; ++c) {
@@ -210,8 +210,8 @@ int gs_focal_f64(const double *logits, const double *second, const int64_t *targ
         double logit_top_count = 0;
         double logit_rest_sum = 0;
         /* Two passes, each a vectorised reduction: the maxima, then per element 1 at its
-           maximum or its term below it.  Whether a logit is NaN or infinite: then
-           x - x is NaN, not 0. */
+           maximum or its term below it.  nonfinite: whether a
+           logit is NaN or infinite (then x - x is NaN, not 0). */
         int nonfinite = 0;
         GS_SIMD_MAXIMA
         for (int64_t c = 0; c < n_classes; ++c) {
