@@ -320,7 +320,7 @@ GS_FAST_MATH double gs_tanh_f64(double argument)
     return (double)result;
 }
 
-static void gs_tile_from_block_f32(const float *block, float *tile, int64_t n_classes)
+static void gs_tile_from_block_f32(float *tile, const float *block, int64_t n_classes)
 {
     int64_t r;
     int64_t j;
@@ -1081,7 +1081,7 @@ static void gs_lanes_index_f32(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        gs_tile_from_block_f32(block, tile, n_classes);
+        gs_tile_from_block_f32(tile, block, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -1625,7 +1625,7 @@ static void gs_lanes_index_softcap_f32(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        gs_tile_from_block_f32(block, tile, n_classes);
+        gs_tile_from_block_f32(tile, block, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -2258,7 +2258,7 @@ static void gs_lanes_index_weighted_f32(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        gs_tile_from_block_f32(block, tile, n_classes);
+        gs_tile_from_block_f32(tile, block, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -2813,7 +2813,7 @@ static void gs_lanes_index_weighted_softcap_f32(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const float *const block = logits + first * n_classes;
-        gs_tile_from_block_f32(block, tile, n_classes);
+        gs_tile_from_block_f32(tile, block, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -3362,8 +3362,8 @@ static void gs_lanes_probs_f32(
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        gs_tile_from_block_f32(block, tile, n_classes);
-        gs_tile_from_block_f32(prob_block, prob_tile, n_classes);
+        gs_tile_from_block_f32(tile, block, n_classes);
+        gs_tile_from_block_f32(prob_tile, prob_block, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -3805,8 +3805,8 @@ static void gs_lanes_probs_softcap_f32(
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        gs_tile_from_block_f32(block, tile, n_classes);
-        gs_tile_from_block_f32(prob_block, prob_tile, n_classes);
+        gs_tile_from_block_f32(tile, block, n_classes);
+        gs_tile_from_block_f32(prob_tile, prob_block, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -4309,8 +4309,8 @@ static void gs_lanes_probs_weighted_f32(
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        gs_tile_from_block_f32(block, tile, n_classes);
-        gs_tile_from_block_f32(prob_block, prob_tile, n_classes);
+        gs_tile_from_block_f32(tile, block, n_classes);
+        gs_tile_from_block_f32(prob_tile, prob_block, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -4760,8 +4760,8 @@ static void gs_lanes_probs_weighted_softcap_f32(
     if (full) {
         const float *const block = logits + first * n_classes;
         const float *const prob_block = targets + first * n_classes;
-        gs_tile_from_block_f32(block, tile, n_classes);
-        gs_tile_from_block_f32(prob_block, prob_tile, n_classes);
+        gs_tile_from_block_f32(tile, block, n_classes);
+        gs_tile_from_block_f32(prob_tile, prob_block, n_classes);
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -5115,7 +5115,7 @@ int gs_ce_probs_f32(const float *logits, int64_t logits_stride, const float *tar
     return GS_ERR_PARAMS; /* not reached: the four variants cover every case */
 }
 
-static void gs_tile_from_block_f64(const double *block, double *tile, int64_t n_classes)
+static void gs_tile_from_block_f64(double *tile, const double *block, int64_t n_classes)
 {
     int64_t r;
     int64_t j;
@@ -5876,7 +5876,7 @@ static void gs_lanes_index_f64(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        gs_tile_from_block_f64(block, tile, n_classes);
+        gs_tile_from_block_f64(tile, block, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -6420,7 +6420,7 @@ static void gs_lanes_index_softcap_f64(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        gs_tile_from_block_f64(block, tile, n_classes);
+        gs_tile_from_block_f64(tile, block, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -7053,7 +7053,7 @@ static void gs_lanes_index_weighted_f64(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        gs_tile_from_block_f64(block, tile, n_classes);
+        gs_tile_from_block_f64(tile, block, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -7608,7 +7608,7 @@ static void gs_lanes_index_weighted_softcap_f64(
     const int full = count == GS_SEGMENT_ROWS && logits_stride == n_classes;
     if (full) {
         const double *const block = logits + first * n_classes;
-        gs_tile_from_block_f64(block, tile, n_classes);
+        gs_tile_from_block_f64(tile, block, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_ignored[r] = targets[first + r] == ignore_index;
@@ -8157,8 +8157,8 @@ static void gs_lanes_probs_f64(
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        gs_tile_from_block_f64(block, tile, n_classes);
-        gs_tile_from_block_f64(prob_block, prob_tile, n_classes);
+        gs_tile_from_block_f64(tile, block, n_classes);
+        gs_tile_from_block_f64(prob_tile, prob_block, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -8600,8 +8600,8 @@ static void gs_lanes_probs_softcap_f64(
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        gs_tile_from_block_f64(block, tile, n_classes);
-        gs_tile_from_block_f64(prob_block, prob_tile, n_classes);
+        gs_tile_from_block_f64(tile, block, n_classes);
+        gs_tile_from_block_f64(prob_tile, prob_block, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -9104,8 +9104,8 @@ static void gs_lanes_probs_weighted_f64(
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        gs_tile_from_block_f64(block, tile, n_classes);
-        gs_tile_from_block_f64(prob_block, prob_tile, n_classes);
+        gs_tile_from_block_f64(tile, block, n_classes);
+        gs_tile_from_block_f64(prob_tile, prob_block, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale
@@ -9555,8 +9555,8 @@ static void gs_lanes_probs_weighted_softcap_f64(
     if (full) {
         const double *const block = logits + first * n_classes;
         const double *const prob_block = targets + first * n_classes;
-        gs_tile_from_block_f64(block, tile, n_classes);
-        gs_tile_from_block_f64(prob_block, prob_tile, n_classes);
+        gs_tile_from_block_f64(tile, block, n_classes);
+        gs_tile_from_block_f64(prob_tile, prob_block, n_classes);
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             lane_grad_scale[r] = reduction != GS_REDUCTION_NONE ? reduced_grad_scale

@@ -118,12 +118,12 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
         GS_SIMD_MAXIMA
         for (int64_t c = 0; c < n_classes; ++c) {
             const float logit = row[c];
-            nonfinite |= logit - logit != 0;
             const float logit_scaled = logit/temperature;
+            nonfinite |= logit - logit != 0;
             logit_max = logit_scaled > logit_max ? logit_scaled : logit_max;
             const float teacher_logit = teacher_row[c];
-            nonfinite |= teacher_logit - teacher_logit != 0;
             const float teacher_logit_scaled = teacher_logit/temperature;
+            nonfinite |= teacher_logit - teacher_logit != 0;
             teacher_logit_max = teacher_logit_scaled > teacher_logit_max ? teacher_logit_scaled : teacher_logit_max;
         }
         if (nonfinite) { /* the whole row is NaN, other rows are unaffected */
@@ -214,12 +214,12 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
         GS_SIMD_MAXIMA
         for (int64_t c = 0; c < n_classes; ++c) {
             const double logit = row[c];
-            nonfinite |= logit - logit != 0;
             const double logit_scaled = logit/temperature;
+            nonfinite |= logit - logit != 0;
             logit_max = logit_scaled > logit_max ? logit_scaled : logit_max;
             const double teacher_logit = teacher_row[c];
-            nonfinite |= teacher_logit - teacher_logit != 0;
             const double teacher_logit_scaled = teacher_logit/temperature;
+            nonfinite |= teacher_logit - teacher_logit != 0;
             teacher_logit_max = teacher_logit_scaled > teacher_logit_max ? teacher_logit_scaled : teacher_logit_max;
         }
         if (nonfinite) { /* the whole row is NaN, other rows are unaffected */

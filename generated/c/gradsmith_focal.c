@@ -127,8 +127,8 @@ int gs_focal_f32(const float *logits, const float *second, const int64_t *target
         GS_SIMD_MAXIMA
         for (int64_t c = 0; c < n_classes; ++c) {
             const float logit = row[c];
-            nonfinite |= logit - logit != 0;
             const float logit_scaled = logit;
+            nonfinite |= logit - logit != 0;
             logit_max = logit_scaled > logit_max ? logit_scaled : logit_max;
         }
         if (nonfinite) { /* the whole row is NaN, other rows are unaffected */
@@ -216,8 +216,8 @@ int gs_focal_f64(const double *logits, const double *second, const int64_t *targ
         GS_SIMD_MAXIMA
         for (int64_t c = 0; c < n_classes; ++c) {
             const double logit = row[c];
-            nonfinite |= logit - logit != 0;
             const double logit_scaled = logit;
+            nonfinite |= logit - logit != 0;
             logit_max = logit_scaled > logit_max ? logit_scaled : logit_max;
         }
         if (nonfinite) { /* the whole row is NaN, other rows are unaffected */
