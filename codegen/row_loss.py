@@ -134,7 +134,12 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
                    for logit, maximum, log_sum in spec.normalizers]
     gathered = [str(s) for s in spec.gathered]
     row_inputs = [n[key] for n in normalizers for key in ("max", "log_sum")] + gathered + options + [str(rl.grad_scale)]
-    rows = _group(backend, dtype, spec.row_values, "r", row_inputs)
+    # C prints final values that read no sweep sum with the row values, so that what they share
+    # (focal's (1 - p_t)^gamma, a libm call) is computed once; CUDA's and NumPy's layouts keep
+    # the final values apart.
+    merged = backend == "c" and not spec.accumulators
+    rows = _group(backend, dtype, list(spec.row_values) + (list(spec.final_values) if merged else []),
+                  "r", row_inputs)
     row_names = [name for name, _, _ in rows["assignments"]]
     element_inputs = row_inputs + row_names + [str(n[0]) for n in spec.normalizers]
     element_outputs = list(spec.element_values) + [(sp.Symbol("dlogit"), spec.dlogit)]
@@ -145,7 +150,8 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
     accumulators = [str(a.symbol) for a in spec.accumulators]
     # The final values read each row sum as its total over the row.
     totals = {a.symbol: sp.Symbol(f"{a.symbol}_total", real=True) for a in spec.accumulators}
-    final = _group(backend, dtype, [(s, e.xreplace(totals)) for s, e in spec.final_values], "f",
+    final = _group(backend, dtype, [] if merged else [(s, e.xreplace(totals))
+                                                     for s, e in spec.final_values], "f",
                    row_inputs + row_names + [str(s) for s in totals.values()])
     op_count = rows["op_count"] + elements["op_count"] + final["op_count"]
     values = {

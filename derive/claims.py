@@ -214,7 +214,7 @@ def _classes_of(claim: Claim) -> str:
 
 # The C kernels' fast functions: where each bound holds, and the form of each.
 _FAST_FUNCTIONS = {
-    "exp": ("x <= 0", "range reduction and a Taylor polynomial"),
+    "exp": ("x <= 0", "range reduction and an economized Taylor polynomial"),
     "log": ("positive normals", "the exponent from the bits, an odd polynomial in s = (m-1)/(m+1)"),
     "expm1": ("x <= 1/2", "x Q(x) for |x| <= 1/2, the fast exp minus 1 below"),
     "tanh": ("every real x", "-E/(E + 2), E = expm1(-2|x|), in float64"),

@@ -1,4 +1,4 @@
-"""A vectorisable exp for arguments x <= 0: range reduction, a Taylor polynomial, a proven bound.
+"""A vectorisable exp for arguments x <= 0: range reduction, a polynomial, a proven bound.
 
 exp(x) = 2^k exp(r) with k the nearest integer to x*log2(e) and r = x - k ln2, so |r| <= ln2/2.
 The nearest integer comes from adding and subtracting the shifter 1.5*2^(p-1) (p the precision):
@@ -6,15 +6,18 @@ under round-to-nearest the sum's last mantissa bit has weight 1, so the sum is k
 shifter, exactly; its low bits are k, which the kernel turns into the bits of 2^(k+K) by integer
 arithmetic (no float-to-int conversion, which SSE2 lacks for doubles).  r is computed in two
 steps with ln2 = ln2_hi + ln2_lo (Cody and Waite): k*ln2_hi and x - k*ln2_hi are exact.
-exp(r) is the Taylor polynomial of degree n in Horner form.  The result is
+exp(r) is P(r) = 1 + r Q(r) of degree n in Horner form (see :func:`economized`: the Taylor series
+lowered with Chebyshev polynomials, one degree less than the Taylor polynomial that meets the same
+bound).  The result is
 (P(r) * 2^(k+K)) * 2^-K: the first product is exact, the second rounds once, so results below the
 smallest normal number are the correctly scaled subnormals, and x below ``lower_clamp`` (also
 -inf) gives 0.  NaN passes through: the clamp's comparison is false for NaN, and P(NaN) is NaN.
 
 The error bound (:func:`verify_exp_approximation`) is a proof in exact rational arithmetic:
-Lagrange's remainder of the Taylor polynomial, the rounding of its coefficients, a running error
-bound of Horner's rule in working precision (each operation rounded once, so it also holds when
-the compiler fuses a multiply and an add), and the error of the reduced argument.
+Lagrange's remainder of a longer Taylor polynomial, the Chebyshev terms the economization took
+away (|T_k| <= 1 on its interval), the rounding of the coefficients, a running error bound of
+Horner's rule in working precision (each operation rounded once, so it also holds when the
+compiler fuses a multiply and an add), and the error of the reduced argument.
 """
 
 from __future__ import annotations
@@ -38,16 +41,21 @@ class _Format:
     precision: int  # significand bits, hidden bit included
     exponent_bias: int
     min_normal_exponent: int
-    degree: int  # Taylor degree that meets the claimed bound
+    degree: int  # the lowest degree that meets the claimed bound
     lower_clamp: int  # below this exp(x) is under half the smallest subnormal
     prescale_exponent: int  # K: 2^(k+K) stays normal for every k the clamp allows
     claimed_relative_error: Fraction  # in units of 2^-(p-1), the machine epsilon
 
 
 _FORMATS = {
-    "float32": _Format(24, 127, -126, 7, -104, 32, Fraction(3, 2)),
-    "float64": _Format(53, 1023, -1022, 13, -746, 64, Fraction(3, 2)),
+    "float32": _Format(24, 127, -126, 6, -104, 32, Fraction(3, 2)),
+    "float64": _Format(53, 1023, -1022, 11, -746, 64, Fraction(3, 2)),
 }
+
+# The economization starts from the Taylor polynomial with this many more terms, on |r| <= this
+# radius: above ln2/2 plus the reduction's slack, which the proof checks.
+ECONOMIZED_TERMS = 8
+ECONOMIZATION_RADIUS = Fraction(7, 20)
 
 x = sp.Symbol("x", real=True)
 clamped = sp.Symbol("clamped", real=True)
@@ -101,7 +109,7 @@ class ExpErrorBound:
     """The proven bounds: result = exp(x) (1 + e) + d, |e| <= relative, |d| <= absolute."""
 
     reduced_radius: Fraction  # |r| <= this for every computed r
-    polynomial_relative: Fraction  # Taylor remainder plus coefficient rounding
+    polynomial_relative: Fraction  # Taylor remainder, economization and coefficient rounding
     evaluation_relative: Fraction  # rounding in Horner's rule
     reduction_relative: Fraction  # error of the computed r
     relative: Fraction
@@ -187,9 +195,8 @@ def exp_approximation(dtype: str, degree: int | None = None) -> ExpApproximation
     ln2_hi = _round_to_precision(ln2, p - k_bits)  # k*ln2_hi exact for |k| <= max_abs_k
     ln2_lo = _round_to_precision(ln2 - ln2_hi, p)
     shifter = Fraction(3, 2) * 2 ** (p - 1)
-    coefficients = tuple(
-        _round_to_precision(Fraction(1, math.factorial(i)), p) for i in range(degree + 1)
-    )
+    exact, _ = economized(degree)
+    coefficients = tuple(_round_to_precision(c, p) for c in exact)
     printed = tuple(_float(c) for c in coefficients)
     polynomial = sp.horner(sum((c * r**i for i, c in enumerate(printed)), sp.Integer(0)), r)
     lower_f, log2e_f, shifter_f = _float(lower), _float(log2e), _float(shifter)
@@ -231,6 +238,41 @@ def exp_approximation(dtype: str, degree: int | None = None) -> ExpApproximation
         underflow_absolute_error=Fraction(1, 2) ** (p - fmt.min_normal_exponent),
         claimed_relative_error=fmt.claimed_relative_error * Fraction(2) ** (1 - p),
     )
+
+
+def _chebyshev(k: int) -> list[Fraction]:
+    """The coefficients of the Chebyshev polynomial T_k, constant term first."""
+    previous, current = [Fraction(1)], [Fraction(0), Fraction(1)]
+    if k == 0:
+        return previous
+    for _ in range(k - 1):
+        following = [Fraction(0)] + [2 * c for c in current]
+        for i, c in enumerate(previous):
+            following[i] -= c
+        previous, current = current, following
+    return current
+
+
+@cache
+def economized(degree: int, terms: int = ECONOMIZED_TERMS,
+               radius: Fraction = ECONOMIZATION_RADIUS) -> tuple[tuple[Fraction, ...], Fraction]:
+    """P(r) = 1 + r Q(r) of ``degree``, in exact rationals, and the bound of its economization.
+
+    Q starts as the Taylor polynomial of (e^r - 1)/r with ``degree - 1 + terms`` as its degree,
+    and each leading term is removed by subtracting its multiple a T_k(r/radius) (Lanczos).  As
+    |T_k| <= 1 for |r| <= radius, there |Q - Taylor| <= sum |a| and |P - Taylor| <= radius sum |a|,
+    the second value returned.  P(0) = 1 exactly, so the row maximum's term is exactly 1.
+    """
+    q = [Fraction(1, math.factorial(i + 1)) for i in range(degree + terms)]
+    removed = Fraction(0)
+    for k in range(len(q) - 1, degree - 1, -1):
+        chebyshev = _chebyshev(k)
+        multiple = q[k] * radius**k / chebyshev[k]
+        for i, c in enumerate(chebyshev):
+            q[i] -= multiple * c / radius**i
+        removed += abs(multiple)
+        q.pop()
+    return (Fraction(1), *q), radius * removed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,11 +385,17 @@ def verify_exp_approximation(approx: ExpApproximation) -> ExpErrorBound:
     exp_neg = _exp_neg_lower(radius)  # exp(-R) >= this, exp(R) <= 1/this
     n = approx.degree
     coefficients = tuple(_exact(c) for c in approx.coefficients)
-    # Lagrange: |exp(r) - T_n(r)| / exp(r) = exp(xi - r) |r|^(n+1)/(n+1)! <= exp(R) R^(n+1)/(n+1)!.
-    remainder = radius ** (n + 1) / math.factorial(n + 1) / exp_neg
-    rounding = sum((abs(c - Fraction(1, math.factorial(i))) * radius**i
-                    for i, c in enumerate(coefficients)), Fraction(0)) / exp_neg
-    polynomial_relative = remainder + rounding
+    _require(radius <= ECONOMIZATION_RADIUS, "reduced radius within the economization's",
+             f"{float(radius)}")
+    exact, economization = economized(n)
+    _require(len(coefficients) == len(exact), "degree of the coefficients", f"{len(coefficients)}")
+    # Lagrange for the Taylor polynomial T_N the economization started from:
+    # |exp(r) - T_N(r)| / exp(r) = exp(xi - r) |r|^(N+1)/(N+1)! <= exp(R) R^(N+1)/(N+1)!.
+    taylor_degree = n + ECONOMIZED_TERMS
+    remainder = radius ** (taylor_degree + 1) / math.factorial(taylor_degree + 1) / exp_neg
+    rounding = sum((abs(c - e) * radius**i for i, (c, e) in enumerate(zip(coefficients, exact))),
+                   Fraction(0))
+    polynomial_relative = remainder + (economization + rounding) / exp_neg
     _require(polynomial_relative < Fraction(1, 2), "polynomial close to exp", "")
     smallest_poly = exp_neg * (1 - polynomial_relative)
     evaluation_relative = (1 + _horner_error(coefficients, radius, unit) / smallest_poly) * (

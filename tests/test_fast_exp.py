@@ -4,6 +4,7 @@ SymPy expressions, evaluated in float32/float64 with NumPy, stay within the prov
 from __future__ import annotations
 
 import dataclasses
+import math
 from fractions import Fraction
 
 import mpmath
@@ -13,6 +14,9 @@ import sympy as sp
 from gradsmith.derive.check import ProofError
 from gradsmith.derive.fast_exp import (
     DTYPES,
+    ECONOMIZATION_RADIUS,
+    ECONOMIZED_TERMS,
+    economized,
     exp_approximation,
     r,
     result,
@@ -75,6 +79,37 @@ def test_too_low_degree_is_rejected(dtype):
     weaker = exp_approximation(dtype, degree=exp_approximation(dtype).degree - 1)
     with pytest.raises(ProofError, match="relative error within the claim"):
         verify_exp_approximation(weaker)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_economization_stays_within_its_bound_and_keeps_exp0_exact(dtype):
+    """|P - Taylor| on the interval, in exact rationals at 401 points, is at most the bound the
+    proof uses, and not far below it (the bound is not vacuous); P(0) is 1."""
+    degree = exp_approximation(dtype).degree
+    coefficients, bound = economized(degree)
+    taylor = [Fraction(1, math.factorial(i)) for i in range(degree + ECONOMIZED_TERMS + 1)]
+    assert coefficients[0] == 1 and float(exp_approximation(dtype).coefficients[0]) == 1
+    worst = Fraction(0)
+    for step in range(-200, 201):
+        point = ECONOMIZATION_RADIUS * Fraction(step, 200)
+        value = sum(c * point**i for i, c in enumerate(coefficients))
+        reference = sum(c * point**i for i, c in enumerate(taylor))
+        worst = max(worst, abs(value - reference))
+    assert worst <= bound
+    assert worst > bound / 4
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_taylor_polynomial_of_the_same_degree_is_rejected(dtype):
+    """The economization is what lets this degree meet the claim: the plain Taylor polynomial
+    of the same degree, printed in its place, fails the proof."""
+    approx = exp_approximation(dtype)
+    taylor = tuple(sp.Float(float(np.array(1 / math.factorial(i), dtype=dtype)))
+                   for i in range(approx.degree + 1))
+    polynomial = sp.horner(sum((c * r**i for i, c in enumerate(taylor)), sp.Integer(0)), r)
+    plain = dataclasses.replace(approx, coefficients=taylor, polynomial=polynomial)
+    with pytest.raises(ProofError, match="relative error within the claim"):
+        verify_exp_approximation(plain)
 
 
 def test_split_of_ln2_that_is_not_exact_is_rejected():

@@ -215,6 +215,7 @@ def printed_fast_exp(dtype: str) -> dict:
         "sint_max": f"INT{approx.bit_width}_MAX",
         "sint_min": f"INT{approx.bit_width}_MIN",
         "exponent_mask": f"UINT{approx.bit_width}_C({exponent_mask})",
+        "magnitude_mask": f"UINT{approx.bit_width}_C({2 ** (approx.bit_width - 1) - 1})",
         "name": f"gs_exp_{SUFFIXES[dtype]}",
         "steps": steps,
         "uint": uint,
