@@ -119,6 +119,31 @@ def test_eager_calls_run_the_autograd_function_and_traced_calls_the_op():
     torch.testing.assert_close(traced(logits.detach()), loss.detach(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("loss_function", [gt.cross_entropy, gt.focal_loss],
+                         ids=["cross_entropy", "focal_loss"])
+def test_calls_with_nothing_to_differentiate_build_no_autograd_function(loss_function, monkeypatch):
+    """Under no_grad, in inference mode, or with no input requiring grad, the eager path runs
+    the kernel without an autograd Function (half the forward's cost at classifier shapes), with
+    the same values as a differentiable call."""
+    logits = _logits()
+    expected = loss_function(logits, TARGETS, reduction="none").detach()
+
+    def refuse(*args):
+        raise AssertionError("an autograd Function was applied")
+
+    monkeypatch.setattr(torch.autograd.Function, "apply", classmethod(refuse))
+    with torch.no_grad():
+        quiet = loss_function(logits, TARGETS, reduction="none")
+    with torch.inference_mode():
+        inferred = loss_function(logits, TARGETS, reduction="none")
+    detached = loss_function(logits.detach(), TARGETS, reduction="none")
+    for loss in (quiet, inferred, detached):
+        assert loss.grad_fn is None and not loss.requires_grad
+        torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+    with pytest.raises(AssertionError, match="autograd Function was applied"):
+        loss_function(logits, TARGETS)
+
+
 def _linear(logits, target):
     return gt.linear_cross_entropy(logits, torch.eye(5, dtype=logits.dtype), target)
 

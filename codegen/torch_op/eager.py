@@ -54,7 +54,8 @@ def with_eager_path(name: str, op: Callable, implementation: Callable,
                     setup_context: Callable, backward: Callable) -> Callable:
     """A callable with ``op``'s signature: ``op`` itself when traced, else ``implementation``
     under an autograd Function named ``name`` (its grad_fn is ``{name}Backward``) with
-    ``setup_context`` and ``backward``, the formula registered on ``op``."""
+    ``setup_context`` and ``backward``, the formula registered on ``op``, or ``implementation``
+    alone when no tensor argument requires grad or grad mode is off."""
 
     def forward(ctx, *args):
         output = implementation(*args)
@@ -68,6 +69,13 @@ def with_eager_path(name: str, op: Callable, implementation: Callable,
         "forward": staticmethod(forward), "backward": staticmethod(backward)})
 
     def call(*args):
-        return eager.apply(*args) if plain(*args) else op(*args)
+        if not plain(*args):
+            return op(*args)
+        if torch.is_grad_enabled() and any(
+                isinstance(value, torch.Tensor) and value.requires_grad for value in args):
+            return eager.apply(*args)
+        # Nothing to differentiate (no_grad, inference, evaluation): a Function would build no
+        # node, and its call costs half of the forward at classifier shapes.
+        return implementation(*args)
 
     return call
