@@ -1370,7 +1370,7 @@ static int gs_rows_index_f32(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -1917,7 +1917,7 @@ static int gs_rows_index_softcap_f32(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -2559,7 +2559,7 @@ static int gs_rows_index_weighted_f32(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -3117,7 +3117,7 @@ static int gs_rows_index_weighted_softcap_f32(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -3621,7 +3621,7 @@ static int gs_rows_probs_f32(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -4067,7 +4067,7 @@ static int gs_rows_probs_softcap_f32(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -4578,7 +4578,7 @@ static int gs_rows_probs_weighted_f32(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -5032,7 +5032,7 @@ static int gs_rows_probs_weighted_softcap_f32(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -6197,7 +6197,7 @@ static int gs_rows_index_f64(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -6744,7 +6744,7 @@ static int gs_rows_index_softcap_f64(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -7386,7 +7386,7 @@ static int gs_rows_index_weighted_f64(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -7944,7 +7944,7 @@ static int gs_rows_index_weighted_softcap_f64(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -8448,7 +8448,7 @@ static int gs_rows_probs_f64(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -8894,7 +8894,7 @@ static int gs_rows_probs_softcap_f64(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -9405,7 +9405,7 @@ static int gs_rows_probs_weighted_f64(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
@@ -9859,7 +9859,7 @@ static int gs_rows_probs_weighted_softcap_f64(
                     }
                 }
                 /* Partial sums in SIMD lanes, in the order the build fixes: one chain of dependent
-                   double adds took 5-6% of the time at C = 4. */
+                   double adds took about 6% of the time at C = 4. */
                 GS_SIMD_SEGMENT_LOSS
                 for (row = first; row < last; ++row) {
                     segment_loss += (double)row_losses[row - first];
