@@ -138,8 +138,8 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
     # (focal's (1 - p_t)^gamma, a libm call) is computed once; CUDA's and NumPy's layouts keep
     # the final values apart.
     merged = backend == "c" and not spec.accumulators
-    rows = _group(backend, dtype, list(spec.row_values) + (list(spec.final_values) if merged else []),
-                  "r", row_inputs)
+    row_values = list(spec.row_values) + (list(spec.final_values) if merged else [])
+    rows = _group(backend, dtype, row_values, "r", row_inputs)
     row_names = [name for name, _, _ in rows["assignments"]]
     element_inputs = row_inputs + row_names + [str(n[0]) for n in spec.normalizers]
     element_outputs = list(spec.element_values) + [(sp.Symbol("dlogit"), spec.dlogit)]
@@ -150,8 +150,8 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
     accumulators = [str(a.symbol) for a in spec.accumulators]
     # The final values read each row sum as its total over the row.
     totals = {a.symbol: sp.Symbol(f"{a.symbol}_total", real=True) for a in spec.accumulators}
-    final = _group(backend, dtype, [] if merged else [(s, e.xreplace(totals))
-                                                     for s, e in spec.final_values], "f",
+    final_values = [] if merged else [(s, e.xreplace(totals)) for s, e in spec.final_values]
+    final = _group(backend, dtype, final_values, "f",
                    row_inputs + row_names + [str(s) for s in totals.values()])
     op_count = rows["op_count"] + elements["op_count"] + final["op_count"]
     values = {
