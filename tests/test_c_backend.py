@@ -28,9 +28,9 @@ if not shutil.which(build.compiler()[0]):
     pytest.skip(f"no C compiler {build.compiler()[0]!r} on PATH", allow_module_level=True)
 
 
-def _strict_build(folder: Path, openmp: bool) -> ctypes.CDLL:
-    flags = STRICT + (["-fopenmp"] if openmp else []) + ["-fPIC", "-shared"]
-    target = folder / ("omp.so" if openmp else "serial.so")
+def _strict_build(folder: Path, openmp: bool, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
+    flags = STRICT + (["-fopenmp"] if openmp else []) + [f"-D{name}" for name in defines] + ["-fPIC", "-shared"]
+    target = folder / ("-".join(("omp" if openmp else "serial",) + defines) + ".so")
     command = [*build.compiler(), *flags, "-o", str(target), str(build.SOURCE_DIR / "gradsmith_ce.c"), "-lm"]
     result = subprocess.run(command, check=False, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr}"
@@ -134,7 +134,8 @@ def test_short_rows_in_lanes_and_long_rows_agree_with_reference(dtype, probs, we
 @pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
 def test_every_short_class_count_transposes_its_segments_exactly(dtype, probs):
     """A full segment of short rows stored back to back is moved to and from its tile by a
-    transpose specialised to its class count; rows with a wider stride are copied one by one.
+    transpose (vector squares, or loops specialised to its class count); rows with a wider
+    stride are copied one by one.
     For every class count the two must give the same bits; for some, the reference's values."""
     f = runtime.load(dtype)
     rng = np.random.default_rng(21)
@@ -153,6 +154,44 @@ def test_every_short_class_count_transposes_its_segments_exactly(dtype, probs):
         ref_loss, ref_grad = reference_cross_entropy(logits, target, reduction="none")
         _assert_close(loss, ref_loss, dtype, f"C={classes} loss")
         _assert_close(dlogits, ref_grad, dtype, f"C={classes} dlogits")
+
+
+@pytest.mark.parametrize("lanes", [2, 4, 8, 16])
+def test_transpose_stages_transpose_a_square(lanes):
+    square = np.arange(lanes * lanes).reshape(lanes, lanes)
+    vectors = list(square)
+    for stage in context.transpose_stages(lanes):
+        shuffled = list(vectors)
+        for i, k, low, high in stage:
+            pair = np.concatenate([vectors[i], vectors[k]])
+            shuffled[i], shuffled[k] = pair[list(low)], pair[list(high)]
+        vectors = shuffled
+    assert np.array_equal(np.array(vectors), square.T)
+
+
+@pytest.mark.parametrize("lanes", [0, 1, 3, 6])
+def test_transpose_stages_need_a_power_of_two(lanes):
+    with pytest.raises(ValueError, match="lanes"):
+        context.transpose_stages(lanes)
+
+
+def test_vector_and_element_transposes_agree_bitwise(tmp_path):
+    """Full segments move through vector squares where the compiler has vector shuffles, and
+    through element loops with GS_NO_VECTOR_SHUFFLES: the same bits either way, at class counts
+    below, at and between multiples of the vector width, in place as well."""
+    vector = _strict_build(tmp_path, openmp=False)
+    element = _strict_build(tmp_path, openmp=False, defines=("GS_NO_VECTOR_SHUFFLES",))
+    rng = np.random.default_rng(8)
+    for dtype in DTYPES:
+        by_vector, by_element = runtime.bind(vector, dtype), runtime.bind(element, dtype)
+        for classes in (3, 4, 5, 7, 8, 9, 10, 12, 16, 17, 31, 32):
+            for probs in (False, True):
+                logits, target, _ = _inputs(rng, dtype, 3 * context.SEGMENT_ROWS + 5, classes, probs)
+                a, b = by_vector(logits, target, reduction="none"), by_element(logits, target, reduction="none")
+                assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]), (dtype, classes, probs)
+                buffer = logits.copy()
+                in_place = by_vector(buffer, target, reduction="none", inplace=True)
+                assert np.array_equal(in_place[1], b[1]), (dtype, classes, probs)
 
 
 @pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])

@@ -121,6 +121,11 @@ static void gs_note_team(int threads, double region_seconds, double fastest_rate
 #define GS_PARALLEL
 #define GS_FOR_SEGMENTS
 #endif
+/* Vector types and __builtin_shufflevector: GCC 12 and later, and Clang (GS_NO_VECTOR_SHUFFLES
+   builds the element loops instead). */
+#if !defined(GS_NO_VECTOR_SHUFFLES) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
+#define GS_VECTOR_SHUFFLES
+#endif
 /* A chunk's sums may be reassociated across SIMD lanes (and only they: no fast-math);
    the order is fixed by the build, so results stay deterministic. */
 #if defined(_OPENMP) || defined(GS_OPENMP_SIMD)
@@ -324,10 +329,84 @@ GS_FAST_MATH double gs_tanh_f64(double argument)
     return (double)result;
 }
 
+#ifdef GS_VECTOR_SHUFFLES
+typedef float gs_vector_f32 __attribute__((vector_size(8 * sizeof(float))));
+
+/* A square of 8 rows of 8 elements, `source_stride` apart, stored transposed
+   at `target`: each stage swaps one bit of the row and the column index. */
+static void gs_transpose_square_f32(float *target, int64_t target_stride,
+                                    const float *source, int64_t source_stride)
+{
+    gs_vector_f32 v0_0;
+    gs_vector_f32 v0_1;
+    gs_vector_f32 v0_2;
+    gs_vector_f32 v0_3;
+    gs_vector_f32 v0_4;
+    gs_vector_f32 v0_5;
+    gs_vector_f32 v0_6;
+    gs_vector_f32 v0_7;
+    memcpy(&v0_0, source + 0 * source_stride, sizeof v0_0);
+    memcpy(&v0_1, source + 1 * source_stride, sizeof v0_1);
+    memcpy(&v0_2, source + 2 * source_stride, sizeof v0_2);
+    memcpy(&v0_3, source + 3 * source_stride, sizeof v0_3);
+    memcpy(&v0_4, source + 4 * source_stride, sizeof v0_4);
+    memcpy(&v0_5, source + 5 * source_stride, sizeof v0_5);
+    memcpy(&v0_6, source + 6 * source_stride, sizeof v0_6);
+    memcpy(&v0_7, source + 7 * source_stride, sizeof v0_7);
+    const gs_vector_f32 v1_0 = __builtin_shufflevector(v0_0, v0_1, 0, 8, 2, 10, 4, 12, 6, 14);
+    const gs_vector_f32 v1_1 = __builtin_shufflevector(v0_0, v0_1, 1, 9, 3, 11, 5, 13, 7, 15);
+    const gs_vector_f32 v1_2 = __builtin_shufflevector(v0_2, v0_3, 0, 8, 2, 10, 4, 12, 6, 14);
+    const gs_vector_f32 v1_3 = __builtin_shufflevector(v0_2, v0_3, 1, 9, 3, 11, 5, 13, 7, 15);
+    const gs_vector_f32 v1_4 = __builtin_shufflevector(v0_4, v0_5, 0, 8, 2, 10, 4, 12, 6, 14);
+    const gs_vector_f32 v1_5 = __builtin_shufflevector(v0_4, v0_5, 1, 9, 3, 11, 5, 13, 7, 15);
+    const gs_vector_f32 v1_6 = __builtin_shufflevector(v0_6, v0_7, 0, 8, 2, 10, 4, 12, 6, 14);
+    const gs_vector_f32 v1_7 = __builtin_shufflevector(v0_6, v0_7, 1, 9, 3, 11, 5, 13, 7, 15);
+    const gs_vector_f32 v2_0 = __builtin_shufflevector(v1_0, v1_2, 0, 1, 8, 9, 4, 5, 12, 13);
+    const gs_vector_f32 v2_2 = __builtin_shufflevector(v1_0, v1_2, 2, 3, 10, 11, 6, 7, 14, 15);
+    const gs_vector_f32 v2_1 = __builtin_shufflevector(v1_1, v1_3, 0, 1, 8, 9, 4, 5, 12, 13);
+    const gs_vector_f32 v2_3 = __builtin_shufflevector(v1_1, v1_3, 2, 3, 10, 11, 6, 7, 14, 15);
+    const gs_vector_f32 v2_4 = __builtin_shufflevector(v1_4, v1_6, 0, 1, 8, 9, 4, 5, 12, 13);
+    const gs_vector_f32 v2_6 = __builtin_shufflevector(v1_4, v1_6, 2, 3, 10, 11, 6, 7, 14, 15);
+    const gs_vector_f32 v2_5 = __builtin_shufflevector(v1_5, v1_7, 0, 1, 8, 9, 4, 5, 12, 13);
+    const gs_vector_f32 v2_7 = __builtin_shufflevector(v1_5, v1_7, 2, 3, 10, 11, 6, 7, 14, 15);
+    const gs_vector_f32 v3_0 = __builtin_shufflevector(v2_0, v2_4, 0, 1, 2, 3, 8, 9, 10, 11);
+    const gs_vector_f32 v3_4 = __builtin_shufflevector(v2_0, v2_4, 4, 5, 6, 7, 12, 13, 14, 15);
+    const gs_vector_f32 v3_1 = __builtin_shufflevector(v2_1, v2_5, 0, 1, 2, 3, 8, 9, 10, 11);
+    const gs_vector_f32 v3_5 = __builtin_shufflevector(v2_1, v2_5, 4, 5, 6, 7, 12, 13, 14, 15);
+    const gs_vector_f32 v3_2 = __builtin_shufflevector(v2_2, v2_6, 0, 1, 2, 3, 8, 9, 10, 11);
+    const gs_vector_f32 v3_6 = __builtin_shufflevector(v2_2, v2_6, 4, 5, 6, 7, 12, 13, 14, 15);
+    const gs_vector_f32 v3_3 = __builtin_shufflevector(v2_3, v2_7, 0, 1, 2, 3, 8, 9, 10, 11);
+    const gs_vector_f32 v3_7 = __builtin_shufflevector(v2_3, v2_7, 4, 5, 6, 7, 12, 13, 14, 15);
+    memcpy(target + 0 * target_stride, &v3_0, sizeof v3_0);
+    memcpy(target + 1 * target_stride, &v3_1, sizeof v3_1);
+    memcpy(target + 2 * target_stride, &v3_2, sizeof v3_2);
+    memcpy(target + 3 * target_stride, &v3_3, sizeof v3_3);
+    memcpy(target + 4 * target_stride, &v3_4, sizeof v3_4);
+    memcpy(target + 5 * target_stride, &v3_5, sizeof v3_5);
+    memcpy(target + 6 * target_stride, &v3_6, sizeof v3_6);
+    memcpy(target + 7 * target_stride, &v3_7, sizeof v3_7);
+}
+#endif
+
 static void gs_tile_from_block_f32(float *tile, const float *block, int64_t n_classes)
 {
     int64_t r;
     int64_t j;
+#ifdef GS_VECTOR_SHUFFLES
+    /* Squares of 8 rows by 8 classes; where 8 does not divide the class
+       count, the last square of a row overlaps the one before it (moving the same values again). */
+    if (n_classes >= 8) {
+        int64_t next;
+        for (next = 0; next < n_classes; next += 8) {
+            j = next + 8 > n_classes ? n_classes - 8 : next;
+            for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
+                gs_transpose_square_f32(tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS,
+                                        block + r * n_classes + j, n_classes);
+            }
+        }
+        return;
+    }
+#endif
     switch (n_classes) {
     case 1:
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -562,6 +641,21 @@ static void gs_block_from_tile_f32(float *block, const float *tile, int64_t n_cl
 {
     int64_t r;
     int64_t j;
+#ifdef GS_VECTOR_SHUFFLES
+    /* Squares of 8 rows by 8 classes; where 8 does not divide the class
+       count, the last square of a row overlaps the one before it (moving the same values again). */
+    if (n_classes >= 8) {
+        int64_t next;
+        for (next = 0; next < n_classes; next += 8) {
+            j = next + 8 > n_classes ? n_classes - 8 : next;
+            for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
+                gs_transpose_square_f32(block + r * n_classes + j, n_classes,
+                                        tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS);
+            }
+        }
+        return;
+    }
+#endif
     switch (n_classes) {
     case 1:
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -5151,10 +5245,56 @@ int gs_ce_probs_f32(const float *logits, int64_t logits_stride, const float *tar
     return GS_ERR_PARAMS; /* not reached: the four variants cover every case */
 }
 
+#ifdef GS_VECTOR_SHUFFLES
+typedef double gs_vector_f64 __attribute__((vector_size(4 * sizeof(double))));
+
+/* A square of 4 rows of 4 elements, `source_stride` apart, stored transposed
+   at `target`: each stage swaps one bit of the row and the column index. */
+static void gs_transpose_square_f64(double *target, int64_t target_stride,
+                                    const double *source, int64_t source_stride)
+{
+    gs_vector_f64 v0_0;
+    gs_vector_f64 v0_1;
+    gs_vector_f64 v0_2;
+    gs_vector_f64 v0_3;
+    memcpy(&v0_0, source + 0 * source_stride, sizeof v0_0);
+    memcpy(&v0_1, source + 1 * source_stride, sizeof v0_1);
+    memcpy(&v0_2, source + 2 * source_stride, sizeof v0_2);
+    memcpy(&v0_3, source + 3 * source_stride, sizeof v0_3);
+    const gs_vector_f64 v1_0 = __builtin_shufflevector(v0_0, v0_1, 0, 4, 2, 6);
+    const gs_vector_f64 v1_1 = __builtin_shufflevector(v0_0, v0_1, 1, 5, 3, 7);
+    const gs_vector_f64 v1_2 = __builtin_shufflevector(v0_2, v0_3, 0, 4, 2, 6);
+    const gs_vector_f64 v1_3 = __builtin_shufflevector(v0_2, v0_3, 1, 5, 3, 7);
+    const gs_vector_f64 v2_0 = __builtin_shufflevector(v1_0, v1_2, 0, 1, 4, 5);
+    const gs_vector_f64 v2_2 = __builtin_shufflevector(v1_0, v1_2, 2, 3, 6, 7);
+    const gs_vector_f64 v2_1 = __builtin_shufflevector(v1_1, v1_3, 0, 1, 4, 5);
+    const gs_vector_f64 v2_3 = __builtin_shufflevector(v1_1, v1_3, 2, 3, 6, 7);
+    memcpy(target + 0 * target_stride, &v2_0, sizeof v2_0);
+    memcpy(target + 1 * target_stride, &v2_1, sizeof v2_1);
+    memcpy(target + 2 * target_stride, &v2_2, sizeof v2_2);
+    memcpy(target + 3 * target_stride, &v2_3, sizeof v2_3);
+}
+#endif
+
 static void gs_tile_from_block_f64(double *tile, const double *block, int64_t n_classes)
 {
     int64_t r;
     int64_t j;
+#ifdef GS_VECTOR_SHUFFLES
+    /* Squares of 4 rows by 4 classes; where 4 does not divide the class
+       count, the last square of a row overlaps the one before it (moving the same values again). */
+    if (n_classes >= 4) {
+        int64_t next;
+        for (next = 0; next < n_classes; next += 4) {
+            j = next + 4 > n_classes ? n_classes - 4 : next;
+            for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
+                gs_transpose_square_f64(tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS,
+                                        block + r * n_classes + j, n_classes);
+            }
+        }
+        return;
+    }
+#endif
     switch (n_classes) {
     case 1:
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -5389,6 +5529,21 @@ static void gs_block_from_tile_f64(double *block, const double *tile, int64_t n_
 {
     int64_t r;
     int64_t j;
+#ifdef GS_VECTOR_SHUFFLES
+    /* Squares of 4 rows by 4 classes; where 4 does not divide the class
+       count, the last square of a row overlaps the one before it (moving the same values again). */
+    if (n_classes >= 4) {
+        int64_t next;
+        for (next = 0; next < n_classes; next += 4) {
+            j = next + 4 > n_classes ? n_classes - 4 : next;
+            for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
+                gs_transpose_square_f64(block + r * n_classes + j, n_classes,
+                                        tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS);
+            }
+        }
+        return;
+    }
+#endif
     switch (n_classes) {
     case 1:
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
