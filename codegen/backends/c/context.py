@@ -38,6 +38,8 @@ SHORT_SIMDLEN = {"float32": 8, "float64": 4}
 # Lanes per vector in the loops over a segment's lanes: 512 bits (with AVX-512 they ran 9% faster
 # than gcc's default 256 at 65536x10 and 7% at 262144x4, one thread; elsewhere a hint).
 LANE_SIMDLEN = {"float32": 16, "float64": 8}
+# The integer as wide as a lane, for the short rows' target classes.
+LANE_INT = {"float32": "int32_t", "float64": "int64_t"}
 ROW_BLOCK = 4096  # segments per parallel region, their sums kept for a serial double sum
 # Rows per segment, summed in order by one thread.  The short rows' loops over lanes are
 # latency-bound at 16 lanes (two 256-bit vectors); 32 was 7% faster at C = 10 and 17% at C = 4
@@ -322,6 +324,7 @@ def dtype_context(dtype: str) -> dict:
         "sfx": SUFFIXES[dtype],
         "short_simdlen": SHORT_SIMDLEN[dtype],
         "lane_simdlen": LANE_SIMDLEN[dtype],
+        "lane_int": LANE_INT[dtype],
         "transpose_lanes": TRANSPOSE_LANES[dtype],
         "transpose_stages": transpose_stages(TRANSPOSE_LANES[dtype]),
         "fast_exp": fast_exp,
