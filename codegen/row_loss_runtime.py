@@ -155,7 +155,7 @@ def build_c(definition_name: str, kernels: Path) -> Path:
         if not path.is_file():
             raise OSError(f"{path} is missing: write a complete tree with 'gradsmith generate --out DIR'")
     cc = build.compiler()
-    flags = build.BASE_FLAGS + build.OPENMP_FLAGS
+    flags = build.base_flags(cc) + build.OPENMP_FLAGS
     key = content_key([source.read_bytes(), header.read_bytes(), *cc, *flags,
                        build._compiler_version(cc), build._cpu_flags()])
     return build_once(cache_dir(), f"gradsmith_{definition_name}", key,

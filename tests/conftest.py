@@ -228,7 +228,7 @@ def fast_function_loops(tmp_path_factory):
         f"        out[i] = gs_{name}_{sfx}(x[i]);\n    }}\n}}\n"
         for name in FAST_FUNCTIONS for sfx, real in (("f32", "float"), ("f64", "double"))))
     library = folder / "loops.so"
-    command = [*build.compiler(), *build.BASE_FLAGS, *build.SIMD_FLAGS, "-Wall", "-Werror",
+    command = [*build.compiler(), *build.base_flags(build.compiler()), *build.SIMD_FLAGS, "-Wall", "-Werror",
                "-Wno-unused-function", "-Wdouble-promotion", f"-I{C_SOURCE.parent}", "-o",
                str(library), str(wrapper), "-lm"]
     try:

@@ -194,6 +194,33 @@ def test_vector_and_element_transposes_agree_bitwise(tmp_path):
                 assert np.array_equal(in_place[1], b[1]), (dtype, classes, probs)
 
 
+def test_flags_only_gcc_knows_go_to_gcc_alone(monkeypatch):
+    versions = {
+        "gcc": "gcc (Debian 12.2.0-14) 12.2.0\nCopyright (C) 2022 Free Software Foundation, Inc.",
+        "clang": "Debian clang version 14.0.6\nTarget: x86_64-pc-linux-gnu",
+        "cc": "Apple clang version 15.0.0 (clang-1500.0.40.1)\nTarget: arm64-apple-darwin23.0.0",
+    }
+    monkeypatch.setattr(build, "_compiler_version", lambda cc: versions[cc[0]])
+    assert build.base_flags(["gcc"]) == build.BASE_FLAGS
+    for name in ("clang", "cc"):
+        assert build.base_flags([name]) == tuple(
+            flag for flag in build.BASE_FLAGS if flag not in build.GCC_ONLY_FLAGS)
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_clang_builds_kernels_that_agree_with_reference(monkeypatch, dtype):
+    monkeypatch.setenv("CC", "clang")
+    f = runtime.bind(build.load_library(build.build()), dtype)
+    rng = np.random.default_rng(17)
+    for classes in (4, 10, 32, 40):
+        logits, target, _ = _inputs(rng, dtype, 2 * context.SEGMENT_ROWS + 3, classes, False)
+        loss, dlogits = f(logits, target, reduction="none")
+        ref_loss, ref_grad = reference_cross_entropy(logits, target, reduction="none")
+        _assert_close(loss, ref_loss, dtype, f"C={classes} loss")
+        _assert_close(dlogits, ref_grad, dtype, f"C={classes} dlogits")
+
+
 @pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
 def test_central_differences(probs):
     f = runtime.load("float64")

@@ -1393,7 +1393,7 @@ static int gs_rows_index_f32(
         const int64_t target = targets[n];
         const int counted = target != ignore_index;
         const int bad = counted & ((target < 0) | (target >= n_classes));
-        const int64_t read_target = counted & !bad ? target : 0;
+        const int64_t read_target = (counted & !bad) ? target : 0;
         const float target_weight = 1;
         const float row_weight = target_weight;
         (void)read_target;
@@ -1949,7 +1949,7 @@ static int gs_rows_index_softcap_f32(
         const int64_t target = targets[n];
         const int counted = target != ignore_index;
         const int bad = counted & ((target < 0) | (target >= n_classes));
-        const int64_t read_target = counted & !bad ? target : 0;
+        const int64_t read_target = (counted & !bad) ? target : 0;
         const float target_weight = 1;
         const float row_weight = target_weight;
         (void)read_target;
@@ -2599,7 +2599,7 @@ static int gs_rows_index_weighted_f32(
         const int64_t target = targets[n];
         const int counted = target != ignore_index;
         const int bad = counted & ((target < 0) | (target >= n_classes));
-        const int64_t read_target = counted & !bad ? target : 0;
+        const int64_t read_target = (counted & !bad) ? target : 0;
         const float target_class_weight = class_weights[read_target];
         const float target_weight = target_class_weight;
         const float row_weight = target_weight;
@@ -3166,7 +3166,7 @@ static int gs_rows_index_weighted_softcap_f32(
         const int64_t target = targets[n];
         const int counted = target != ignore_index;
         const int bad = counted & ((target < 0) | (target >= n_classes));
-        const int64_t read_target = counted & !bad ? target : 0;
+        const int64_t read_target = (counted & !bad) ? target : 0;
         const float target_class_weight = class_weights[read_target];
         const float target_weight = target_class_weight;
         const float row_weight = target_weight;
@@ -5216,7 +5216,7 @@ int gs_ce_index_f32(const float *logits, int64_t logits_stride, const int64_t *t
     const int64_t targets_stride = n_classes; /* one index per row; no stride to check */
     const int status = gs_check_arguments(logits, logits_stride, targets, targets_stride, n_rows,
                                           n_classes, params, loss, dlogits, dlogits_stride,
-                                          FLT_MIN, FLT_MAX);
+                                          (double)FLT_MIN, (double)FLT_MAX);
     if (bad_row != NULL) {
         *bad_row = -1;
     }
@@ -5250,7 +5250,7 @@ int gs_ce_probs_f32(const float *logits, int64_t logits_stride, const float *tar
     int64_t *const bad_row = NULL;
     const int status = gs_check_arguments(logits, logits_stride, targets, targets_stride, n_rows,
                                           n_classes, params, loss, dlogits, dlogits_stride,
-                                          FLT_MIN, FLT_MAX);
+                                          (double)FLT_MIN, (double)FLT_MAX);
     if (status != GS_OK) {
         return status;
     }
@@ -6313,7 +6313,7 @@ static int gs_rows_index_f64(
         const int64_t target = targets[n];
         const int counted = target != ignore_index;
         const int bad = counted & ((target < 0) | (target >= n_classes));
-        const int64_t read_target = counted & !bad ? target : 0;
+        const int64_t read_target = (counted & !bad) ? target : 0;
         const double target_weight = 1;
         const double row_weight = target_weight;
         (void)read_target;
@@ -6869,7 +6869,7 @@ static int gs_rows_index_softcap_f64(
         const int64_t target = targets[n];
         const int counted = target != ignore_index;
         const int bad = counted & ((target < 0) | (target >= n_classes));
-        const int64_t read_target = counted & !bad ? target : 0;
+        const int64_t read_target = (counted & !bad) ? target : 0;
         const double target_weight = 1;
         const double row_weight = target_weight;
         (void)read_target;
@@ -7519,7 +7519,7 @@ static int gs_rows_index_weighted_f64(
         const int64_t target = targets[n];
         const int counted = target != ignore_index;
         const int bad = counted & ((target < 0) | (target >= n_classes));
-        const int64_t read_target = counted & !bad ? target : 0;
+        const int64_t read_target = (counted & !bad) ? target : 0;
         const double target_class_weight = class_weights[read_target];
         const double target_weight = target_class_weight;
         const double row_weight = target_weight;
@@ -8086,7 +8086,7 @@ static int gs_rows_index_weighted_softcap_f64(
         const int64_t target = targets[n];
         const int counted = target != ignore_index;
         const int bad = counted & ((target < 0) | (target >= n_classes));
-        const int64_t read_target = counted & !bad ? target : 0;
+        const int64_t read_target = (counted & !bad) ? target : 0;
         const double target_class_weight = class_weights[read_target];
         const double target_weight = target_class_weight;
         const double row_weight = target_weight;

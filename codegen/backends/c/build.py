@@ -41,6 +41,8 @@ BASE_FLAGS = (
     "-fPIC",
     "-shared",
 )
+# Flags that only GCC knows: other compilers (Clang, Apple's cc) build without them.
+GCC_ONLY_FLAGS = ("-fno-tree-loop-distribute-patterns",)
 OPENMP_FLAGS = ("-fopenmp",)
 # Without the OpenMP runtime, its SIMD pragmas alone (the chunk sums' vectorisation).
 SIMD_FLAGS = ("-fopenmp-simd", "-DGS_OPENMP_SIMD")
@@ -51,6 +53,14 @@ _SCALARS = {SUFFIXES["float32"]: ctypes.c_float, SUFFIXES["float64"]: ctypes.c_d
 def compiler() -> list[str]:
     """The C compiler command: $CC (which may hold arguments) or ``cc``."""
     return shlex.split(os.environ.get("CC", "") or "cc")
+
+
+def base_flags(cc: list[str]) -> tuple[str, ...]:
+    """BASE_FLAGS for the compiler ``cc``: without GCC_ONLY_FLAGS unless it is GCC."""
+    version = _compiler_version(cc)
+    if "Free Software Foundation" in version and "clang" not in version.lower():
+        return BASE_FLAGS
+    return tuple(flag for flag in BASE_FLAGS if flag not in GCC_ONLY_FLAGS)
 
 
 def _compiler_version(cc: list[str]) -> str:
@@ -81,8 +91,9 @@ def build(source_dir: Path = SOURCE_DIR, *, openmp: bool = True) -> Path:
     sources = [(source_dir / name).read_bytes() for name in SOURCES + HEADERS]
     cc = compiler()
     machine = (_compiler_version(cc), _cpu_flags())
-    serial = [BASE_FLAGS + SIMD_FLAGS, BASE_FLAGS]
-    attempts = [BASE_FLAGS + OPENMP_FLAGS, *serial] if openmp else serial
+    base = base_flags(cc)
+    serial = [base + SIMD_FLAGS, base]
+    attempts = [base + OPENMP_FLAGS, *serial] if openmp else serial
     errors = []
     for flags in attempts:
         key = content_key([*sources, *cc, *flags, *machine])
