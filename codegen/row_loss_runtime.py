@@ -25,7 +25,7 @@ from gradsmith.codegen.arguments import (
     real,
 )
 from gradsmith.codegen.backends.cuda.printer import STORAGE
-from gradsmith.codegen.native import Status, build_once, cache_dir, content_key
+from gradsmith.codegen.native import Status, content_key
 from gradsmith.codegen.row_loss import C_ARGUMENTS, DTYPES, SUFFIXES, c_path, numpy_path
 from gradsmith.derive.row_loss import LossDefinition
 
@@ -154,13 +154,9 @@ def build_c(definition_name: str, kernels: Path) -> Path:
     for path in (source, header):
         if not path.is_file():
             raise OSError(f"{path} is missing: write a complete tree with 'gradsmith generate --out DIR'")
-    cc = build.compiler()
-    flags = build.base_flags(cc) + build.OPENMP_FLAGS
-    key = content_key([source.read_bytes(), header.read_bytes(), *cc, *flags,
-                       build._compiler_version(cc), build._cpu_flags()])
-    return build_once(cache_dir(), f"gradsmith_{definition_name}", key,
-                      lambda output: [*cc, *flags, "-o", output, str(source), "-lm"],
-                      f"compiling the {definition_name} kernels")
+    return build.compile_once(f"gradsmith_{definition_name}", [source],
+                              [source.read_bytes(), header.read_bytes()],
+                              f"compiling the {definition_name} kernels")
 
 
 @cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 import pytest
 from conftest import TOLERANCES
 from gradsmith.codegen.backends.c import build, context, runtime
+from gradsmith.codegen.loading import shipped_kernels
+from gradsmith.codegen.row_loss_runtime import build_c
 from reference import finite_difference_grad, reference_cross_entropy
 
 STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-Wdouble-promotion"]
@@ -205,6 +208,25 @@ def test_flags_only_gcc_knows_go_to_gcc_alone(monkeypatch):
     for name in ("clang", "cc"):
         assert build.base_flags([name]) == tuple(
             flag for flag in build.BASE_FLAGS if flag not in build.GCC_ONLY_FLAGS)
+
+
+def test_without_openmp_both_builds_fall_back_to_one_thread(tmp_path, monkeypatch):
+    """A compiler that refuses -fopenmp (Apple's clang) still builds the cross-entropy and the
+    row-loss kernels, on one thread; the cross-entropy's bits are the OpenMP build's."""
+    wrapper = tmp_path / "cc-without-openmp"
+    wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && '
+                       '{ echo "error: unsupported option -fopenmp" >&2; exit 1; }; done\n'
+                       f'exec {shlex.join(build.compiler())} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    monkeypatch.setenv("GRADSMITH_CACHE", str(tmp_path / "cache"))
+    serial = runtime.bind(build.load_library(build.build()), "float32")
+    logits, target, _ = _inputs(np.random.default_rng(6), "float32", 3000, 40, False)
+    expected = runtime.load("float32")(logits, target)
+    actual = serial(logits, target)
+    assert np.array_equal(actual[0], expected[0]) and np.array_equal(actual[1], expected[1])
+    focal = ctypes.CDLL(str(build_c("focal", shipped_kernels())))
+    assert hasattr(focal, "gs_focal_f32") and hasattr(focal, "gs_focal_f64")
 
 
 @pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed")

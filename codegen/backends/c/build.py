@@ -81,14 +81,11 @@ def _cpu_flags() -> str:
     return ""
 
 
-def build(source_dir: Path = SOURCE_DIR, *, openmp: bool = True) -> Path:
-    """The path of the compiled library for ``source_dir``, compiling it if not cached."""
-    source_dir = Path(source_dir)
-    missing = [name for name in SOURCES + HEADERS if not (source_dir / name).is_file()]
-    if missing:
-        raise OSError(f"{source_dir} lacks {', '.join(missing)}: write a complete tree with "
-                      "'gradsmith generate --out DIR'")
-    sources = [(source_dir / name).read_bytes() for name in SOURCES + HEADERS]
+def compile_once(name: str, sources: list[Path], inputs: list[bytes], what: str, *,
+                 openmp: bool = True) -> Path:
+    """The path of the library ``name`` compiled from ``sources`` (``inputs``: every byte the
+    build reads), compiling it if not cached: with OpenMP, else (no OpenMP support) one thread
+    with its SIMD pragmas, else without them."""
     cc = compiler()
     machine = (_compiler_version(cc), _cpu_flags())
     base = base_flags(cc)
@@ -96,16 +93,28 @@ def build(source_dir: Path = SOURCE_DIR, *, openmp: bool = True) -> Path:
     attempts = [base + OPENMP_FLAGS, *serial] if openmp else serial
     errors = []
     for flags in attempts:
-        key = content_key([*sources, *cc, *flags, *machine])
+        key = content_key([*inputs, *cc, *flags, *machine])
 
         def command(output: str, flags: tuple[str, ...] = flags) -> list[str]:
-            return [*cc, *flags, "-o", output, *(str(source_dir / s) for s in SOURCES), "-lm"]
+            return [*cc, *flags, "-o", output, *(str(source) for source in sources), "-lm"]
 
         try:
-            return build_once(cache_dir(), "gradsmith_ce", key, command, "compiling the C kernels")
-        except OSError as error:  # without OpenMP support, build the serial kernels instead
+            return build_once(cache_dir(), name, key, command, what)
+        except OSError as error:
             errors.append(str(error))
     raise OSError(errors[-1])
+
+
+def build(source_dir: Path = SOURCE_DIR, *, openmp: bool = True) -> Path:
+    """The path of the compiled library for ``source_dir``, compiling it if not cached."""
+    source_dir = Path(source_dir)
+    missing = [name for name in SOURCES + HEADERS if not (source_dir / name).is_file()]
+    if missing:
+        raise OSError(f"{source_dir} lacks {', '.join(missing)}: write a complete tree with "
+                      "'gradsmith generate --out DIR'")
+    inputs = [(source_dir / name).read_bytes() for name in SOURCES + HEADERS]
+    return compile_once("gradsmith_ce", [source_dir / name for name in SOURCES], inputs,
+                        "compiling the C kernels", openmp=openmp)
 
 
 def _pointer_type(argument: Argument, suffix: str) -> type:
