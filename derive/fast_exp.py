@@ -254,16 +254,17 @@ def _chebyshev(k: int) -> list[Fraction]:
 
 
 @cache
-def economized(degree: int, terms: int = ECONOMIZED_TERMS,
-               radius: Fraction = ECONOMIZATION_RADIUS) -> tuple[tuple[Fraction, ...], Fraction]:
+def economized(degree: int) -> tuple[tuple[Fraction, ...], Fraction]:
     """P(r) = 1 + r Q(r) of ``degree``, in exact rationals, and the bound of its economization.
 
-    Q starts as the Taylor polynomial of (e^r - 1)/r with ``degree - 1 + terms`` as its degree,
-    and each leading term is removed by subtracting its multiple a T_k(r/radius) (Lanczos).  As
-    |T_k| <= 1 for |r| <= radius, there |Q - Taylor| <= sum |a| and |P - Taylor| <= radius sum |a|,
-    the second value returned.  P(0) = 1 exactly, so the row maximum's term is exactly 1.
+    Q starts as the Taylor polynomial of (e^r - 1)/r of degree ``degree - 1 + ECONOMIZED_TERMS``,
+    and each leading term is removed by subtracting its multiple a T_k(r/R) (Lanczos), R =
+    ECONOMIZATION_RADIUS.  As |T_k| <= 1 for |r| <= R, there |Q - Taylor| <= sum |a| and
+    |P - Taylor| <= R sum |a|, the second value returned.  P(0) = 1 exactly, so the row maximum's
+    term is exactly 1.
     """
-    q = [Fraction(1, math.factorial(i + 1)) for i in range(degree + terms)]
+    radius = ECONOMIZATION_RADIUS
+    q = [Fraction(1, math.factorial(i + 1)) for i in range(degree + ECONOMIZED_TERMS)]
     removed = Fraction(0)
     for k in range(len(q) - 1, degree - 1, -1):
         chebyshev = _chebyshev(k)

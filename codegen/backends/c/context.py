@@ -217,13 +217,11 @@ def printed_fast_exp(dtype: str) -> dict:
     steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
     check_reads("C fast_exp", steps, {"x", "scale"})
     uint = f"uint{approx.bit_width}_t"
-    exponent_mask = (2 ** (approx.bit_width - 1) - 1) & ~(2**approx.mantissa_bits - 1)
+    magnitude_mask = 2 ** (approx.bit_width - 1) - 1  # every bit but the sign
+    exponent_mask = magnitude_mask & ~(2**approx.mantissa_bits - 1)
     return {
-        "sint": f"int{approx.bit_width}_t",
-        "sint_max": f"INT{approx.bit_width}_MAX",
-        "sint_min": f"INT{approx.bit_width}_MIN",
         "exponent_mask": f"UINT{approx.bit_width}_C({exponent_mask})",
-        "magnitude_mask": f"UINT{approx.bit_width}_C({2 ** (approx.bit_width - 1) - 1})",
+        "magnitude_mask": f"UINT{approx.bit_width}_C({magnitude_mask})",
         "name": f"gs_exp_{SUFFIXES[dtype]}",
         "steps": steps,
         "uint": uint,
