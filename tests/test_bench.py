@@ -25,7 +25,8 @@ TINY = ["--shapes", "64x10,8x300", "--repeat", "1", "--inplace", "--no-progress"
         "--backends", "numpy,c,cuda,torch,gradsmith.torch,textbook"]
 ROW_FIELDS = {
     "shape", "dtype", "name", "backend", "device", "generated", "status", "reason", "ms",
-    "times_ms", "gb_per_s", "pct_bandwidth", "peak_bytes", "memory_method", "loss", "speedup",
+    "times_ms", "gb_per_s", "probe_gb_per_s", "pct_bandwidth", "peak_bytes", "memory_method",
+    "loss", "speedup",
 }  # fmt: skip
 
 
@@ -67,10 +68,24 @@ def test_tiny_run_reports_every_field(tiny_report):
         assert len(row["times_ms"]) == 1 and row["ms"] > 0
         case = Case(*row["shape"], row["dtype"])
         assert math.isclose(row["gb_per_s"], moved_bytes(case) / (row["ms"] * 1e6))
-        assert math.isclose(row["pct_bandwidth"], 100 * row["gb_per_s"] / report["bandwidth"]["cpu"]["gb_per_s"])
+        assert math.isclose(row["pct_bandwidth"], 100 * row["gb_per_s"] / row["probe_gb_per_s"])
         if row["name"] in ("numpy", "c", "textbook"):  # each call allocates a fresh dlogits
             itemsize = 4 if row["dtype"] == "float32" else 8
             assert row["peak_bytes"] >= case.n_rows * case.n_classes * itemsize, row
+
+
+def test_each_shape_is_scored_against_the_higher_probe_beside_it(tiny_report):
+    table, report = tiny_report
+    probe = report["bandwidth"]["cpu"]
+    series = probe["probes_gb_per_s"]
+    assert len(series) == 3  # before the first shape, after each of the two
+    assert probe["gb_per_s"] == sorted(series)[1]
+    assert len(probe["samples_gb_per_s"]) == 3 * 7
+    for index, shape in enumerate(([64, 10], [8, 300])):
+        beside = max(series[index], series[index + 1])
+        rows = [r for r in report["results"] if r["shape"] == shape and r["status"] == "ok"]
+        assert rows and all(r["probe_gb_per_s"] == beside for r in rows)
+    assert f"of 3 probes ({min(series):.1f} to {max(series):.1f} GB/s)" in table
 
 
 def test_every_contender_computes_the_same_loss(tiny_report):

@@ -80,6 +80,19 @@ def host_bandwidth(*, threads: int, repeat: int = 7, buffer_bytes: int | None = 
     )
 
 
+def probe_series(probes: list[Bandwidth]) -> dict[str, Any]:
+    """Several host probes of one run: the median of their medians, each probe's median in
+    order, and every sample."""
+    first = probes[0]
+    return {
+        "gb_per_s": statistics.median(p.gb_per_s for p in probes),
+        "buffer_bytes": first.buffer_bytes,
+        "method": first.method,
+        "probes_gb_per_s": [p.gb_per_s for p in probes],
+        "samples_gb_per_s": [sample for p in probes for sample in p.samples_gb_per_s],
+    }
+
+
 def gpu_bandwidth(*, cupy: Any | None, torch: Any | None, repeat: int = 7) -> Bandwidth | None:
     """Device copy bandwidth, or None without a GPU."""
     if cupy is not None:

@@ -77,7 +77,15 @@ def format_table(report: dict[str, Any]) -> str:
         ),
     ]
     for device, probe in bandwidth.items():
-        if probe is not None:
+        if probe is None:
+            continue
+        series = probe.get("probes_gb_per_s", [])
+        if len(series) > 1:
+            lines.append(f"{device} copy bandwidth (read + write): {probe['gb_per_s']:.1f} GB/s, the median "
+                         f"of {len(series)} probes ({min(series):.1f} to {max(series):.1f} GB/s), one before "
+                         f"the first shape and one after each ({probe['method']}); % BW is against the "
+                         "higher probe beside its shape")
+        else:
             lines.append(f"{device} copy bandwidth (read + write): {probe['gb_per_s']:.1f} GB/s ({probe['method']})")
     load = machine.get("load_average")
     if load and load[0] > 0.5 * machine["cores"]:

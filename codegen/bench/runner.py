@@ -1,4 +1,8 @@
-"""Run every contender on every case, beside the bandwidth probes, and collect the figures."""
+"""Run every contender on every case, beside the bandwidth probes, and collect the figures.
+
+The host's copy bandwidth moves between runs, and within one, on a shared machine (2x in one
+night on a virtual machine), so it is probed before the first case and again after each: a row's
+share of the bandwidth is against the higher of the two probes beside its case."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Any, TextIO
 from gradsmith.codegen.bench import machine
 from gradsmith.codegen.bench.busy import busy_core
 from gradsmith.codegen.bench.peers import Contender, Inputs, Skip, contenders
-from gradsmith.codegen.bench.probe import gpu_bandwidth, host_bandwidth
+from gradsmith.codegen.bench.probe import gpu_bandwidth, host_bandwidth, probe_series
 from gradsmith.codegen.bench.settings import Case, Settings
 from gradsmith.codegen.bench.timing import measure
 
@@ -85,9 +89,7 @@ def _row(case: Case, contender: Contender) -> dict[str, Any]:
     }
 
 
-def _run_one(
-    case: Case, contender: Contender, inputs: Inputs, settings: Settings, bandwidth: dict
-) -> dict[str, Any]:
+def _run_one(case: Case, contender: Contender, inputs: Inputs, settings: Settings) -> dict[str, Any]:
     row = _row(case, contender)
     try:
         prepared = contender.prepare(inputs)
@@ -115,18 +117,26 @@ def _run_one(
         del prepared
         if contender.device == "gpu":
             _free_device_memory()
-    gb_per_s = moved_bytes(case) / (timing.median_ms * 1e6)
-    probe = bandwidth.get(contender.device)
     return row | {
         "ms": timing.median_ms,
         "times_ms": list(timing.times_ms),
-        "gb_per_s": gb_per_s,
-        "pct_bandwidth": None if probe is None else 100.0 * gb_per_s / probe["gb_per_s"],
+        "gb_per_s": moved_bytes(case) / (timing.median_ms * 1e6),
+        "probe_gb_per_s": None,
+        "pct_bandwidth": None,
         "peak_bytes": peak,
         "memory_method": method,
         "loss": loss,
         "speedup": {},
     }
+
+
+def _score_bandwidth(rows: list[dict[str, Any]], probe_gb_per_s: dict[str, float | None]) -> None:
+    """Each row's rate as a share of its device's copy bandwidth measured beside it."""
+    for row in rows:
+        probe = probe_gb_per_s.get(row["device"])
+        if row["status"] == "ok" and probe is not None:
+            row["probe_gb_per_s"] = probe
+            row["pct_bandwidth"] = 100.0 * row["gb_per_s"] / probe
 
 
 def _speedups(rows: list[dict[str, Any]]) -> None:
@@ -161,14 +171,16 @@ def _run_benchmark(settings: Settings, stream: TextIO | None) -> dict[str, Any]:
     def runs(case: Case) -> list[Contender]:
         return [c for c in field if not (case.gpu_only and c.device == "cpu")]
 
-    total = sum(len(runs(case)) for case in settings.cases) + 1 + int(gpu)
+    host_cases = [case for case in settings.cases if any(c.device == "cpu" for c in runs(case))]
+    total = sum(len(runs(case)) for case in settings.cases) + 1 + len(host_cases) + int(gpu)
     progress = Progress(total, stream, settings.progress)
     progress.show("memory bandwidth (host copy probe)")
-    bandwidth: dict[str, Any] = {"cpu": host_bandwidth(threads=threads).as_dict()}
+    host_probes = [host_bandwidth(threads=threads)]
     progress.step("memory bandwidth")
+    gpu_probe = None
     if gpu:
         probe = gpu_bandwidth(cupy=machine.optional_cupy(), torch=machine.torch_cuda())
-        bandwidth["gpu"] = None if probe is None else probe.as_dict()
+        gpu_probe = None if probe is None else probe.as_dict()
         progress.step("GPU bandwidth")
     rows: list[dict[str, Any]] = []
     for case in settings.cases:
@@ -176,15 +188,24 @@ def _run_benchmark(settings: Settings, stream: TextIO | None) -> dict[str, Any]:
         case_rows = []
         for contender in runs(case):
             progress.show(f"{contender.name} {case.label} {case.dtype}")
-            case_rows.append(_run_one(case, contender, inputs, settings, bandwidth))
+            case_rows.append(_run_one(case, contender, inputs, settings))
             progress.step(f"{contender.name} {case.label} {case.dtype}")
         inputs.release()
-        _speedups(case_rows)
-        rows.extend(case_rows)
         if gpu:
             _free_device_memory()
         gc.collect()
+        if case in host_cases:
+            progress.show(f"memory bandwidth after {case.label} {case.dtype}")
+            host_probes.append(host_bandwidth(threads=threads))
+            progress.step("memory bandwidth")
+        _score_bandwidth(case_rows, {"cpu": max(p.gb_per_s for p in host_probes[-2:]),
+                                     "gpu": None if gpu_probe is None else gpu_probe["gb_per_s"]})
+        _speedups(case_rows)
+        rows.extend(case_rows)
     progress.close()
+    bandwidth: dict[str, Any] = {"cpu": probe_series(host_probes)}
+    if gpu:
+        bandwidth["gpu"] = gpu_probe
     extra = {}
     if "gradsmith.torch" in settings.backends:
         from gradsmith.codegen.bench import torch_peer
