@@ -42,6 +42,8 @@ top_term = sp.Symbol("top_term", nonnegative=True, integer=True)
 top_count = sp.Symbol("top_count", nonnegative=True, integer=True)
 top_excess = sp.Symbol("top_excess", nonnegative=True, integer=True)
 rest_sum = sp.Symbol("rest_sum", nonnegative=True)
+# The sum of exp_term over the classes other than the target (index targets, short rows).
+others_sum = sp.Symbol("others_sum", nonnegative=True)
 shifted_sum = sp.Symbol("shifted_sum", real=True)
 # Row scalars known before the first sweep.
 target_logit = sp.Symbol("target_logit", real=True)
@@ -109,6 +111,9 @@ class KernelSpec:
     the steps ``from_transformed_steps`` (the softcap's chain rule factor 1 - tanh^2 is
     1 - squashed^2 with squashed = transformed/softcap), checked by
     :func:`verify_transformed_gradient`.
+    ``dlogit_target_from_others`` is ``dlogit_target`` written with ``others_sum``, the sum of
+    exp_term over the other classes: p_t - 1 = -others_sum/sum_exp, no cancellation as p_t -> 1
+    and no expm1 (:func:`verify_target_from_others`).
     """
 
     name: str
@@ -132,6 +137,7 @@ class KernelSpec:
     row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]
     dlogit: sp.Expr
     dlogit_target: sp.Expr | None
+    dlogit_target_from_others: sp.Expr | None
     row_weight: sp.Expr
     scale_mean: sp.Expr
     scale_sum: sp.Expr
@@ -179,6 +185,7 @@ class KernelSpec:
         named.update({f"split_row:{symbol}": expr for symbol, expr in self.split_row_values})
         if self.dlogit_target is not None:
             named["dlogit_target"] = self.dlogit_target
+            named["dlogit_target_from_others"] = self.dlogit_target_from_others
         return named
 
 
@@ -248,6 +255,7 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         dlogit_target = (
             coef_prob * expm1(target_shifted - log_sum_exp) + coef_rest
         ) * target_chain
+        dlogit_target_from_others = (coef_prob * (-others_sum / sum_exp) + coef_rest) * target_chain
         row_weight = target_weight
     else:
         linear_coefficient = class_weight * smoothed_target(target_prob)
@@ -259,7 +267,7 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
             (coef_prob, grad_scale * (weight_sum + 2 * zloss_slope)),
         )
         dlogit_expr = (coef_prob * softmax_term - grad_scale * linear_coefficient) * chain
-        dlogit_target = None
+        dlogit_target = dlogit_target_from_others = None
         row_weight = sp.Integer(1)
     rescale_sum_exp = sum_exp * sp.exp(old_max - new_max)
     split_sum_exp = top_count + rest_sum
@@ -287,6 +295,7 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         row_values=row_values,
         dlogit=dlogit_expr,
         dlogit_target=dlogit_target,
+        dlogit_target_from_others=dlogit_target_from_others,
         row_weight=row_weight,
         scale_mean=grad_output / denominator,
         scale_sum=grad_output,
@@ -421,6 +430,7 @@ def verify_spec(spec: KernelSpec, classes: int = 3, target: int = 1) -> list[tup
         )
     if index is not None:
         results.append((f"{spec.name}: coef_rest", verify_coef_rest(spec)))
+        results.append((f"{spec.name}: target gradient from the others' sum", verify_target_from_others(spec)))
     results.append((f"{spec.name}: online rescale", verify_online_rescale(spec)))
     results.append((f"{spec.name}: online merge", verify_online_merge(spec)))
     results.append((f"{spec.name}: split sum", verify_split_sum(spec)))
@@ -439,6 +449,20 @@ def verify_coef_rest(spec: KernelSpec) -> Verdict:
     return check_equal(values[coef_rest],
                        values[coef_prob] - values[coef_smooth] * target_weight - target_share,
                        step=f"{spec.name} coef_rest")
+
+
+def verify_target_from_others(spec: KernelSpec, value: sp.Expr | None = None) -> Verdict:
+    """``dlogit_target_from_others`` equals ``dlogit_target`` when sum_exp is the target's
+    exp(target_shifted) plus others_sum and log_sum_exp = log(sum_exp), the first row value
+    (symbolically).  ``value`` replaces the spec's expression (to show that a wrong one is
+    refused)."""
+    value = spec.dlogit_target_from_others if value is None else value
+    row_values = dict(spec.row_values)
+    target_exp = sp.exp(target_shifted)
+    general = without_expm1(spec.dlogit_target).xreplace({log_sum_exp: row_values[log_sum_exp]})
+    return check_equal(general.xreplace({sum_exp: others_sum + target_exp}),
+                       value.xreplace({sum_exp: others_sum + target_exp}),
+                       step=f"{spec.name} target gradient from the others' sum")
 
 
 def verify_stored_gradient(

@@ -4,6 +4,7 @@ import pytest
 import sympy as sp
 from gradsmith.derive import kernel_spec as ks
 from gradsmith.derive.check import ProofError
+from sympy.codegen.cfunctions import expm1
 
 
 @pytest.mark.parametrize("spec", ks.all_specs(), ids=lambda spec: spec.name)
@@ -51,6 +52,24 @@ def test_verify_spec_includes_the_stored_gradient():
 def test_the_single_chunk_stored_scale_is_proven(spec):
     assert ks.verify_single_chunk_stored_scale(spec).method == "symbolic"
     assert f"{spec.name}: single-chunk stored scale" in dict(ks.verify_spec(spec))
+
+
+@pytest.mark.parametrize("spec", [s for s in ks.all_specs() if s.target_kind == "index"],
+                         ids=lambda spec: spec.name)
+def test_the_target_gradient_from_the_others_sum_is_proven(spec):
+    assert ks.verify_target_from_others(spec).method == "symbolic"
+    assert f"{spec.name}: target gradient from the others' sum" in dict(ks.verify_spec(spec))
+    assert spec.dlogit_target_from_others.atoms(expm1) == set()
+
+
+@pytest.mark.parametrize("wrong", [
+    ks.coef_prob * (-ks.others_sum / (ks.sum_exp + 1)) + ks.coef_rest,  # the target's term twice
+    ks.coef_prob * (ks.others_sum / ks.sum_exp - 1) + ks.coef_rest,  # the sign of p_t - 1
+    ks.coef_prob * (-ks.others_sum / ks.sum_exp),  # without coef_rest
+])
+def test_a_wrong_target_gradient_from_the_others_sum_is_refused(wrong):
+    with pytest.raises(ProofError, match="target gradient from the others' sum"):
+        ks.verify_target_from_others(ks.kernel_spec("index", True, False), wrong)
 
 
 @pytest.mark.parametrize("wrong", [1 / (ks.sum_exp + 1), ks.sum_exp, sp.exp(-ks.sum_exp)])

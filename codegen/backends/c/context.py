@@ -153,6 +153,13 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
             [("dlogit_target", spec.dlogit_target)] if index else [],
             sweep, "g", _ROW_STATE | {str(s) for s, _ in spec.row_values},
         ),
+        # The lanes sum the other classes' terms in their exp loop (a select and an add per
+        # element) instead of an expm1 per row.
+        "lanes_target_gradient": _group(
+            "lanes_target_gradient",
+            [("dlogit_target", spec.dlogit_target_from_others)] if index else [],
+            sweep, "g", _ROW_STATE | {"sum_exp", "others_sum"} | {str(s) for s, _ in spec.row_values},
+        ),
         "second_sweep": _group(
             "second_sweep",
             [(ks.shifted, element_shifted),
