@@ -127,3 +127,31 @@ def test_gradients_match_finite_differences():
             )
 
     check()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("dtype, margin", [("float32", 20.0), ("float64", 45.0)])
+@pytest.mark.parametrize("classes", [2, 4, 10, 32, 33, 300])
+def test_a_confident_row_keeps_its_target_gradient(backend, dtype, margin, classes):
+    """p_t - 1 where p_t rounds to 1 in the kernel's type (every other class `margin` below the
+    target), on both sides of the C kernels' short-row threshold (32 classes): its relative
+    error stays within 64 units of the last place, most of it the rounding of logit - max
+    (p_t - 1 from a rounded p_t would be 0)."""
+    f = available_backends(dtype).get(backend)
+    if f is None:
+        pytest.skip(f"backend {backend} is not usable here")
+    rng = np.random.default_rng(21)
+    n = 69  # two full segments of 32 rows and a partial one
+    logits = rng.standard_normal((n, classes)).astype(dtype)
+    target = rng.integers(0, classes, n)
+    logits[np.arange(n), target] += margin
+    _, dlogits = f(logits, target, reduction="sum")
+    exact = logits.astype(np.float64)
+    terms = np.exp(exact - exact.max(axis=1, keepdims=True))
+    others = np.where(np.arange(classes) == target[:, None], 0.0, terms).sum(axis=1)
+    expected = -others / terms.sum(axis=1)
+    actual = to_numpy(dlogits)[np.arange(n), target]
+    assert np.all(expected < 0) and np.all(actual < 0), actual.max()
+    relative = np.abs(actual - expected) / np.abs(expected)
+    assert relative.max() <= 64 * np.finfo(dtype).eps / 2, relative.max()
+

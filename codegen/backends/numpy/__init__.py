@@ -3,7 +3,9 @@
 Each variant's row routine processes a block of rows at a time with every expression printed
 from the spec: a sweep for the row maximum, then ``element_shifted``, ``exp_term`` and the
 linear sums at that maximum (the whole row is in memory, so the online rescaling is not
-needed), then ``row_values`` and the gradient written straight into the output block.
+needed), then ``row_values`` and the gradient written straight into the output block.  With
+class targets the row sum leaves out the target's term (``others_sum``), and the target's
+gradient is ``dlogit_target_from_others``.
 """
 
 from __future__ import annotations
@@ -90,8 +92,8 @@ def variant_context(spec: ks.KernelSpec, dtype: str) -> dict:
         "l",
     )
     row_outputs = [(str(symbol), expr) for symbol, expr in spec.row_values]
-    if spec.dlogit_target is not None:
-        row_outputs.append(("dlogit_target", spec.dlogit_target))
+    if spec.dlogit_target_from_others is not None:
+        row_outputs.append(("dlogit_target", spec.dlogit_target_from_others))
     rows = print_group(row_outputs, dtype, "r", arrays=())
     grad = print_group([("dlogit", reuse_exp_term(spec))], dtype, "g", _ARRAY_SYMBOLS + (exp_term,))
     groups = (transform, shift, exponential, linear, rows, grad)
