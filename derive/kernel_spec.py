@@ -42,7 +42,8 @@ top_term = sp.Symbol("top_term", nonnegative=True, integer=True)
 top_count = sp.Symbol("top_count", nonnegative=True, integer=True)
 top_excess = sp.Symbol("top_excess", nonnegative=True, integer=True)
 rest_sum = sp.Symbol("rest_sum", nonnegative=True)
-# The sum of exp_term over the classes other than the target (index targets, short rows).
+# The sum of exp_term over the classes other than the target (index targets; the C kernels' short
+# rows and the NumPy backend).
 others_sum = sp.Symbol("others_sum", nonnegative=True)
 shifted_sum = sp.Symbol("shifted_sum", real=True)
 # Row scalars known before the first sweep.
