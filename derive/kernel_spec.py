@@ -45,6 +45,7 @@ rest_sum = sp.Symbol("rest_sum", nonnegative=True)
 # The sum of exp_term over the classes other than the target (index targets; the C kernels' short
 # rows and the NumPy backend).
 others_sum = sp.Symbol("others_sum", nonnegative=True)
+target_term = sp.Symbol("target_term", positive=True)  # the target's exp_term
 shifted_sum = sp.Symbol("shifted_sum", real=True)
 # Row scalars known before the first sweep.
 target_logit = sp.Symbol("target_logit", real=True)
@@ -114,7 +115,8 @@ class KernelSpec:
     :func:`verify_transformed_gradient`.
     ``dlogit_target_from_others`` is ``dlogit_target`` written with ``others_sum``, the sum of
     exp_term over the other classes: p_t - 1 = -others_sum/sum_exp, no cancellation as p_t -> 1
-    and no expm1 (:func:`verify_target_from_others`).
+    and no expm1 (:func:`verify_target_from_others`).  ``sum_exp_from_others`` is sum_exp from
+    others_sum and the target's exp_term ``target_term``, for a kernel that sums the two apart.
     """
 
     name: str
@@ -139,6 +141,7 @@ class KernelSpec:
     dlogit: sp.Expr
     dlogit_target: sp.Expr | None
     dlogit_target_from_others: sp.Expr | None
+    sum_exp_from_others: sp.Expr | None
     row_weight: sp.Expr
     scale_mean: sp.Expr
     scale_sum: sp.Expr
@@ -187,6 +190,7 @@ class KernelSpec:
         if self.dlogit_target is not None:
             named["dlogit_target"] = self.dlogit_target
             named["dlogit_target_from_others"] = self.dlogit_target_from_others
+            named["sum_exp_from_others"] = self.sum_exp_from_others
         return named
 
 
@@ -257,6 +261,7 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
             coef_prob * expm1(target_shifted - log_sum_exp) + coef_rest
         ) * target_chain
         dlogit_target_from_others = (coef_prob * (-others_sum / sum_exp) + coef_rest) * target_chain
+        sum_exp_from_others = others_sum + target_term
         row_weight = target_weight
     else:
         linear_coefficient = class_weight * smoothed_target(target_prob)
@@ -268,7 +273,7 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
             (coef_prob, grad_scale * (weight_sum + 2 * zloss_slope)),
         )
         dlogit_expr = (coef_prob * softmax_term - grad_scale * linear_coefficient) * chain
-        dlogit_target = dlogit_target_from_others = None
+        dlogit_target = dlogit_target_from_others = sum_exp_from_others = None
         row_weight = sp.Integer(1)
     rescale_sum_exp = sum_exp * sp.exp(old_max - new_max)
     split_sum_exp = top_count + rest_sum
@@ -297,6 +302,7 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         dlogit=dlogit_expr,
         dlogit_target=dlogit_target,
         dlogit_target_from_others=dlogit_target_from_others,
+        sum_exp_from_others=sum_exp_from_others,
         row_weight=row_weight,
         scale_mean=grad_output / denominator,
         scale_sum=grad_output,
@@ -452,17 +458,18 @@ def verify_coef_rest(spec: KernelSpec) -> Verdict:
                        step=f"{spec.name} coef_rest")
 
 
-def verify_target_from_others(spec: KernelSpec, value: sp.Expr | None = None) -> Verdict:
-    """``dlogit_target_from_others`` equals ``dlogit_target`` when sum_exp is the target's
-    exp(target_shifted) plus others_sum and log_sum_exp = log(sum_exp), the first row value
-    (symbolically).  ``value`` replaces the spec's expression (to show that a wrong one is
-    refused)."""
+def verify_target_from_others(spec: KernelSpec, value: sp.Expr | None = None,
+                              total: sp.Expr | None = None) -> Verdict:
+    """``dlogit_target_from_others`` equals ``dlogit_target`` when sum_exp is
+    ``sum_exp_from_others``, with target_term the spec's exp_term at target_shifted, and
+    log_sum_exp = log(sum_exp), the first row value (symbolically).  ``value`` and ``total``
+    replace the spec's two expressions (to show that a wrong one is refused)."""
     value = spec.dlogit_target_from_others if value is None else value
+    total = spec.sum_exp_from_others if total is None else total
     row_values = dict(spec.row_values)
-    target_exp = sp.exp(target_shifted)
+    total = total.xreplace({target_term: spec.exp_term.xreplace({shifted: target_shifted})})
     general = without_expm1(spec.dlogit_target).xreplace({log_sum_exp: row_values[log_sum_exp]})
-    return check_equal(general.xreplace({sum_exp: others_sum + target_exp}),
-                       value.xreplace({sum_exp: others_sum + target_exp}),
+    return check_equal(general.xreplace({sum_exp: total}), value.xreplace({sum_exp: total}),
                        step=f"{spec.name} target gradient from the others' sum")
 
 

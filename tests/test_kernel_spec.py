@@ -72,6 +72,12 @@ def test_a_wrong_target_gradient_from_the_others_sum_is_refused(wrong):
         ks.verify_target_from_others(ks.kernel_spec("index", True, False), wrong)
 
 
+@pytest.mark.parametrize("wrong", [ks.others_sum, ks.others_sum + 2 * ks.target_term])
+def test_a_wrong_sum_from_the_others_sum_is_refused(wrong):
+    with pytest.raises(ProofError, match="target gradient from the others' sum"):
+        ks.verify_target_from_others(ks.kernel_spec("index", False, True), total=wrong)
+
+
 @pytest.mark.parametrize("wrong", [1 / (ks.sum_exp + 1), ks.sum_exp, sp.exp(-ks.sum_exp)])
 def test_a_wrong_single_chunk_stored_scale_is_refused(wrong):
     with pytest.raises(ProofError, match="single-chunk stored scale"):

@@ -95,8 +95,10 @@ def variant_context(spec: ks.KernelSpec, dtype: str) -> dict:
     if spec.dlogit_target_from_others is not None:
         row_outputs.append(("dlogit_target", spec.dlogit_target_from_others))
     rows = print_group(row_outputs, dtype, "r", arrays=())
+    others = (print_group([("sum_exp", spec.sum_exp_from_others)], dtype, "o", arrays=())
+              if spec.sum_exp_from_others is not None else None)
     grad = print_group([("dlogit", reuse_exp_term(spec))], dtype, "g", _ARRAY_SYMBOLS + (exp_term,))
-    groups = (transform, shift, exponential, linear, rows, grad)
+    groups = tuple(g for g in (transform, shift, exponential, linear, rows, grad, others) if g is not None)
     return {
         "name": c_identifier(spec.name),
         "spec": spec,
@@ -106,6 +108,7 @@ def variant_context(spec: ks.KernelSpec, dtype: str) -> dict:
         "linear": linear,
         "rows": rows,
         "grad": grad,
+        "sum_from_others": others,
         "grad_buffer": grad.destinations["dlogit"],
         "buffers": tuple(b for g in groups for b in g.buffers if b != grad.destinations["dlogit"]),
         "scratch": max(g.scratch for g in groups),
