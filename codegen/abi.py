@@ -251,7 +251,7 @@ def declare(library, backend: str, suffixes: tuple[str, ...],
     """Set ``argtypes``/``restype`` of every entry point of ``backend`` on ``library``.
 
     ``pointer_type(argument, suffix)`` is the ctypes type of a pointer argument other than the
-    params struct (typed pointers on the host, ``c_void_p`` for device memory).
+    params struct.
     """
     params = ctypes.POINTER(params_structure(abi))
     for entry in entry_points(backend, abi):

@@ -18,7 +18,9 @@ REDUCTIONS = ("none", "mean", "sum")
 REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass's __init__ cost 6 us a call, more than the kernel at
+# classifier shapes.
+@dataclass(slots=True)
 class CrossEntropyCall:
     logits: Any
     target: Any
@@ -47,8 +49,29 @@ class CrossEntropyCall:
         return REDUCTION_CODES[self.reduction]
 
 
+def dtype_name(dtype: Any) -> str:
+    """``str(dtype)`` ("float32"), remembered per dtype: NumPy builds the name in Python on
+    every call, a few microseconds, the whole kernel at classifier shapes."""
+    try:
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):
+        name = str(dtype)
+    try:
+        _DTYPE_NAMES[dtype] = name
+    except TypeError:  # unhashable: not remembered
+        pass
+    return name
+
+
+_DTYPE_NAMES: dict[Any, str] = {}
+# The largest finite and the smallest normal value of each arithmetic dtype's type.
+_LIMITS = {name: (float(np.finfo(kind).max), float(np.finfo(kind).tiny))
+           for name, kind in (("float32", np.float32), ("float64", np.float64))}
+
+
 def _real(name: str, value: Any, *, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    # The type test first: numbers.Real's isinstance goes through the ABC machinery.
+    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
@@ -69,7 +92,8 @@ def check_reduction(reduction: Any, allowed: tuple[str, ...] = REDUCTIONS) -> st
 
 def check_ignore_index(ignore_index: Any) -> int:
     """``ignore_index`` as an int (a bool is refused)."""
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+    if type(ignore_index) is not int and (isinstance(ignore_index, bool)
+                                          or not isinstance(ignore_index, numbers.Integral)):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     return int(ignore_index)
 
@@ -84,8 +108,8 @@ def check_logits(logits: Any, dtype: str, *, name: str = "logits", copy: bool = 
         raise TypeError(f"{name} must be an array, got {type(logits).__name__}")
     if logits.ndim != 2:
         raise ValueError(f"{name} must have shape (N, C), got shape {tuple(logits.shape)}")
-    if str(logits.dtype) != dtype:
-        given = str(logits.dtype)
+    if dtype_name(logits.dtype) != dtype:
+        given = dtype_name(logits.dtype)
         advice = (f"cast it or load dtype={given!r}" if given in backend_dtypes else
                   f"cast it to one of {', '.join(backend_dtypes)}" if backend_dtypes else "cast it")
         raise TypeError(f"{name} must be {dtype} for this kernel, got {given}; {advice}")
@@ -171,9 +195,10 @@ def _check_out(out: Any, logits: Any, inputs: tuple, inplace: bool, xp: Any) -> 
             or (n_rows > 1 and row_stride < n_classes * out.itemsize)):
         raise ValueError("out must have aligned rows whose classes are contiguous and that do "
                          "not overlap (e.g. numpy.empty_like(logits))")
-    if inplace and not _same_array(out, logits):
+    same = _same_array(out, logits)
+    if inplace and not same:
         raise ValueError("inplace=True writes the gradient over logits: leave out=None or pass logits")
-    if _same_array(out, logits):
+    if same:
         return logits
     for name, array in (("logits", logits), *zip(("target", "weight", "grad_output"), inputs)):
         if array is not None and xp.may_share_memory(out, array):
@@ -197,14 +222,14 @@ def check_options(
     check_ignore_index(ignore_index)
     label_smoothing = _real("label_smoothing", label_smoothing, low=0.0, high=1.0)
     lse_square_scale = _real("lse_square_scale", lse_square_scale, low=0.0)
-    limits = np.finfo(np.float32 if dtype in ("float32", "bfloat16", "float16") else np.float64)
-    if lse_square_scale > float(limits.max):
-        raise ValueError(f"lse_square_scale must be at most {float(limits.max):g} for {dtype}")
+    largest, tiny = _LIMITS["float64" if dtype == "float64" else "float32"]
+    if lse_square_scale > largest:
+        raise ValueError(f"lse_square_scale must be at most {largest:g} for {dtype}")
     if softcap is not None:
         softcap = _real("softcap", softcap, low=0.0)
-        if not float(limits.tiny) <= softcap <= float(limits.max):
+        if not tiny <= softcap <= largest:
             raise ValueError(
-                f"softcap must lie in [{float(limits.tiny):g}, {float(limits.max):g}] for {dtype} "
+                f"softcap must lie in [{tiny:g}, {largest:g}] for {dtype} "
                 f"(or be None to disable it), got {softcap:g}"
             )
     return label_smoothing, lse_square_scale, softcap
@@ -251,7 +276,7 @@ def prepare_call(
     elif target.ndim == 2:
         if tuple(target.shape) != (n_rows, n_classes):
             raise ValueError(f"target of probabilities must have shape {(n_rows, n_classes)}, got {tuple(target.shape)}")
-        if str(target.dtype) != dtype:
+        if dtype_name(target.dtype) != dtype:
             raise TypeError(f"target of probabilities must be {dtype} like logits, got {target.dtype}")
         if ignore_index != -100:
             raise ValueError(
@@ -266,7 +291,7 @@ def prepare_call(
         if not hasattr(weight, "ndim") or weight.ndim != 1 or int(weight.shape[0]) != n_classes:
             shape = tuple(getattr(weight, "shape", ()))
             raise ValueError(f"weight must have shape ({n_classes},), got {shape}")
-        if str(weight.dtype) != dtype:
+        if dtype_name(weight.dtype) != dtype:
             raise TypeError(f"weight must be {dtype} like logits, got {weight.dtype}")
         weight = xp.ascontiguousarray(weight)
 
@@ -281,7 +306,7 @@ def prepare_call(
         raise ValueError("inplace=True needs a writeable logits array")
     if out is not None:
         out = _check_out(out, logits, (target, weight, grad_output), inplace, xp)
-        if _same_array(out, logits):  # the gradient over the logits: the in-place call
+        if out is logits:  # the gradient over the logits (_check_out's answer): in place
             inplace, out = True, None
     return CrossEntropyCall(
         logits=logits,

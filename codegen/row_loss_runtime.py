@@ -165,17 +165,15 @@ def _c_library(name: str, kernels: Path) -> ctypes.CDLL:
 
 
 def _c_kernel(definition: LossDefinition, dtype: str, kernels: Path) -> Callable:
-    scalar = ctypes.c_float if dtype == "float32" else ctypes.c_double
-    pointer = ctypes.POINTER(scalar)
     function = getattr(_c_library(definition.name, kernels), f"gs_{definition.name}_{SUFFIXES[dtype]}")
-    i64 = ctypes.c_int64
-    kinds = {"real*": pointer, "int64*": ctypes.POINTER(i64),
-             "double*": ctypes.POINTER(ctypes.c_double), "int64": i64}
+    # Pointers as addresses, as for the cross-entropy kernels; every dtype is checked before.
+    kinds = {"real*": ctypes.c_void_p, "int64*": ctypes.c_void_p, "double*": ctypes.c_void_p,
+             "int64": ctypes.c_int64}
     function.argtypes = [kinds[kind] for _, kind in C_ARGUMENTS]
     function.restype = ctypes.c_int
 
-    def ptr(array, ctype=scalar):
-        return None if array is None else array.ctypes.data_as(ctypes.POINTER(ctype))
+    def ptr(array):
+        return None if array is None else array.ctypes.data
 
     def kernel(logits, second, target, alpha, ignore_index, scale, values):
         logits = np.ascontiguousarray(logits)
@@ -185,8 +183,8 @@ def _c_kernel(definition: LossDefinition, dtype: str, kernels: Path) -> Callable
         row_losses = np.empty(n_rows, dtype=dtype)
         options = np.asarray(values or [0.0], dtype=np.float64)
         bad_row = ctypes.c_int64(-1)
-        status = function(ptr(logits), ptr(second), ptr(target, ctypes.c_int64), ptr(alpha),
-                          n_rows, n_classes, ptr(options, ctypes.c_double), ignore_index,
+        status = function(ptr(logits), ptr(second), ptr(target), ptr(alpha),
+                          n_rows, n_classes, ptr(options), ignore_index,
                           ptr(scale), ptr(row_losses), ptr(dlogits), ctypes.byref(bad_row))
         if status != Status.OK:
             raise ValueError(f"{definition.name} kernel: {Status(status).describe()}")

@@ -110,11 +110,12 @@ def test_many_chunks_with_growing_maximum(dtype):
 @pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
 @pytest.mark.parametrize("weighted_softcap", [False, True], ids=["plain", "weighted-softcap"])
 def test_short_rows_in_lanes_and_long_rows_agree_with_reference(dtype, probs, weighted_softcap):
-    """Rows up to SHORT_CLASSES classes run one row per SIMD lane, longer ones per row: both
-    sides of the threshold, a partial last segment, a non-finite row and an ignored row."""
+    """Rows up to SHORT_CLASSES classes (per dtype) run one row per SIMD lane, longer ones per
+    row: both sides of the threshold, a partial last segment, a non-finite row and an ignored
+    row."""
     f = runtime.load(dtype)
     rng = np.random.default_rng(13)
-    for classes in (context.SHORT_CLASSES, context.SHORT_CLASSES + 1):
+    for classes in (context.SHORT_CLASSES[dtype], context.SHORT_CLASSES[dtype] + 1):
         logits, target, weight = _inputs(rng, dtype, context.SEGMENT_ROWS + 3, classes, probs)
         logits[4, classes - 1] = np.nan
         logits[context.SEGMENT_ROWS + 1, 0] = np.inf
@@ -124,10 +125,13 @@ def test_short_rows_in_lanes_and_long_rows_agree_with_reference(dtype, probs, we
         grad_output = rng.uniform(0.5, 2, len(logits)).astype(dtype)
         loss, dlogits, lse = f(logits, target, reduction="none", return_lse=True,
                                grad_output=grad_output, **options)
-        ref = reference_cross_entropy(logits, target, reduction="none", return_lse=True,
-                                      grad_output=grad_output, **options)
+        # Rows are independent with reduction="none": the (slow) reference checks the ignored
+        # and the NaN row, and the last rows of the full segment and the partial one.
+        rows = np.r_[0:6, context.SEGMENT_ROWS - 3:len(logits)]
+        ref = reference_cross_entropy(logits[rows], target[rows], reduction="none",
+                                      return_lse=True, grad_output=grad_output[rows], **options)
         for name, actual, expected in zip(("loss", "dlogits", "lse"), (loss, dlogits, lse), ref):
-            _assert_close(actual, expected, dtype, f"C={classes} {name}")
+            _assert_close(actual[rows], expected, dtype, f"C={classes} {name}")
         buffer = logits.copy()
         inplace = f(buffer, target, reduction="none", grad_output=grad_output, inplace=True, **options)
         assert np.array_equal(inplace[1], dlogits, equal_nan=True)
@@ -137,12 +141,12 @@ def test_short_rows_in_lanes_and_long_rows_agree_with_reference(dtype, probs, we
 @pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
 def test_every_short_class_count_transposes_its_segments_exactly(dtype, probs):
     """A full segment of short rows stored back to back is moved to and from its tile by a
-    transpose (vector squares, or loops specialised to its class count); rows with a wider
-    stride are copied one by one.
+    transpose (vector squares, or loops specialised to its class count up to TRANSPOSE_CASES);
+    rows with a wider stride are copied one by one.
     For every class count the two must give the same bits; for some, the reference's values."""
     f = runtime.load(dtype)
     rng = np.random.default_rng(21)
-    for classes in range(1, context.SHORT_CLASSES + 1):
+    for classes in range(1, context.SHORT_CLASSES[dtype] + 1):
         logits, target, _ = _inputs(rng, dtype, 2 * context.SEGMENT_ROWS + 3, classes, probs)
         loss, dlogits = f(logits, target, reduction="none")
         wide = np.zeros((len(logits), classes + 3), dtype)
@@ -152,11 +156,12 @@ def test_every_short_class_count_transposes_its_segments_exactly(dtype, probs):
         f(logits, target, reduction="none", out=out[:, :classes])
         assert np.array_equal(strided_loss, loss) and np.array_equal(strided_dlogits, dlogits)
         assert np.array_equal(out[:, :classes], dlogits) and (out[:, classes:] == 7).all()
-        if classes not in (1, 4, 10, context.SHORT_CLASSES):
+        if classes not in (1, 4, 10, context.SHORT_CLASSES[dtype]):
             continue
-        ref_loss, ref_grad = reference_cross_entropy(logits, target, reduction="none")
-        _assert_close(loss, ref_loss, dtype, f"C={classes} loss")
-        _assert_close(dlogits, ref_grad, dtype, f"C={classes} dlogits")
+        rows = np.r_[0:4, len(logits) - 4:len(logits)]  # in both full segments and the last
+        ref_loss, ref_grad = reference_cross_entropy(logits[rows], target[rows], reduction="none")
+        _assert_close(loss[rows], ref_loss, dtype, f"C={classes} loss")
+        _assert_close(dlogits[rows], ref_grad, dtype, f"C={classes} dlogits")
 
 
 @pytest.mark.parametrize("lanes", [2, 4, 8, 16])
@@ -181,13 +186,16 @@ def test_transpose_stages_need_a_power_of_two(lanes):
 def test_vector_and_element_transposes_agree_bitwise(tmp_path):
     """Full segments move through vector squares where the compiler has vector shuffles, and
     through element loops with GS_NO_VECTOR_SHUFFLES: the same bits either way, at class counts
-    below, at and between multiples of the vector width, in place as well."""
+    below, at and between multiples of the vector width, on both sides of the last class count
+    with a loop of its own, in place as well."""
     vector = _strict_build(tmp_path, openmp=False)
     element = _strict_build(tmp_path, openmp=False, defines=("GS_NO_VECTOR_SHUFFLES",))
     rng = np.random.default_rng(8)
     for dtype in DTYPES:
         by_vector, by_element = runtime.bind(vector, dtype), runtime.bind(element, dtype)
-        for classes in (3, 4, 5, 7, 8, 9, 10, 12, 16, 17, 31, 32):
+        cases = context.TRANSPOSE_CASES
+        for classes in (3, 4, 5, 7, 8, 9, 10, 12, 16, 17, cases, cases + 1, cases + 7,
+                        context.SHORT_CLASSES[dtype]):
             for probs in (False, True):
                 logits, target, _ = _inputs(rng, dtype, 3 * context.SEGMENT_ROWS + 5, classes, probs)
                 a, b = by_vector(logits, target, reduction="none"), by_element(logits, target, reduction="none")
@@ -238,9 +246,10 @@ def test_clang_builds_kernels_that_agree_with_reference(monkeypatch, dtype):
     for classes in (4, 10, 32, 40):
         logits, target, _ = _inputs(rng, dtype, 2 * context.SEGMENT_ROWS + 3, classes, False)
         loss, dlogits = f(logits, target, reduction="none")
-        ref_loss, ref_grad = reference_cross_entropy(logits, target, reduction="none")
-        _assert_close(loss, ref_loss, dtype, f"C={classes} loss")
-        _assert_close(dlogits, ref_grad, dtype, f"C={classes} dlogits")
+        rows = np.r_[0:4, len(logits) - 4:len(logits)]  # in both full segments and the last
+        ref_loss, ref_grad = reference_cross_entropy(logits[rows], target[rows], reduction="none")
+        _assert_close(loss[rows], ref_loss, dtype, f"C={classes} loss")
+        _assert_close(dlogits[rows], ref_grad, dtype, f"C={classes} dlogits")
 
 
 @pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])

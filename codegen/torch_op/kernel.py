@@ -37,16 +37,11 @@ def targets_checked(check_targets: bool) -> bool:
     return check_targets and os.environ.get("GRADSMITH_CHECK_TARGETS", "1") != "0"
 
 
-@cache
 def _cpu_library() -> ctypes.CDLL:
-    """The C kernels, opened a second time so that their entry points can be declared with
-    plain pointers (``data_ptr()`` integers) without touching the NumPy runtime's typed ones."""
-    from gradsmith.codegen.abi import declare
+    """The C kernels, as the NumPy runtime loads them (pointers are addresses: ``data_ptr()``)."""
     from gradsmith.codegen.backends.c import build
 
-    library = ctypes.CDLL(str(build.build()))
-    declare(library, "c", tuple(CPU_DTYPES.values()), lambda argument, suffix: ctypes.c_void_p)
-    return library
+    return build.library()
 
 
 def _cpu_entry(kind: str, suffix: str):
@@ -87,12 +82,17 @@ def _cuda_library(arch: str) -> ctypes.CDLL:
     return runtime._library(arch)
 
 
+# NumPy advises the kernel to back blocks from this size up with transparent huge pages.
+_HUGE_PAGE_BYTES = 4 << 20
+
+
 def new_rows(like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised contiguous tensor of ``like``'s shape, dtype and device.  On CPU it
-    comes from NumPy's allocator, which advises the kernel to back blocks of 4 MiB and more with
-    transparent huge pages: writing a fresh gradient of 500 MB then faults 2 MiB pages instead
-    of 4 KiB ones, 3x faster on a virtual machine."""
-    if like.device.type == "cpu" and like.dtype in CPU_DTYPES:
+    """An uninitialised contiguous tensor of ``like``'s shape, dtype and device.  A large one on
+    CPU comes from NumPy's allocator, which advises the kernel to back blocks of 4 MiB and more
+    with transparent huge pages: writing a fresh gradient of 500 MB then faults 2 MiB pages
+    instead of 4 KiB ones, 3x faster on a virtual machine."""
+    if (like.device.type == "cpu" and like.dtype in CPU_DTYPES
+            and like.numel() * like.element_size() >= _HUGE_PAGE_BYTES):
         return torch.from_numpy(np.empty(tuple(like.shape), dtype=_NUMPY_NAMES[like.dtype]))
     return torch.empty(like.shape, dtype=like.dtype, device=like.device)
 
@@ -145,6 +145,8 @@ def _check_target(target, logits: torch.Tensor, ignore_index: int) -> tuple[str,
             raise TypeError(f"target of shape (N,) must hold integer class indices, got {target.dtype}")
         if target.shape[0] != n_rows:
             raise ValueError(f"target must have shape ({n_rows},) to match logits, got {tuple(target.shape)}")
+        if target.dtype == torch.int64 and target.is_contiguous():
+            return "index", target  # .to().contiguous() costs microseconds even as a no-op
         return "index", target.to(torch.int64).contiguous()
     if target.dim() == 2:
         if tuple(target.shape) != (n_rows, n_classes):

@@ -22,7 +22,8 @@
 #define GS_SHORT_CHUNK 64
 #define GS_ROW_BLOCK 4096
 #define GS_SEGMENT_ROWS 32
-#define GS_SHORT_CLASSES 32
+#define GS_SHORT_CLASSES_F32 128
+#define GS_SHORT_CLASSES_F64 64
 #define GS_PARALLEL_MIN_ELEMENTS 32768
 #define GS_PARALLEL_CHUNK_ELEMENTS 32768
 
@@ -633,6 +634,11 @@ static void gs_tile_from_block_f32(float *tile, const float *block, int64_t n_cl
         }
         break;
     default:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
+            }
+        }
         break;
     }
 }
@@ -882,6 +888,11 @@ static void gs_block_from_tile_f32(float *block, const float *tile, int64_t n_cl
         }
         break;
     default:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < n_classes; ++j) {
+                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
         break;
     }
 }
@@ -1147,7 +1158,7 @@ static void gs_lanes_index_f32(
     float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
 {
     const float num_classes = (float)n_classes;
-    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float tile[GS_SHORT_CLASSES_F32 * GS_SEGMENT_ROWS];
     float lane_max[GS_SEGMENT_ROWS];
     float lane_sum_exp[GS_SEGMENT_ROWS];
     float lane_weight_sum[GS_SEGMENT_ROWS];
@@ -1467,7 +1478,7 @@ static int gs_rows_index_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F32) {
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_f32(logits, logits_stride, targets,
                     ignore_index,
@@ -1712,7 +1723,7 @@ static void gs_lanes_index_softcap_f32(
     float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
 {
     const float num_classes = (float)n_classes;
-    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float tile[GS_SHORT_CLASSES_F32 * GS_SEGMENT_ROWS];
     float lane_max[GS_SEGMENT_ROWS];
     float lane_sum_exp[GS_SEGMENT_ROWS];
     float lane_weight_sum[GS_SEGMENT_ROWS];
@@ -2030,7 +2041,7 @@ static int gs_rows_index_softcap_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F32) {
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_softcap_f32(logits, logits_stride, targets,
                     ignore_index,
@@ -2364,7 +2375,7 @@ static void gs_lanes_index_weighted_f32(
     float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
 {
     const float num_classes = (float)n_classes;
-    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float tile[GS_SHORT_CLASSES_F32 * GS_SEGMENT_ROWS];
     float lane_max[GS_SEGMENT_ROWS];
     float lane_sum_exp[GS_SEGMENT_ROWS];
     float lane_weight_sum[GS_SEGMENT_ROWS];
@@ -2687,7 +2698,7 @@ static int gs_rows_index_weighted_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F32) {
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_weighted_f32(logits, logits_stride, targets,
                     ignore_index,
@@ -2940,7 +2951,7 @@ static void gs_lanes_index_weighted_softcap_f32(
     float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
 {
     const float num_classes = (float)n_classes;
-    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float tile[GS_SHORT_CLASSES_F32 * GS_SEGMENT_ROWS];
     float lane_max[GS_SEGMENT_ROWS];
     float lane_sum_exp[GS_SEGMENT_ROWS];
     float lane_weight_sum[GS_SEGMENT_ROWS];
@@ -3261,7 +3272,7 @@ static int gs_rows_index_weighted_softcap_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F32) {
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_weighted_softcap_f32(logits, logits_stride, targets,
                     ignore_index,
@@ -3513,8 +3524,8 @@ static void gs_lanes_probs_f32(
     float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
 {
     const float num_classes = (float)n_classes;
-    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    float prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float tile[GS_SHORT_CLASSES_F32 * GS_SEGMENT_ROWS];
+    float prob_tile[GS_SHORT_CLASSES_F32 * GS_SEGMENT_ROWS];
     float lane_max[GS_SEGMENT_ROWS];
     float lane_sum_exp[GS_SEGMENT_ROWS];
     float lane_weight_sum[GS_SEGMENT_ROWS];
@@ -3765,7 +3776,7 @@ static int gs_rows_probs_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F32) {
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_f32(logits, logits_stride, targets,
                     targets_stride,
@@ -3960,8 +3971,8 @@ static void gs_lanes_probs_softcap_f32(
     float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
 {
     const float num_classes = (float)n_classes;
-    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    float prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float tile[GS_SHORT_CLASSES_F32 * GS_SEGMENT_ROWS];
+    float prob_tile[GS_SHORT_CLASSES_F32 * GS_SEGMENT_ROWS];
     float lane_max[GS_SEGMENT_ROWS];
     float lane_sum_exp[GS_SEGMENT_ROWS];
     float lane_weight_sum[GS_SEGMENT_ROWS];
@@ -4210,7 +4221,7 @@ static int gs_rows_probs_softcap_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F32) {
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_softcap_f32(logits, logits_stride, targets,
                     targets_stride,
@@ -4466,8 +4477,8 @@ static void gs_lanes_probs_weighted_f32(
     float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
 {
     const float num_classes = (float)n_classes;
-    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    float prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float tile[GS_SHORT_CLASSES_F32 * GS_SEGMENT_ROWS];
+    float prob_tile[GS_SHORT_CLASSES_F32 * GS_SEGMENT_ROWS];
     float lane_max[GS_SEGMENT_ROWS];
     float lane_sum_exp[GS_SEGMENT_ROWS];
     float lane_weight_sum[GS_SEGMENT_ROWS];
@@ -4719,7 +4730,7 @@ static int gs_rows_probs_weighted_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F32) {
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_weighted_f32(logits, logits_stride, targets,
                     targets_stride,
@@ -4921,8 +4932,8 @@ static void gs_lanes_probs_weighted_softcap_f32(
     float *dlogits, int64_t dlogits_stride, float *lse_rows, float *row_losses)
 {
     const float num_classes = (float)n_classes;
-    float tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    float prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    float tile[GS_SHORT_CLASSES_F32 * GS_SEGMENT_ROWS];
+    float prob_tile[GS_SHORT_CLASSES_F32 * GS_SEGMENT_ROWS];
     float lane_max[GS_SEGMENT_ROWS];
     float lane_sum_exp[GS_SEGMENT_ROWS];
     float lane_weight_sum[GS_SEGMENT_ROWS];
@@ -5172,7 +5183,7 @@ static int gs_rows_probs_weighted_softcap_f32(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F32) {
                 float row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_weighted_softcap_f32(logits, logits_stride, targets,
                     targets_stride,
@@ -5581,6 +5592,11 @@ static void gs_tile_from_block_f64(double *tile, const double *block, int64_t n_
         }
         break;
     default:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < n_classes; ++j) {
+                tile[j * GS_SEGMENT_ROWS + r] = block[r * n_classes + j];
+            }
+        }
         break;
     }
 }
@@ -5830,6 +5846,11 @@ static void gs_block_from_tile_f64(double *block, const double *tile, int64_t n_
         }
         break;
     default:
+        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
+            for (j = 0; j < n_classes; ++j) {
+                block[r * n_classes + j] = tile[j * GS_SEGMENT_ROWS + r];
+            }
+        }
         break;
     }
 }
@@ -6095,7 +6116,7 @@ static void gs_lanes_index_f64(
     double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
 {
     const double num_classes = (double)n_classes;
-    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double tile[GS_SHORT_CLASSES_F64 * GS_SEGMENT_ROWS];
     double lane_max[GS_SEGMENT_ROWS];
     double lane_sum_exp[GS_SEGMENT_ROWS];
     double lane_weight_sum[GS_SEGMENT_ROWS];
@@ -6415,7 +6436,7 @@ static int gs_rows_index_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F64) {
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_f64(logits, logits_stride, targets,
                     ignore_index,
@@ -6660,7 +6681,7 @@ static void gs_lanes_index_softcap_f64(
     double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
 {
     const double num_classes = (double)n_classes;
-    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double tile[GS_SHORT_CLASSES_F64 * GS_SEGMENT_ROWS];
     double lane_max[GS_SEGMENT_ROWS];
     double lane_sum_exp[GS_SEGMENT_ROWS];
     double lane_weight_sum[GS_SEGMENT_ROWS];
@@ -6978,7 +6999,7 @@ static int gs_rows_index_softcap_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F64) {
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_softcap_f64(logits, logits_stride, targets,
                     ignore_index,
@@ -7312,7 +7333,7 @@ static void gs_lanes_index_weighted_f64(
     double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
 {
     const double num_classes = (double)n_classes;
-    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double tile[GS_SHORT_CLASSES_F64 * GS_SEGMENT_ROWS];
     double lane_max[GS_SEGMENT_ROWS];
     double lane_sum_exp[GS_SEGMENT_ROWS];
     double lane_weight_sum[GS_SEGMENT_ROWS];
@@ -7635,7 +7656,7 @@ static int gs_rows_index_weighted_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F64) {
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_weighted_f64(logits, logits_stride, targets,
                     ignore_index,
@@ -7888,7 +7909,7 @@ static void gs_lanes_index_weighted_softcap_f64(
     double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
 {
     const double num_classes = (double)n_classes;
-    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double tile[GS_SHORT_CLASSES_F64 * GS_SEGMENT_ROWS];
     double lane_max[GS_SEGMENT_ROWS];
     double lane_sum_exp[GS_SEGMENT_ROWS];
     double lane_weight_sum[GS_SEGMENT_ROWS];
@@ -8209,7 +8230,7 @@ static int gs_rows_index_weighted_softcap_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F64) {
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_index_weighted_softcap_f64(logits, logits_stride, targets,
                     ignore_index,
@@ -8461,8 +8482,8 @@ static void gs_lanes_probs_f64(
     double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
 {
     const double num_classes = (double)n_classes;
-    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    double prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double tile[GS_SHORT_CLASSES_F64 * GS_SEGMENT_ROWS];
+    double prob_tile[GS_SHORT_CLASSES_F64 * GS_SEGMENT_ROWS];
     double lane_max[GS_SEGMENT_ROWS];
     double lane_sum_exp[GS_SEGMENT_ROWS];
     double lane_weight_sum[GS_SEGMENT_ROWS];
@@ -8713,7 +8734,7 @@ static int gs_rows_probs_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F64) {
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_f64(logits, logits_stride, targets,
                     targets_stride,
@@ -8908,8 +8929,8 @@ static void gs_lanes_probs_softcap_f64(
     double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
 {
     const double num_classes = (double)n_classes;
-    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    double prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double tile[GS_SHORT_CLASSES_F64 * GS_SEGMENT_ROWS];
+    double prob_tile[GS_SHORT_CLASSES_F64 * GS_SEGMENT_ROWS];
     double lane_max[GS_SEGMENT_ROWS];
     double lane_sum_exp[GS_SEGMENT_ROWS];
     double lane_weight_sum[GS_SEGMENT_ROWS];
@@ -9158,7 +9179,7 @@ static int gs_rows_probs_softcap_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F64) {
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_softcap_f64(logits, logits_stride, targets,
                     targets_stride,
@@ -9414,8 +9435,8 @@ static void gs_lanes_probs_weighted_f64(
     double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
 {
     const double num_classes = (double)n_classes;
-    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    double prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double tile[GS_SHORT_CLASSES_F64 * GS_SEGMENT_ROWS];
+    double prob_tile[GS_SHORT_CLASSES_F64 * GS_SEGMENT_ROWS];
     double lane_max[GS_SEGMENT_ROWS];
     double lane_sum_exp[GS_SEGMENT_ROWS];
     double lane_weight_sum[GS_SEGMENT_ROWS];
@@ -9667,7 +9688,7 @@ static int gs_rows_probs_weighted_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F64) {
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_weighted_f64(logits, logits_stride, targets,
                     targets_stride,
@@ -9869,8 +9890,8 @@ static void gs_lanes_probs_weighted_softcap_f64(
     double *dlogits, int64_t dlogits_stride, double *lse_rows, double *row_losses)
 {
     const double num_classes = (double)n_classes;
-    double tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
-    double prob_tile[GS_SHORT_CLASSES * GS_SEGMENT_ROWS];
+    double tile[GS_SHORT_CLASSES_F64 * GS_SEGMENT_ROWS];
+    double prob_tile[GS_SHORT_CLASSES_F64 * GS_SEGMENT_ROWS];
     double lane_max[GS_SEGMENT_ROWS];
     double lane_sum_exp[GS_SEGMENT_ROWS];
     double lane_weight_sum[GS_SEGMENT_ROWS];
@@ -10120,7 +10141,7 @@ static int gs_rows_probs_weighted_softcap_f64(
             const int64_t last = n_rows - first > GS_SEGMENT_ROWS ? first + GS_SEGMENT_ROWS : n_rows;
             double segment_loss = 0.0;
             int64_t row;
-            if (n_classes <= GS_SHORT_CLASSES) {
+            if (n_classes <= GS_SHORT_CLASSES_F64) {
                 double row_losses[GS_SEGMENT_ROWS];
                 gs_lanes_probs_weighted_softcap_f64(logits, logits_stride, targets,
                     targets_stride,

@@ -14,7 +14,7 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-from gradsmith.codegen.abi import SUFFIXES, Argument, declare
+from gradsmith.codegen.abi import SUFFIXES, declare
 from gradsmith.codegen.loading import shipped_kernels
 from gradsmith.codegen.native import (
     Params,  # noqa: F401 - build.Params, the struct to pass
@@ -47,7 +47,7 @@ OPENMP_FLAGS = ("-fopenmp",)
 # Without the OpenMP runtime, its SIMD pragmas alone (the chunk sums' vectorisation).
 SIMD_FLAGS = ("-fopenmp-simd", "-DGS_OPENMP_SIMD")
 
-_SCALARS = {SUFFIXES["float32"]: ctypes.c_float, SUFFIXES["float64"]: ctypes.c_double}
+_ENTRY_SUFFIXES = (SUFFIXES["float32"], SUFFIXES["float64"])
 
 
 def compiler() -> list[str]:
@@ -117,16 +117,12 @@ def build(source_dir: Path = SOURCE_DIR, *, openmp: bool = True) -> Path:
                         "compiling the C kernels", openmp=openmp)
 
 
-def _pointer_type(argument: Argument, suffix: str) -> type:
-    if argument.kind in ("storage", "real"):
-        return ctypes.POINTER(_SCALARS[suffix])
-    return ctypes.POINTER(ctypes.c_int64)
-
-
 def load_library(path: Path) -> ctypes.CDLL:
     """Open a compiled library and declare the argument and result types of its entry points."""
     library = ctypes.CDLL(str(path))
-    declare(library, "c", tuple(_SCALARS), _pointer_type)
+    # Pointers as addresses: ``array.ctypes.data`` costs half of a typed ``data_as`` pointer,
+    # and ``tensor.data_ptr()`` far less; the callers check every dtype beforehand.
+    declare(library, "c", _ENTRY_SUFFIXES, lambda argument, suffix: ctypes.c_void_p)
     return library
 
 

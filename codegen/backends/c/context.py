@@ -63,8 +63,15 @@ LATE_TEAM_SERIAL_MIN = 1 << 20
 LATE_TEAM_SERIAL_MAX = 1 << 26
 LATE_REGIONS = 2
 # Rows of at most this many classes are processed a segment at a time, one row per SIMD lane
-# (a transposed tile of SEGMENT_ROWS rows): no per-row reductions, tails or calls.
-SHORT_CLASSES = 32
+# (a transposed tile of SEGMENT_ROWS rows): no per-row reductions, tails or calls.  Per row
+# those cost about 120 ns (one thread, AMD EPYC, AVX2), so just past a threshold of 32 the
+# lanes were 2.7x (float32) and 1.9x (float64) faster than rows, and 1.5x (float32) at 128 and
+# 1.3x (float64) at 64 classes; at 256 (float32) and 128 (float64) rows were as fast or faster.
+# Either tile is then 16 KiB, half of the L1 cache.
+SHORT_CLASSES = {"float32": 128, "float64": 64}
+# Class counts whose element-loop transposes (without vector shuffles) get a case of their
+# own, the count a constant; more classes take the general loop.
+TRANSPOSE_CASES = 32
 # Rows and classes per square of the transposes between a full segment and its tile, used from
 # this many classes up: one 256-bit vector a row.  In float32 (AMD EPYC, AVX2) they ran 2.5x to
 # 4.5x faster than gcc's code for the element loops at 8 <= C <= 32, which took a third of the
@@ -330,6 +337,7 @@ def dtype_context(dtype: str) -> dict:
         "short_simdlen": SHORT_SIMDLEN[dtype],
         "lane_simdlen": LANE_SIMDLEN[dtype],
         "lane_int": LANE_INT[dtype],
+        "short_classes": SHORT_CLASSES[dtype],
         "transpose_lanes": TRANSPOSE_LANES[dtype],
         "transpose_stages": transpose_stages(TRANSPOSE_LANES[dtype]),
         "fast_exp": fast_exp,
@@ -357,7 +365,7 @@ def kernel_context() -> dict:
         "short_chunk": SHORT_CHUNK,
         "row_block": ROW_BLOCK,
         "segment_rows": SEGMENT_ROWS,
-        "short_classes": SHORT_CLASSES,
+        "transpose_cases": TRANSPOSE_CASES,
         "parallel_min_elements": PARALLEL_MIN_ELEMENTS,
         "parallel_chunk_elements": PARALLEL_CHUNK_ELEMENTS,
         "late_team_serial_min": LATE_TEAM_SERIAL_MIN,

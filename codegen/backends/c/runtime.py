@@ -19,8 +19,8 @@ from gradsmith.codegen.backends.c.context import DTYPES
 from gradsmith.codegen.native import Status, call_params
 
 
-def _pointer(array: np.ndarray | None, ctype) -> ctypes._Pointer | None:
-    return None if array is None else array.ctypes.data_as(ctypes.POINTER(ctype))
+def _pointer(array: np.ndarray | None) -> int | None:
+    return None if array is None else array.ctypes.data
 
 
 def _rows(name: str, array: np.ndarray, inplace: bool = False) -> tuple[np.ndarray, int]:
@@ -69,7 +69,6 @@ def bind(library: ctypes.CDLL, dtype: str) -> Callable:
     suffix = SUFFIXES[dtype]
     index_kernel = getattr(library, f"gs_ce_index_{suffix}")
     probs_kernel = getattr(library, f"gs_ce_probs_{suffix}")
-    scalar = ctypes.c_float if dtype == "float32" else ctypes.c_double
 
     def cross_entropy(logits, target, **options):
         call = prepare_call(logits, target, dtype=dtype, check_targets=False,
@@ -89,25 +88,25 @@ def bind(library: ctypes.CDLL, dtype: str) -> Callable:
         grad_output = _aligned(call.grad_output)
         params = call_params(call)
         common = {
-            "weight": _pointer(weight, scalar),
-            "grad_output": _pointer(grad_output, scalar),
-            "loss": _pointer(loss, scalar),
-            "dlogits": _pointer(dlogits, scalar),
-            "lse": _pointer(lse, scalar),
+            "weight": _pointer(weight),
+            "grad_output": _pointer(grad_output),
+            "loss": _pointer(loss),
+            "dlogits": _pointer(dlogits),
+            "lse": _pointer(lse),
         }
         bad_row = ctypes.c_int64(-1)
         if call.target_kind == "index":
             targets = _aligned(call.target)
             status = index_kernel(
-                _pointer(logits_array, scalar), logits_stride,
-                _pointer(targets, ctypes.c_int64), common["weight"], n_rows, n_classes,
+                _pointer(logits_array), logits_stride,
+                _pointer(targets), common["weight"], n_rows, n_classes,
                 ctypes.byref(params), common["grad_output"], common["loss"], common["dlogits"],
                 dlogits_stride, common["lse"], ctypes.byref(bad_row),
             )
         else:
             targets, targets_stride = _rows("target", call.target)
             status = probs_kernel(
-                _pointer(logits_array, scalar), logits_stride, _pointer(targets, scalar),
+                _pointer(logits_array), logits_stride, _pointer(targets),
                 targets_stride, common["weight"], n_rows, n_classes, ctypes.byref(params),
                 common["grad_output"], common["loss"], common["dlogits"], dlogits_stride,
                 common["lse"],
