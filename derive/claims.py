@@ -216,6 +216,7 @@ def _classes_of(claim: Claim) -> str:
 _FAST_FUNCTIONS = {
     "exp": ("x <= 0", "range reduction and an economized Taylor polynomial"),
     "log": ("positive normals", "the exponent from the bits, an odd polynomial in s = (m-1)/(m+1)"),
+    "log1p": ("x >= 0", "the fast log of u = 1 + x times x/(u - 1), x where u rounds to 1"),
     "expm1": ("x <= 1/2", "x Q(x) for |x| <= 1/2, the fast exp minus 1 below"),
     "tanh": ("every real x", "-E/(E + 2), E = expm1(-2|x|), in float64"),
 }

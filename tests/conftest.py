@@ -209,7 +209,7 @@ def rng() -> np.random.Generator:
 
 
 C_SOURCE = Path(__file__).resolve().parents[1] / "generated" / "c" / "gradsmith_ce.c"
-FAST_FUNCTIONS = ("log", "tanh")
+FAST_FUNCTIONS = ("log", "log1p", "tanh")
 
 
 @pytest.fixture(scope="session")

@@ -27,8 +27,8 @@ def test_the_kernels_log_bound_is_a_claim_that_holds():
         assert result.name.startswith(f"{claim.args[0]} log: relative error <= ")
 
 
-@pytest.mark.parametrize("function", ["expm1", "tanh"])
-def test_the_kernels_expm1_and_tanh_bounds_are_claims_that_hold(function):
+@pytest.mark.parametrize("function", ["expm1", "log1p", "tanh"])
+def test_the_kernels_expm1_log1p_and_tanh_bounds_are_claims_that_hold(function):
     found = [claim for claim in claims.registry((2,)) if claim.kind == f"{function} bound"]
     assert [claim.args for claim in found] == [("float32",), ("float64",)]
     for claim in found:

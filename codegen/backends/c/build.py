@@ -38,11 +38,14 @@ BASE_FLAGS = (
     "-ffp-contract=fast",
     "-fno-trapping-math",
     "-fno-tree-loop-distribute-patterns",
+    # Every loop at a cache line: without it, adding one small function before the kernels
+    # moved their loops and cost 6% at 4096 x 32000 and 2% at 8192 x 1000 (gcc 12, AMD EPYC).
+    "-falign-loops=64",
     "-fPIC",
     "-shared",
 )
 # Flags that only GCC knows: other compilers (Clang, Apple's cc) build without them.
-GCC_ONLY_FLAGS = ("-fno-tree-loop-distribute-patterns",)
+GCC_ONLY_FLAGS = ("-fno-tree-loop-distribute-patterns", "-falign-loops=64")
 OPENMP_FLAGS = ("-fopenmp",)
 # Without the OpenMP runtime, its SIMD pragmas alone (the chunk sums' vectorisation).
 SIMD_FLAGS = ("-fopenmp-simd", "-DGS_OPENMP_SIMD")

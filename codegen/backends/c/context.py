@@ -1,8 +1,8 @@
 """What the C templates lay out: every expression of every variant, printed per dtype.
 
 Expressions come from ``gradsmith.derive.kernel_spec`` (the loss, the gradient, the online normalizer)
-and ``gradsmith.derive.fast_exp``, ``fast_expm1``, ``fast_log`` and ``fast_tanh`` (the vectorisable exp,
-expm1, log and tanh).  Each group of assignments is printed with one
+and ``gradsmith.derive.fast_exp``, ``fast_expm1``, ``fast_log``, ``fast_log1p`` and ``fast_tanh`` (the
+vectorisable exp, expm1, log, log1p and tanh).  Each group of assignments is printed with one
 ``print_code`` call so that CSE temporaries stay in the scope where the template places them,
 and ``check_reads`` makes sure that no assignment reads a name assigned after it.
 """
@@ -25,6 +25,7 @@ from gradsmith.derive import kernel_spec as ks
 from gradsmith.derive.fast_exp import exp_approximation, verify_exp_approximation
 from gradsmith.derive.fast_expm1 import expm1_approximation, verify_expm1_approximation
 from gradsmith.derive.fast_log import log_approximation, verify_log_approximation
+from gradsmith.derive.fast_log1p import log1p_approximation, verify_log1p_approximation
 from gradsmith.derive.fast_tanh import tanh_approximation, verify_tanh_approximation
 
 DTYPES = ("float32", "float64")
@@ -107,6 +108,9 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
     # same transformed logits, and libm's tanh would keep every loop over them scalar.
     tanh = {"tanh": fast["tanh"]}
     exact = KernelCPrinter(dtype, function_names=tanh)
+    # The row values' log1p (of top_excess + rest_sum >= 0) is the fast one: libm's log1pf
+    # took 11% of the time at C = 256 (one thread) and kept the row's tail a call.
+    row = KernelCPrinter(dtype, function_names={"log1p": fast["log1p"]} | tanh)
     sweep = KernelCPrinter(dtype, function_names={"exp": fast["exp"], "expm1": fast["expm1"]} | tanh)
     lanes = KernelCPrinter(dtype, function_names={"log": fast["log"]} | tanh)
     wide = KernelCPrinter("float64")
@@ -147,7 +151,7 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
              ("rescaled_shifted_sum", spec.rescale_shifted_sum)],
             exact, "u", _ROW_STATE | {"old_max", "new_max"},
         ),
-        "row": _group("row", list(spec.split_row_values), exact, "r", _ROW_STATE),
+        "row": _group("row", list(spec.split_row_values), row, "r", _ROW_STATE),
         # The row values of the lanes with the fast log, so that their loop vectorises (no
         # log1p there).  A finite row's sum_exp is in [1, C] (the maximum's term is
         # exp(0) = 1), a positive normal number; a non-finite row's is NaN, which passes through.
@@ -281,6 +285,20 @@ def _fast_expm1(dtype: str, fast_exp: str) -> dict:
     }
 
 
+def _fast_log1p(dtype: str, fast_log: str) -> dict:
+    approx = log1p_approximation(dtype)
+    verify_log1p_approximation(approx)  # refuse to emit a log1p whose error bound does not hold
+    printer = KernelCPrinter(dtype, function_names={"log": fast_log})
+    steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
+    check_reads("C fast_log1p", steps, {"x"})
+    return {
+        "name": f"gs_log1p_{SUFFIXES[dtype]}",
+        "steps": steps,
+        "expressions": tuple(expr for _, expr in approx.steps),
+        "op_count": sum(int(sp.count_ops(expr)) for _, expr in approx.steps),
+    }
+
+
 def _fast_tanh(dtype: str) -> dict:
     approx = tanh_approximation(dtype)
     verify_tanh_approximation(approx)  # refuse to emit a tanh whose error bound does not hold
@@ -326,9 +344,10 @@ def dtype_context(dtype: str) -> dict:
     fast_exp = printed_fast_exp(dtype)
     fast_expm1 = _fast_expm1(dtype, fast_exp["name"])
     fast_log = _fast_log(dtype)
+    fast_log1p = _fast_log1p(dtype, fast_log["name"])
     fast_tanh = _fast_tanh(dtype)
     fast = {"exp": fast_exp["name"], "expm1": fast_expm1["name"], "log": fast_log["name"],
-            "tanh": fast_tanh["name"]}
+            "log1p": fast_log1p["name"], "tanh": fast_tanh["name"]}
     variants = [_variant(spec, dtype, fast) for spec in ks.all_specs()]
     return {
         "dtype": dtype,
@@ -343,10 +362,11 @@ def dtype_context(dtype: str) -> dict:
         "fast_exp": fast_exp,
         "fast_expm1": fast_expm1,
         "fast_log": fast_log,
+        "fast_log1p": fast_log1p,
         "fast_tanh": fast_tanh,
         "variants": variants,
         "op_count": fast_exp["op_count"] + fast_expm1["op_count"] + fast_log["op_count"]
-        + fast_tanh["op_count"] + sum(v["op_count"] for v in variants),
+        + fast_log1p["op_count"] + fast_tanh["op_count"] + sum(v["op_count"] for v in variants),
     }
 
 
@@ -357,6 +377,7 @@ def kernel_context() -> dict:
     expressions += [expr for d in dtypes for expr in d["fast_exp"]["expressions"]]
     expressions += [expr for d in dtypes for expr in d["fast_expm1"]["expressions"]]
     expressions += [expr for d in dtypes for expr in d["fast_log"]["expressions"]]
+    expressions += [expr for d in dtypes for expr in d["fast_log1p"]["expressions"]]
     expressions += [expr for d in dtypes for expr in d["fast_tanh"]["expressions"]]
     return {
         "dtypes": dtypes,

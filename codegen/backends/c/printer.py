@@ -80,5 +80,8 @@ class KernelCPrinter(C99CodePrinter):
     def _print_log(self, expr: sp.Expr) -> str:
         return self._print_Function(expr) if "log" in self._function_names else super()._print_log(expr)
 
+    def _print_log1p(self, expr: sp.Expr) -> str:
+        return self._print_Function(expr) if "log1p" in self._function_names else super()._print_log1p(expr)
+
     def _print_tanh(self, expr: sp.Expr) -> str:
         return self._print_Function(expr) if "tanh" in self._function_names else super()._print_tanh(expr)
