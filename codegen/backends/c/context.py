@@ -65,11 +65,10 @@ LATE_TEAM_SERIAL_MAX = 1 << 26
 LATE_REGIONS = 2
 # Rows of at most this many classes are processed a segment at a time, one row per SIMD lane
 # (a transposed tile of SEGMENT_ROWS rows): no per-row reductions, tails or calls.  Per row
-# those cost about 120 ns (one thread, AMD EPYC, AVX2), so just past a threshold of 32 the
-# lanes were 2.7x (float32) and 1.9x (float64) faster than rows, and 1.5x (float32) at 128 and
-# 1.3x (float64) at 64 classes; at 256 (float32) and 128 (float64) rows were as fast or faster.
-# Either tile is then 16 KiB, half of the L1 cache.
-SHORT_CLASSES = {"float32": 128, "float64": 64}
+# those cost about 120 ns (one thread, AMD EPYC, AVX2).  Against rows, one thread, alternating
+# calls, the lanes were 2.9x faster at C = 33, 2x at 64, 1.4x at 129, 1.1x at 192 and even at
+# 256 in float32; in float64 1.3x at 65, 1.04x at 80, even at 96 and 5% slower at 128.
+SHORT_CLASSES = {"float32": 192, "float64": 80}
 # Class counts whose element-loop transposes (without vector shuffles) get a case of their
 # own, the count a constant; more classes take the general loop.
 TRANSPOSE_CASES = 32
