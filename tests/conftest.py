@@ -252,6 +252,15 @@ def fast_function_loops(tmp_path_factory):
     return run
 
 
+def as_mpf(value):
+    """A Fraction (a proven bound) as an mpmath number at 40 digits, to compare with
+    :func:`worst_relative_error`."""
+    import mpmath
+
+    with mpmath.workdps(40):
+        return mpmath.mpf(value.numerator) / value.denominator
+
+
 def worst_relative_error(exact, inputs, outputs):
     """The largest |output / exact(input) - 1| at 40 digits (``exact``: an mpmath function);
     where the exact value is 0 the output must be 0 too."""

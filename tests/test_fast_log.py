@@ -11,7 +11,7 @@ import mpmath
 import numpy as np
 import pytest
 import sympy as sp
-from conftest import worst_relative_error
+from conftest import as_mpf, worst_relative_error
 from gradsmith.derive.check import ProofError
 from gradsmith.derive.fast_log import (
     DTYPES,
@@ -65,9 +65,7 @@ def _worst_relative(inputs: np.ndarray, outputs: np.ndarray) -> mpmath.mpf:
 
 
 def _allowed(dtype: str) -> mpmath.mpf:
-    relative = verify_log_approximation(log_approximation(dtype)).relative
-    with mpmath.workdps(40):
-        return mpmath.mpf(relative.numerator) / relative.denominator
+    return as_mpf(verify_log_approximation(log_approximation(dtype)).relative)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -11,7 +11,7 @@ import mpmath
 import numpy as np
 import pytest
 import sympy as sp
-from conftest import worst_relative_error
+from conftest import as_mpf, worst_relative_error
 from gradsmith.derive.check import ProofError
 from gradsmith.derive.fast_log1p import (
     DTYPES,
@@ -44,9 +44,7 @@ def _inputs(dtype: str) -> np.ndarray:
 
 
 def _allowed(dtype: str) -> mpmath.mpf:
-    relative = verify_log1p_approximation(log1p_approximation(dtype)).relative
-    with mpmath.workdps(40):
-        return mpmath.mpf(relative.numerator) / relative.denominator
+    return as_mpf(verify_log1p_approximation(log1p_approximation(dtype)).relative)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

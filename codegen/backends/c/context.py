@@ -249,24 +249,31 @@ def printed_fast_exp(dtype: str) -> dict:
     }
 
 
+def _printed_steps(function: str, approx, printer: KernelCPrinter, inputs: set[str]) -> dict:
+    """The steps of a fast function's approximation as C assignments, checked to read only
+    ``inputs`` and earlier steps, with the expressions behind them."""
+    steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
+    check_reads(f"C fast_{function}", steps, inputs)
+    return {
+        "steps": steps,
+        "expressions": tuple(expr for _, expr in approx.steps),
+        "op_count": sum(int(sp.count_ops(expr)) for _, expr in approx.steps),
+    }
+
+
 def _fast_log(dtype: str) -> dict:
     approx = log_approximation(dtype)
     verify_log_approximation(approx)  # refuse to emit a log whose error bound does not hold
-    printer = KernelCPrinter(dtype)
-    steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
-    check_reads("C fast_log", steps, {"x", "exponent_shifted", "mantissa"})
     width = approx.bit_width
     return {
         "name": f"gs_log_{SUFFIXES[dtype]}",
-        "steps": steps,
+        **_printed_steps("log", approx, KernelCPrinter(dtype), {"x", "exponent_shifted", "mantissa"}),
         "uint": f"uint{width}_t",
         "offset_bits": f"UINT{width}_C({approx.offset_bits})",
         "shifter_bits": f"UINT{width}_C({approx.shifter_bits})",
         "mantissa_base_bits": f"UINT{width}_C({approx.mantissa_base_bits})",
         "mantissa_mask": f"UINT{width}_C({approx.mantissa_mask})",
         "mantissa_bits": approx.mantissa_bits,
-        "expressions": tuple(expr for _, expr in approx.steps),
-        "op_count": sum(int(sp.count_ops(expr)) for _, expr in approx.steps),
     }
 
 
@@ -274,28 +281,16 @@ def _fast_expm1(dtype: str, fast_exp: str) -> dict:
     approx = expm1_approximation(dtype)
     verify_expm1_approximation(approx)  # refuse to emit an expm1 whose error bound does not hold
     printer = KernelCPrinter(dtype, function_names={"exp": fast_exp})
-    steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
-    check_reads("C fast_expm1", steps, {"x"})
-    return {
-        "name": f"gs_expm1_{SUFFIXES[dtype]}",
-        "steps": steps,
-        "expressions": tuple(expr for _, expr in approx.steps),
-        "op_count": sum(int(sp.count_ops(expr)) for _, expr in approx.steps),
-    }
+    return {"name": f"gs_expm1_{SUFFIXES[dtype]}",
+            **_printed_steps("expm1", approx, printer, {"x"})}
 
 
 def _fast_log1p(dtype: str, fast_log: str) -> dict:
     approx = log1p_approximation(dtype)
     verify_log1p_approximation(approx)  # refuse to emit a log1p whose error bound does not hold
     printer = KernelCPrinter(dtype, function_names={"log": fast_log})
-    steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
-    check_reads("C fast_log1p", steps, {"x"})
-    return {
-        "name": f"gs_log1p_{SUFFIXES[dtype]}",
-        "steps": steps,
-        "expressions": tuple(expr for _, expr in approx.steps),
-        "op_count": sum(int(sp.count_ops(expr)) for _, expr in approx.steps),
-    }
+    return {"name": f"gs_log1p_{SUFFIXES[dtype]}",
+            **_printed_steps("log1p", approx, printer, {"x"})}
 
 
 def _fast_tanh(dtype: str) -> dict:
@@ -303,15 +298,8 @@ def _fast_tanh(dtype: str) -> dict:
     verify_tanh_approximation(approx)  # refuse to emit a tanh whose error bound does not hold
     working = approx.working_dtype
     printer = KernelCPrinter(working, function_names={"expm1": f"gs_expm1_{SUFFIXES[working]}"})
-    steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
-    check_reads("C fast_tanh", steps, {"x"})
-    return {
-        "name": f"gs_tanh_{SUFFIXES[dtype]}",
-        "working_real": C_TYPES[working],
-        "steps": steps,
-        "expressions": tuple(expr for _, expr in approx.steps),
-        "op_count": sum(int(sp.count_ops(expr)) for _, expr in approx.steps),
-    }
+    return {"name": f"gs_tanh_{SUFFIXES[dtype]}", "working_real": C_TYPES[working],
+            **_printed_steps("tanh", approx, printer, {"x"})}
 
 
 def transpose_stages(lanes: int) -> tuple[tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...], ...]:
