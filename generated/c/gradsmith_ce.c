@@ -237,8 +237,8 @@ GS_FAST_MATH float gs_log_f32(float x)
 }
 
 /* log1p(x) for x >= 0 (+inf and NaN pass through), float32: log(1 + x) x / ((1 + x) - 1)
-   with the fast log, x where 1 + x rounds to 1, selects only, with the bound proven in
-   derive/fast_log1p.py. */
+   with the fast log, x where 1 + x rounds to 1, log(1 + x) alone from 2^(p-1) up; selects
+   only, with the bound proven in derive/fast_log1p.py. */
 GS_FAST_MATH float gs_log1p_f32(float x)
 {
     const float one_plus = x + 1;
@@ -310,8 +310,8 @@ GS_FAST_MATH double gs_log_f64(double x)
 }
 
 /* log1p(x) for x >= 0 (+inf and NaN pass through), float64: log(1 + x) x / ((1 + x) - 1)
-   with the fast log, x where 1 + x rounds to 1, selects only, with the bound proven in
-   derive/fast_log1p.py. */
+   with the fast log, x where 1 + x rounds to 1, log(1 + x) alone from 2^(p-1) up; selects
+   only, with the bound proven in derive/fast_log1p.py. */
 GS_FAST_MATH double gs_log1p_f64(double x)
 {
     const double one_plus = x + 1;
