@@ -99,7 +99,9 @@ class KernelSpec:
     whatever the class weights (:func:`verify_mean_z_loss`).
     ``top_term`` and ``rest_term`` (in ``exp_term``, the element's exp(shifted)) are an
     element's shares of ``top_count`` and ``rest_sum``; a rescale sets them to ``rescale_top_count`` and
-    ``rescale_rest_sum``.  ``split_sum_exp`` is sum_exp from the split and ``split_row_values``
+    ``rescale_rest_sum``.  ``top_term_below_max`` and ``rest_term_below_max`` are the two shares
+    refined for shifted < 0, every element of a chunk whose maximum is below the row's (no
+    compare per element).  ``split_sum_exp`` is sum_exp from the split and ``split_row_values``
     are ``row_values`` from it, log_sum_exp as a log1p (:func:`verify_split_sum`).
     ``dlogit_from_stored`` is ``dlogit`` written with the stored exponential ``stored`` =
     exp(transform - stored_max) times ``stored_scale``, whose value is ``stored_scale_value``
@@ -131,6 +133,8 @@ class KernelSpec:
     rescale_shifted_sum: sp.Expr
     top_term: sp.Expr
     rest_term: sp.Expr
+    top_term_below_max: sp.Expr
+    rest_term_below_max: sp.Expr
     rescale_top_count: sp.Expr
     rescale_rest_sum: sp.Expr
     split_sum_exp: sp.Expr
@@ -166,6 +170,8 @@ class KernelSpec:
             "rescale_shifted_sum": self.rescale_shifted_sum,
             "top_term": self.top_term,
             "rest_term": self.rest_term,
+            "top_term_below_max": self.top_term_below_max,
+            "rest_term_below_max": self.rest_term_below_max,
             "rescale_top_count": self.rescale_top_count,
             "rescale_rest_sum": self.rescale_rest_sum,
             "split_sum_exp": self.split_sum_exp,
@@ -278,6 +284,8 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
     rescale_sum_exp = sum_exp * sp.exp(old_max - new_max)
     split_sum_exp = top_count + rest_sum
     at_max = sp.Eq(shifted, 0)
+    top_term_expr = sp.Piecewise((1, at_max), (0, True))
+    rest_term_expr = sp.Piecewise((exp_term, sp.Ne(shifted, 0)), (0, True))
     return KernelSpec(
         name=variant_name(target_kind, weighted, softcapped),
         target_kind=target_kind,
@@ -289,8 +297,10 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         linear_coefficient=linear_coefficient,
         rescale_sum_exp=rescale_sum_exp,
         rescale_shifted_sum=shifted_sum + weight_sum * (old_max - new_max),
-        top_term=sp.Piecewise((1, at_max), (0, True)),
-        rest_term=sp.Piecewise((exp_term, sp.Ne(shifted, 0)), (0, True)),
+        top_term=top_term_expr,
+        rest_term=rest_term_expr,
+        top_term_below_max=_below_max(top_term_expr),
+        rest_term_below_max=_below_max(rest_term_expr),
         # The old maximum's elements are no longer at the maximum: all of the sum is the rest.
         rescale_top_count=sp.Integer(0),
         rescale_rest_sum=rescale_sum_exp.xreplace({sum_exp: split_sum_exp}),
@@ -317,6 +327,13 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         shifted_from_transformed=from_transformed(shifted_of_element, softcapped),
         dlogit_from_transformed=from_transformed(dlogit_expr, softcapped),
     )
+
+
+def _below_max(term: sp.Expr) -> sp.Expr:
+    """``term`` refined for an element below the maximum: its conditions on shifted decided
+    by SymPy for a negative shifted."""
+    below = sp.Symbol("below", negative=True)
+    return term.xreplace({shifted: below}).xreplace({below: shifted})
 
 
 def _split(row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]) -> tuple[tuple[sp.Symbol, sp.Expr], ...]:
@@ -575,7 +592,8 @@ def verify_split_sum(spec: KernelSpec, split_row_values=None) -> Verdict:
     """The split of sum_exp into top_count + rest_sum is exact (symbolically).
 
     An element's top_term + rest_term is its exp(shifted), at the maximum (shifted = 0) and off
-    it; the split's rescale gives the rescaled sum_exp; ``split_row_values`` equal
+    it; below it (shifted < 0) the refined shares are the shares; the
+    split's rescale gives the rescaled sum_exp; ``split_row_values`` equal
     ``row_values`` at sum_exp = top_count + rest_sum, log1p(u) being log(1 + u).
     ``split_row_values`` replaces the spec's (to show that a wrong one is refused).
     """
@@ -585,6 +603,10 @@ def verify_split_sum(spec: KernelSpec, split_row_values=None) -> Verdict:
     for value in (sp.Integer(0), off_max):
         check_equal(parts.xreplace({shifted: value}), spec.exp_term.xreplace({shifted: value}),
                     step=f"{spec.name} split term at shifted = {value}")
+    for term, refined in ((spec.top_term, spec.top_term_below_max),
+                          (spec.rest_term, spec.rest_term_below_max)):
+        check_equal(refined.xreplace({shifted: off_max}), term.xreplace({shifted: off_max}),
+                    step=f"{spec.name} split term below the maximum")
     rescaled = spec.rescale_top_count + spec.rescale_rest_sum
     check_equal(rescaled, spec.rescale_sum_exp.xreplace({sum_exp: spec.split_sum_exp}),
                 step=f"{spec.name} split rescale")

@@ -133,10 +133,11 @@ def test_gradients_match_finite_differences():
 @pytest.mark.parametrize("backend", ["numpy", "c"])
 @pytest.mark.parametrize("dtype, margin", [("float32", 20.0), ("float64", 45.0)])
 @pytest.mark.parametrize("classes", [2, 4, 10, *sorted({c for t in SHORT_CLASSES.values()
-                                                          for c in (t, t + 1)}), 300])
+                                                          for c in (t, t + 1)}), 300, 1100])
 def test_a_confident_row_keeps_its_target_gradient(backend, dtype, margin, classes):
     """p_t - 1 where p_t rounds to 1 in the kernel's type (every other class `margin` below the
-    target), on both sides of the C kernels' short-row thresholds (SHORT_CLASSES, per dtype):
+    target), on both sides of the C kernels' short-row thresholds (SHORT_CLASSES, per dtype),
+    and over three chunks of the long rows (the target's chunk keeps the split's count):
     its relative error stays within 64 units of the last place, most of it the rounding of
     logit - max (p_t - 1 from a rounded p_t would be 0)."""
     f = available_backends(dtype).get(backend)
