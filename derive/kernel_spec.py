@@ -99,9 +99,12 @@ class KernelSpec:
     whatever the class weights (:func:`verify_mean_z_loss`).
     ``top_term`` and ``rest_term`` (in ``exp_term``, the element's exp(shifted)) are an
     element's shares of ``top_count`` and ``rest_sum``; a rescale sets them to ``rescale_top_count`` and
-    ``rescale_rest_sum``.  ``top_term_below_max`` and ``rest_term_below_max`` are the two shares
-    refined for shifted < 0, every element of a chunk whose maximum is below the row's (no
-    compare per element).  ``split_sum_exp`` is sum_exp from the split and ``split_row_values``
+    ``rescale_rest_sum``.  Any shares that add up to exp_term give the same sums, so the split
+    is a choice of rounding: ``top_term_unsplit`` and ``rest_term_unsplit`` take every element
+    as the rest (the shares refined for shifted < 0, no select per element), and
+    ``top_term_from_stored`` and ``rest_term_from_stored`` split a stored exp_term again, at its
+    value 1 (exp(0) = 1: the maximum's elements, and others whose term rounds to 1).
+    ``split_sum_exp`` is sum_exp from the split and ``split_row_values``
     are ``row_values`` from it, log_sum_exp as a log1p (:func:`verify_split_sum`).
     ``dlogit_from_stored`` is ``dlogit`` written with the stored exponential ``stored`` =
     exp(transform - stored_max) times ``stored_scale``, whose value is ``stored_scale_value``
@@ -133,8 +136,10 @@ class KernelSpec:
     rescale_shifted_sum: sp.Expr
     top_term: sp.Expr
     rest_term: sp.Expr
-    top_term_below_max: sp.Expr
-    rest_term_below_max: sp.Expr
+    top_term_unsplit: sp.Expr
+    rest_term_unsplit: sp.Expr
+    top_term_from_stored: sp.Expr
+    rest_term_from_stored: sp.Expr
     rescale_top_count: sp.Expr
     rescale_rest_sum: sp.Expr
     split_sum_exp: sp.Expr
@@ -170,8 +175,10 @@ class KernelSpec:
             "rescale_shifted_sum": self.rescale_shifted_sum,
             "top_term": self.top_term,
             "rest_term": self.rest_term,
-            "top_term_below_max": self.top_term_below_max,
-            "rest_term_below_max": self.rest_term_below_max,
+            "top_term_unsplit": self.top_term_unsplit,
+            "rest_term_unsplit": self.rest_term_unsplit,
+            "top_term_from_stored": self.top_term_from_stored,
+            "rest_term_from_stored": self.rest_term_from_stored,
             "rescale_top_count": self.rescale_top_count,
             "rescale_rest_sum": self.rescale_rest_sum,
             "split_sum_exp": self.split_sum_exp,
@@ -299,8 +306,10 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         rescale_shifted_sum=shifted_sum + weight_sum * (old_max - new_max),
         top_term=top_term_expr,
         rest_term=rest_term_expr,
-        top_term_below_max=_below_max(top_term_expr),
-        rest_term_below_max=_below_max(rest_term_expr),
+        top_term_unsplit=_below_max(top_term_expr),
+        rest_term_unsplit=_below_max(rest_term_expr),
+        top_term_from_stored=top_term_expr.xreplace({shifted: stored - 1}),
+        rest_term_from_stored=rest_term_expr.xreplace({shifted: stored - 1, exp_term: stored}),
         # The old maximum's elements are no longer at the maximum: all of the sum is the rest.
         rescale_top_count=sp.Integer(0),
         rescale_rest_sum=rescale_sum_exp.xreplace({sum_exp: split_sum_exp}),
@@ -592,8 +601,8 @@ def verify_split_sum(spec: KernelSpec, split_row_values=None) -> Verdict:
     """The split of sum_exp into top_count + rest_sum is exact (symbolically).
 
     An element's top_term + rest_term is its exp(shifted), at the maximum (shifted = 0) and off
-    it; below it (shifted < 0) the refined shares are the shares; the
-    split's rescale gives the rescaled sum_exp; ``split_row_values`` equal
+    it; so do the unsplit shares, and the shares split again from a stored term (at 1 and off
+    it) add up to it; the split's rescale gives the rescaled sum_exp; ``split_row_values`` equal
     ``row_values`` at sum_exp = top_count + rest_sum, log1p(u) being log(1 + u).
     ``split_row_values`` replaces the spec's (to show that a wrong one is refused).
     """
@@ -603,10 +612,13 @@ def verify_split_sum(spec: KernelSpec, split_row_values=None) -> Verdict:
     for value in (sp.Integer(0), off_max):
         check_equal(parts.xreplace({shifted: value}), spec.exp_term.xreplace({shifted: value}),
                     step=f"{spec.name} split term at shifted = {value}")
-    for term, refined in ((spec.top_term, spec.top_term_below_max),
-                          (spec.rest_term, spec.rest_term_below_max)):
-        check_equal(refined.xreplace({shifted: off_max}), term.xreplace({shifted: off_max}),
-                    step=f"{spec.name} split term below the maximum")
+    unsplit = spec.top_term_unsplit + spec.rest_term_unsplit.xreplace({exp_term: spec.exp_term})
+    check_equal(unsplit, spec.exp_term, step=f"{spec.name} split term unsplit")
+    off_one = sp.Symbol("off_one", positive=True)
+    restored = spec.top_term_from_stored + spec.rest_term_from_stored
+    for value in (sp.Integer(1), 1 + off_one, 1 - off_one):
+        check_equal(restored.xreplace({stored: value}), value,
+                    step=f"{spec.name} split term from stored at stored = {value}")
     rescaled = spec.rescale_top_count + spec.rescale_rest_sum
     check_equal(rescaled, spec.rescale_sum_exp.xreplace({sum_exp: spec.split_sum_exp}),
                 step=f"{spec.name} split rescale")

@@ -123,8 +123,10 @@ def _wrong_split_values(spec, lse):
         {"rescale_top_count": ks.top_count},  # the old maximum's elements kept as ones
         {"rescale_rest_sum": ks.rest_sum * sp.exp(ks.old_max - ks.new_max)},  # the ones dropped
         {"top_term": sp.Integer(1)},  # every element counted at the maximum
-        {"top_term_below_max": sp.Integer(1)},  # below the maximum, counted at it
-        {"rest_term_below_max": sp.Integer(0)},  # below the maximum, its term dropped
+        {"top_term_unsplit": sp.Integer(1)},  # unsplit, yet counted at the maximum
+        {"rest_term_unsplit": sp.Integer(0)},  # unsplit, its term dropped
+        {"top_term_from_stored": sp.Integer(0)},  # split again, the ones dropped
+        {"rest_term_from_stored": ks.stored},  # split again, the ones counted twice
     ],
     ids=lambda wrong: next(iter(wrong)) + ":" + str(next(iter(wrong.values()))),
 )

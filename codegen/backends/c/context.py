@@ -33,6 +33,10 @@ CHUNK = 512  # elements per online-normalizer step: the chunk stays in L1 betwee
 # Chunks whose running maximum a row keeps on the stack, so that the gradient reuses the
 # exponentials the first sweep stored; longer rows compute them again.
 STORED_CHUNKS = 4096
+# The maximum's chunk, summed whole, is split again from its stored terms when its sum is below
+# this: then the rest (sum - 1 with one element at the maximum) is under 1 and would lose digits
+# in the rounded sum; at or above it, sum - 1 >= 1 keeps them (or two elements are at the maximum).
+RESPLIT_SUM = 2
 # Chunks shorter than this are summed with 256-bit vectors (elements per vector below).
 SHORT_CHUNK = 64
 SHORT_SIMDLEN = {"float32": 8, "float64": 4}
@@ -132,8 +136,8 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
         ("shifted_term", linear_coefficient * ks.shifted),
     ]
     split_terms = [*sweep_terms[:2], (ks.top_term, spec.top_term), ("rest_term", spec.rest_term)]
-    below_max_terms = [*sweep_terms[:2], (ks.top_term, spec.top_term_below_max),
-                       ("rest_term", spec.rest_term_below_max)]
+    unsplit_terms = [*sweep_terms[:2], (ks.top_term, spec.top_term_unsplit),
+                     ("rest_term", spec.rest_term_unsplit)]
     groups = {
         "transform": _group("transform", [(ks.transformed, spec.transform)], exact, "m",
                             _ELEMENT_INPUTS),
@@ -141,12 +145,16 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
                               _ELEMENT_INPUTS),
         # Without label smoothing nothing reads the linear sums (linear_optional).
         "first_sweep_exp": _group("first_sweep_exp", split_terms, sweep, "a", _ELEMENT_INPUTS),
-        # A chunk whose maximum is below the row's: no element at the maximum, so no selects
-        # (the two took 11% of the time at 32000 classes, one thread).
-        "first_sweep_below_max": _group("first_sweep_below_max", [*below_max_terms, *sweep_terms[2:]],
-                                        sweep, "a", _ELEMENT_INPUTS),
-        "first_sweep_exp_below_max": _group("first_sweep_exp_below_max", below_max_terms, sweep, "a",
-                                            _ELEMENT_INPUTS),
+        # Long stored chunks are summed whole, and only the maximum's chunk, where its sum is
+        # close to 1, is split again from the stored terms: the split's two selects per element
+        # took 11% of the time at 32000 classes and more at 1000 (one thread).
+        "first_sweep_unsplit": _group("first_sweep_unsplit", [*unsplit_terms, *sweep_terms[2:]],
+                                      sweep, "a", _ELEMENT_INPUTS),
+        "first_sweep_exp_unsplit": _group("first_sweep_exp_unsplit", unsplit_terms, sweep, "a",
+                                          _ELEMENT_INPUTS),
+        "resplit": _group("resplit", [(ks.top_term, spec.top_term_from_stored),
+                                      ("rest_term", spec.rest_term_from_stored)] if stores else [],
+                          exact, "s", {"stored"}),
         # The lanes sum exp_term itself: their sum_exp is rounded to the kernel's type before
         # the fast log anyway, and the split's two selects made them 20-35% slower at C = 4
         # and 10.
@@ -379,6 +387,7 @@ def kernel_context() -> dict:
         "chunk": CHUNK,
         "stored_chunks": STORED_CHUNKS,
         "short_chunk": SHORT_CHUNK,
+        "resplit_sum": RESPLIT_SUM,
         "row_block": ROW_BLOCK,
         "segment_rows": SEGMENT_ROWS,
         "transpose_cases": TRANSPOSE_CASES,
