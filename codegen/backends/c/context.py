@@ -159,6 +159,7 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
         # the fast log anyway, and the split's two selects made them 20-35% slower at C = 4
         # and 10.
         "lanes_sweep": _group("lanes_sweep", sweep_terms, sweep, "a", _ELEMENT_INPUTS),
+        "lanes_sweep_exp": _group("lanes_sweep_exp", sweep_terms[:2], sweep, "a", _ELEMENT_INPUTS),
         "rescale": _group(
             "rescale",
             [("rescaled_top_count", spec.rescale_top_count),
