@@ -1362,12 +1362,11 @@ static void gs_lanes_index_f32(
         const float coef_smooth = grad_scale*p0;
         const float coef_rest = grad_scale*(p0*(-target_weight + weight_sum) + p2);
         const float others_sum = lane_others_sum[r];
-        const float dlogit_target = -coef_prob*others_sum/sum_exp + coef_rest;
+        const float g0 = 1.0F/sum_exp;
+        const float stored_scale = g0;
+        const float dlogit_target = -coef_prob*g0*others_sum + coef_rest;
         lane_dlogit_target[r] = dlogit_target;
-        {
-            const float stored_scale = 1.0F/sum_exp;
-            lane_stored_scale[r] = stored_scale;
-        }
+        lane_stored_scale[r] = stored_scale;
         (void)row_weight;
         lane_log_sum_exp[r] = log_sum_exp;
         lane_lse[r] = lse;
@@ -1942,7 +1941,6 @@ static void gs_lanes_index_softcap_f32(
         const float others_sum = lane_others_sum[r];
         const float dlogit_target = (1 - gs_tanh_f32(target_logit/softcap)*gs_tanh_f32(target_logit/softcap))*(-coef_prob*others_sum/sum_exp + coef_rest);
         lane_dlogit_target[r] = dlogit_target;
-        (void)sum_exp;
         (void)row_weight;
         lane_log_sum_exp[r] = log_sum_exp;
         lane_lse[r] = lse;
@@ -2634,12 +2632,11 @@ static void gs_lanes_index_weighted_f32(
         const float coef_smooth = grad_scale*p0;
         const float coef_rest = grad_scale*(p0*(-target_weight + weight_sum) + p2);
         const float others_sum = lane_others_sum[r];
-        const float dlogit_target = -coef_prob*others_sum/sum_exp + coef_rest;
+        const float g0 = 1.0F/sum_exp;
+        const float stored_scale = g0;
+        const float dlogit_target = -coef_prob*g0*others_sum + coef_rest;
         lane_dlogit_target[r] = dlogit_target;
-        {
-            const float stored_scale = 1.0F/sum_exp;
-            lane_stored_scale[r] = stored_scale;
-        }
+        lane_stored_scale[r] = stored_scale;
         (void)row_weight;
         lane_log_sum_exp[r] = log_sum_exp;
         lane_lse[r] = lse;
@@ -3225,7 +3222,6 @@ static void gs_lanes_index_weighted_softcap_f32(
         const float others_sum = lane_others_sum[r];
         const float dlogit_target = (1 - gs_tanh_f32(target_logit/softcap)*gs_tanh_f32(target_logit/softcap))*(-coef_prob*others_sum/sum_exp + coef_rest);
         lane_dlogit_target[r] = dlogit_target;
-        (void)sum_exp;
         (void)row_weight;
         lane_log_sum_exp[r] = log_sum_exp;
         lane_lse[r] = lse;
@@ -3779,10 +3775,8 @@ static void gs_lanes_probs_f32(
         const float zloss_slope = lse*lse_square_scale;
         const float loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
         const float coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
-        {
-            const float stored_scale = 1.0F/sum_exp;
-            lane_stored_scale[r] = stored_scale;
-        }
+        const float stored_scale = 1.0F/sum_exp;
+        lane_stored_scale[r] = stored_scale;
         lane_log_sum_exp[r] = log_sum_exp;
         lane_lse[r] = lse;
         lane_zloss_slope[r] = zloss_slope;
@@ -4755,10 +4749,8 @@ static void gs_lanes_probs_weighted_f32(
         const float zloss_slope = lse*lse_square_scale;
         const float loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
         const float coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
-        {
-            const float stored_scale = 1.0F/sum_exp;
-            lane_stored_scale[r] = stored_scale;
-        }
+        const float stored_scale = 1.0F/sum_exp;
+        lane_stored_scale[r] = stored_scale;
         lane_log_sum_exp[r] = log_sum_exp;
         lane_lse[r] = lse;
         lane_zloss_slope[r] = zloss_slope;
@@ -6470,12 +6462,11 @@ static void gs_lanes_index_f64(
         const double coef_smooth = grad_scale*p0;
         const double coef_rest = grad_scale*(p0*(-target_weight + weight_sum) + p2);
         const double others_sum = lane_others_sum[r];
-        const double dlogit_target = -coef_prob*others_sum/sum_exp + coef_rest;
+        const double g0 = 1.0/sum_exp;
+        const double stored_scale = g0;
+        const double dlogit_target = -coef_prob*g0*others_sum + coef_rest;
         lane_dlogit_target[r] = dlogit_target;
-        {
-            const double stored_scale = 1.0/sum_exp;
-            lane_stored_scale[r] = stored_scale;
-        }
+        lane_stored_scale[r] = stored_scale;
         (void)row_weight;
         lane_log_sum_exp[r] = log_sum_exp;
         lane_lse[r] = lse;
@@ -7050,7 +7041,6 @@ static void gs_lanes_index_softcap_f64(
         const double others_sum = lane_others_sum[r];
         const double dlogit_target = (1 - gs_tanh_f64(target_logit/softcap)*gs_tanh_f64(target_logit/softcap))*(-coef_prob*others_sum/sum_exp + coef_rest);
         lane_dlogit_target[r] = dlogit_target;
-        (void)sum_exp;
         (void)row_weight;
         lane_log_sum_exp[r] = log_sum_exp;
         lane_lse[r] = lse;
@@ -7742,12 +7732,11 @@ static void gs_lanes_index_weighted_f64(
         const double coef_smooth = grad_scale*p0;
         const double coef_rest = grad_scale*(p0*(-target_weight + weight_sum) + p2);
         const double others_sum = lane_others_sum[r];
-        const double dlogit_target = -coef_prob*others_sum/sum_exp + coef_rest;
+        const double g0 = 1.0/sum_exp;
+        const double stored_scale = g0;
+        const double dlogit_target = -coef_prob*g0*others_sum + coef_rest;
         lane_dlogit_target[r] = dlogit_target;
-        {
-            const double stored_scale = 1.0/sum_exp;
-            lane_stored_scale[r] = stored_scale;
-        }
+        lane_stored_scale[r] = stored_scale;
         (void)row_weight;
         lane_log_sum_exp[r] = log_sum_exp;
         lane_lse[r] = lse;
@@ -8333,7 +8322,6 @@ static void gs_lanes_index_weighted_softcap_f64(
         const double others_sum = lane_others_sum[r];
         const double dlogit_target = (1 - gs_tanh_f64(target_logit/softcap)*gs_tanh_f64(target_logit/softcap))*(-coef_prob*others_sum/sum_exp + coef_rest);
         lane_dlogit_target[r] = dlogit_target;
-        (void)sum_exp;
         (void)row_weight;
         lane_log_sum_exp[r] = log_sum_exp;
         lane_lse[r] = lse;
@@ -8887,10 +8875,8 @@ static void gs_lanes_probs_f64(
         const double zloss_slope = lse*lse_square_scale;
         const double loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
         const double coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
-        {
-            const double stored_scale = 1.0/sum_exp;
-            lane_stored_scale[r] = stored_scale;
-        }
+        const double stored_scale = 1.0/sum_exp;
+        lane_stored_scale[r] = stored_scale;
         lane_log_sum_exp[r] = log_sum_exp;
         lane_lse[r] = lse;
         lane_zloss_slope[r] = zloss_slope;
@@ -9863,10 +9849,8 @@ static void gs_lanes_probs_weighted_f64(
         const double zloss_slope = lse*lse_square_scale;
         const double loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum;
         const double coef_prob = grad_scale*(weight_sum + 2*zloss_slope);
-        {
-            const double stored_scale = 1.0/sum_exp;
-            lane_stored_scale[r] = stored_scale;
-        }
+        const double stored_scale = 1.0/sum_exp;
+        lane_stored_scale[r] = stored_scale;
         lane_log_sum_exp[r] = log_sum_exp;
         lane_lse[r] = lse;
         lane_zloss_slope[r] = zloss_slope;
