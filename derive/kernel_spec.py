@@ -308,8 +308,8 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         rest_term=rest_term_expr,
         top_term_unsplit=_below_max(top_term_expr),
         rest_term_unsplit=_below_max(rest_term_expr),
-        top_term_from_stored=top_term_expr.xreplace({shifted: stored - 1}),
-        rest_term_from_stored=rest_term_expr.xreplace({shifted: stored - 1, exp_term: stored}),
+        top_term_from_stored=sp.Piecewise((1, sp.Eq(stored, 1)), (0, True)),
+        rest_term_from_stored=sp.Piecewise((stored, sp.Ne(stored, 1)), (0, True)),
         # The old maximum's elements are no longer at the maximum: all of the sum is the rest.
         rescale_top_count=sp.Integer(0),
         rescale_rest_sum=rescale_sum_exp.xreplace({sum_exp: split_sum_exp}),
