@@ -101,7 +101,7 @@ class KernelSpec:
     element's shares of ``top_count`` and ``rest_sum``; a rescale sets them to ``rescale_top_count`` and
     ``rescale_rest_sum``.  Any shares that add up to exp_term give the same sums, so the split
     is a choice of rounding: ``top_term_unsplit`` and ``rest_term_unsplit`` take every element
-    as the rest (the shares refined for shifted < 0, no select per element), and
+    as the rest (no select per element), and
     ``top_term_from_stored`` and ``rest_term_from_stored`` split a stored exp_term again, at its
     value 1 (exp(0) = 1: the maximum's elements, and others whose term rounds to 1).
     ``split_sum_exp`` is sum_exp from the split and ``split_row_values``
@@ -291,8 +291,6 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
     rescale_sum_exp = sum_exp * sp.exp(old_max - new_max)
     split_sum_exp = top_count + rest_sum
     at_max = sp.Eq(shifted, 0)
-    top_term_expr = sp.Piecewise((1, at_max), (0, True))
-    rest_term_expr = sp.Piecewise((exp_term, sp.Ne(shifted, 0)), (0, True))
     return KernelSpec(
         name=variant_name(target_kind, weighted, softcapped),
         target_kind=target_kind,
@@ -304,10 +302,10 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         linear_coefficient=linear_coefficient,
         rescale_sum_exp=rescale_sum_exp,
         rescale_shifted_sum=shifted_sum + weight_sum * (old_max - new_max),
-        top_term=top_term_expr,
-        rest_term=rest_term_expr,
-        top_term_unsplit=_below_max(top_term_expr),
-        rest_term_unsplit=_below_max(rest_term_expr),
+        top_term=sp.Piecewise((1, at_max), (0, True)),
+        rest_term=sp.Piecewise((exp_term, sp.Ne(shifted, 0)), (0, True)),
+        top_term_unsplit=sp.Integer(0),
+        rest_term_unsplit=exp_term,
         top_term_from_stored=sp.Piecewise((1, sp.Eq(stored, 1)), (0, True)),
         rest_term_from_stored=sp.Piecewise((stored, sp.Ne(stored, 1)), (0, True)),
         # The old maximum's elements are no longer at the maximum: all of the sum is the rest.
@@ -336,13 +334,6 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         shifted_from_transformed=from_transformed(shifted_of_element, softcapped),
         dlogit_from_transformed=from_transformed(dlogit_expr, softcapped),
     )
-
-
-def _below_max(term: sp.Expr) -> sp.Expr:
-    """``term`` refined for an element below the maximum: its conditions on shifted decided
-    by SymPy for a negative shifted."""
-    below = sp.Symbol("below", negative=True)
-    return term.xreplace({shifted: below}).xreplace({below: shifted})
 
 
 def _split(row_values: tuple[tuple[sp.Symbol, sp.Expr], ...]) -> tuple[tuple[sp.Symbol, sp.Expr], ...]:

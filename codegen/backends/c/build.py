@@ -41,9 +41,9 @@ BASE_FLAGS = (
     # Every loop at a cache line: without it, adding one small function before the kernels
     # moved their loops and cost 6% at 4096 x 32000 and 2% at 8192 x 1000 (gcc 12, AMD EPYC).
     "-falign-loops=64",
-    # Scheduling before register allocation, held to the register pressure: the long rows' exp
-    # loop keeps more of its chains in flight (one thread, gcc 12, AMD EPYC: 4-6% at C >= 600,
-    # 5% at 65536 x 10, 2% at C = 16, 5% slower at 262144 x 4).
+    # Scheduling before register allocation, held to the register pressure: the exp loops come
+    # out faster (one thread, gcc 12, AMD EPYC: 4-6% at C >= 600, 5% at 65536 x 10, 2% at
+    # C = 16, 5% slower at 262144 x 4).
     "-fschedule-insns",
     "-fsched-pressure",
     "-fPIC",
