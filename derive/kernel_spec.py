@@ -358,6 +358,36 @@ def linear_sums_unused_without_smoothing(spec: KernelSpec) -> bool:
     return all(not (expr.subs(label_smoothing, 0).free_symbols & sums) for expr in after_sweep)
 
 
+# PyTorch's defaults for the two options a row's tail reads: no label smoothing, no z-loss.
+DEFAULT_OPTIONS = {label_smoothing: 0, lse_square_scale: 0}
+
+
+def at_default_options(
+    row_values: tuple[tuple[sp.Symbol, sp.Expr], ...], *exprs: sp.Expr
+) -> tuple[tuple[tuple[sp.Symbol, sp.Expr], ...], tuple[sp.Expr, ...]]:
+    """``row_values`` (computed in order) and ``exprs`` at :data:`DEFAULT_OPTIONS`: each value
+    evaluated there, and those that become constants (zloss_slope, coef_smooth, ...) put into
+    the later values and into ``exprs``.  An evaluation at a point, not a rewrite: a kernel may
+    compute these instead wherever both options are 0 at run time (checked numerically by
+    :func:`verify_default_options`)."""
+    constants: dict[sp.Symbol, sp.Expr] = {}
+    values = []
+    for symbol, expr in row_values:
+        value = expr.subs(DEFAULT_OPTIONS).xreplace(constants)
+        if value.is_number:
+            constants[symbol] = value
+        values.append((symbol, value))
+    return tuple(values), tuple(expr.subs(DEFAULT_OPTIONS).xreplace(constants) for expr in exprs)
+
+
+def default_option_gradients(spec: KernelSpec) -> tuple[sp.Expr, ...]:
+    """The gradients read after the row values, in the order :func:`verify_default_options`
+    checks them at the defaults: dlogit, dlogit_from_stored, dlogit_from_transformed, and for
+    index targets dlogit_target_from_others."""
+    gradients = (spec.dlogit, spec.dlogit_from_stored, spec.dlogit_from_transformed)
+    return gradients + ((spec.dlogit_target_from_others,) if spec.target_kind == "index" else ())
+
+
 def from_stored(gradient: sp.Expr, softmax_term: sp.Expr) -> sp.Expr:
     """``gradient`` with exp(shifted - log_sum_exp) written as stored * stored_scale.
 
@@ -460,6 +490,7 @@ def verify_spec(spec: KernelSpec, classes: int = 3, target: int = 1) -> list[tup
     results.append((f"{spec.name}: split sum", verify_split_sum(spec)))
     results.append((f"{spec.name}: dlogit from stored", verify_stored_gradient(spec)))
     results.append((f"{spec.name}: single-chunk stored scale", verify_single_chunk_stored_scale(spec)))
+    results.append((f"{spec.name}: row values at the default options", verify_default_options(spec)))
     results.append((f"{spec.name}: dlogit from the transformed logit", verify_transformed_gradient(spec)))
     results.append((f"{spec.name}: mean z-loss over counted rows", verify_mean_z_loss(spec)))
     return results
@@ -542,6 +573,37 @@ def verify_single_chunk_stored_scale(spec: KernelSpec, value: sp.Expr | None = N
         {stored_shifted: spec.stored_shifted_value.xreplace({stored_max: row_max})})
     return check_equal(general.xreplace({log_sum_exp: row_values[log_sum_exp]}), value,
                        step=f"{spec.name} single-chunk stored scale")
+
+
+def verify_default_options(spec: KernelSpec, values: tuple[tuple[sp.Symbol, sp.Expr], ...] | None = None
+                           ) -> Verdict:
+    """:func:`at_default_options` of the row values and of :func:`default_option_gradients`
+    equals the spec's own expressions at label_smoothing = lse_square_scale = 0, with every
+    row value written out in terms of the row's sums (symbolically, else numerically at 40
+    digits).  ``values`` replaces the evaluated row values (to show that a wrong one is
+    refused)."""
+    gradients = default_option_gradients(spec)
+    plain_values, plain_gradients = at_default_options(spec.row_values, *gradients)
+    plain_values = plain_values if values is None else values
+
+    def written_out(row_values, expr: sp.Expr) -> sp.Expr:
+        for symbol, value in reversed(row_values):
+            expr = expr.xreplace({symbol: value})
+        return expr
+
+    pairs = [(symbol, general, plain) for (symbol, general), (_, plain)
+             in zip(spec.row_values, plain_values, strict=True)]
+    pairs += [(f"gradient {i}", general, plain)
+              for i, (general, plain) in enumerate(zip(gradients, plain_gradients, strict=True))]
+    methods = set()
+    for name, general, plain in pairs:
+        verdict = check_equal(written_out(spec.row_values, general).subs(DEFAULT_OPTIONS),
+                              written_out(plain_values, plain),
+                              step=f"{spec.name} {name} at the default options")
+        methods.add(verdict.method)
+    method = "numeric" if "numeric" in methods else "symbolic"
+    return Verdict(method, f"{len(pairs)} row values and gradients at label_smoothing = "
+                           "lse_square_scale = 0")
 
 
 def verify_mean_z_loss(spec: KernelSpec, rows: int = 3) -> Verdict:

@@ -200,3 +200,32 @@ def test_a_wrong_gradient_from_the_transformed_logit_is_refused(wrong):
     spec = ks.kernel_spec("index", True, True)
     with pytest.raises(ProofError, match="transformed logit"):
         ks.verify_transformed_gradient(spec, gradient=wrong(spec.dlogit_from_transformed))
+
+
+@pytest.mark.parametrize("spec", ks.all_specs(), ids=lambda spec: spec.name)
+def test_the_row_values_at_the_default_options_are_proven(spec):
+    assert ks.verify_default_options(spec).method == "symbolic"
+    values, gradients = ks.at_default_options(spec.row_values, *ks.default_option_gradients(spec))
+    read = set().union(*(value.free_symbols for _, value in values),
+                       *(gradient.free_symbols for gradient in gradients))
+    assert not read & {ks.label_smoothing, ks.lse_square_scale}
+    assert dict(values)[ks.zloss_slope] == 0
+
+
+def test_verify_spec_includes_the_default_options():
+    assert "index: row values at the default options" in dict(
+        ks.verify_spec(ks.kernel_spec("index", False, False)))
+
+
+@pytest.mark.parametrize(("name", "wrong"), [
+    (ks.zloss_slope, ks.lse * ks.lse_square_scale),  # an option left in
+    (ks.coef_prob, ks.grad_scale),  # the target's class weight dropped
+    (ks.loss, ks.log_sum_exp - ks.target_shifted),  # likewise
+    (ks.coef_rest, -ks.grad_scale * ks.target_weight),  # the target's share taken twice
+])
+def test_a_wrong_row_value_at_the_default_options_is_refused(name, wrong):
+    spec = ks.kernel_spec("index", True, False)
+    values, _ = ks.at_default_options(spec.row_values)
+    wrong_values = tuple((symbol, wrong if symbol == name else value) for symbol, value in values)
+    with pytest.raises(ProofError, match="at the default options"):
+        ks.verify_default_options(spec, wrong_values)

@@ -138,6 +138,12 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
     split_terms = [*sweep_terms[:2], (ks.top_term, spec.top_term), ("rest_term", spec.rest_term)]
     unsplit_terms = [*sweep_terms[:2], (ks.top_term, spec.top_term_unsplit),
                      ("rest_term", spec.rest_term_unsplit)]
+    # The lanes' tail and gradient at PyTorch's defaults (no label smoothing, no z-loss), taken
+    # wherever both are 0: 11% faster at C = 4 and 3-4% at C = 10 (float32, one thread).
+    default_values, (default_dlogit, default_from_stored, default_target) = ks.at_default_options(
+        spec.row_values, element_dlogit, spec.dlogit_from_stored,
+        spec.dlogit_target_from_others if index else sp.Integer(0))
+    row_value_names = {str(s) for s, _ in spec.row_values}
     groups = {
         "transform": _group("transform", [(ks.transformed, spec.transform)], exact, "m",
                             _ELEMENT_INPUTS),
@@ -172,13 +178,15 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
         # log1p there).  A finite row's sum_exp is in [1, C] (the maximum's term is
         # exp(0) = 1), a positive normal number; a non-finite row's is NaN, which passes through.
         "lanes_row": _group("lanes_row", list(spec.row_values), lanes, "p", _ROW_STATE | {"sum_exp"}),
+        "lanes_row_default": _group("lanes_row_default", list(default_values), lanes, "p",
+                                    _ROW_STATE | {"sum_exp"}),
         # Its own group: CSE across it and the row values would hoist reads of row values.
         # Its exponent target_shifted - log_sum_exp is <= 0 (sum_exp >= 1 holds the row
         # maximum's exp(0) = 1), in the fast expm1's domain.
         "target_gradient": _group(
             "target_gradient",
             [("dlogit_target", spec.dlogit_target)] if index else [],
-            sweep, "g", _ROW_STATE | {str(s) for s, _ in spec.row_values},
+            sweep, "g", _ROW_STATE | row_value_names,
         ),
         # The lanes' row tail.  A row of the lanes is one chunk: its stored scale is 1/sum_exp.
         # The lanes sum the other classes' terms in their exp loop (a select and an add per
@@ -188,13 +196,25 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
             "lanes_tail",
             ([(ks.stored_scale, spec.single_chunk_stored_scale)] if stores else [])
             + ([("dlogit_target", spec.dlogit_target_from_others)] if index else []),
-            sweep, "g", _ROW_STATE | {"sum_exp", "others_sum"} | {str(s) for s, _ in spec.row_values},
+            sweep, "g", _ROW_STATE | {"sum_exp", "others_sum"} | row_value_names,
+        ),
+        "lanes_tail_default": _group(
+            "lanes_tail_default",
+            ([(ks.stored_scale, spec.single_chunk_stored_scale)] if stores else [])
+            + ([("dlogit_target", default_target)] if index else []),
+            sweep, "g", _ROW_STATE | {"sum_exp", "others_sum"} | row_value_names,
         ),
         "second_sweep": _group(
             "second_sweep",
             [(ks.shifted, element_shifted),
              *(spec.from_transformed_steps if keeps_transformed else ()), (ks.dlogit, element_dlogit)],
-            sweep, "d", _ELEMENT_INPUTS | {"grad_scale"} | {str(s) for s, _ in spec.row_values},
+            sweep, "d", _ELEMENT_INPUTS | {"grad_scale"} | row_value_names,
+        ),
+        "second_sweep_default": _group(
+            "second_sweep_default",
+            [(ks.shifted, element_shifted),
+             *(spec.from_transformed_steps if keeps_transformed else ()), (ks.dlogit, default_dlogit)],
+            sweep, "d", _ELEMENT_INPUTS | {"grad_scale"} | row_value_names,
         ),
         # The gradient from exp(transform - stored_max), stored by the first sweep.
         "stored_scale": _group(
@@ -202,12 +222,15 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
             [(ks.stored_shifted, spec.stored_shifted_value), (ks.stored_scale, spec.stored_scale_value)]
             if stores else [],
             sweep, "c",  # stored_shifted - log_sum_exp <= 0 too
-            _ROW_STATE | {"stored_max"} | {str(s) for s, _ in spec.row_values},
+            _ROW_STATE | {"stored_max"} | row_value_names,
         ),
         "stored_sweep": _group(
             "stored_sweep", [(ks.dlogit, spec.dlogit_from_stored)] if stores else [], sweep, "e",
-            (_ELEMENT_INPUTS - {"logit"}) | {"stored", "stored_scale", "grad_scale"}
-            | {str(s) for s, _ in spec.row_values},
+            (_ELEMENT_INPUTS - {"logit"}) | {"stored", "stored_scale", "grad_scale"} | row_value_names,
+        ),
+        "stored_sweep_default": _group(
+            "stored_sweep_default", [(ks.dlogit, default_from_stored)] if stores else [], sweep, "e",
+            (_ELEMENT_INPUTS - {"logit"}) | {"stored", "stored_scale", "grad_scale"} | row_value_names,
         ),
         # The mean's denominator: each row's weight, from the target class's weight.
         "row_weight": _group(
