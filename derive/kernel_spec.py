@@ -368,7 +368,7 @@ def at_default_options(
     """``row_values`` (computed in order) and ``exprs`` at :data:`DEFAULT_OPTIONS`: each value
     evaluated there, and those that become constants (zloss_slope, coef_smooth, ...) put into
     the later values and into ``exprs``.  An evaluation at a point, not a rewrite: a kernel may
-    compute these instead wherever both options are 0 at run time (checked numerically by
+    compute these instead wherever both options are 0 at run time (checked by
     :func:`verify_default_options`)."""
     constants: dict[sp.Symbol, sp.Expr] = {}
     values = []
@@ -575,8 +575,9 @@ def verify_single_chunk_stored_scale(spec: KernelSpec, value: sp.Expr | None = N
                        step=f"{spec.name} single-chunk stored scale")
 
 
-def verify_default_options(spec: KernelSpec, values: tuple[tuple[sp.Symbol, sp.Expr], ...] | None = None
-                           ) -> Verdict:
+def verify_default_options(
+    spec: KernelSpec, values: tuple[tuple[sp.Symbol, sp.Expr], ...] | None = None
+) -> Verdict:
     """:func:`at_default_options` of the row values and of :func:`default_option_gradients`
     equals the spec's own expressions at label_smoothing = lse_square_scale = 0, with every
     row value written out in terms of the row's sums (symbolically, else numerically at 40

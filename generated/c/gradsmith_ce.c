@@ -1338,8 +1338,7 @@ static void gs_lanes_index_f32(
             }
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -1988,8 +1987,7 @@ static void gs_lanes_index_softcap_f32(
             }
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -2752,8 +2750,7 @@ static void gs_lanes_index_weighted_f32(
             }
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -3417,8 +3414,7 @@ static void gs_lanes_index_weighted_softcap_f32(
             }
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -4059,8 +4055,7 @@ static void gs_lanes_probs_f32(
             lane_shifted_sum[r] += shifted_term;
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -4561,8 +4556,7 @@ static void gs_lanes_probs_softcap_f32(
             lane_shifted_sum[r] += shifted_term;
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -5140,8 +5134,7 @@ static void gs_lanes_probs_weighted_f32(
             lane_shifted_sum[r] += shifted_term;
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -5653,8 +5646,7 @@ static void gs_lanes_probs_weighted_softcap_f32(
             lane_shifted_sum[r] += shifted_term;
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -6956,8 +6948,7 @@ static void gs_lanes_index_f64(
             }
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -7606,8 +7597,7 @@ static void gs_lanes_index_softcap_f64(
             }
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -8370,8 +8360,7 @@ static void gs_lanes_index_weighted_f64(
             }
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -9035,8 +9024,7 @@ static void gs_lanes_index_weighted_softcap_f64(
             }
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -9677,8 +9665,7 @@ static void gs_lanes_probs_f64(
             lane_shifted_sum[r] += shifted_term;
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -10179,8 +10166,7 @@ static void gs_lanes_probs_softcap_f64(
             lane_shifted_sum[r] += shifted_term;
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -10758,8 +10744,7 @@ static void gs_lanes_probs_weighted_f64(
             lane_shifted_sum[r] += shifted_term;
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
@@ -11271,8 +11256,7 @@ static void gs_lanes_probs_weighted_softcap_f64(
             lane_shifted_sum[r] += shifted_term;
         }
     }
-    /* The defaults (no label smoothing, no z-loss) drop the smoothing and z-loss terms: 11%
-       faster at C = 4 and 3-4% at C = 10 (float32, one thread). */
+    /* At the defaults (no label smoothing, no z-loss) without their terms. */
     if (label_smoothing == 0 && lse_square_scale == 0) {
         /* The row values, the target's gradient and the scale of the stored exponentials, in one
            loop that vectorises: its log is the fast log. */
