@@ -138,14 +138,51 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
     split_terms = [*sweep_terms[:2], (ks.top_term, spec.top_term), ("rest_term", spec.rest_term)]
     unsplit_terms = [*sweep_terms[:2], (ks.top_term, spec.top_term_unsplit),
                      ("rest_term", spec.rest_term_unsplit)]
-    # The lanes' tail and gradient at PyTorch's defaults (no label smoothing, no z-loss), taken
+    row_value_names = {str(s) for s, _ in spec.row_values}
+
+    def finishing(suffix: str, row_values, dlogit, dlogit_from_stored, dlogit_target) -> dict:
+        """The groups read after the first sweep that depend on the call's options, named with
+        ``suffix``: the row values of the lanes, their tail, and the two gradient sweeps."""
+        return {
+            # The row values of the lanes with the fast log, so that their loop vectorises (no
+            # log1p there).  A finite row's sum_exp is in [1, C] (the maximum's term is
+            # exp(0) = 1), a positive normal number; a non-finite row's is NaN, which passes
+            # through.
+            f"lanes_row{suffix}": _group(f"lanes_row{suffix}", list(row_values), lanes, "p",
+                                         _ROW_STATE | {"sum_exp"}),
+            # The lanes' row tail.  A row of the lanes is one chunk: its stored scale is
+            # 1/sum_exp.  The lanes sum the other classes' terms in their exp loop (a select and
+            # an add per element) instead of an expm1 per row.  One group, so that the two share
+            # one division (the second took 8% of the time at C = 4, one thread).
+            f"lanes_tail{suffix}": _group(
+                f"lanes_tail{suffix}",
+                ([(ks.stored_scale, spec.single_chunk_stored_scale)] if stores else [])
+                + ([("dlogit_target", dlogit_target)] if index else []),
+                sweep, "g", _ROW_STATE | {"sum_exp", "others_sum"} | row_value_names,
+            ),
+            f"second_sweep{suffix}": _group(
+                f"second_sweep{suffix}",
+                [(ks.shifted, element_shifted),
+                 *(spec.from_transformed_steps if keeps_transformed else ()), (ks.dlogit, dlogit)],
+                sweep, "d", _ELEMENT_INPUTS | {"grad_scale"} | row_value_names,
+            ),
+            # The gradient from the exponentials the first sweep stored.
+            f"stored_sweep{suffix}": _group(
+                f"stored_sweep{suffix}", [(ks.dlogit, dlogit_from_stored)] if stores else [],
+                sweep, "e",
+                (_ELEMENT_INPUTS - {"logit"}) | {"stored", "stored_scale", "grad_scale"} | row_value_names,
+            ),
+        }
+
+    target_from_others = spec.dlogit_target_from_others if index else sp.Integer(0)
+    # The same at PyTorch's defaults (no label smoothing, no z-loss), which the lanes take
     # wherever both are 0 (float32, one thread: 9-12% faster at C = 4, 4-5% at C = 10, 3-5% at
     # C = 16 and 32).
-    default_values, (default_dlogit, default_from_stored, default_target) = ks.at_default_options(
-        spec.row_values, element_dlogit, spec.dlogit_from_stored,
-        spec.dlogit_target_from_others if index else sp.Integer(0))
-    row_value_names = {str(s) for s, _ in spec.row_values}
+    default_values, default_gradients = ks.at_default_options(
+        spec.row_values, element_dlogit, spec.dlogit_from_stored, target_from_others)
     groups = {
+        **finishing("", spec.row_values, element_dlogit, spec.dlogit_from_stored, target_from_others),
+        **finishing("_default", default_values, *default_gradients),
         "transform": _group("transform", [(ks.transformed, spec.transform)], exact, "m",
                             _ELEMENT_INPUTS),
         "first_sweep": _group("first_sweep", [*split_terms, *sweep_terms[2:]], sweep, "a",
@@ -175,12 +212,6 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
             exact, "u", _ROW_STATE | {"old_max", "new_max"},
         ),
         "row": _group("row", list(spec.split_row_values), row, "r", _ROW_STATE),
-        # The row values of the lanes with the fast log, so that their loop vectorises (no
-        # log1p there).  A finite row's sum_exp is in [1, C] (the maximum's term is
-        # exp(0) = 1), a positive normal number; a non-finite row's is NaN, which passes through.
-        "lanes_row": _group("lanes_row", list(spec.row_values), lanes, "p", _ROW_STATE | {"sum_exp"}),
-        "lanes_row_default": _group("lanes_row_default", list(default_values), lanes, "p",
-                                    _ROW_STATE | {"sum_exp"}),
         # Its own group: CSE across it and the row values would hoist reads of row values.
         # Its exponent target_shifted - log_sum_exp is <= 0 (sum_exp >= 1 holds the row
         # maximum's exp(0) = 1), in the fast expm1's domain.
@@ -189,34 +220,6 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
             [("dlogit_target", spec.dlogit_target)] if index else [],
             sweep, "g", _ROW_STATE | row_value_names,
         ),
-        # The lanes' row tail.  A row of the lanes is one chunk: its stored scale is 1/sum_exp.
-        # The lanes sum the other classes' terms in their exp loop (a select and an add per
-        # element) instead of an expm1 per row.  One group, so that the two share one division
-        # (the second took 8% of the time at C = 4, one thread).
-        "lanes_tail": _group(
-            "lanes_tail",
-            ([(ks.stored_scale, spec.single_chunk_stored_scale)] if stores else [])
-            + ([("dlogit_target", spec.dlogit_target_from_others)] if index else []),
-            sweep, "g", _ROW_STATE | {"sum_exp", "others_sum"} | row_value_names,
-        ),
-        "lanes_tail_default": _group(
-            "lanes_tail_default",
-            ([(ks.stored_scale, spec.single_chunk_stored_scale)] if stores else [])
-            + ([("dlogit_target", default_target)] if index else []),
-            sweep, "g", _ROW_STATE | {"sum_exp", "others_sum"} | row_value_names,
-        ),
-        "second_sweep": _group(
-            "second_sweep",
-            [(ks.shifted, element_shifted),
-             *(spec.from_transformed_steps if keeps_transformed else ()), (ks.dlogit, element_dlogit)],
-            sweep, "d", _ELEMENT_INPUTS | {"grad_scale"} | row_value_names,
-        ),
-        "second_sweep_default": _group(
-            "second_sweep_default",
-            [(ks.shifted, element_shifted),
-             *(spec.from_transformed_steps if keeps_transformed else ()), (ks.dlogit, default_dlogit)],
-            sweep, "d", _ELEMENT_INPUTS | {"grad_scale"} | row_value_names,
-        ),
         # The gradient from exp(transform - stored_max), stored by the first sweep.
         "stored_scale": _group(
             "stored_scale",
@@ -224,14 +227,6 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
             if stores else [],
             sweep, "c",  # stored_shifted - log_sum_exp <= 0 too
             _ROW_STATE | {"stored_max"} | row_value_names,
-        ),
-        "stored_sweep": _group(
-            "stored_sweep", [(ks.dlogit, spec.dlogit_from_stored)] if stores else [], sweep, "e",
-            (_ELEMENT_INPUTS - {"logit"}) | {"stored", "stored_scale", "grad_scale"} | row_value_names,
-        ),
-        "stored_sweep_default": _group(
-            "stored_sweep_default", [(ks.dlogit, default_from_stored)] if stores else [], sweep, "e",
-            (_ELEMENT_INPUTS - {"logit"}) | {"stored", "stored_scale", "grad_scale"} | row_value_names,
         ),
         # The mean's denominator: each row's weight, from the target class's weight.
         "row_weight": _group(
