@@ -168,9 +168,12 @@ def _row_major(name: str, array: Any, xp: Any) -> Any:
     return array
 
 
-def _same_array(a: Any, b: Any) -> bool:
-    return (a is b or (_data_address(a) == _data_address(b) and tuple(a.shape) == tuple(b.shape)
-                       and tuple(a.strides) == tuple(b.strides)))
+def _same_array(a: Any, b: Any, xp: Any) -> bool:
+    # may_share_memory compares bounds only (0.3 us against 1.5 us an address in NumPy), and
+    # answers for the usual separate buffer; empty arrays share no memory, so it cannot.
+    return a is b or (tuple(a.shape) == tuple(b.shape) and tuple(a.strides) == tuple(b.strides)
+                      and (a.size == 0 or xp.may_share_memory(a, b))
+                      and _data_address(a) == _data_address(b))
 
 
 def _data_address(array: Any) -> int:
@@ -195,7 +198,7 @@ def _check_out(out: Any, logits: Any, inputs: tuple, inplace: bool, xp: Any) -> 
             or (n_rows > 1 and row_stride < n_classes * out.itemsize)):
         raise ValueError("out must have aligned rows whose classes are contiguous and that do "
                          "not overlap (e.g. numpy.empty_like(logits))")
-    same = _same_array(out, logits)
+    same = _same_array(out, logits, xp)
     if inplace and not same:
         raise ValueError("inplace=True writes the gradient over logits: leave out=None or pass logits")
     if same:

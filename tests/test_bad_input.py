@@ -464,6 +464,9 @@ def test_out_receives_the_gradient(backend: str, dtype: str) -> None:
     got = load_backend(backend, dtype)(buffer, _device(backend, target), out=buffer, **options)
     _same(buffer, expected[1])
     assert got[1] is buffer
+    buffer = _device(backend, logits.copy())  # another view of the same memory: in place too
+    load_backend(backend, dtype)(buffer, _device(backend, target), out=buffer[:], **options)
+    _same(buffer, expected[1])
 
 
 @pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
