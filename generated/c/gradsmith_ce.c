@@ -416,6 +416,66 @@ static void gs_transpose_square_f32(float *target, int64_t target_stride,
     memcpy(target + 6 * target_stride, &v3_6, sizeof v3_6);
     memcpy(target + 7 * target_stride, &v3_7, sizeof v3_7);
 }
+
+/* 8 rows of 4 classes, stored back to back at `block`, to one vector a class at
+   `tile` (8 rows, GS_SEGMENT_ROWS apart): a permutation in each vector, then stages that
+   swap a bit of the element index with one of the vector index (half_transpose in context.py). */
+static void gs_tile_from_half_block_f32(float *tile, const float *block)
+{
+    gs_vector_f32 v0_0;
+    gs_vector_f32 v0_1;
+    gs_vector_f32 v0_2;
+    gs_vector_f32 v0_3;
+    memcpy(&v0_0, block + 0, sizeof v0_0);
+    memcpy(&v0_1, block + 8, sizeof v0_1);
+    memcpy(&v0_2, block + 16, sizeof v0_2);
+    memcpy(&v0_3, block + 24, sizeof v0_3);
+    const gs_vector_f32 v1_0 = __builtin_shufflevector(v0_0, v0_0, 0, 4, 1, 5, 2, 6, 3, 7);
+    const gs_vector_f32 v1_1 = __builtin_shufflevector(v0_1, v0_1, 0, 4, 1, 5, 2, 6, 3, 7);
+    const gs_vector_f32 v1_2 = __builtin_shufflevector(v0_2, v0_2, 0, 4, 1, 5, 2, 6, 3, 7);
+    const gs_vector_f32 v1_3 = __builtin_shufflevector(v0_3, v0_3, 0, 4, 1, 5, 2, 6, 3, 7);
+    const gs_vector_f32 v2_0 = __builtin_shufflevector(v1_0, v1_1, 0, 1, 8, 9, 4, 5, 12, 13);
+    const gs_vector_f32 v2_1 = __builtin_shufflevector(v1_0, v1_1, 2, 3, 10, 11, 6, 7, 14, 15);
+    const gs_vector_f32 v2_2 = __builtin_shufflevector(v1_2, v1_3, 0, 1, 8, 9, 4, 5, 12, 13);
+    const gs_vector_f32 v2_3 = __builtin_shufflevector(v1_2, v1_3, 2, 3, 10, 11, 6, 7, 14, 15);
+    const gs_vector_f32 v3_0 = __builtin_shufflevector(v2_0, v2_2, 0, 1, 2, 3, 8, 9, 10, 11);
+    const gs_vector_f32 v3_2 = __builtin_shufflevector(v2_0, v2_2, 4, 5, 6, 7, 12, 13, 14, 15);
+    const gs_vector_f32 v3_1 = __builtin_shufflevector(v2_1, v2_3, 0, 1, 2, 3, 8, 9, 10, 11);
+    const gs_vector_f32 v3_3 = __builtin_shufflevector(v2_1, v2_3, 4, 5, 6, 7, 12, 13, 14, 15);
+    memcpy(tile + 0 * GS_SEGMENT_ROWS, &v3_0, sizeof v3_0);
+    memcpy(tile + 1 * GS_SEGMENT_ROWS, &v3_1, sizeof v3_1);
+    memcpy(tile + 2 * GS_SEGMENT_ROWS, &v3_2, sizeof v3_2);
+    memcpy(tile + 3 * GS_SEGMENT_ROWS, &v3_3, sizeof v3_3);
+}
+
+/* The way back: the stages in reverse order (each undoes itself), then the inverse permutation. */
+static void gs_half_block_from_tile_f32(float *block, const float *tile)
+{
+    gs_vector_f32 v0_0;
+    gs_vector_f32 v0_1;
+    gs_vector_f32 v0_2;
+    gs_vector_f32 v0_3;
+    memcpy(&v0_0, tile + 0 * GS_SEGMENT_ROWS, sizeof v0_0);
+    memcpy(&v0_1, tile + 1 * GS_SEGMENT_ROWS, sizeof v0_1);
+    memcpy(&v0_2, tile + 2 * GS_SEGMENT_ROWS, sizeof v0_2);
+    memcpy(&v0_3, tile + 3 * GS_SEGMENT_ROWS, sizeof v0_3);
+    const gs_vector_f32 v1_0 = __builtin_shufflevector(v0_0, v0_2, 0, 1, 2, 3, 8, 9, 10, 11);
+    const gs_vector_f32 v1_2 = __builtin_shufflevector(v0_0, v0_2, 4, 5, 6, 7, 12, 13, 14, 15);
+    const gs_vector_f32 v1_1 = __builtin_shufflevector(v0_1, v0_3, 0, 1, 2, 3, 8, 9, 10, 11);
+    const gs_vector_f32 v1_3 = __builtin_shufflevector(v0_1, v0_3, 4, 5, 6, 7, 12, 13, 14, 15);
+    const gs_vector_f32 v2_0 = __builtin_shufflevector(v1_0, v1_1, 0, 1, 8, 9, 4, 5, 12, 13);
+    const gs_vector_f32 v2_1 = __builtin_shufflevector(v1_0, v1_1, 2, 3, 10, 11, 6, 7, 14, 15);
+    const gs_vector_f32 v2_2 = __builtin_shufflevector(v1_2, v1_3, 0, 1, 8, 9, 4, 5, 12, 13);
+    const gs_vector_f32 v2_3 = __builtin_shufflevector(v1_2, v1_3, 2, 3, 10, 11, 6, 7, 14, 15);
+    const gs_vector_f32 v3_0 = __builtin_shufflevector(v2_0, v2_0, 0, 2, 4, 6, 1, 3, 5, 7);
+    const gs_vector_f32 v3_1 = __builtin_shufflevector(v2_1, v2_1, 0, 2, 4, 6, 1, 3, 5, 7);
+    const gs_vector_f32 v3_2 = __builtin_shufflevector(v2_2, v2_2, 0, 2, 4, 6, 1, 3, 5, 7);
+    const gs_vector_f32 v3_3 = __builtin_shufflevector(v2_3, v2_3, 0, 2, 4, 6, 1, 3, 5, 7);
+    memcpy(block + 0, &v3_0, sizeof v3_0);
+    memcpy(block + 8, &v3_1, sizeof v3_1);
+    memcpy(block + 16, &v3_2, sizeof v3_2);
+    memcpy(block + 24, &v3_3, sizeof v3_3);
+}
 #endif
 
 static void gs_tile_from_block_f32(float *tile, const float *block, int64_t n_classes)
@@ -423,6 +483,12 @@ static void gs_tile_from_block_f32(float *tile, const float *block, int64_t n_cl
     int64_t r;
     int64_t j;
 #ifdef GS_VECTOR_SHUFFLES
+    if (n_classes == 4) {
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
+            gs_tile_from_half_block_f32(tile + r, block + r * 4);
+        }
+        return;
+    }
     /* Squares of 8 rows by 8 classes; where 8 does not divide the class
        count, the last square of a row overlaps the one before it (moving the same values again). */
     if (n_classes >= 8) {
@@ -677,6 +743,12 @@ static void gs_block_from_tile_f32(float *block, const float *tile, int64_t n_cl
     int64_t r;
     int64_t j;
 #ifdef GS_VECTOR_SHUFFLES
+    if (n_classes == 4) {
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
+            gs_half_block_from_tile_f32(block + r * 4, tile + r);
+        }
+        return;
+    }
     /* Squares of 8 rows by 8 classes; where 8 does not divide the class
        count, the last square of a row overlaps the one before it (moving the same values again). */
     if (n_classes >= 8) {
@@ -6034,6 +6106,38 @@ static void gs_transpose_square_f64(double *target, int64_t target_stride,
     memcpy(target + 2 * target_stride, &v2_2, sizeof v2_2);
     memcpy(target + 3 * target_stride, &v2_3, sizeof v2_3);
 }
+
+/* 4 rows of 2 classes, stored back to back at `block`, to one vector a class at
+   `tile` (4 rows, GS_SEGMENT_ROWS apart): a permutation in each vector, then stages that
+   swap a bit of the element index with one of the vector index (half_transpose in context.py). */
+static void gs_tile_from_half_block_f64(double *tile, const double *block)
+{
+    gs_vector_f64 v0_0;
+    gs_vector_f64 v0_1;
+    memcpy(&v0_0, block + 0, sizeof v0_0);
+    memcpy(&v0_1, block + 4, sizeof v0_1);
+    const gs_vector_f64 v1_0 = __builtin_shufflevector(v0_0, v0_0, 0, 2, 1, 3);
+    const gs_vector_f64 v1_1 = __builtin_shufflevector(v0_1, v0_1, 0, 2, 1, 3);
+    const gs_vector_f64 v2_0 = __builtin_shufflevector(v1_0, v1_1, 0, 1, 4, 5);
+    const gs_vector_f64 v2_1 = __builtin_shufflevector(v1_0, v1_1, 2, 3, 6, 7);
+    memcpy(tile + 0 * GS_SEGMENT_ROWS, &v2_0, sizeof v2_0);
+    memcpy(tile + 1 * GS_SEGMENT_ROWS, &v2_1, sizeof v2_1);
+}
+
+/* The way back: the stages in reverse order (each undoes itself), then the inverse permutation. */
+static void gs_half_block_from_tile_f64(double *block, const double *tile)
+{
+    gs_vector_f64 v0_0;
+    gs_vector_f64 v0_1;
+    memcpy(&v0_0, tile + 0 * GS_SEGMENT_ROWS, sizeof v0_0);
+    memcpy(&v0_1, tile + 1 * GS_SEGMENT_ROWS, sizeof v0_1);
+    const gs_vector_f64 v1_0 = __builtin_shufflevector(v0_0, v0_1, 0, 1, 4, 5);
+    const gs_vector_f64 v1_1 = __builtin_shufflevector(v0_0, v0_1, 2, 3, 6, 7);
+    const gs_vector_f64 v2_0 = __builtin_shufflevector(v1_0, v1_0, 0, 2, 1, 3);
+    const gs_vector_f64 v2_1 = __builtin_shufflevector(v1_1, v1_1, 0, 2, 1, 3);
+    memcpy(block + 0, &v2_0, sizeof v2_0);
+    memcpy(block + 4, &v2_1, sizeof v2_1);
+}
 #endif
 
 static void gs_tile_from_block_f64(double *tile, const double *block, int64_t n_classes)
@@ -6041,6 +6145,12 @@ static void gs_tile_from_block_f64(double *tile, const double *block, int64_t n_
     int64_t r;
     int64_t j;
 #ifdef GS_VECTOR_SHUFFLES
+    if (n_classes == 2) {
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
+            gs_tile_from_half_block_f64(tile + r, block + r * 2);
+        }
+        return;
+    }
     /* Squares of 4 rows by 4 classes; where 4 does not divide the class
        count, the last square of a row overlaps the one before it (moving the same values again). */
     if (n_classes >= 4) {
@@ -6295,6 +6405,12 @@ static void gs_block_from_tile_f64(double *block, const double *tile, int64_t n_
     int64_t r;
     int64_t j;
 #ifdef GS_VECTOR_SHUFFLES
+    if (n_classes == 2) {
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
+            gs_half_block_from_tile_f64(block + r * 2, tile + r);
+        }
+        return;
+    }
     /* Squares of 4 rows by 4 classes; where 4 does not divide the class
        count, the last square of a row overlaps the one before it (moving the same values again). */
     if (n_classes >= 4) {
