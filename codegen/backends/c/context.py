@@ -337,29 +337,36 @@ def _fast_tanh(dtype: str) -> dict:
             **_printed_steps("tanh", approx, printer, {"x"})}
 
 
+def _swap_stage(lanes: int, vectors: int, vector_bit: int,
+                element_bit: int) -> tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...]:
+    """One stage of shuffles over `vectors` vectors of `lanes` elements: each pair (i, i +
+    vector_bit), bit `vector_bit` of i clear, swaps bit `element_bit` of the element index with
+    bit `vector_bit` of the vector index.  Each entry is (i, i + vector_bit, low, high): the new
+    vectors as `__builtin_shufflevector` indices into the pair (0 .. lanes - 1 from vector i)."""
+    pairs = []
+    for i in range(vectors):
+        if i & vector_bit:
+            continue
+        low = tuple(m if not m & element_bit else lanes + m - element_bit for m in range(lanes))
+        high = tuple(m + element_bit if not m & element_bit else lanes + m for m in range(lanes))
+        pairs.append((i, i + vector_bit, low, high))
+    return tuple(pairs)
+
+
+def _check_lanes(lanes: int) -> None:
+    if lanes < 2 or lanes & (lanes - 1):
+        raise ValueError(f"lanes must be a power of two >= 2, got {lanes}")
+
+
 def transpose_stages(lanes: int) -> tuple[tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...], ...]:
     """The shuffles that transpose a square of `lanes` vectors, `lanes` elements each.
 
-    Stage h (1, 2, 4, ...) pairs vectors i and i + h (bit h of i clear) and swaps bit h of the
-    row and the column index of every element whose two bits differ; after every bit has been
-    swapped, element (i, m) sits at (m, i).  Each entry is (i, i + h, low, high): the new vectors
-    i and i + h as `__builtin_shufflevector` indices into the pair (0 .. lanes - 1 from vector i).
+    Stage h (1, 2, 4, ...) swaps bit h of the row and the column index of every element whose
+    two bits differ (:func:`_swap_stage`); after every bit has been swapped, element (i, m) sits
+    at (m, i).
     """
-    if lanes < 2 or lanes & (lanes - 1):
-        raise ValueError(f"lanes must be a power of two >= 2, got {lanes}")
-    stages = []
-    h = 1
-    while h < lanes:
-        pairs = []
-        for i in range(lanes):
-            if i & h:
-                continue
-            low = tuple(m if not m & h else lanes + m - h for m in range(lanes))
-            high = tuple(m + h if not m & h else lanes + m for m in range(lanes))
-            pairs.append((i, i + h, low, high))
-        stages.append(tuple(pairs))
-        h *= 2
-    return tuple(stages)
+    _check_lanes(lanes)
+    return tuple(_swap_stage(lanes, lanes, 1 << b, 1 << b) for b in range(lanes.bit_length() - 1))
 
 
 def half_transpose(lanes: int) -> tuple[tuple[int, ...], tuple[tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...], ...]]:
@@ -368,27 +375,15 @@ def half_transpose(lanes: int) -> tuple[tuple[int, ...], tuple[tuple[tuple[int, 
 
     First each vector is permuted (the returned permutation) so that element 2c + p holds class c
     of its row of parity p; then stage b (0, 1, ...) swaps bit b + 1 of the element index with bit
-    b of the vector index, as in :func:`transpose_stages`, entries (i, i + 2^b, low, high).  Each
-    stage undoes itself, so the stages in reverse order and the inverse permutation go back.
+    b of the vector index (:func:`_swap_stage`).  Each stage undoes itself, so the stages in
+    reverse order and the inverse permutation go back.
     """
-    if lanes < 2 or lanes & (lanes - 1):
-        raise ValueError(f"lanes must be a power of two >= 2, got {lanes}")
+    _check_lanes(lanes)
     half = lanes // 2
     permutation = tuple((e & 1) * half + (e >> 1) for e in range(lanes))
-    stages = []
-    b = 0
-    while 1 << b < half:
-        vector_bit, element_bit = 1 << b, 1 << (b + 1)
-        pairs = []
-        for i in range(half):
-            if i & vector_bit:
-                continue
-            low = tuple(m if not m & element_bit else lanes + m - element_bit for m in range(lanes))
-            high = tuple(m + element_bit if not m & element_bit else lanes + m for m in range(lanes))
-            pairs.append((i, i + vector_bit, low, high))
-        stages.append(tuple(pairs))
-        b += 1
-    return permutation, tuple(stages)
+    stages = tuple(_swap_stage(lanes, half, 1 << b, 1 << (b + 1))
+                   for b in range(half.bit_length() - 1))
+    return permutation, stages
 
 
 def dtype_context(dtype: str) -> dict:
