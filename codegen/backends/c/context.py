@@ -386,6 +386,12 @@ def half_transpose(lanes: int) -> tuple[tuple[int, ...], tuple[tuple[tuple[int, 
     return permutation, stages
 
 
+def _half_transpose_context(lanes: int) -> dict:
+    permutation, stages = half_transpose(lanes)
+    inverse = tuple(permutation.index(e) for e in range(lanes))
+    return {"permutation": permutation, "inverse": inverse, "stages": stages}
+
+
 def dtype_context(dtype: str) -> dict:
     fast_exp = printed_fast_exp(dtype)
     fast_expm1 = _fast_expm1(dtype, fast_exp["name"])
@@ -405,7 +411,7 @@ def dtype_context(dtype: str) -> dict:
         "short_classes": SHORT_CLASSES[dtype],
         "transpose_lanes": TRANSPOSE_LANES[dtype],
         "transpose_stages": transpose_stages(TRANSPOSE_LANES[dtype]),
-        "half_transpose": dict(zip(("permutation", "stages"), half_transpose(TRANSPOSE_LANES[dtype]))),
+        "half_transpose": _half_transpose_context(TRANSPOSE_LANES[dtype]),
         "fast_exp": fast_exp,
         "fast_expm1": fast_expm1,
         "fast_log": fast_log,
