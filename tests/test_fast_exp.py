@@ -21,7 +21,6 @@ from gradsmith.derive.fast_exp import (
     r,
     result,
     scale,
-    scaled,
     shifted,
     verify_exp_approximation,
 )
@@ -48,7 +47,7 @@ def _evaluate(approx, inputs: np.ndarray) -> np.ndarray:
     env = {"x": inputs.astype(float_type)}
     with np.errstate(all="ignore"):
         for symbol, expr in approx.steps:
-            if symbol == scaled:
+            if symbol == result:
                 bits = env[shifted.name].view(uint_type)
                 bits = bits + uint_type(approx.scale_bits_offset)
                 bits = bits << uint_type(approx.mantissa_bits)
@@ -70,7 +69,7 @@ def test_error_bound_is_proven(dtype):
     steps = dict(bound.verdicts)
     assert {verdict.method for verdict in steps.values()} == {"symbolic"}
     assert set(steps) == {
-        "exp(x) = 2^k exp(x - k ln2)", "2^k = 2^(k+K) 2^-K", "Horner form = coefficients"
+        "exp(x) = 2^k exp(x - k ln2)", "2^k = 2^(k+K) 2^-K", "Horner form = 2^-K coefficients"
     }
 
 
@@ -106,7 +105,8 @@ def test_taylor_polynomial_of_the_same_degree_is_rejected(dtype):
     approx = exp_approximation(dtype)
     taylor = tuple(sp.Float(float(np.array(1 / math.factorial(i), dtype=dtype)))
                    for i in range(approx.degree + 1))
-    polynomial = sp.horner(sum((c * r**i for i, c in enumerate(taylor)), sp.Integer(0)), r)
+    polynomial = sp.horner(sum((c * approx.post_scale * r**i for i, c in enumerate(taylor)),
+                               sp.Integer(0)), r)
     plain = dataclasses.replace(approx, coefficients=taylor, polynomial=polynomial)
     with pytest.raises(ProofError, match="relative error within the claim"):
         verify_exp_approximation(plain)
@@ -138,7 +138,7 @@ def test_constants_are_exact_in_the_type(dtype):
     approx = exp_approximation(dtype)
     float_type = NUMPY_TYPES[dtype][0]
     for value in (approx.log2e, approx.ln2_hi, approx.ln2_lo, approx.shifter, approx.post_scale,
-                  approx.lower_clamp, *approx.coefficients):
+                  approx.lower_clamp, *approx.coefficients, *approx.polynomial.atoms(sp.Float)):
         assert float(float_type(float(value))) == float(value)
 
 
@@ -149,7 +149,7 @@ def test_polynomial_in_working_precision_against_mpmath(dtype):
     radius = float(bound.reduced_radius)
     float_type = NUMPY_TYPES[dtype][0]
     grid = np.linspace(-radius, radius, 4001).astype(float_type)
-    values = _numeric(approx.polynomial, dtype)(r=grid)
+    values = _numeric(approx.polynomial, dtype)(r=grid) / float_type(approx.post_scale)
     assert values.dtype == float_type
     allowed = bound.polynomial_relative + bound.evaluation_relative
     with mpmath.workdps(40):
@@ -182,3 +182,28 @@ def test_whole_approximation_against_reference(dtype):
     assert specials[0] == 1 and specials[1] == 1
     assert specials[2] == 0 and specials[4] == 0
     assert np.isnan(specials[3])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scaled_coefficients_give_the_unscaled_values_times_the_power_of_two(dtype):
+    """Horner's rule on the coefficients times 2^-K, in working precision, gives exactly 2^-K
+    times Horner's rule on P's own coefficients: the multiply it saves changes no result bit,
+    also for tiny and subnormal r, where a scaled product can underflow."""
+    approx = exp_approximation(dtype)
+    float_type = NUMPY_TYPES[dtype][0]
+    tiny = np.finfo(float_type).smallest_subnormal
+    grid = np.concatenate([np.linspace(-0.35, 0.35, 20001), -np.logspace(-40, -1, 2001),
+                           np.logspace(-40, -1, 2001), [tiny, -tiny, 0.0]]).astype(float_type)
+    unscaled = sp.horner(sum((c * r**i for i, c in enumerate(approx.coefficients)), sp.Integer(0)), r)
+    with np.errstate(under="ignore"):
+        scaled_values = _numeric(approx.polynomial, dtype)(r=grid)
+        unscaled_values = _numeric(unscaled, dtype)(r=grid)
+    assert np.array_equal(scaled_values / float_type(approx.post_scale), unscaled_values)
+    assert not np.array_equal(scaled_values, unscaled_values)
+
+
+def test_coefficients_without_the_power_of_two_are_rejected():
+    approx = exp_approximation("float32")
+    unscaled = sp.horner(sum((c * r**i for i, c in enumerate(approx.coefficients)), sp.Integer(0)), r)
+    with pytest.raises(ProofError, match="Horner form"):
+        verify_exp_approximation(dataclasses.replace(approx, polynomial=unscaled))
