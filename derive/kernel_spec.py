@@ -109,10 +109,11 @@ class KernelSpec:
     ``dlogit_from_stored`` is ``dlogit`` written with the stored exponential ``stored`` =
     exp(transform - stored_max) times ``stored_scale``, whose value is ``stored_scale_value``
     in terms of ``stored_shifted`` = ``stored_shifted_value`` (one per chunk, not per element;
-    the maxima are subtracted first, as for ``element_shifted``).
+    the maxima are subtracted first, as for ``element_shifted``).  The scale carries the
+    softmax term's coefficient ``coef_prob``: one multiply an element fewer.
     ``single_chunk_stored_scale`` is ``stored_scale_value`` for a row summed in one chunk
-    (stored_max = row_max): exp(-log(sum_exp)) = 1/sum_exp, one division instead of an exp of
-    a log (:func:`verify_single_chunk_stored_scale`).
+    (stored_max = row_max): coef_prob exp(-log(sum_exp)) = coef_prob/sum_exp, one division
+    instead of an exp of a log (:func:`verify_single_chunk_stored_scale`).
     ``shifted_from_transformed`` and ``dlogit_from_transformed`` are ``element_shifted`` and
     ``dlogit`` written with the element's ``transformed`` logit instead of its raw logit, after
     the steps ``from_transformed_steps`` (the softcap's chain rule factor 1 - tanh^2 is
@@ -327,9 +328,9 @@ def kernel_spec(target_kind: str, weighted: bool, softcapped: bool) -> KernelSpe
         # Row losses carry lambda D / K lse^2: divided by D, the z-term is lambda sum lse^2 / K.
         mean_lse_square_scale=lse_square_scale * denominator / counted_rows,
         stored_shifted_value=stored_max - row_max,
-        stored_scale_value=sp.exp(stored_shifted - log_sum_exp),
-        dlogit_from_stored=from_stored(dlogit_expr, softmax_term),
-        single_chunk_stored_scale=1 / sum_exp,
+        stored_scale_value=coef_prob * sp.exp(stored_shifted - log_sum_exp),
+        dlogit_from_stored=from_stored(dlogit_expr, coef_prob * softmax_term),
+        single_chunk_stored_scale=coef_prob / sum_exp,
         from_transformed_steps=((squashed, transformed / softcap),) if softcapped else (),
         shifted_from_transformed=from_transformed(shifted_of_element, softcapped),
         dlogit_from_transformed=from_transformed(dlogit_expr, softcapped),
@@ -388,15 +389,16 @@ def default_option_gradients(spec: KernelSpec) -> tuple[sp.Expr, ...]:
     return gradients + ((spec.dlogit_target_from_others,) if spec.target_kind == "index" else ())
 
 
-def from_stored(gradient: sp.Expr, softmax_term: sp.Expr) -> sp.Expr:
-    """``gradient`` with exp(shifted - log_sum_exp) written as stored * stored_scale.
+def from_stored(gradient: sp.Expr, scaled_softmax: sp.Expr) -> sp.Expr:
+    """``gradient`` with its term ``scaled_softmax`` = coef exp(shifted - log_sum_exp) written
+    as stored * stored_scale.
 
-    exp(shifted - log_sum_exp) = exp(transform - stored_max) exp(stored_max - row_max -
-    log_sum_exp) since shifted = transform - row_max; checked by :func:`verify_stored_gradient`.
+    coef exp(shifted - log_sum_exp) = exp(transform - stored_max) coef exp(stored_max - row_max
+    - log_sum_exp) since shifted = transform - row_max; checked by :func:`verify_stored_gradient`.
     """
-    if softmax_term not in gradient.atoms(sp.exp):
-        raise ValueError(f"{softmax_term} does not occur in the gradient {gradient}")
-    return gradient.xreplace({softmax_term: stored * stored_scale})
+    if not any(node == scaled_softmax for node in sp.preorder_traversal(gradient)):
+        raise ValueError(f"{scaled_softmax} does not occur in the gradient {gradient}")
+    return gradient.xreplace({scaled_softmax: stored * stored_scale})
 
 
 def from_transformed(expr: sp.Expr, softcapped: bool) -> sp.Expr:

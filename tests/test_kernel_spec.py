@@ -23,6 +23,7 @@ def test_dlogit_from_stored_equals_dlogit(spec):
         sp.exp(-ks.stored_shifted - ks.log_sum_exp),  # max difference with the wrong sign
         sp.exp(ks.stored_shifted),  # the normalizer forgotten
         sp.exp(-ks.log_sum_exp),  # as if every chunk had been stored at the row maximum
+        sp.exp(ks.stored_shifted - ks.log_sum_exp),  # without the softmax term's coefficient
     ],
 )
 def test_wrong_stored_scale_is_refused(wrong_scale):
@@ -78,7 +79,8 @@ def test_a_wrong_sum_from_the_others_sum_is_refused(wrong):
         ks.verify_target_from_others(ks.kernel_spec("index", False, True), total=wrong)
 
 
-@pytest.mark.parametrize("wrong", [1 / (ks.sum_exp + 1), ks.sum_exp, sp.exp(-ks.sum_exp)])
+@pytest.mark.parametrize("wrong", [ks.coef_prob / (ks.sum_exp + 1), ks.coef_prob * ks.sum_exp,
+                                   sp.exp(-ks.sum_exp), 1 / ks.sum_exp])
 def test_a_wrong_single_chunk_stored_scale_is_refused(wrong):
     with pytest.raises(ProofError, match="single-chunk stored scale"):
         ks.verify_single_chunk_stored_scale(ks.kernel_spec("index", True, False), wrong)
