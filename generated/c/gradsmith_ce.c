@@ -1359,7 +1359,8 @@ static void gs_lanes_index_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -2020,7 +2021,8 @@ static void gs_lanes_index_softcap_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -2792,7 +2794,8 @@ static void gs_lanes_index_weighted_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -3468,7 +3471,8 @@ static void gs_lanes_index_weighted_softcap_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -4143,7 +4147,8 @@ static void gs_lanes_probs_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -4655,7 +4660,8 @@ static void gs_lanes_probs_softcap_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -5243,7 +5249,8 @@ static void gs_lanes_probs_weighted_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -5766,7 +5773,8 @@ static void gs_lanes_probs_weighted_softcap_f32(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -7100,7 +7108,8 @@ static void gs_lanes_index_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -7753,7 +7762,8 @@ static void gs_lanes_index_softcap_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -8517,7 +8527,8 @@ static void gs_lanes_index_weighted_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -9185,7 +9196,8 @@ static void gs_lanes_index_weighted_softcap_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -9852,7 +9864,8 @@ static void gs_lanes_probs_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -10356,7 +10369,8 @@ static void gs_lanes_probs_softcap_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -10936,7 +10950,8 @@ static void gs_lanes_probs_weighted_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
@@ -11451,7 +11466,8 @@ static void gs_lanes_probs_weighted_softcap_f64(
     /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 6% faster at C = 10, 2-3% at C = 32 and 100).  The target's
+       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
        fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
