@@ -255,6 +255,10 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
         "stores": stores,
         "keeps_transformed": keeps_transformed,
         "linear_optional": ks.linear_sums_unused_without_smoothing(spec),
+        # Every counted row weighs the same constant: the mean's denominator is their count
+        # times it, and the target check sums no weights.
+        "constant_row_weight": index and spec.row_weight.subs(
+            ks.target_weight, spec.linear_coefficient.subs(ks.weight, target_class_weight)).is_number,
         "row_names": [str(symbol) for symbol, _ in spec.row_values],
         "groups": groups,
         "op_count": sum(g.op_count for g in groups.values()),
