@@ -1629,8 +1629,9 @@ static int gs_rows_index_f32(
     const int64_t ignore_index = params->ignore_index;
     int bad_rows = 0;
     /* Every counted row weighs the same: the denominator is their count times that weight,
-       counted in 64-bit lanes as wide as the targets (int lanes and double sums made the check 1.6x as long, 3% of the call at
-       262144 x 4), and one unsigned compare finds a target below 0 or from n_classes on. */
+       counted in 64-bit lanes as wide as the targets (int lanes and double sums made this
+       pass 1.6x as long, 3% of the call at 262144 x 4), and one unsigned compare finds a
+       target below 0 or from n_classes on. */
     {
         int64_t counted_count = 0;
         int64_t any_bad = 0;
@@ -2293,8 +2294,9 @@ static int gs_rows_index_softcap_f32(
     const int64_t ignore_index = params->ignore_index;
     int bad_rows = 0;
     /* Every counted row weighs the same: the denominator is their count times that weight,
-       counted in 64-bit lanes as wide as the targets (int lanes and double sums made the check 1.6x as long, 3% of the call at
-       262144 x 4), and one unsigned compare finds a target below 0 or from n_classes on. */
+       counted in 64-bit lanes as wide as the targets (int lanes and double sums made this
+       pass 1.6x as long, 3% of the call at 262144 x 4), and one unsigned compare finds a
+       target below 0 or from n_classes on. */
     {
         int64_t counted_count = 0;
         int64_t any_bad = 0;
@@ -7379,8 +7381,9 @@ static int gs_rows_index_f64(
     const int64_t ignore_index = params->ignore_index;
     int bad_rows = 0;
     /* Every counted row weighs the same: the denominator is their count times that weight,
-       counted in 64-bit lanes as wide as the targets (int lanes and double sums made the check 1.6x as long, 3% of the call at
-       262144 x 4), and one unsigned compare finds a target below 0 or from n_classes on. */
+       counted in 64-bit lanes as wide as the targets (int lanes and double sums made this
+       pass 1.6x as long, 3% of the call at 262144 x 4), and one unsigned compare finds a
+       target below 0 or from n_classes on. */
     {
         int64_t counted_count = 0;
         int64_t any_bad = 0;
@@ -8035,8 +8038,9 @@ static int gs_rows_index_softcap_f64(
     const int64_t ignore_index = params->ignore_index;
     int bad_rows = 0;
     /* Every counted row weighs the same: the denominator is their count times that weight,
-       counted in 64-bit lanes as wide as the targets (int lanes and double sums made the check 1.6x as long, 3% of the call at
-       262144 x 4), and one unsigned compare finds a target below 0 or from n_classes on. */
+       counted in 64-bit lanes as wide as the targets (int lanes and double sums made this
+       pass 1.6x as long, 3% of the call at 262144 x 4), and one unsigned compare finds a
+       target below 0 or from n_classes on. */
     {
         int64_t counted_count = 0;
         int64_t any_bad = 0;
