@@ -1362,10 +1362,11 @@ static void gs_lanes_index_f32(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
         const int32_t class_index = (int32_t)j;
         GS_SIMD_LANES_F32
@@ -2030,10 +2031,11 @@ static void gs_lanes_index_softcap_f32(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
         const int32_t class_index = (int32_t)j;
         GS_SIMD_LANES_F32
@@ -2809,10 +2811,11 @@ static void gs_lanes_index_weighted_f32(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
         const int32_t class_index = (int32_t)j;
         GS_SIMD_LANES_F32
@@ -3485,10 +3488,11 @@ static void gs_lanes_index_weighted_softcap_f32(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
         const int32_t class_index = (int32_t)j;
         GS_SIMD_LANES_F32
@@ -4160,10 +4164,11 @@ static void gs_lanes_probs_f32(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -4673,10 +4678,11 @@ static void gs_lanes_probs_softcap_f32(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -5262,10 +5268,11 @@ static void gs_lanes_probs_weighted_f32(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -5786,10 +5793,11 @@ static void gs_lanes_probs_weighted_softcap_f32(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES_F32
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -7109,7 +7117,7 @@ static void gs_lanes_index_f64(
     }
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_target_logit[r] = 0;
+        lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_others_sum[r] = 0;
         lane_max[r] = -(double)INFINITY;
         lane_nonfinite[r] = 0;
@@ -7121,19 +7129,18 @@ static void gs_lanes_index_f64(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
-        const int64_t class_index = (int64_t)j;
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
             lane_nonfinite[r] |= logit - logit != 0;
-            lane_target_logit[r] = lane_target[r] == class_index ? logit : lane_target_logit[r];
         }
     }
     if (label_smoothing != 0) {
@@ -7769,7 +7776,7 @@ static void gs_lanes_index_softcap_f64(
     }
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_target_logit[r] = 0;
+        lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_others_sum[r] = 0;
         lane_max[r] = -(double)INFINITY;
         lane_nonfinite[r] = 0;
@@ -7781,19 +7788,18 @@ static void gs_lanes_index_softcap_f64(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
-        const int64_t class_index = (int64_t)j;
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*gs_tanh_f64(logit/softcap);
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
             lane_nonfinite[r] |= logit - logit != 0;
-            lane_target_logit[r] = lane_target[r] == class_index ? logit : lane_target_logit[r];
             tile[j * GS_SEGMENT_ROWS + r] = transformed;
         }
     }
@@ -8540,7 +8546,7 @@ static void gs_lanes_index_weighted_f64(
     }
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_target_logit[r] = 0;
+        lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_others_sum[r] = 0;
         lane_max[r] = -(double)INFINITY;
         lane_nonfinite[r] = 0;
@@ -8552,19 +8558,18 @@ static void gs_lanes_index_weighted_f64(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
-        const int64_t class_index = (int64_t)j;
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
             lane_nonfinite[r] |= logit - logit != 0;
-            lane_target_logit[r] = lane_target[r] == class_index ? logit : lane_target_logit[r];
         }
     }
     if (label_smoothing != 0) {
@@ -9208,7 +9213,7 @@ static void gs_lanes_index_weighted_softcap_f64(
     }
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_target_logit[r] = 0;
+        lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_others_sum[r] = 0;
         lane_max[r] = -(double)INFINITY;
         lane_nonfinite[r] = 0;
@@ -9220,19 +9225,18 @@ static void gs_lanes_index_weighted_softcap_f64(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
-        const int64_t class_index = (int64_t)j;
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*gs_tanh_f64(logit/softcap);
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
             lane_nonfinite[r] |= logit - logit != 0;
-            lane_target_logit[r] = lane_target[r] == class_index ? logit : lane_target_logit[r];
             tile[j * GS_SEGMENT_ROWS + r] = transformed;
         }
     }
@@ -9887,10 +9891,11 @@ static void gs_lanes_probs_f64(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -10392,10 +10397,11 @@ static void gs_lanes_probs_softcap_f64(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -10973,10 +10979,11 @@ static void gs_lanes_probs_weighted_f64(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
@@ -11489,10 +11496,11 @@ static void gs_lanes_probs_weighted_softcap_f64(
        and the largest magnitude of its logits' bits, which reaches the exponent mask only for
        NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
        logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  The target's
+       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
-       rather than one element a lane: in float32 7% faster at C = 4 and 3-8% at C = 10, as
-       fast at C = 32; in float64 1% faster at C = 4, 2-3% slower at C >= 10. */
+       rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
+       C = 32.  In float64 the target's logit is one gather a lane, above, read before a
+       softcap's transform overwrites the tile. */
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
