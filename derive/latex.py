@@ -111,11 +111,12 @@ def _exp_intro() -> str:
     return (
         "The C kernels evaluate e^x (x <= 0 once the row maximum is subtracted) without a "
         "library call, so that their loops vectorise: with r = x - k log 2 as below, e^r is a "
-        "polynomial in Horner form (the Taylor series economized with Chebyshev polynomials, "
-        "one degree below the Taylor polynomial with the same bound) and 2^k is built from the "
+        "polynomial (the Taylor series economized with Chebyshev polynomials, one degree below "
+        "the Taylor polynomial with the same bound), evaluated by Horner's rule in float32 and "
+        "by Estrin's scheme ending in Horner's rule in float64, and 2^k is built from the "
         "exponent bits.  The "
-        f"proof in derive/fast_exp.py, in exact rational arithmetic with coefficient and Horner "
-        f"rounding included, gives {proven[0]}, and {proven[1]}."
+        f"proof in derive/fast_exp.py, in exact rational arithmetic with the rounding of the "
+        f"coefficients and of every operation included, gives {proven[0]}, and {proven[1]}."
     )
 
 
