@@ -89,6 +89,11 @@ def _dependency_order(assignments: list[tuple[str, sp.Expr]]) -> list[str]:
 _IDENTIFIER = re.compile(r"(?<![\w.])([A-Za-z_]\w*)(?!\w*\s*\()")
 
 
+def names_read(code: str) -> set[str]:
+    """The variables a printed expression reads (not the functions it calls)."""
+    return set(_IDENTIFIER.findall(code))
+
+
 def check_reads(group: str, assignments: Iterable[tuple[str, str]], inputs: Iterable[str]) -> None:
     """Every name a printed assignment reads is an input or assigned before it.
 
@@ -96,7 +101,7 @@ def check_reads(group: str, assignments: Iterable[tuple[str, str]], inputs: Iter
     """
     known = set(inputs)
     for name, code in assignments:
-        unknown = sorted(set(_IDENTIFIER.findall(code)) - known)
+        unknown = sorted(names_read(code) - known)
         if unknown:
             raise ValueError(f"group {group}: {name} = {code} reads {unknown} before assignment")
         known.add(name)

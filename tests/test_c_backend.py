@@ -19,6 +19,7 @@ import pytest
 from conftest import TOLERANCES
 from gradsmith.codegen.backends.c import build, context, runtime
 from gradsmith.codegen.loading import shipped_kernels
+from gradsmith.codegen.printing import PrintedCode
 from gradsmith.codegen.row_loss_runtime import build_c
 from reference import finite_difference_grad, reference_cross_entropy
 
@@ -248,6 +249,68 @@ def test_vector_and_element_transposes_agree_bitwise(tmp_path):
                 assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]), (dtype, classes, probs)
                 buffer = logits.copy()
                 in_place = by_vector(buffer, target, reduction="none", inplace=True)
+                assert np.array_equal(in_place[1], b[1]), (dtype, classes, probs)
+
+
+def _printed(*assignments: tuple[str, str]) -> PrintedCode:
+    return PrintedCode(intermediates=(), outputs=tuple(assignments), op_count=0)
+
+
+def test_a_sweep_is_staged_at_its_exp_and_each_sum_goes_with_its_term():
+    split = context.staged(_printed(("shifted", "logit - row_max"), ("exp_term", "gs_exp_f32(shifted)"),
+                                    ("top_term", "0"), ("rest_term", "exp_term"),
+                                    ("shifted_term", "2*shifted")), "gs_exp_f32")
+    assert split["argument"] == "shifted" and split["exp_term"] == "exp_term"
+    assert [name for name, _ in split["early"]] == ["shifted", "top_term", "shifted_term"]
+    assert [name for name, _ in split["late"]] == ["rest_term"]
+    assert split["late_names"] == {"exp_term", "rest_term"}
+
+
+@pytest.mark.parametrize("assignments", [
+    # the late loop would read the logit, which the early loop overwrites in place
+    (("shifted", "logit - row_max"), ("exp_term", "gs_exp_f32(shifted)"), ("rest_term", "exp_term*logit")),
+    # or a value of the early loop
+    (("shifted", "logit - row_max"), ("exp_term", "gs_exp_f32(shifted)"), ("rest_term", "exp_term*shifted")),
+    # two exps, or an exp of an expression
+    (("exp_term", "gs_exp_f32(logit)"), ("rest_term", "gs_exp_f32(exp_term)")),
+    (("exp_term", "gs_exp_f32(logit - row_max)"),),
+    (("rest_term", "logit"),),
+])
+def test_sweeps_that_cannot_be_staged_stay_one_loop(assignments):
+    assert context.staged(_printed(*assignments), "gs_exp_f32") is None
+
+
+def test_the_hot_sweeps_are_staged():
+    for dtype in DTYPES:
+        for variant in context.dtype_context(dtype)["variants"]:
+            if variant["stores"]:
+                assert all(variant["staged"].values()), (dtype, variant["name"])
+
+
+def test_staged_and_single_loops_agree_bitwise(tmp_path, monkeypatch):
+    """The long rows' sums in two loops split at the exp's r give the same bits as one loop:
+    every variant, in place too, with a maximum that grows from chunk to chunk."""
+    from gradsmith.codegen.backends import c as c_backend
+
+    monkeypatch.setattr(context, "staged", lambda group, exp: None)
+    single = tmp_path / "single"
+    single.mkdir()
+    for path, text in c_backend.render().items():
+        (single / Path(path).name).write_text(text)
+    assert "gs_exp_reduce_f32(shifted" not in (single / "gradsmith_ce.c").read_text()
+    staged, unstaged = build.library(), build.library(str(single))
+    rng = np.random.default_rng(12)
+    for dtype in DTYPES:
+        a_call, b_call = runtime.bind(staged, dtype), runtime.bind(unstaged, dtype)
+        for classes in (1000, 4099):
+            for probs, weighted, smoothing in ((False, False, 0.0), (False, True, 0.1), (True, True, 0.2)):
+                logits, target, weight = _inputs(rng, dtype, 6, classes, probs)
+                logits += np.linspace(0, 30, classes, dtype=dtype)  # a new maximum in most chunks
+                options = {"reduction": "none", "label_smoothing": smoothing,
+                           "weight": weight if weighted else None}
+                a, b = a_call(logits, target, **options), b_call(logits, target, **options)
+                assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]), (dtype, classes, probs)
+                in_place = a_call(logits.copy(), target, inplace=True, **options)
                 assert np.array_equal(in_place[1], b[1]), (dtype, classes, probs)
 
 

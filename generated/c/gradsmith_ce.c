@@ -223,6 +223,35 @@ GS_FAST_MATH float gs_exp_f32(float x)
     return result;
 }
 
+/* The same exp in two parts, for loops staged at r (see the long rows' sums): the reduced
+   argument r, with the bits of 2^(k+K) through *scale_bits_out; then the result from those. */
+GS_FAST_MATH float gs_exp_reduce_f32(float x, uint32_t *scale_bits_out)
+{
+    uint32_t shifted_bits;
+    const float clamped = ((x < -104.0F) ? (-104.0F) : (x));
+    const float shifted = 1.44269502F*clamped + 12582912.0F;
+    const float k = shifted - 12582912.0F;
+    const float r_hi = clamped - 0.693145752F*k;
+    const float r = -1.42860677e-6F*k + r_hi;
+    memcpy(&shifted_bits, &shifted, sizeof shifted_bits);
+    *scale_bits_out = (shifted_bits + UINT32_C(3032481951)) << 23;
+    return r;
+}
+
+GS_FAST_MATH float gs_exp_finish_f32(float r, uint32_t scale_bits)
+{
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    const float poly_5_6 = 3.24615985e-13F*r + 1.94876081e-12F;
+    const float poly_4_6 = poly_5_6*r + 9.70120078e-12F;
+    const float poly_3_6 = poly_4_6*r + 3.88047164e-11F;
+    const float poly_2_6 = poly_3_6*r + 1.16415322e-10F;
+    const float poly_1_6 = poly_2_6*r + 2.32830644e-10F;
+    const float poly = poly_1_6*r + 2.32830644e-10F;
+    const float result = poly*scale;
+    return result;
+}
+
 /* log(x) for positive normal x (+inf and NaN pass through), float32: the exponent from
    the bits, log of the mantissa as an atanh polynomial, with the error bound proven in
    derive/fast_log.py; no libm call, so loops vectorise. */
@@ -304,6 +333,43 @@ GS_FAST_MATH double gs_exp_f64(double x)
     memcpy(&shifted_bits, &shifted, sizeof shifted_bits);
     scale_bits = (shifted_bits + UINT64_C(13603122674472584255)) << 52;
     memcpy(&scale, &scale_bits, sizeof scale);
+    const double result = poly*scale;
+    return result;
+}
+
+/* The same exp in two parts, for loops staged at r (see the long rows' sums): the reduced
+   argument r, with the bits of 2^(k+K) through *scale_bits_out; then the result from those. */
+GS_FAST_MATH double gs_exp_reduce_f64(double x, uint64_t *scale_bits_out)
+{
+    uint64_t shifted_bits;
+    const double clamped = ((x < -746.0) ? (-746.0) : (x));
+    const double shifted = 1.4426950408889634*clamped + 6755399441055744.0;
+    const double k = shifted - 6755399441055744.0;
+    const double r_hi = clamped - 0.69314718055989033*k;
+    const double r = -5.4979230187083712e-14*k + r_hi;
+    memcpy(&shifted_bits, &shifted, sizeof shifted_bits);
+    *scale_bits_out = (shifted_bits + UINT64_C(13603122674472584255)) << 52;
+    return r;
+}
+
+GS_FAST_MATH double gs_exp_finish_f64(double r, uint64_t scale_bits)
+{
+    double scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    const double poly_3_4 = 2.2587545260059819e-21*r + 9.0350181040458788e-21;
+    const double poly_5_6 = 7.5291817784464826e-23*r + 4.5175090520148806e-22;
+    const double poly_7_8 = 1.3444920639005589e-24*r + 1.0755973961440126e-23;
+    const double poly_9_10 = 1.4977023406388803e-26*r + 1.4938808529606579e-25;
+    const double r2 = r*r;
+    const double poly_3_6 = poly_3_4 + poly_5_6*r2;
+    const double poly_7_10 = poly_7_8 + poly_9_10*r2;
+    const double r4 = r2*r2;
+    const double poly_3_10 = poly_3_6 + poly_7_10*r4;
+    const double r8 = r4*r4;
+    const double poly_3_11 = poly_3_10 + 1.3612803746555738e-27*r8;
+    const double poly_2_11 = poly_3_11*r + 2.7105054312137647e-20;
+    const double poly_1_11 = poly_2_11*r + 5.4210108624275222e-20;
+    const double poly = poly_1_11*r + 5.4210108624275222e-20;
     const double result = poly*scale;
     return result;
 }
@@ -1104,20 +1170,29 @@ static float gs_row_index_f32(
         }
         if (label_smoothing != 0) {
             if (stores && chunk_end - chunk >= GS_SHORT_CHUNK) {
-                GS_SIMD_SUMS
-                for (j = chunk; j < chunk_end; ++j) {
-                    const float logit = logits_row[j];
-                    const float shifted = logit - row_max;
-                    const float exp_term = gs_exp_f32(shifted);
-                    const float top_term = 0;
-                    const float rest_term = exp_term;
-                    const float linear_coefficient = 1;
-                    const float shifted_term = linear_coefficient*shifted;
-                    dlogits_row[j] = exp_term;
-                    chunk_top_count += top_term;
-                    chunk_rest_sum += rest_term;
-                    chunk_weight_sum += linear_coefficient;
-                    chunk_shifted_sum += shifted_term;
+                {
+                    uint32_t stage_bits[GS_CHUNK];
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const float logit = logits_row[j];
+                        const float shifted = logit - row_max;
+                        const float top_term = 0;
+                        const float linear_coefficient = 1;
+                        const float shifted_term = linear_coefficient*shifted;
+                        uint32_t scale_bits;
+                        dlogits_row[j] = gs_exp_reduce_f32(shifted, &scale_bits);
+                        stage_bits[j - chunk] = scale_bits;
+                        chunk_top_count += top_term;
+                        chunk_weight_sum += linear_coefficient;
+                        chunk_shifted_sum += shifted_term;
+                    }
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const float exp_term = gs_exp_finish_f32(dlogits_row[j], stage_bits[j - chunk]);
+                        const float rest_term = exp_term;
+                        dlogits_row[j] = exp_term;
+                        chunk_rest_sum += rest_term;
+                    }
                 }
                 if (chunk_max == row_max && chunk_rest_sum < GS_RESPLIT_SUM) {
                     chunk_top_count = 0;
@@ -1181,16 +1256,25 @@ static float gs_row_index_f32(
             }
         } else {
             if (stores && chunk_end - chunk >= GS_SHORT_CHUNK) {
-                GS_SIMD_SUMS
-                for (j = chunk; j < chunk_end; ++j) {
-                    const float logit = logits_row[j];
-                    const float shifted = logit - row_max;
-                    const float exp_term = gs_exp_f32(shifted);
-                    const float top_term = 0;
-                    const float rest_term = exp_term;
-                    dlogits_row[j] = exp_term;
-                    chunk_top_count += top_term;
-                    chunk_rest_sum += rest_term;
+                {
+                    uint32_t stage_bits[GS_CHUNK];
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const float logit = logits_row[j];
+                        const float shifted = logit - row_max;
+                        const float top_term = 0;
+                        uint32_t scale_bits;
+                        dlogits_row[j] = gs_exp_reduce_f32(shifted, &scale_bits);
+                        stage_bits[j - chunk] = scale_bits;
+                        chunk_top_count += top_term;
+                    }
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const float exp_term = gs_exp_finish_f32(dlogits_row[j], stage_bits[j - chunk]);
+                        const float rest_term = exp_term;
+                        dlogits_row[j] = exp_term;
+                        chunk_rest_sum += rest_term;
+                    }
                 }
                 if (chunk_max == row_max && chunk_rest_sum < GS_RESPLIT_SUM) {
                     chunk_top_count = 0;
@@ -2581,21 +2665,30 @@ static float gs_row_index_weighted_f32(
         }
         if (label_smoothing != 0) {
             if (stores && chunk_end - chunk >= GS_SHORT_CHUNK) {
-                GS_SIMD_SUMS
-                for (j = chunk; j < chunk_end; ++j) {
-                    const float logit = logits_row[j];
-                    const float weight = class_weights[j];
-                    const float shifted = logit - row_max;
-                    const float exp_term = gs_exp_f32(shifted);
-                    const float top_term = 0;
-                    const float rest_term = exp_term;
-                    const float linear_coefficient = weight;
-                    const float shifted_term = linear_coefficient*shifted;
-                    dlogits_row[j] = exp_term;
-                    chunk_top_count += top_term;
-                    chunk_rest_sum += rest_term;
-                    chunk_weight_sum += linear_coefficient;
-                    chunk_shifted_sum += shifted_term;
+                {
+                    uint32_t stage_bits[GS_CHUNK];
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const float logit = logits_row[j];
+                        const float weight = class_weights[j];
+                        const float shifted = logit - row_max;
+                        const float top_term = 0;
+                        const float linear_coefficient = weight;
+                        const float shifted_term = linear_coefficient*shifted;
+                        uint32_t scale_bits;
+                        dlogits_row[j] = gs_exp_reduce_f32(shifted, &scale_bits);
+                        stage_bits[j - chunk] = scale_bits;
+                        chunk_top_count += top_term;
+                        chunk_weight_sum += linear_coefficient;
+                        chunk_shifted_sum += shifted_term;
+                    }
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const float exp_term = gs_exp_finish_f32(dlogits_row[j], stage_bits[j - chunk]);
+                        const float rest_term = exp_term;
+                        dlogits_row[j] = exp_term;
+                        chunk_rest_sum += rest_term;
+                    }
                 }
                 if (chunk_max == row_max && chunk_rest_sum < GS_RESPLIT_SUM) {
                     chunk_top_count = 0;
@@ -2662,16 +2755,25 @@ static float gs_row_index_weighted_f32(
             }
         } else {
             if (stores && chunk_end - chunk >= GS_SHORT_CHUNK) {
-                GS_SIMD_SUMS
-                for (j = chunk; j < chunk_end; ++j) {
-                    const float logit = logits_row[j];
-                    const float shifted = logit - row_max;
-                    const float exp_term = gs_exp_f32(shifted);
-                    const float top_term = 0;
-                    const float rest_term = exp_term;
-                    dlogits_row[j] = exp_term;
-                    chunk_top_count += top_term;
-                    chunk_rest_sum += rest_term;
+                {
+                    uint32_t stage_bits[GS_CHUNK];
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const float logit = logits_row[j];
+                        const float shifted = logit - row_max;
+                        const float top_term = 0;
+                        uint32_t scale_bits;
+                        dlogits_row[j] = gs_exp_reduce_f32(shifted, &scale_bits);
+                        stage_bits[j - chunk] = scale_bits;
+                        chunk_top_count += top_term;
+                    }
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const float exp_term = gs_exp_finish_f32(dlogits_row[j], stage_bits[j - chunk]);
+                        const float rest_term = exp_term;
+                        dlogits_row[j] = exp_term;
+                        chunk_rest_sum += rest_term;
+                    }
                 }
                 if (chunk_max == row_max && chunk_rest_sum < GS_RESPLIT_SUM) {
                     chunk_top_count = 0;
@@ -4067,21 +4169,30 @@ static float gs_row_probs_f32(
             row_max = new_max;
         }
         if (stores && chunk_end - chunk >= GS_SHORT_CHUNK) {
-            GS_SIMD_SUMS
-            for (j = chunk; j < chunk_end; ++j) {
-                const float logit = logits_row[j];
-                const float target_prob = targets_row[j];
-                const float shifted = logit - row_max;
-                const float exp_term = gs_exp_f32(shifted);
-                const float top_term = 0;
-                const float rest_term = exp_term;
-                const float linear_coefficient = label_smoothing/num_classes + target_prob*(1 - label_smoothing);
-                const float shifted_term = linear_coefficient*shifted;
-                dlogits_row[j] = exp_term;
-                chunk_top_count += top_term;
-                chunk_rest_sum += rest_term;
-                chunk_weight_sum += linear_coefficient;
-                chunk_shifted_sum += shifted_term;
+            {
+                uint32_t stage_bits[GS_CHUNK];
+                GS_SIMD_SUMS
+                for (j = chunk; j < chunk_end; ++j) {
+                    const float logit = logits_row[j];
+                    const float target_prob = targets_row[j];
+                    const float shifted = logit - row_max;
+                    const float top_term = 0;
+                    const float linear_coefficient = label_smoothing/num_classes + target_prob*(1 - label_smoothing);
+                    const float shifted_term = linear_coefficient*shifted;
+                    uint32_t scale_bits;
+                    dlogits_row[j] = gs_exp_reduce_f32(shifted, &scale_bits);
+                    stage_bits[j - chunk] = scale_bits;
+                    chunk_top_count += top_term;
+                    chunk_weight_sum += linear_coefficient;
+                    chunk_shifted_sum += shifted_term;
+                }
+                GS_SIMD_SUMS
+                for (j = chunk; j < chunk_end; ++j) {
+                    const float exp_term = gs_exp_finish_f32(dlogits_row[j], stage_bits[j - chunk]);
+                    const float rest_term = exp_term;
+                    dlogits_row[j] = exp_term;
+                    chunk_rest_sum += rest_term;
+                }
             }
             if (chunk_max == row_max && chunk_rest_sum < GS_RESPLIT_SUM) {
                 chunk_top_count = 0;
@@ -5200,22 +5311,31 @@ static float gs_row_probs_weighted_f32(
             row_max = new_max;
         }
         if (stores && chunk_end - chunk >= GS_SHORT_CHUNK) {
-            GS_SIMD_SUMS
-            for (j = chunk; j < chunk_end; ++j) {
-                const float logit = logits_row[j];
-                const float weight = class_weights[j];
-                const float target_prob = targets_row[j];
-                const float shifted = logit - row_max;
-                const float exp_term = gs_exp_f32(shifted);
-                const float top_term = 0;
-                const float rest_term = exp_term;
-                const float linear_coefficient = weight*(label_smoothing/num_classes + target_prob*(1 - label_smoothing));
-                const float shifted_term = linear_coefficient*shifted;
-                dlogits_row[j] = exp_term;
-                chunk_top_count += top_term;
-                chunk_rest_sum += rest_term;
-                chunk_weight_sum += linear_coefficient;
-                chunk_shifted_sum += shifted_term;
+            {
+                uint32_t stage_bits[GS_CHUNK];
+                GS_SIMD_SUMS
+                for (j = chunk; j < chunk_end; ++j) {
+                    const float logit = logits_row[j];
+                    const float weight = class_weights[j];
+                    const float target_prob = targets_row[j];
+                    const float shifted = logit - row_max;
+                    const float top_term = 0;
+                    const float linear_coefficient = weight*(label_smoothing/num_classes + target_prob*(1 - label_smoothing));
+                    const float shifted_term = linear_coefficient*shifted;
+                    uint32_t scale_bits;
+                    dlogits_row[j] = gs_exp_reduce_f32(shifted, &scale_bits);
+                    stage_bits[j - chunk] = scale_bits;
+                    chunk_top_count += top_term;
+                    chunk_weight_sum += linear_coefficient;
+                    chunk_shifted_sum += shifted_term;
+                }
+                GS_SIMD_SUMS
+                for (j = chunk; j < chunk_end; ++j) {
+                    const float exp_term = gs_exp_finish_f32(dlogits_row[j], stage_bits[j - chunk]);
+                    const float rest_term = exp_term;
+                    dlogits_row[j] = exp_term;
+                    chunk_rest_sum += rest_term;
+                }
             }
             if (chunk_max == row_max && chunk_rest_sum < GS_RESPLIT_SUM) {
                 chunk_top_count = 0;
@@ -7002,20 +7122,29 @@ static double gs_row_index_f64(
         }
         if (label_smoothing != 0) {
             if (stores && chunk_end - chunk >= GS_SHORT_CHUNK) {
-                GS_SIMD_SUMS
-                for (j = chunk; j < chunk_end; ++j) {
-                    const double logit = logits_row[j];
-                    const double shifted = logit - row_max;
-                    const double exp_term = gs_exp_f64(shifted);
-                    const double top_term = 0;
-                    const double rest_term = exp_term;
-                    const double linear_coefficient = 1;
-                    const double shifted_term = linear_coefficient*shifted;
-                    dlogits_row[j] = exp_term;
-                    chunk_top_count += top_term;
-                    chunk_rest_sum += rest_term;
-                    chunk_weight_sum += linear_coefficient;
-                    chunk_shifted_sum += shifted_term;
+                {
+                    uint64_t stage_bits[GS_CHUNK];
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const double logit = logits_row[j];
+                        const double shifted = logit - row_max;
+                        const double top_term = 0;
+                        const double linear_coefficient = 1;
+                        const double shifted_term = linear_coefficient*shifted;
+                        uint64_t scale_bits;
+                        dlogits_row[j] = gs_exp_reduce_f64(shifted, &scale_bits);
+                        stage_bits[j - chunk] = scale_bits;
+                        chunk_top_count += top_term;
+                        chunk_weight_sum += linear_coefficient;
+                        chunk_shifted_sum += shifted_term;
+                    }
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const double exp_term = gs_exp_finish_f64(dlogits_row[j], stage_bits[j - chunk]);
+                        const double rest_term = exp_term;
+                        dlogits_row[j] = exp_term;
+                        chunk_rest_sum += rest_term;
+                    }
                 }
                 if (chunk_max == row_max && chunk_rest_sum < GS_RESPLIT_SUM) {
                     chunk_top_count = 0;
@@ -7079,16 +7208,25 @@ static double gs_row_index_f64(
             }
         } else {
             if (stores && chunk_end - chunk >= GS_SHORT_CHUNK) {
-                GS_SIMD_SUMS
-                for (j = chunk; j < chunk_end; ++j) {
-                    const double logit = logits_row[j];
-                    const double shifted = logit - row_max;
-                    const double exp_term = gs_exp_f64(shifted);
-                    const double top_term = 0;
-                    const double rest_term = exp_term;
-                    dlogits_row[j] = exp_term;
-                    chunk_top_count += top_term;
-                    chunk_rest_sum += rest_term;
+                {
+                    uint64_t stage_bits[GS_CHUNK];
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const double logit = logits_row[j];
+                        const double shifted = logit - row_max;
+                        const double top_term = 0;
+                        uint64_t scale_bits;
+                        dlogits_row[j] = gs_exp_reduce_f64(shifted, &scale_bits);
+                        stage_bits[j - chunk] = scale_bits;
+                        chunk_top_count += top_term;
+                    }
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const double exp_term = gs_exp_finish_f64(dlogits_row[j], stage_bits[j - chunk]);
+                        const double rest_term = exp_term;
+                        dlogits_row[j] = exp_term;
+                        chunk_rest_sum += rest_term;
+                    }
                 }
                 if (chunk_max == row_max && chunk_rest_sum < GS_RESPLIT_SUM) {
                     chunk_top_count = 0;
@@ -8431,21 +8569,30 @@ static double gs_row_index_weighted_f64(
         }
         if (label_smoothing != 0) {
             if (stores && chunk_end - chunk >= GS_SHORT_CHUNK) {
-                GS_SIMD_SUMS
-                for (j = chunk; j < chunk_end; ++j) {
-                    const double logit = logits_row[j];
-                    const double weight = class_weights[j];
-                    const double shifted = logit - row_max;
-                    const double exp_term = gs_exp_f64(shifted);
-                    const double top_term = 0;
-                    const double rest_term = exp_term;
-                    const double linear_coefficient = weight;
-                    const double shifted_term = linear_coefficient*shifted;
-                    dlogits_row[j] = exp_term;
-                    chunk_top_count += top_term;
-                    chunk_rest_sum += rest_term;
-                    chunk_weight_sum += linear_coefficient;
-                    chunk_shifted_sum += shifted_term;
+                {
+                    uint64_t stage_bits[GS_CHUNK];
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const double logit = logits_row[j];
+                        const double weight = class_weights[j];
+                        const double shifted = logit - row_max;
+                        const double top_term = 0;
+                        const double linear_coefficient = weight;
+                        const double shifted_term = linear_coefficient*shifted;
+                        uint64_t scale_bits;
+                        dlogits_row[j] = gs_exp_reduce_f64(shifted, &scale_bits);
+                        stage_bits[j - chunk] = scale_bits;
+                        chunk_top_count += top_term;
+                        chunk_weight_sum += linear_coefficient;
+                        chunk_shifted_sum += shifted_term;
+                    }
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const double exp_term = gs_exp_finish_f64(dlogits_row[j], stage_bits[j - chunk]);
+                        const double rest_term = exp_term;
+                        dlogits_row[j] = exp_term;
+                        chunk_rest_sum += rest_term;
+                    }
                 }
                 if (chunk_max == row_max && chunk_rest_sum < GS_RESPLIT_SUM) {
                     chunk_top_count = 0;
@@ -8512,16 +8659,25 @@ static double gs_row_index_weighted_f64(
             }
         } else {
             if (stores && chunk_end - chunk >= GS_SHORT_CHUNK) {
-                GS_SIMD_SUMS
-                for (j = chunk; j < chunk_end; ++j) {
-                    const double logit = logits_row[j];
-                    const double shifted = logit - row_max;
-                    const double exp_term = gs_exp_f64(shifted);
-                    const double top_term = 0;
-                    const double rest_term = exp_term;
-                    dlogits_row[j] = exp_term;
-                    chunk_top_count += top_term;
-                    chunk_rest_sum += rest_term;
+                {
+                    uint64_t stage_bits[GS_CHUNK];
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const double logit = logits_row[j];
+                        const double shifted = logit - row_max;
+                        const double top_term = 0;
+                        uint64_t scale_bits;
+                        dlogits_row[j] = gs_exp_reduce_f64(shifted, &scale_bits);
+                        stage_bits[j - chunk] = scale_bits;
+                        chunk_top_count += top_term;
+                    }
+                    GS_SIMD_SUMS
+                    for (j = chunk; j < chunk_end; ++j) {
+                        const double exp_term = gs_exp_finish_f64(dlogits_row[j], stage_bits[j - chunk]);
+                        const double rest_term = exp_term;
+                        dlogits_row[j] = exp_term;
+                        chunk_rest_sum += rest_term;
+                    }
                 }
                 if (chunk_max == row_max && chunk_rest_sum < GS_RESPLIT_SUM) {
                     chunk_top_count = 0;
@@ -9869,21 +10025,30 @@ static double gs_row_probs_f64(
             row_max = new_max;
         }
         if (stores && chunk_end - chunk >= GS_SHORT_CHUNK) {
-            GS_SIMD_SUMS
-            for (j = chunk; j < chunk_end; ++j) {
-                const double logit = logits_row[j];
-                const double target_prob = targets_row[j];
-                const double shifted = logit - row_max;
-                const double exp_term = gs_exp_f64(shifted);
-                const double top_term = 0;
-                const double rest_term = exp_term;
-                const double linear_coefficient = label_smoothing/num_classes + target_prob*(1 - label_smoothing);
-                const double shifted_term = linear_coefficient*shifted;
-                dlogits_row[j] = exp_term;
-                chunk_top_count += top_term;
-                chunk_rest_sum += rest_term;
-                chunk_weight_sum += linear_coefficient;
-                chunk_shifted_sum += shifted_term;
+            {
+                uint64_t stage_bits[GS_CHUNK];
+                GS_SIMD_SUMS
+                for (j = chunk; j < chunk_end; ++j) {
+                    const double logit = logits_row[j];
+                    const double target_prob = targets_row[j];
+                    const double shifted = logit - row_max;
+                    const double top_term = 0;
+                    const double linear_coefficient = label_smoothing/num_classes + target_prob*(1 - label_smoothing);
+                    const double shifted_term = linear_coefficient*shifted;
+                    uint64_t scale_bits;
+                    dlogits_row[j] = gs_exp_reduce_f64(shifted, &scale_bits);
+                    stage_bits[j - chunk] = scale_bits;
+                    chunk_top_count += top_term;
+                    chunk_weight_sum += linear_coefficient;
+                    chunk_shifted_sum += shifted_term;
+                }
+                GS_SIMD_SUMS
+                for (j = chunk; j < chunk_end; ++j) {
+                    const double exp_term = gs_exp_finish_f64(dlogits_row[j], stage_bits[j - chunk]);
+                    const double rest_term = exp_term;
+                    dlogits_row[j] = exp_term;
+                    chunk_rest_sum += rest_term;
+                }
             }
             if (chunk_max == row_max && chunk_rest_sum < GS_RESPLIT_SUM) {
                 chunk_top_count = 0;
@@ -10958,22 +11123,31 @@ static double gs_row_probs_weighted_f64(
             row_max = new_max;
         }
         if (stores && chunk_end - chunk >= GS_SHORT_CHUNK) {
-            GS_SIMD_SUMS
-            for (j = chunk; j < chunk_end; ++j) {
-                const double logit = logits_row[j];
-                const double weight = class_weights[j];
-                const double target_prob = targets_row[j];
-                const double shifted = logit - row_max;
-                const double exp_term = gs_exp_f64(shifted);
-                const double top_term = 0;
-                const double rest_term = exp_term;
-                const double linear_coefficient = weight*(label_smoothing/num_classes + target_prob*(1 - label_smoothing));
-                const double shifted_term = linear_coefficient*shifted;
-                dlogits_row[j] = exp_term;
-                chunk_top_count += top_term;
-                chunk_rest_sum += rest_term;
-                chunk_weight_sum += linear_coefficient;
-                chunk_shifted_sum += shifted_term;
+            {
+                uint64_t stage_bits[GS_CHUNK];
+                GS_SIMD_SUMS
+                for (j = chunk; j < chunk_end; ++j) {
+                    const double logit = logits_row[j];
+                    const double weight = class_weights[j];
+                    const double target_prob = targets_row[j];
+                    const double shifted = logit - row_max;
+                    const double top_term = 0;
+                    const double linear_coefficient = weight*(label_smoothing/num_classes + target_prob*(1 - label_smoothing));
+                    const double shifted_term = linear_coefficient*shifted;
+                    uint64_t scale_bits;
+                    dlogits_row[j] = gs_exp_reduce_f64(shifted, &scale_bits);
+                    stage_bits[j - chunk] = scale_bits;
+                    chunk_top_count += top_term;
+                    chunk_weight_sum += linear_coefficient;
+                    chunk_shifted_sum += shifted_term;
+                }
+                GS_SIMD_SUMS
+                for (j = chunk; j < chunk_end; ++j) {
+                    const double exp_term = gs_exp_finish_f64(dlogits_row[j], stage_bits[j - chunk]);
+                    const double rest_term = exp_term;
+                    dlogits_row[j] = exp_term;
+                    chunk_rest_sum += rest_term;
+                }
             }
             if (chunk_max == row_max && chunk_rest_sum < GS_RESPLIT_SUM) {
                 chunk_top_count = 0;

