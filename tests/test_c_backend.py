@@ -282,14 +282,17 @@ def test_sweeps_that_cannot_be_staged_stay_one_loop(assignments):
 
 def test_the_hot_sweeps_are_staged():
     for dtype in DTYPES:
+        lanes = {"lanes_sweep", "lanes_sweep_exp"} if context.LANE_STAGED_EXP[dtype] else set()
         for variant in context.dtype_context(dtype)["variants"]:
+            assert set(variant["staged"]) == {"first_sweep_unsplit", "first_sweep_exp_unsplit"} | lanes
             if variant["stores"]:
                 assert all(variant["staged"].values()), (dtype, variant["name"])
 
 
 def test_staged_and_single_loops_agree_bitwise(tmp_path, monkeypatch):
-    """The long rows' sums in two loops split at the exp's r give the same bits as one loop:
-    every variant, in place too, with a maximum that grows from chunk to chunk."""
+    """The long rows' sums, and the lanes' exp loop where it is staged, in two loops split at
+    the exp's r give the same bits as one loop: every storing variant, in place too, with a
+    maximum that grows from chunk to chunk."""
     from gradsmith.codegen.backends import c as c_backend
 
     monkeypatch.setattr(context, "staged", lambda group, exp: None)
@@ -302,9 +305,9 @@ def test_staged_and_single_loops_agree_bitwise(tmp_path, monkeypatch):
     rng = np.random.default_rng(12)
     for dtype in DTYPES:
         a_call, b_call = runtime.bind(staged, dtype), runtime.bind(unstaged, dtype)
-        for classes in (1000, 4099):
+        for classes in (4, 10, 33, 1000, 4099):
             for probs, weighted, smoothing in ((False, False, 0.0), (False, True, 0.1), (True, True, 0.2)):
-                logits, target, weight = _inputs(rng, dtype, 6, classes, probs)
+                logits, target, weight = _inputs(rng, dtype, 2 * context.SEGMENT_ROWS + 5, classes, probs)
                 logits += np.linspace(0, 30, classes, dtype=dtype)  # a new maximum in most chunks
                 options = {"reduction": "none", "label_smoothing": smoothing,
                            "weight": weight if weighted else None}
