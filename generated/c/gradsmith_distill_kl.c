@@ -33,32 +33,9 @@
 #endif
 
 /* exp(x) for x <= 0 (NaN passes through), float32: range reduction and a polynomial,
-   with the error bound proven in derive/fast_exp.py; no libm call, so loops vectorise. */
-GS_FAST_MATH float gs_exp_f32(float x)
-{
-    uint32_t shifted_bits;
-    uint32_t scale_bits;
-    float scale;
-    const float clamped = ((x < -104.0F) ? (-104.0F) : (x));
-    const float shifted = 1.44269502F*clamped + 12582912.0F;
-    const float k = shifted - 12582912.0F;
-    const float r_hi = clamped - 0.693145752F*k;
-    const float r = -1.42860677e-6F*k + r_hi;
-    const float poly_5_6 = 3.24615985e-13F*r + 1.94876081e-12F;
-    const float poly_4_6 = poly_5_6*r + 9.70120078e-12F;
-    const float poly_3_6 = poly_4_6*r + 3.88047164e-11F;
-    const float poly_2_6 = poly_3_6*r + 1.16415322e-10F;
-    const float poly_1_6 = poly_2_6*r + 2.32830644e-10F;
-    const float poly = poly_1_6*r + 2.32830644e-10F;
-    memcpy(&shifted_bits, &shifted, sizeof shifted_bits);
-    scale_bits = (shifted_bits + UINT32_C(3032481951)) << 23;
-    memcpy(&scale, &scale_bits, sizeof scale);
-    const float result = poly*scale;
-    return result;
-}
-
-/* The same exp in two parts, for loops staged at r (see the long rows' sums): the reduced
-   argument r, with the bits of 2^(k+K) through *scale_bits_out; then the result from those. */
+   with the error bound proven in derive/fast_exp.py; no libm call, so loops vectorise.  The
+   reduction gives r, and the bits of 2^(k+K) through *scale_bits_out; the polynomial and the
+   scaling give the result from those. */
 GS_FAST_MATH float gs_exp_reduce_f32(float x, uint32_t *scale_bits_out)
 {
     uint32_t shifted_bits;
@@ -86,41 +63,17 @@ GS_FAST_MATH float gs_exp_finish_f32(float r, uint32_t scale_bits)
     return result;
 }
 
-/* exp(x) for x <= 0 (NaN passes through), float64: range reduction and a polynomial,
-   with the error bound proven in derive/fast_exp.py; no libm call, so loops vectorise. */
-GS_FAST_MATH double gs_exp_f64(double x)
+GS_FAST_MATH float gs_exp_f32(float x)
 {
-    uint64_t shifted_bits;
-    uint64_t scale_bits;
-    double scale;
-    const double clamped = ((x < -746.0) ? (-746.0) : (x));
-    const double shifted = 1.4426950408889634*clamped + 6755399441055744.0;
-    const double k = shifted - 6755399441055744.0;
-    const double r_hi = clamped - 0.69314718055989033*k;
-    const double r = -5.4979230187083712e-14*k + r_hi;
-    const double poly_3_4 = 2.2587545260059819e-21*r + 9.0350181040458788e-21;
-    const double poly_5_6 = 7.5291817784464826e-23*r + 4.5175090520148806e-22;
-    const double poly_7_8 = 1.3444920639005589e-24*r + 1.0755973961440126e-23;
-    const double poly_9_10 = 1.4977023406388803e-26*r + 1.4938808529606579e-25;
-    const double r2 = r*r;
-    const double poly_3_6 = poly_3_4 + poly_5_6*r2;
-    const double poly_7_10 = poly_7_8 + poly_9_10*r2;
-    const double r4 = r2*r2;
-    const double poly_3_10 = poly_3_6 + poly_7_10*r4;
-    const double r8 = r4*r4;
-    const double poly_3_11 = poly_3_10 + 1.3612803746555738e-27*r8;
-    const double poly_2_11 = poly_3_11*r + 2.7105054312137647e-20;
-    const double poly_1_11 = poly_2_11*r + 5.4210108624275222e-20;
-    const double poly = poly_1_11*r + 5.4210108624275222e-20;
-    memcpy(&shifted_bits, &shifted, sizeof shifted_bits);
-    scale_bits = (shifted_bits + UINT64_C(13603122674472584255)) << 52;
-    memcpy(&scale, &scale_bits, sizeof scale);
-    const double result = poly*scale;
-    return result;
+    uint32_t scale_bits;
+    const float r = gs_exp_reduce_f32(x, &scale_bits);
+    return gs_exp_finish_f32(r, scale_bits);
 }
 
-/* The same exp in two parts, for loops staged at r (see the long rows' sums): the reduced
-   argument r, with the bits of 2^(k+K) through *scale_bits_out; then the result from those. */
+/* exp(x) for x <= 0 (NaN passes through), float64: range reduction and a polynomial,
+   with the error bound proven in derive/fast_exp.py; no libm call, so loops vectorise.  The
+   reduction gives r, and the bits of 2^(k+K) through *scale_bits_out; the polynomial and the
+   scaling give the result from those. */
 GS_FAST_MATH double gs_exp_reduce_f64(double x, uint64_t *scale_bits_out)
 {
     uint64_t shifted_bits;
@@ -154,6 +107,13 @@ GS_FAST_MATH double gs_exp_finish_f64(double r, uint64_t scale_bits)
     const double poly = poly_1_11*r + 5.4210108624275222e-20;
     const double result = poly*scale;
     return result;
+}
+
+GS_FAST_MATH double gs_exp_f64(double x)
+{
+    uint64_t scale_bits;
+    const double r = gs_exp_reduce_f64(x, &scale_bits);
+    return gs_exp_finish_f64(r, scale_bits);
 }
 
 /*

@@ -322,7 +322,7 @@ def printed_fast_exp(dtype: str) -> dict:
     printer = KernelCPrinter(dtype)
     steps = tuple((str(name), print_expression(expr, printer)) for name, expr in approx.steps)
     check_reads("C fast_exp", steps, {"x", "scale"})
-    # The same steps in two functions for staged loops (see staged): up to r, and from r on.
+    # Printed as two functions, for loops staged at r (see staged): up to r, and from r on.
     reduced = [name for name, _ in steps].index("r") + 1
     check_reads("C fast_exp's reduction", steps[:reduced], {"x"})
     check_reads("C fast_exp's polynomial", steps[reduced:], {"r", "scale"})
@@ -335,7 +335,6 @@ def printed_fast_exp(dtype: str) -> dict:
         "name": f"gs_exp_{SUFFIXES[dtype]}",
         "reduce_name": f"gs_exp_reduce_{SUFFIXES[dtype]}",
         "finish_name": f"gs_exp_finish_{SUFFIXES[dtype]}",
-        "steps": steps,
         "reduce_steps": steps[:reduced],
         "finish_steps": steps[reduced:],
         "uint": uint,
