@@ -261,8 +261,8 @@ def test_a_sweep_is_staged_at_its_exp_and_each_sum_goes_with_its_term():
                                     ("top_term", "0"), ("rest_term", "exp_term"),
                                     ("shifted_term", "2*shifted")), "gs_exp_f32")
     assert split["argument"] == "shifted" and split["exp_term"] == "exp_term"
-    assert [name for name, _ in split["early"]] == ["shifted", "top_term", "shifted_term"]
-    assert [name for name, _ in split["late"]] == ["rest_term"]
+    assert [name for name, _ in split["early"].assignments] == ["shifted", "top_term", "shifted_term"]
+    assert [name for name, _ in split["late"].assignments] == ["rest_term"]
     assert split["late_names"] == {"exp_term", "rest_term"}
 
 

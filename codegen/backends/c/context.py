@@ -150,8 +150,9 @@ def staged(group: PrintedCode, exp: str) -> dict | None:
     late_reads = {read for _, code in late for read in names_read(code)}
     if late_reads & (_ELEMENT_INPUTS | {name for name, _ in early}):
         return None
-    return {"early": tuple(early), "argument": argument, "exp_term": exp_term,
-            "late": tuple(late), "late_names": late_names}
+    return {"early": PrintedCode((), tuple(early), 0), "argument": argument,
+            "exp_term": exp_term, "late": PrintedCode((), tuple(late), 0),
+            "late_names": late_names}
 
 
 def _variant(spec: ks.KernelSpec, dtype: str, fast: dict[str, str]) -> dict:
