@@ -13,7 +13,12 @@ from collections.abc import Iterable
 
 import sympy as sp
 from gradsmith.codegen.abi import SUFFIXES as CUDA_SUFFIXES
-from gradsmith.codegen.backends.c.context import printed_fast_exp
+from gradsmith.codegen.backends.c.context import (
+    SEGMENT_ROWS,
+    TRANSPOSE_CASES,
+    lane_context,
+    printed_fast_functions,
+)
 from gradsmith.codegen.backends.c.printer import C_TYPES, KernelCPrinter
 from gradsmith.codegen.backends.cuda.printer import ARITHMETICS, STORAGE, KernelCudaPrinter
 from gradsmith.codegen.backends.numpy.printer import NUMPY_TYPES, KernelNumPyPrinter
@@ -21,6 +26,7 @@ from gradsmith.codegen.printing import check_reads, expression_hash, print_code
 from gradsmith.codegen.render import c_identifier, render_with_preamble
 from gradsmith.derive import row_loss as rl
 from gradsmith.derive.losses import LOSSES, definition
+from gradsmith.derive.row_loss_proofs import fast_row_values
 
 BACKENDS = ("numpy", "c", "cuda")
 DTYPES = ("float32", "float64")
@@ -72,21 +78,35 @@ def cuda_path(name: str) -> str:
     return f"cuda/gradsmith_{name}.cu"
 
 
-def _printer(backend: str, dtype: str, sweep: bool = False):
-    """The printer of ``backend``; ``sweep``: C's per-element exponentials on the proven fast
-    exp (their arguments are <= 0, proven by ``row_loss_proofs``)."""
+# The most classes a row has for C's lanes (more, and rows go one at a time): where the two
+# cross over, timed from 8 to 192 classes on one thread (gcc 12, AMD EPYC): focal at 128 in
+# float32 and 32 in float64; distillation KL, with a teacher's tile to transpose too, at 32
+# and 16.
+LANE_CLASSES = {("index", "float32"): 128, ("index", "float64"): 32,
+                ("teacher", "float32"): 32, ("teacher", "float64"): 16}
+# The functions C evaluates on their proven fast versions, by where they are called: each
+# argument there is in the function's domain, as ``row_loss_proofs`` proves (the sweeps'
+# exponents and the row values' are <= 0, the log-sum's argument >= 0).
+SWEEP_FAST = ("exp",)
+ROW_FAST = ("exp", "expm1")
+LOG_SUM_FAST = ("log1p",)
+
+
+def _printer(backend: str, dtype: str, fast: Iterable[str] = ()):
+    """The printer of ``backend``; C calls the functions named in ``fast`` on their proven fast
+    versions (no libm call, so the loops vectorise)."""
     if backend == "numpy":
         return KernelNumPyPrinter(dtype)
     if backend == "cuda":
         return KernelCudaPrinter(dtype)
-    names = {"exp": printed_fast_exp(dtype)["name"]} if sweep else None
-    return KernelCPrinter(dtype, function_names=names)
+    names = {f: f"gs_{f}_{SUFFIXES[dtype]}" for f in fast}
+    return KernelCPrinter(dtype, function_names=names or None)
 
 
 def _group(backend: str, dtype: str, outputs, prefix: str, inputs: Iterable[str],
-           sweep: bool = False) -> dict:
+           fast: Iterable[str] = ()) -> dict:
     printed = print_code([(str(name), expr) for name, expr in outputs],
-                         _printer(backend, dtype, sweep), temp_prefix=prefix)
+                         _printer(backend, dtype, fast), temp_prefix=prefix)
     check_reads(prefix, printed.assignments, [*inputs, "np"] if backend == "numpy" else inputs)
     temporaries = {name for name, _ in printed.intermediates}
     return {"assignments": [(c_identifier(name), code, name in temporaries)
@@ -104,7 +124,7 @@ def _normalizer(spec: rl.RowLossSpec, backend: str, dtype: str, logit: sp.Symbol
               rl.top_count: sp.Symbol(f"{name}_top_count", nonnegative=True, integer=True),
               rl.top_excess: sp.Symbol(f"{name}_top_excess", nonnegative=True, integer=True),
               rl.rest_sum: sp.Symbol(f"{name}_rest_sum", nonnegative=True)}
-    printer = _printer(backend, dtype, sweep=True)
+    printer = _printer(backend, dtype, SWEEP_FAST)
     state = [str(rename[s]) for s in (rl.scaled, rl.row_max, rl.sum_exp)]
     split = {key: str(rename[s]) for key, s in (("top_count", rl.top_count),
                                                  ("top_excess", rl.top_excess),
@@ -118,7 +138,8 @@ def _normalizer(spec: rl.RowLossSpec, backend: str, dtype: str, logit: sp.Symbol
         "term": printer.doprint(spec.normalizer_term.xreplace(rename)),
         "rescale": printer.doprint(spec.normalizer_rescale.xreplace(
             {rl.sum_exp: rename[rl.sum_exp], rl.old_max: rename[rl.row_max]})),
-        "log_sum_code": _printer(backend, dtype).doprint(spec.normalizer_log_sum.xreplace(rename)),
+        "log_sum_code": _printer(backend, dtype, LOG_SUM_FAST).doprint(
+            spec.normalizer_log_sum.xreplace(rename)),
         **split,
         "top_term": printer.doprint(spec.normalizer_top_term.xreplace(rename)),
         "rest_term": printer.doprint(spec.normalizer_rest_term.xreplace(rename)),
@@ -139,14 +160,15 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
     # the final values apart.
     merged = backend == "c" and not spec.accumulators
     row_values = list(spec.row_values) + (list(spec.final_values) if merged else [])
-    rows = _group(backend, dtype, row_values, "r", row_inputs)
+    rows = _group(backend, dtype, row_values, "r", row_inputs,
+                  ROW_FAST if fast_row_values(spec) is not None else ())
     row_names = [name for name, _, _ in rows["assignments"]]
     element_inputs = row_inputs + row_names + [str(n[0]) for n in spec.normalizers]
     element_outputs = list(spec.element_values) + [(sp.Symbol("dlogit"), spec.dlogit)]
     if spec.dlogit_at_target is not None:
         element_outputs.append((sp.Symbol("dlogit_at_target"), spec.dlogit_at_target))
     element_outputs += [(a.symbol, a.term) for a in spec.accumulators]
-    elements = _group(backend, dtype, element_outputs, "e", element_inputs, sweep=True)
+    elements = _group(backend, dtype, element_outputs, "e", element_inputs, SWEEP_FAST)
     accumulators = [str(a.symbol) for a in spec.accumulators]
     # The final values read each row sum as its total over the row.
     totals = {a.symbol: sp.Symbol(f"{a.symbol}_total", real=True) for a in spec.accumulators}
@@ -175,9 +197,45 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
         "op_count": op_count,
     }
     if backend == "c":
-        values["fast_exp"] = printed_fast_exp(dtype)
-        values["op_count"] += values["fast_exp"]["op_count"]
+        values["fast_functions"] = printed_fast_functions(dtype)
+        values["op_count"] += sum(f["op_count"] for f in values["fast_functions"].values())
+        values.update(_lane_rows(rows, elements, final, normalizers, gathered))
+        values["lanes"] = lane_context(dtype)
+        values["lane_classes"] = LANE_CLASSES[spec.kind, dtype]
     return values
+
+
+def _lane_rows(rows: dict, elements: dict, final: dict, normalizers: list[dict],
+               gathered: list[str]) -> dict:
+    """How the C lanes pass row values between their loops.  The row values run as one loop over
+    the lanes up to the first that calls libm (a call the compiler cannot vectorise, focal's
+    powf), the rest as a second loop; each value another loop reads is kept a lane each."""
+    assignments = rows["assignments"]
+    split = next((k for k, (_, code, _) in enumerate(assignments) if _calls_libm(code)),
+                 len(assignments))
+    vector, scalar = assignments[:split], assignments[split:]
+    log_sums = [n["log_sum"] for n in normalizers]
+    inputs = [n["max"] for n in normalizers] + gathered + [str(rl.grad_scale)]
+    first = log_sums + [name for name, _, _ in vector]
+    second = [name for name, _, _ in scalar]
+    later = _names(elements) | _names(final)
+    scalar_reads = _names({"assignments": scalar})
+    lane_rows = [name for name in inputs + first + second
+                 if name in later or name == str(rl.row_loss)]
+    computed = [name for name in first + second
+                if name in lane_rows or (name in first and name in scalar_reads)]
+    return {
+        "row_vector": vector,
+        "row_scalar": scalar,
+        "lane_rows": lane_rows,  # read by the gradient sweep and the loss
+        "lane_computed": computed,  # computed by the row loops, stored a lane each
+        "scalar_reads": [name for name in inputs + first if name in scalar_reads],
+    }
+
+
+def _calls_libm(code: str) -> bool:
+    """Whether printed C calls a function other than the fast ones (gs_...)."""
+    return any(not name.startswith("gs_") for name in re.findall(r"\b([A-Za-z_]\w*)\(", code))
 
 
 def _names(group: dict) -> set[str]:
@@ -264,13 +322,15 @@ def render_loss(loss, backends: Iterable[str] = BACKENDS) -> dict[str, str]:
                                               context(spec, "numpy", dtype), numpy_abi(spec)))
     if "c" in backends:
         ctx = {dtype: context(spec, "c", dtype) for dtype in DTYPES}
-        fast_exps = [e for d in DTYPES for e in ctx[d]["fast_exp"]["expressions"]]
+        fast_exps = [e for d in DTYPES for f in ctx[d]["fast_functions"].values()
+                     for e in f["expressions"]]
         combined = {"spec_hash": expression_hash([*spec.expressions(), *fast_exps]),
                     "name": spec.name,
                     "op_count": sum(c["op_count"] for c in ctx.values()),
                     "variants": [ctx[d] for d in DTYPES], "options": ctx["float32"]["options"],
                     "option_checks": option_checks(spec), "kind": spec.kind,
-                    "class_weights": spec.class_weights}
+                    "class_weights": spec.class_weights, "segment_rows": SEGMENT_ROWS,
+                    "transpose_cases": TRANSPOSE_CASES}
         files.update(render_with_preamble({c_path(spec.name): C_TEMPLATE}, combined, c_abi(spec)))
     if "cuda" in backends:
         files.update(render_with_preamble({cuda_path(spec.name): CUDA_TEMPLATE},

@@ -131,6 +131,10 @@ def prove(definition: rl.LossDefinition, losses=None) -> list[LossClaim]:
     claims.append(LossClaim("online normalizer: rescaled sums and lse", _online(spec)))
     claims.append(LossClaim("fast exp domain: every exponent of the sweeps is <= 0",
                             _sweep_exponents(spec)))
+    row_domain = fast_row_values(spec)
+    if row_domain is not None:
+        claims.append(LossClaim("fast exp and expm1 domain: every exponent of the row values is "
+                                "<= 0", row_domain))
     claims.append(LossClaim("online normalizer: merge of two partial rows", _merge(spec)))
     claims.append(LossClaim("two-pass normalizer: the maximum counted, the rest summed",
                             _two_pass(spec)))
@@ -189,6 +193,34 @@ def _sweep_exponents(spec: rl.RowLossSpec) -> Verdict:
                              "outside the fast exp's domain")
     return Verdict("symbolic", f"SymPy's assumptions decide {len(exponents)} exponents <= 0 "
                                "under the sweeps' bounds")
+
+
+def fast_row_values(spec: rl.RowLossSpec) -> Verdict | None:
+    """Whether the row values' exp and expm1 may run on the fast functions (domains x <= 0 and
+    x <= 1/2): SymPy's assumptions decide every argument <= 0 once each normalizer's maximum
+    bounds its scaled target logit and its log-sum is >= 0 (the sweeps' guarantees), row values
+    read as nonpositive symbols (log p_t) shown nonpositive first.  The final values count too:
+    without row sums C prints them with the row values.  None where there is no such argument,
+    or one is not decided: the C row values then call libm (a loss's own exponents may leave
+    the domain)."""
+    if spec.normalizer_log_sum.is_nonnegative is not True:
+        return None
+    below = {}
+    if rl.target_logit in spec.gathered:
+        below[rl.target_logit] = (rl.logit_max - sp.Symbol("target_gap", nonnegative=True)) / spec.scale
+    values = {}
+    arguments = set()
+    for symbol, expr in spec.row_values + spec.final_values:
+        expr = expr.xreplace(values).xreplace(below)
+        arguments |= {sp.expand(e.args[0]) for e in expr.atoms(sp.exp, expm1)}
+        values[symbol] = sp.expand(expr, power_exp=False)
+        if symbol.is_nonpositive and values[symbol].is_nonpositive is not True:
+            return None
+    if not arguments or any(a.is_nonpositive is not True for a in arguments):
+        return None
+    shown = ", ".join(sorted(map(str, arguments)))
+    return Verdict("symbolic", f"SymPy's assumptions decide {shown} <= 0 under the sweeps' "
+                               "bounds")
 
 
 def _merge(spec: rl.RowLossSpec) -> Verdict:

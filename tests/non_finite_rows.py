@@ -41,7 +41,7 @@ class Batch:
         return ~self.nonfinite & ~self.ignored
 
 
-def batch(name: str, classes: int = 6, seed: int = 0) -> Batch:
+def batch(name: str, classes: int = 6, seed: int = 0, copies: int = 1) -> Batch:
     found = definition(name)
     teacher = found.kind == "teacher"
     rng = np.random.default_rng(seed)
@@ -68,7 +68,9 @@ def batch(name: str, classes: int = 6, seed: int = 0) -> Batch:
         second[-2] = -100
         ignored[-2] = True
     options = {o.name: 2.0 if o.name == "gamma" else 1.5 for o in found.options}
-    return Batch(name, logits, second, nonfinite, ignored, options)
+    # copies > 1: the batch again and again, so that its rows fill whole segments of the C lanes.
+    tile = (lambda a: np.tile(a, (copies,) + (1,) * (a.ndim - 1)))
+    return Batch(name, tile(logits), tile(second), tile(nonfinite), tile(ignored), options)
 
 
 def check(b: Batch, losses, grads, tolerance: float) -> None:

@@ -21,6 +21,17 @@ def test_non_finite_rows_are_nan_and_the_others_exact(name, backend, dtype):
     check(b, losses, grads, TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", GENERIC)
+def test_non_finite_rows_in_whole_segments_of_the_c_lanes(name, dtype):
+    b = batch(name, copies=6)
+    assert len(b.logits) > 64  # two whole segments of 32 rows and a part of one
+    second = b.second.astype(dtype) if b.teacher else b.second
+    losses, grads = load("c", dtype, loss=name)(b.logits.astype(dtype), second,
+                                                reduction="none", **b.options)
+    check(b, losses, grads, TOLERANCE[dtype])
+
+
 @pytest.mark.parametrize("name", GENERIC)
 def test_the_torch_op_follows_the_same_policy(name):
     torch = pytest.importorskip("torch")

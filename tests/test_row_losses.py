@@ -99,6 +99,43 @@ def test_distill_kl_matches_torch_kl_div(backend, dtype, reduction):
         assert np.abs(ours - want).max() <= error_bound(dtype, theirs, want)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["focal", "distill_kl"])
+def test_short_rows_in_lanes_match_torch_in_whole_and_partial_segments(name, dtype):
+    """75 rows (two whole segments of 32 rows and a part of one) at class counts on both sides
+    of the C kernels' limit for their lanes, with ignored rows, class weights and a gradient
+    per row, against torch autograd of the definition."""
+    from gradsmith.codegen.row_loss import LANE_CLASSES
+
+    found = definition(name)
+    limit = LANE_CLASSES[found.kind, dtype]
+    rng = np.random.default_rng(limit)
+    function = load("c", dtype, loss=name)
+    # One class only with class targets: a teacher's one-class row has KL 0, which float32
+    # misses by an ulp of z / T (the sweeps divide by T, the gradient sweep multiplies by 1 / T).
+    for classes in sorted({1 if found.kind == "index" else 2, 4, 10, limit, limit + 1}):
+        z = (rng.standard_normal((75, classes)) * 3).astype(dtype)
+        grad_output = rng.uniform(0.5, 2.0, 75).astype(dtype)
+        if found.kind == "teacher":
+            u = (rng.standard_normal((75, classes)) * 3).astype(dtype)
+            loss, dlogits = function(z, u, temperature=2.5, reduction="none",
+                                     grad_output=grad_output)
+            exact, low = (torch_result(*torch_kl(z, u, 2.5, "none", d), grad_output)
+                          for d in (torch.float64, TORCH_DTYPES[dtype]))
+        else:
+            t = rng.integers(0, classes, 75)
+            t[[0, 31, 40, 74]] = -100
+            alpha = rng.uniform(0.1, 1.0, classes).astype(dtype)
+            loss, dlogits = function(z, t, gamma=1.5, alpha=alpha, reduction="none",
+                                     grad_output=grad_output)
+            exact, low = (torch_result(*torch_focal(z, t, 1.5, alpha, -100, "none", d),
+                                       grad_output)
+                          for d in (torch.float64, TORCH_DTYPES[dtype]))
+            assert not dlogits[[0, 31, 40, 74]].any() and not loss[[0, 31, 40, 74]].any()
+        for ours, want, theirs in zip((loss, dlogits), exact, low, strict=True):
+            assert np.abs(ours - want).max() <= error_bound(dtype, theirs, want), classes
+
+
 def _mp_log_softmax(row, scale):
     scaled = [mpmath.mpf(v) * scale for v in row]
     top = max(scaled)

@@ -454,26 +454,40 @@ def _half_transpose_context(lanes: int) -> dict:
     return {"permutation": permutation, "inverse": inverse, "stages": stages}
 
 
-def dtype_context(dtype: str) -> dict:
-    fast_exp = printed_fast_exp(dtype)
-    fast_expm1 = _fast_expm1(dtype, fast_exp["name"])
-    fast_log = _fast_log(dtype)
-    fast_log1p = _fast_log1p(dtype, fast_log["name"])
-    fast_tanh = _fast_tanh(dtype)
-    fast = {"exp": fast_exp["name"], "expm1": fast_expm1["name"], "log": fast_log["name"],
-            "log1p": fast_log1p["name"], "tanh": fast_tanh["name"]}
-    variants = [_variant(spec, dtype, fast) for spec in ks.all_specs()]
+def lane_context(dtype: str) -> dict:
+    """What lanes.c.j2's tile transposes and a segment's lanes need of ``dtype``."""
     return {
         "dtype": dtype,
         "real": C_TYPES[dtype],
         "sfx": SUFFIXES[dtype],
-        "short_simdlen": SHORT_SIMDLEN[dtype],
         "lane_simdlen": LANE_SIMDLEN[dtype],
         "lane_int": LANE_INT[dtype],
         "short_classes": SHORT_CLASSES[dtype],
         "transpose_lanes": TRANSPOSE_LANES[dtype],
         "transpose_stages": transpose_stages(TRANSPOSE_LANES[dtype]),
         "half_transpose": _half_transpose_context(TRANSPOSE_LANES[dtype]),
+    }
+
+
+def printed_fast_functions(dtype: str) -> dict[str, dict]:
+    """The proven fast exp, expm1, log and log1p of ``dtype``, printed for macros.c.j2."""
+    fast_exp = printed_fast_exp(dtype)
+    fast_log = _fast_log(dtype)
+    return {"exp": fast_exp, "expm1": _fast_expm1(dtype, fast_exp["name"]), "log": fast_log,
+            "log1p": _fast_log1p(dtype, fast_log["name"])}
+
+
+def dtype_context(dtype: str) -> dict:
+    functions = printed_fast_functions(dtype)
+    fast_exp, fast_expm1 = functions["exp"], functions["expm1"]
+    fast_log, fast_log1p = functions["log"], functions["log1p"]
+    fast_tanh = _fast_tanh(dtype)
+    fast = {"exp": fast_exp["name"], "expm1": fast_expm1["name"], "log": fast_log["name"],
+            "log1p": fast_log1p["name"], "tanh": fast_tanh["name"]}
+    variants = [_variant(spec, dtype, fast) for spec in ks.all_specs()]
+    return {
+        **lane_context(dtype),
+        "short_simdlen": SHORT_SIMDLEN[dtype],
         "lane_magnitude_check": LANE_MAGNITUDE_CHECK[dtype],
         "lane_target_gather": LANE_TARGET_GATHER[dtype],
         "row_prefetch": ROW_PREFETCH[dtype],
