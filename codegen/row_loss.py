@@ -8,6 +8,7 @@ the name or the formula of a loss.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 
@@ -148,20 +149,51 @@ def _normalizer(spec: rl.RowLossSpec, backend: str, dtype: str, logit: sp.Symbol
     }
 
 
+# The scale of the logits, evaluated once per call where it is not a number (C and NumPy).
+LOGIT_SCALE = sp.Symbol("logit_scale", positive=True)
+
+
+def _hoisted(spec: rl.RowLossSpec) -> rl.RowLossSpec:
+    """``spec`` with each scaled logit, ``scale * z``, read as ``logit_scale * z``, the scale
+    evaluated once per call: every sweep multiplies by the same rounded scale, where printed as
+    they are the maxima and sums divided by T and the gradient multiplied by CSE's 1 / T, and
+    none divides (distillation KL 5-8% faster in C, one run, calls alternated)."""
+    if spec.scale.is_number:
+        return spec
+    scaled = {spec.scale * symbol: LOGIT_SCALE * symbol
+              for symbol in (rl.logit, rl.teacher_logit, rl.target_logit)}
+
+    def values(pairs):
+        return tuple((symbol, expr.xreplace(scaled)) for symbol, expr in pairs)
+
+    return dataclasses.replace(spec, scaled_logit=spec.scaled_logit.xreplace(scaled),
+                               row_values=values(spec.row_values),
+                               element_values=values(spec.element_values))
+
+
 def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
     """Everything the row-loss template of ``backend`` lays out, printed in ``dtype``."""
     options = [c_identifier(option.name) for option in spec.options]
-    normalizers = [_normalizer(spec, backend, dtype, logit, maximum, log_sum, options)
+    scale_code = None
+    if backend != "cuda" and not spec.scale.is_number:
+        scale_code = _printer(backend, dtype).doprint(spec.scale)
+        check_reads("the logits' scale", [(str(LOGIT_SCALE), scale_code)], options)
+        fast_rows = fast_row_values(spec) is not None  # proven of the spec as derive states it
+        spec = _hoisted(spec)
+    else:
+        fast_rows = fast_row_values(spec) is not None
+    # What the printed code may read besides its own values: the options and the scale.
+    call_values = options + ([str(LOGIT_SCALE)] if scale_code else [])
+    normalizers = [_normalizer(spec, backend, dtype, logit, maximum, log_sum, call_values)
                    for logit, maximum, log_sum in spec.normalizers]
     gathered = [str(s) for s in spec.gathered]
-    row_inputs = [n[key] for n in normalizers for key in ("max", "log_sum")] + gathered + options + [str(rl.grad_scale)]
+    row_inputs = [n[key] for n in normalizers for key in ("max", "log_sum")] + gathered + call_values + [str(rl.grad_scale)]
     # C prints final values that read no sweep sum with the row values, so that what they share
     # (focal's (1 - p_t)^gamma, a libm call) is computed once; CUDA's and NumPy's layouts keep
     # the final values apart.
     merged = backend == "c" and not spec.accumulators
     row_values = list(spec.row_values) + (list(spec.final_values) if merged else [])
-    rows = _group(backend, dtype, row_values, "r", row_inputs,
-                  ROW_FAST if fast_row_values(spec) is not None else ())
+    rows = _group(backend, dtype, row_values, "r", row_inputs, ROW_FAST if fast_rows else ())
     row_names = [name for name, _, _ in rows["assignments"]]
     element_inputs = row_inputs + row_names + [str(n[0]) for n in spec.normalizers]
     element_outputs = list(spec.element_values) + [(sp.Symbol("dlogit"), spec.dlogit)]
@@ -184,6 +216,7 @@ def context(spec: rl.RowLossSpec, backend: str, dtype: str) -> dict:
         "scalar_type": NUMPY_TYPES[dtype] if backend == "numpy" else C_TYPES[dtype],
         "suffix": SUFFIXES[dtype],
         "options": options,
+        "scale_code": scale_code,  # logit_scale's, where the template evaluates it once
         "normalizers": normalizers,
         "gathered": gathered,
         "gathered_defaults": [_printer(backend, dtype).doprint(d) for d in spec.gathered_defaults],

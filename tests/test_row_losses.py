@@ -111,8 +111,9 @@ def test_short_rows_in_lanes_match_torch_in_whole_and_partial_segments(name, dty
     limit = LANE_CLASSES[found.kind, dtype]
     rng = np.random.default_rng(limit)
     function = load("c", dtype, loss=name)
-    # One class only with class targets: a teacher's one-class row has KL 0, which float32
-    # misses by an ulp of z / T (the sweeps divide by T, the gradient sweep multiplies by 1 / T).
+    # One class only with class targets: a teacher's one-class row has KL 0, which C's float32
+    # misses by an ulp of z / T (gcc fuses the gradient sweep's z * (1 / T) - max, one rounding
+    # fewer than the maximum's).
     for classes in sorted({1 if found.kind == "index" else 2, 4, 10, limit, limit + 1}):
         z = (rng.standard_normal((75, classes)) * 3).astype(dtype)
         grad_output = rng.uniform(0.5, 2.0, 75).astype(dtype)
