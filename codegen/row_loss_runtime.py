@@ -165,7 +165,13 @@ def _c_library(name: str, kernels: Path) -> ctypes.CDLL:
 
 
 def _c_kernel(definition: LossDefinition, dtype: str, kernels: Path) -> Callable:
-    function = getattr(_c_library(definition.name, kernels), f"gs_{definition.name}_{SUFFIXES[dtype]}")
+    return bind_c(_c_library(definition.name, kernels), definition, dtype)
+
+
+def bind_c(library: ctypes.CDLL, definition: LossDefinition, dtype: str) -> Callable:
+    """``kernel(logits, second, target, alpha, ignore_index, scale, values)`` -> (row losses,
+    gradient) on the ``dtype`` entry point of a compiled library of ``definition``."""
+    function = getattr(library, f"gs_{definition.name}_{SUFFIXES[dtype]}")
     # Pointers as addresses, as for the cross-entropy kernels; every dtype is checked before.
     kinds = {"real*": ctypes.c_void_p, "int64*": ctypes.c_void_p, "double*": ctypes.c_void_p,
              "int64": ctypes.c_int64}

@@ -137,6 +137,46 @@ def test_short_rows_in_lanes_match_torch_in_whole_and_partial_segments(name, dty
             assert np.abs(ours - want).max() <= error_bound(dtype, theirs, want), classes
 
 
+@pytest.mark.parametrize("name", ["focal", "distill_kl"])
+def test_the_lanes_give_the_same_bits_with_element_transposes_and_threads(name, tmp_path):
+    """Whole segments move through vector squares where the compiler has vector shuffles and
+    through element loops with GS_NO_VECTOR_SHUFFLES, on one thread or on OpenMP's team: no
+    sum in the lanes crosses rows, so every build gives the same bits, at class counts below,
+    at and between multiples of the vector width and at the lanes' limit.  (Past it, rows one
+    at a time sum in SIMD lanes, in an order the build fixes.)"""
+    import ctypes
+    import subprocess
+
+    from gradsmith.codegen.backends.c import build
+    from gradsmith.codegen.loading import shipped_kernels
+    from gradsmith.codegen.row_loss import LANE_CLASSES, c_path
+    from gradsmith.codegen.row_loss_runtime import bind_c, build_c
+
+    found = definition(name)
+    source = shipped_kernels() / c_path(name)
+    # The shipped build (vector shuffles, OpenMP), and element loops on one thread.
+    target = tmp_path / f"{name}.so"
+    command = [*build.compiler(), *build.base_flags(build.compiler()), *build.SIMD_FLAGS,
+               "-DGS_NO_VECTOR_SHUFFLES", "-o", str(target), str(source), "-lm"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    libraries = [ctypes.CDLL(str(build_c(name, shipped_kernels()))), ctypes.CDLL(str(target))]
+    rng = np.random.default_rng(9)
+    options = [2.0] if found.kind == "index" else [1.5]
+    for dtype in DTYPES:
+        kernels = [bind_c(library, found, dtype) for library in libraries]
+        limit = LANE_CLASSES[found.kind, dtype]
+        for classes in sorted(c for c in {2, 3, 4, 5, 8, 9, 10, 16, 17, limit} if c <= limit):
+            rows = 3 * 32 + 5
+            z = (rng.standard_normal((rows, classes)) * 3).astype(dtype)
+            second, target = (z * 0.5, None) if found.kind == "teacher" else (None, rng.integers(0, classes, rows))
+            scale = rng.uniform(0.5, 2.0, rows).astype(dtype)
+            results = [kernel(z, second, target, None, -100, scale, options) for kernel in kernels]
+            for loss, grad in results[1:]:
+                assert np.array_equal(loss, results[0][0]), (dtype, classes)
+                assert np.array_equal(grad, results[0][1]), (dtype, classes)
+
+
 def _mp_log_softmax(row, scale):
     scaled = [mpmath.mpf(v) * scale for v in row]
     top = max(scaled)

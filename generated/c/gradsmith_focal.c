@@ -20,9 +20,9 @@
 #else
 #define GS_FAST_MATH static inline
 #endif
-/* The sweeps' loops as vectorised reductions (where OpenMP is on): the maxima, the split sums,
-   and the gradient sweep with its row sums. */
-#ifdef _OPENMP
+/* The sweeps' loops as vectorised reductions (where OpenMP or its SIMD pragmas are on): the
+   maxima, the split sums, and the gradient sweep with its row sums. */
+#if defined(_OPENMP) || defined(GS_OPENMP_SIMD)
 #define GS_SIMD_MAXIMA _Pragma("omp simd reduction(max: logit_max) reduction(|: nonfinite)")
 #define GS_SIMD_SPLIT_SUMS _Pragma("omp simd reduction(+: logit_top_count, logit_rest_sum)")
 #define GS_SIMD_GRADIENT _Pragma("omp simd")
