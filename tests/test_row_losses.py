@@ -353,6 +353,18 @@ def test_bench_times_a_loss_beside_torch():
     assert "machine:" in table and "vs eager" in table and "16x5" in table
 
 
+def test_a_busy_loss_bench_times_the_kernel_beside_itself_on_one_thread():
+    from gradsmith.codegen.bench import losses
+
+    report = losses.run("focal", ((40, 6),), repeat=1, warmup=0, busy=True)
+    (row,) = report["rows"]
+    assert set(row["ms"]) == {"numpy", "c", "c-1thread"} and not row["skipped"]
+    # The one-thread call gives the kernel's own loss: the same rows, the same bits.
+    assert row["loss"]["c-1thread"] == row["loss"]["c"]
+    table = losses.format_report(report)
+    assert "busy:" in table and "vs 1thread" in table and "torch" not in table.split("\n", 2)[2]
+
+
 def test_a_wrong_closed_form_is_refused():
     import dataclasses
 

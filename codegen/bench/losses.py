@@ -3,10 +3,12 @@ the loss module's own torch form of the definition, in the same run (medians, ra
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
 from gradsmith.codegen.bench import machine
+from gradsmith.codegen.bench.busy import busy_core
 from gradsmith.codegen.bench.timing import HostClock, measure
 from gradsmith.codegen.loading import load
 from gradsmith.derive.losses import definition
@@ -80,9 +82,26 @@ def _loss_of(result) -> float:
     return float(value.detach() if hasattr(value, "detach") else value)
 
 
+def _one_thread(call):
+    """``call`` on one OpenMP thread, the caller's setting restored after it."""
+    def single():
+        with machine.openmp_threads(1):
+            return call()
+    return single
+
+
 def run(loss: str, shapes=SHAPES, dtype: str = "float32", repeat: int = 5, warmup: int = 1,
-        threads: int = 1, seed: int = 0, peers=PEERS) -> dict[str, Any]:
-    """Time every contender on every shape; returns the report (rows and the machine)."""
+        threads: int = 1, seed: int = 0, peers=PEERS, busy: bool = False) -> dict[str, Any]:
+    """Time every contender on every shape; returns the report (rows and the machine).  With
+    ``busy`` another process keeps one core busy throughout, and the C kernel is timed beside
+    itself on one OpenMP thread (c-1thread) instead of beside the peers."""
+    with busy_core() if busy else contextlib.nullcontext():
+        report = _run(loss, shapes, dtype, repeat, warmup, threads, seed, () if busy else peers,
+                      busy)
+    return {**report, "busy": busy}
+
+
+def _run(loss, shapes, dtype, repeat, warmup, threads, seed, peers, busy) -> dict[str, Any]:
     found = definition(loss)
     options = {o.name: o.default for o in found.options}
     rows = []
@@ -90,7 +109,9 @@ def run(loss: str, shapes=SHAPES, dtype: str = "float32", repeat: int = 5, warmu
         logits, second = _inputs(found, n_rows, n_classes, dtype, seed)
         calls = {name: (_kernel_call(load(name, dtype, loss=loss), logits, second, options), None)
                  for name in BACKENDS}
-        torch_calls, skipped = _torch_calls(found, logits, second, options, peers)
+        if busy:
+            calls["c-1thread"] = (_one_thread(calls["c"][0]), None)
+        torch_calls, skipped = _torch_calls(found, logits, second, options, peers) if peers else ({}, {})
         calls.update(torch_calls)
         times = {name: measure(call, clock=HostClock(), repeat=repeat, warmup=warmup,
                                reset=reset).median_ms for name, (call, reset) in calls.items()}
@@ -107,14 +128,19 @@ def run(loss: str, shapes=SHAPES, dtype: str = "float32", repeat: int = 5, warmu
 
 def format_report(report: dict[str, Any]) -> str:
     m = report["machine"]
+    busy = report.get("busy", False)
+    base = "c-1thread" if busy else "torch-eager"
     lines = [(f"machine: {m['cpu']}, {m['cores']} cores, {m['threads']} thread(s); "
               f"GPU: {m['gpu'] or 'none'}; torch {m['torch']}"),
              (f"{report['loss']}: fused forward + backward, default options and reduction; "
-              f"median of {report['repeat']} after warm-up; ratio = torch-eager ms / ms"), ""]
-    header = f"{'shape':<12} {'dtype':<8} {'contender':<16} {'ms':>9} {'vs eager':>9}"
-    lines += [header, "-" * len(header)]
+              f"median of {report['repeat']} after warm-up; ratio = {base} ms / ms")]
+    if busy:
+        lines.append("busy: another process kept one core busy throughout; c-1thread is the C "
+                     "kernel on one OpenMP thread")
+    header = f"{'shape':<12} {'dtype':<8} {'contender':<16} {'ms':>9} {'vs ' + base.split('-')[-1]:>9}"
+    lines += ["", header, "-" * len(header)]
     for row in report["rows"]:
-        eager = row["ms"].get("torch-eager")
+        eager = row["ms"].get(base)
         for name, ms in row["ms"].items():
             ratio = f"{eager / ms:.2f}x" if eager else "-"
             lines.append(f"{row['shape']:<12} {row['dtype']:<8} {name:<16} {ms:>9.3f} {ratio:>9}")

@@ -124,7 +124,7 @@ def _run_loss(args: argparse.Namespace) -> int:
     if threads is not None:  # else OpenMP's and torch's own defaults, as the main benchmark
         machine.set_threads(threads)
     report = losses.run(args.loss, shapes, dtype, repeat, args.warmup,
-                        threads or machine.core_count(), args.seed)
+                        threads or machine.core_count(), args.seed, busy=args.busy)
     print(losses.format_report(report))
     if args.json is not None:
         write_json(report, args.json)

@@ -9,9 +9,19 @@
 #include "gradsmith_ce.h"
 
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+/* The team of threads as cross-entropy's (see team_functions in macros.c.j2). */
+#define GS_PARALLEL_MIN_ELEMENTS 32768
+#define GS_PARALLEL_CHUNK_ELEMENTS 32768
+#define GS_LATE_TEAM_SERIAL_MIN 1048576
+#define GS_LATE_TEAM_SERIAL_MAX 67108864
+#define GS_LATE_REGIONS 2
 
 /* The fast functions are inlined into every loop that calls them, or the loop stays scalar;
    with many call sites gcc's unit-growth limit would otherwise decide for some of them. */
@@ -19,6 +29,89 @@
 #define GS_FAST_MATH static inline __attribute__((always_inline))
 #else
 #define GS_FAST_MATH static inline
+#endif
+
+#ifdef _OPENMP
+/* Many more chunks than threads, handed out as threads come: a thread whose core is taken by
+   another process takes fewer, and the others do its share. */
+#define GS_PARALLEL _Pragma("omp parallel num_threads(gs_threads) if (gs_threads > 1)")
+#define GS_FOR_SEGMENTS _Pragma("omp for schedule(dynamic, gs_chunk_segments) nowait")
+
+/* Elements left to run on one thread, and how many the next such run gets.  A region that
+   took longer than its fastest thread alone would have (that thread's time per segment times
+   all segments) waited for threads whose cores are taken, or that were slow to wake.  After
+   GS_LATE_REGIONS such regions in a row the next gs_serial_budget elements run on one thread,
+   then the team is tried again.  If that first team region is late too, the budget doubles (up
+   to GS_LATE_TEAM_SERIAL_MAX) and one thread goes on at once; every region on time halves it
+   (down to GS_LATE_TEAM_SERIAL_MIN).  So a busy machine is re-checked ever more rarely, and a
+   slow start on a quiet one costs a call or two.  The fastest thread, not the calling one: the
+   caller may be the thread whose core is taken.  In a row: on a quiet machine a single region
+   can be late (a thread preempted once). */
+static int64_t gs_serial_elements;
+static int64_t gs_serial_budget = GS_LATE_TEAM_SERIAL_MIN;
+static int gs_late_regions;
+static int gs_retrying; /* the next team region is the first after a run on one thread */
+
+static int gs_team_threads(int wanted, int64_t elements)
+{
+    int64_t left;
+    if (wanted <= 1) {
+        return wanted;
+    }
+#pragma omp atomic read
+    left = gs_serial_elements;
+    if (left > 0) {
+#pragma omp atomic update
+        gs_serial_elements -= elements;
+        return 1;
+    }
+    return wanted;
+}
+
+static void gs_note_team(int threads, double region_seconds, double fastest_rate,
+                         int64_t segments)
+{
+    int late;
+    int retrying;
+    int64_t budget;
+    if (threads <= 1 || fastest_rate <= 0.0) {
+        return;
+    }
+#pragma omp atomic capture
+    {
+        retrying = gs_retrying;
+        gs_retrying = 0;
+    }
+#pragma omp atomic read
+    budget = gs_serial_budget;
+    if (region_seconds <= fastest_rate * (double)segments) {
+#pragma omp atomic write
+        gs_late_regions = 0;
+#pragma omp atomic write
+        gs_serial_budget = budget / 2 > GS_LATE_TEAM_SERIAL_MIN ? budget / 2 : GS_LATE_TEAM_SERIAL_MIN;
+        return;
+    }
+    if (retrying) {
+        budget = budget < GS_LATE_TEAM_SERIAL_MAX / 2 ? 2 * budget : GS_LATE_TEAM_SERIAL_MAX;
+        late = GS_LATE_REGIONS;
+    } else {
+#pragma omp atomic capture
+        late = ++gs_late_regions;
+    }
+    if (late >= GS_LATE_REGIONS) {
+#pragma omp atomic write
+        gs_late_regions = 0;
+#pragma omp atomic write
+        gs_serial_budget = budget;
+#pragma omp atomic write
+        gs_retrying = 1;
+#pragma omp atomic write
+        gs_serial_elements = budget;
+    }
+}
+#else
+#define GS_PARALLEL
+#define GS_FOR_SEGMENTS
 #endif
 /* The sweeps' loops as vectorised reductions (where OpenMP or its SIMD pragmas are on): the
    maxima, the split sums, and the gradient sweep with its row sums. */
@@ -964,6 +1057,88 @@ static void gs_distill_kl_lanes_f32(const float *logits, const float *second,
     }
 }
 
+static void gs_distill_kl_row_f32(const float *logits, const float *second,
+        const int64_t *target, const float *alpha, int64_t n, int64_t n_classes,
+float temperature, float logit_scale, int64_t ignore_index,
+        const float *grad_scale_rows, float *row_loss_out, float *dlogits)
+{
+    (void)target;
+    (void)alpha;
+    (void)ignore_index;
+    const float *row = logits + n * n_classes;
+    float *grad = dlogits + n * n_classes;
+    const float grad_scale = grad_scale_rows[n];
+    const float *teacher_row = second + n * n_classes;
+    float logit_max = -INFINITY;
+    float logit_top_count = 0;
+    float logit_rest_sum = 0;
+    float teacher_logit_max = -INFINITY;
+    float teacher_logit_top_count = 0;
+    float teacher_logit_rest_sum = 0;
+    /* Two passes, each a vectorised reduction: the maxima, then per element 1 at its
+       maximum or its term below it.  nonfinite: whether a logit or a teacher
+       logit is NaN or infinite (then x - x is NaN, not 0). */
+    int nonfinite = 0;
+    GS_SIMD_MAXIMA
+    for (int64_t c = 0; c < n_classes; ++c) {
+        const float logit = row[c];
+        const float logit_scaled = logit*logit_scale;
+        nonfinite |= logit - logit != 0;
+        logit_max = logit_scaled > logit_max ? logit_scaled : logit_max;
+        const float teacher_logit = teacher_row[c];
+        const float teacher_logit_scaled = logit_scale*teacher_logit;
+        nonfinite |= teacher_logit - teacher_logit != 0;
+        teacher_logit_max = teacher_logit_scaled > teacher_logit_max ? teacher_logit_scaled : teacher_logit_max;
+    }
+    if (nonfinite) { /* the whole row is NaN, other rows are unaffected */
+        row_loss_out[n] = (float)NAN;
+        for (int64_t c = 0; c < n_classes; ++c)
+            grad[c] = (float)NAN;
+        return;
+    }
+    GS_SIMD_SPLIT_SUMS
+    for (int64_t c = 0; c < n_classes; ++c) {
+        const float logit = row[c];
+        const float logit_scaled = logit*logit_scale;
+        logit_top_count += ((logit_max == logit_scaled) ? (1) : (0));
+        logit_rest_sum += ((logit_max != logit_scaled) ? (gs_exp_f32(-logit_max + logit_scaled)) : (0));
+        const float teacher_logit = teacher_row[c];
+        const float teacher_logit_scaled = logit_scale*teacher_logit;
+        teacher_logit_top_count += ((teacher_logit_max == teacher_logit_scaled) ? (1) : (0));
+        teacher_logit_rest_sum += ((teacher_logit_max != teacher_logit_scaled) ? (gs_exp_f32(-teacher_logit_max + teacher_logit_scaled)) : (0));
+    }
+    const float logit_top_excess = logit_top_count - 1;
+    const float logit_sum_exp = logit_rest_sum + logit_top_excess;
+    const float teacher_logit_top_excess = teacher_logit_top_count - 1;
+    const float teacher_logit_sum_exp = teacher_logit_rest_sum + teacher_logit_top_excess;
+    const float logit_log_sum_exp = gs_log1p_f32(logit_sum_exp);
+    const float teacher_logit_log_sum_exp = gs_log1p_f32(teacher_logit_sum_exp);
+    const float r0 = grad_scale*temperature;
+    const float coef_p = r0;
+    const float coef_q = -r0;
+    float row_sum_0_total = 0;
+    float row_sum_1_total = 0;
+    GS_SIMD_GRADIENT
+    for (int64_t c = 0; c < n_classes; ++c) {
+        const float logit = row[c];
+        const float teacher_logit = teacher_row[c];
+        const float shifted_p = logit*logit_scale - logit_max;
+        const float log_p = -logit_log_sum_exp + shifted_p;
+        const float p_j = gs_exp_f32(log_p);
+        const float shifted_q = logit_scale*teacher_logit - teacher_logit_max;
+        const float log_q = shifted_q - teacher_logit_log_sum_exp;
+        const float q_j = gs_exp_f32(log_q);
+        const float dlogit = coef_p*p_j + coef_q*q_j;
+        const float row_sum_0 = log_q*q_j;
+        const float row_sum_1 = log_p*q_j;
+        grad[c] = dlogit;
+        row_sum_0_total += row_sum_0;
+        row_sum_1_total += row_sum_1;
+    }
+    const float row_loss = temperature*temperature*(row_sum_0_total - row_sum_1_total);
+    row_loss_out[n] = row_loss;
+}
+
 /* exp(x) for x <= 0 (NaN passes through), float64: range reduction and a polynomial,
    with the error bound proven in derive/fast_exp.py; no libm call, so loops vectorise.  The
    reduction gives r, and the bits of 2^(k+K) through *scale_bits_out; the polynomial and the
@@ -1830,6 +2005,88 @@ static void gs_distill_kl_lanes_f64(const double *logits, const double *second,
     }
 }
 
+static void gs_distill_kl_row_f64(const double *logits, const double *second,
+        const int64_t *target, const double *alpha, int64_t n, int64_t n_classes,
+double temperature, double logit_scale, int64_t ignore_index,
+        const double *grad_scale_rows, double *row_loss_out, double *dlogits)
+{
+    (void)target;
+    (void)alpha;
+    (void)ignore_index;
+    const double *row = logits + n * n_classes;
+    double *grad = dlogits + n * n_classes;
+    const double grad_scale = grad_scale_rows[n];
+    const double *teacher_row = second + n * n_classes;
+    double logit_max = -INFINITY;
+    double logit_top_count = 0;
+    double logit_rest_sum = 0;
+    double teacher_logit_max = -INFINITY;
+    double teacher_logit_top_count = 0;
+    double teacher_logit_rest_sum = 0;
+    /* Two passes, each a vectorised reduction: the maxima, then per element 1 at its
+       maximum or its term below it.  nonfinite: whether a logit or a teacher
+       logit is NaN or infinite (then x - x is NaN, not 0). */
+    int nonfinite = 0;
+    GS_SIMD_MAXIMA
+    for (int64_t c = 0; c < n_classes; ++c) {
+        const double logit = row[c];
+        const double logit_scaled = logit*logit_scale;
+        nonfinite |= logit - logit != 0;
+        logit_max = logit_scaled > logit_max ? logit_scaled : logit_max;
+        const double teacher_logit = teacher_row[c];
+        const double teacher_logit_scaled = logit_scale*teacher_logit;
+        nonfinite |= teacher_logit - teacher_logit != 0;
+        teacher_logit_max = teacher_logit_scaled > teacher_logit_max ? teacher_logit_scaled : teacher_logit_max;
+    }
+    if (nonfinite) { /* the whole row is NaN, other rows are unaffected */
+        row_loss_out[n] = (double)NAN;
+        for (int64_t c = 0; c < n_classes; ++c)
+            grad[c] = (double)NAN;
+        return;
+    }
+    GS_SIMD_SPLIT_SUMS
+    for (int64_t c = 0; c < n_classes; ++c) {
+        const double logit = row[c];
+        const double logit_scaled = logit*logit_scale;
+        logit_top_count += ((logit_max == logit_scaled) ? (1) : (0));
+        logit_rest_sum += ((logit_max != logit_scaled) ? (gs_exp_f64(-logit_max + logit_scaled)) : (0));
+        const double teacher_logit = teacher_row[c];
+        const double teacher_logit_scaled = logit_scale*teacher_logit;
+        teacher_logit_top_count += ((teacher_logit_max == teacher_logit_scaled) ? (1) : (0));
+        teacher_logit_rest_sum += ((teacher_logit_max != teacher_logit_scaled) ? (gs_exp_f64(-teacher_logit_max + teacher_logit_scaled)) : (0));
+    }
+    const double logit_top_excess = logit_top_count - 1;
+    const double logit_sum_exp = logit_rest_sum + logit_top_excess;
+    const double teacher_logit_top_excess = teacher_logit_top_count - 1;
+    const double teacher_logit_sum_exp = teacher_logit_rest_sum + teacher_logit_top_excess;
+    const double logit_log_sum_exp = gs_log1p_f64(logit_sum_exp);
+    const double teacher_logit_log_sum_exp = gs_log1p_f64(teacher_logit_sum_exp);
+    const double r0 = grad_scale*temperature;
+    const double coef_p = r0;
+    const double coef_q = -r0;
+    double row_sum_0_total = 0;
+    double row_sum_1_total = 0;
+    GS_SIMD_GRADIENT
+    for (int64_t c = 0; c < n_classes; ++c) {
+        const double logit = row[c];
+        const double teacher_logit = teacher_row[c];
+        const double shifted_p = logit*logit_scale - logit_max;
+        const double log_p = -logit_log_sum_exp + shifted_p;
+        const double p_j = gs_exp_f64(log_p);
+        const double shifted_q = logit_scale*teacher_logit - teacher_logit_max;
+        const double log_q = shifted_q - teacher_logit_log_sum_exp;
+        const double q_j = gs_exp_f64(log_q);
+        const double dlogit = coef_p*p_j + coef_q*q_j;
+        const double row_sum_0 = log_q*q_j;
+        const double row_sum_1 = log_p*q_j;
+        grad[c] = dlogit;
+        row_sum_0_total += row_sum_0;
+        row_sum_1_total += row_sum_1;
+    }
+    const double row_loss = temperature*temperature*(row_sum_0_total - row_sum_1_total);
+    row_loss_out[n] = row_loss;
+}
+
 /*
  * gs_distill_kl_f32/f64: the row loss distill_kl, forward and backward.  Each row n gets its
  * loss in row_loss[n] and grad_scale[n] times its gradient in dlogits (rows of n_classes,
@@ -1856,91 +2113,61 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
         return GS_ERR_PARAMS;
     const float temperature = (float)options[0];
     const float logit_scale = 1.0F/temperature;
-    if (n_classes <= GS_SHORT_CLASSES_F32) {
+    {
         const int64_t n_segments = (n_rows + GS_SEGMENT_ROWS - 1) / GS_SEGMENT_ROWS;
-#pragma omp parallel for schedule(static)
-        for (int64_t segment = 0; segment < n_segments; ++segment) {
+        /* No more threads than the user allows, and each with at least
+           GS_PARALLEL_MIN_ELEMENTS elements to do. */
+        const double gs_work = (double)n_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
+#ifdef _OPENMP
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               n_rows * n_classes);
+#else
+        const int gs_threads = 1;
+#endif
+        const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        double gs_fastest_rate = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
+        int64_t segment;
+        (void)gs_work;
+        (void)gs_threads;
+        (void)gs_chunk_segments;
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
+        for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = segment * GS_SEGMENT_ROWS;
-            gs_distill_kl_lanes_f32(logits, second, target, alpha, first,
-                n_rows - first < GS_SEGMENT_ROWS ? n_rows - first : GS_SEGMENT_ROWS, n_classes,
-temperature, logit_scale, ignore_index, grad_scale_rows, row_loss_out, dlogits);
+            const int64_t count = n_rows - first < GS_SEGMENT_ROWS ? n_rows - first : GS_SEGMENT_ROWS;
+            if (n_classes <= GS_SHORT_CLASSES_F32) {
+                gs_distill_kl_lanes_f32(logits, second, target, alpha, first, count,
+                    n_classes, temperature, logit_scale, ignore_index, grad_scale_rows, row_loss_out, dlogits);
+            } else {
+                for (int64_t n = first; n < first + count; ++n) {
+                    gs_distill_kl_row_f32(logits, second, target, alpha, n, n_classes,
+                        temperature, logit_scale, ignore_index, grad_scale_rows, row_loss_out, dlogits);
+                }
+            }
         }
-        return GS_OK;
-    }
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < n_rows; ++n) {
-        const float *row = logits + n * n_classes;
-        float *grad = dlogits + n * n_classes;
-        const float grad_scale = grad_scale_rows[n];
-        const float *teacher_row = second + n * n_classes;
-        float logit_max = -INFINITY;
-        float logit_top_count = 0;
-        float logit_rest_sum = 0;
-        float teacher_logit_max = -INFINITY;
-        float teacher_logit_top_count = 0;
-        float teacher_logit_rest_sum = 0;
-        /* Two passes, each a vectorised reduction: the maxima, then per element 1 at its
-           maximum or its term below it.  nonfinite: whether a logit or a teacher
-           logit is NaN or infinite (then x - x is NaN, not 0). */
-        int nonfinite = 0;
-        GS_SIMD_MAXIMA
-        for (int64_t c = 0; c < n_classes; ++c) {
-            const float logit = row[c];
-            const float logit_scaled = logit*logit_scale;
-            nonfinite |= logit - logit != 0;
-            logit_max = logit_scaled > logit_max ? logit_scaled : logit_max;
-            const float teacher_logit = teacher_row[c];
-            const float teacher_logit_scaled = logit_scale*teacher_logit;
-            nonfinite |= teacher_logit - teacher_logit != 0;
-            teacher_logit_max = teacher_logit_scaled > teacher_logit_max ? teacher_logit_scaled : teacher_logit_max;
+#ifdef _OPENMP
+        if (gs_segments_done > 0) {
+            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+#pragma omp critical(gs_fastest)
+            if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
+                gs_fastest_rate = gs_rate;
+            }
         }
-        if (nonfinite) { /* the whole row is NaN, other rows are unaffected */
-            row_loss_out[n] = (float)NAN;
-            for (int64_t c = 0; c < n_classes; ++c)
-                grad[c] = (float)NAN;
-            continue;
+#endif
+        (void)gs_segments_done;
         }
-        GS_SIMD_SPLIT_SUMS
-        for (int64_t c = 0; c < n_classes; ++c) {
-            const float logit = row[c];
-            const float logit_scaled = logit*logit_scale;
-            logit_top_count += ((logit_max == logit_scaled) ? (1) : (0));
-            logit_rest_sum += ((logit_max != logit_scaled) ? (gs_exp_f32(-logit_max + logit_scaled)) : (0));
-            const float teacher_logit = teacher_row[c];
-            const float teacher_logit_scaled = logit_scale*teacher_logit;
-            teacher_logit_top_count += ((teacher_logit_max == teacher_logit_scaled) ? (1) : (0));
-            teacher_logit_rest_sum += ((teacher_logit_max != teacher_logit_scaled) ? (gs_exp_f32(-teacher_logit_max + teacher_logit_scaled)) : (0));
-        }
-        const float logit_top_excess = logit_top_count - 1;
-        const float logit_sum_exp = logit_rest_sum + logit_top_excess;
-        const float teacher_logit_top_excess = teacher_logit_top_count - 1;
-        const float teacher_logit_sum_exp = teacher_logit_rest_sum + teacher_logit_top_excess;
-        const float logit_log_sum_exp = gs_log1p_f32(logit_sum_exp);
-        const float teacher_logit_log_sum_exp = gs_log1p_f32(teacher_logit_sum_exp);
-        const float r0 = grad_scale*temperature;
-        const float coef_p = r0;
-        const float coef_q = -r0;
-        float row_sum_0_total = 0;
-        float row_sum_1_total = 0;
-        GS_SIMD_GRADIENT
-        for (int64_t c = 0; c < n_classes; ++c) {
-            const float logit = row[c];
-            const float teacher_logit = teacher_row[c];
-            const float shifted_p = logit*logit_scale - logit_max;
-            const float log_p = -logit_log_sum_exp + shifted_p;
-            const float p_j = gs_exp_f32(log_p);
-            const float shifted_q = logit_scale*teacher_logit - teacher_logit_max;
-            const float log_q = shifted_q - teacher_logit_log_sum_exp;
-            const float q_j = gs_exp_f32(log_q);
-            const float dlogit = coef_p*p_j + coef_q*q_j;
-            const float row_sum_0 = log_q*q_j;
-            const float row_sum_1 = log_p*q_j;
-            grad[c] = dlogit;
-            row_sum_0_total += row_sum_0;
-            row_sum_1_total += row_sum_1;
-        }
-        const float row_loss = temperature*temperature*(row_sum_0_total - row_sum_1_total);
-        row_loss_out[n] = row_loss;
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+#endif
+        (void)gs_fastest_rate;
     }
     return GS_OK;
 }
@@ -1963,91 +2190,61 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
         return GS_ERR_PARAMS;
     const double temperature = (double)options[0];
     const double logit_scale = 1.0/temperature;
-    if (n_classes <= GS_SHORT_CLASSES_F64) {
+    {
         const int64_t n_segments = (n_rows + GS_SEGMENT_ROWS - 1) / GS_SEGMENT_ROWS;
-#pragma omp parallel for schedule(static)
-        for (int64_t segment = 0; segment < n_segments; ++segment) {
+        /* No more threads than the user allows, and each with at least
+           GS_PARALLEL_MIN_ELEMENTS elements to do. */
+        const double gs_work = (double)n_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
+#ifdef _OPENMP
+        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+                                               ? (int)gs_work : omp_get_max_threads(),
+                                               n_rows * n_classes);
+#else
+        const int gs_threads = 1;
+#endif
+        const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
+        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        double gs_fastest_rate = 0.0;
+#ifdef _OPENMP
+        const double gs_start = omp_get_wtime();
+#endif
+        int64_t segment;
+        (void)gs_work;
+        (void)gs_threads;
+        (void)gs_chunk_segments;
+        GS_PARALLEL
+        {
+        int64_t gs_segments_done = 0;
+        GS_FOR_SEGMENTS
+        for (segment = 0; segment < n_segments; ++segment) {
+            ++gs_segments_done;
             const int64_t first = segment * GS_SEGMENT_ROWS;
-            gs_distill_kl_lanes_f64(logits, second, target, alpha, first,
-                n_rows - first < GS_SEGMENT_ROWS ? n_rows - first : GS_SEGMENT_ROWS, n_classes,
-temperature, logit_scale, ignore_index, grad_scale_rows, row_loss_out, dlogits);
+            const int64_t count = n_rows - first < GS_SEGMENT_ROWS ? n_rows - first : GS_SEGMENT_ROWS;
+            if (n_classes <= GS_SHORT_CLASSES_F64) {
+                gs_distill_kl_lanes_f64(logits, second, target, alpha, first, count,
+                    n_classes, temperature, logit_scale, ignore_index, grad_scale_rows, row_loss_out, dlogits);
+            } else {
+                for (int64_t n = first; n < first + count; ++n) {
+                    gs_distill_kl_row_f64(logits, second, target, alpha, n, n_classes,
+                        temperature, logit_scale, ignore_index, grad_scale_rows, row_loss_out, dlogits);
+                }
+            }
         }
-        return GS_OK;
-    }
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < n_rows; ++n) {
-        const double *row = logits + n * n_classes;
-        double *grad = dlogits + n * n_classes;
-        const double grad_scale = grad_scale_rows[n];
-        const double *teacher_row = second + n * n_classes;
-        double logit_max = -INFINITY;
-        double logit_top_count = 0;
-        double logit_rest_sum = 0;
-        double teacher_logit_max = -INFINITY;
-        double teacher_logit_top_count = 0;
-        double teacher_logit_rest_sum = 0;
-        /* Two passes, each a vectorised reduction: the maxima, then per element 1 at its
-           maximum or its term below it.  nonfinite: whether a logit or a teacher
-           logit is NaN or infinite (then x - x is NaN, not 0). */
-        int nonfinite = 0;
-        GS_SIMD_MAXIMA
-        for (int64_t c = 0; c < n_classes; ++c) {
-            const double logit = row[c];
-            const double logit_scaled = logit*logit_scale;
-            nonfinite |= logit - logit != 0;
-            logit_max = logit_scaled > logit_max ? logit_scaled : logit_max;
-            const double teacher_logit = teacher_row[c];
-            const double teacher_logit_scaled = logit_scale*teacher_logit;
-            nonfinite |= teacher_logit - teacher_logit != 0;
-            teacher_logit_max = teacher_logit_scaled > teacher_logit_max ? teacher_logit_scaled : teacher_logit_max;
+#ifdef _OPENMP
+        if (gs_segments_done > 0) {
+            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+#pragma omp critical(gs_fastest)
+            if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
+                gs_fastest_rate = gs_rate;
+            }
         }
-        if (nonfinite) { /* the whole row is NaN, other rows are unaffected */
-            row_loss_out[n] = (double)NAN;
-            for (int64_t c = 0; c < n_classes; ++c)
-                grad[c] = (double)NAN;
-            continue;
+#endif
+        (void)gs_segments_done;
         }
-        GS_SIMD_SPLIT_SUMS
-        for (int64_t c = 0; c < n_classes; ++c) {
-            const double logit = row[c];
-            const double logit_scaled = logit*logit_scale;
-            logit_top_count += ((logit_max == logit_scaled) ? (1) : (0));
-            logit_rest_sum += ((logit_max != logit_scaled) ? (gs_exp_f64(-logit_max + logit_scaled)) : (0));
-            const double teacher_logit = teacher_row[c];
-            const double teacher_logit_scaled = logit_scale*teacher_logit;
-            teacher_logit_top_count += ((teacher_logit_max == teacher_logit_scaled) ? (1) : (0));
-            teacher_logit_rest_sum += ((teacher_logit_max != teacher_logit_scaled) ? (gs_exp_f64(-teacher_logit_max + teacher_logit_scaled)) : (0));
-        }
-        const double logit_top_excess = logit_top_count - 1;
-        const double logit_sum_exp = logit_rest_sum + logit_top_excess;
-        const double teacher_logit_top_excess = teacher_logit_top_count - 1;
-        const double teacher_logit_sum_exp = teacher_logit_rest_sum + teacher_logit_top_excess;
-        const double logit_log_sum_exp = gs_log1p_f64(logit_sum_exp);
-        const double teacher_logit_log_sum_exp = gs_log1p_f64(teacher_logit_sum_exp);
-        const double r0 = grad_scale*temperature;
-        const double coef_p = r0;
-        const double coef_q = -r0;
-        double row_sum_0_total = 0;
-        double row_sum_1_total = 0;
-        GS_SIMD_GRADIENT
-        for (int64_t c = 0; c < n_classes; ++c) {
-            const double logit = row[c];
-            const double teacher_logit = teacher_row[c];
-            const double shifted_p = logit*logit_scale - logit_max;
-            const double log_p = -logit_log_sum_exp + shifted_p;
-            const double p_j = gs_exp_f64(log_p);
-            const double shifted_q = logit_scale*teacher_logit - teacher_logit_max;
-            const double log_q = shifted_q - teacher_logit_log_sum_exp;
-            const double q_j = gs_exp_f64(log_q);
-            const double dlogit = coef_p*p_j + coef_q*q_j;
-            const double row_sum_0 = log_q*q_j;
-            const double row_sum_1 = log_p*q_j;
-            grad[c] = dlogit;
-            row_sum_0_total += row_sum_0;
-            row_sum_1_total += row_sum_1;
-        }
-        const double row_loss = temperature*temperature*(row_sum_0_total - row_sum_1_total);
-        row_loss_out[n] = row_loss;
+#ifdef _OPENMP
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+#endif
+        (void)gs_fastest_rate;
     }
     return GS_OK;
 }

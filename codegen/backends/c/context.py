@@ -502,6 +502,17 @@ def dtype_context(dtype: str) -> dict:
     }
 
 
+def team_context() -> dict:
+    """The constants of macros.c.j2's team_functions and team_segments."""
+    return {
+        "parallel_min_elements": PARALLEL_MIN_ELEMENTS,
+        "parallel_chunk_elements": PARALLEL_CHUNK_ELEMENTS,
+        "late_team_serial_min": LATE_TEAM_SERIAL_MIN,
+        "late_team_serial_max": LATE_TEAM_SERIAL_MAX,
+        "late_regions": LATE_REGIONS,
+    }
+
+
 def kernel_context() -> dict:
     """Everything both C templates need: per dtype, the fast exp and the eight variants."""
     dtypes = [dtype_context(dtype) for dtype in DTYPES]
@@ -520,11 +531,7 @@ def kernel_context() -> dict:
         "row_block": ROW_BLOCK,
         "segment_rows": SEGMENT_ROWS,
         "transpose_cases": TRANSPOSE_CASES,
-        "parallel_min_elements": PARALLEL_MIN_ELEMENTS,
-        "parallel_chunk_elements": PARALLEL_CHUNK_ELEMENTS,
-        "late_team_serial_min": LATE_TEAM_SERIAL_MIN,
-        "late_team_serial_max": LATE_TEAM_SERIAL_MAX,
-        "late_regions": LATE_REGIONS,
+        **team_context(),
         "spec_hash": expression_hash(expressions),
         "op_count": sum(d["op_count"] for d in dtypes),
     }
