@@ -1059,7 +1059,7 @@ static void gs_distill_kl_lanes_f32(const float *logits, const float *second,
 
 static void gs_distill_kl_row_f32(const float *logits, const float *second,
         const int64_t *target, const float *alpha, int64_t n, int64_t n_classes,
-float temperature, float logit_scale, int64_t ignore_index,
+        float temperature, float logit_scale, int64_t ignore_index,
         const float *grad_scale_rows, float *row_loss_out, float *dlogits)
 {
     (void)target;
@@ -2007,7 +2007,7 @@ static void gs_distill_kl_lanes_f64(const double *logits, const double *second,
 
 static void gs_distill_kl_row_f64(const double *logits, const double *second,
         const int64_t *target, const double *alpha, int64_t n, int64_t n_classes,
-double temperature, double logit_scale, int64_t ignore_index,
+        double temperature, double logit_scale, int64_t ignore_index,
         const double *grad_scale_rows, double *row_loss_out, double *dlogits)
 {
     (void)target;
