@@ -256,13 +256,15 @@ def _lane_rows(rows: dict, elements: dict, final: dict, normalizers: list[dict],
     scalar_reads = _names({"assignments": scalar})
     lane_rows = [name for name in inputs + first + second
                  if name in later or name == str(rl.row_loss)]
-    computed = [name for name in first + second
-                if name in lane_rows or (name in first and name in scalar_reads)]
+    vector_stored = [name for name in first if name in lane_rows or name in scalar_reads]
+    scalar_stored = [name for name in second if name in lane_rows]
     return {
         "row_vector": vector,
         "row_scalar": scalar,
         "lane_rows": lane_rows,  # read by the gradient sweep and the loss
-        "lane_computed": computed,  # computed by the row loops, stored a lane each
+        "lane_computed": vector_stored + scalar_stored,  # stored a lane each by the row loops
+        "vector_stored": vector_stored,
+        "scalar_stored": scalar_stored,
         "scalar_reads": [name for name in inputs + first if name in scalar_reads],
     }
 

@@ -82,14 +82,6 @@ def _loss_of(result) -> float:
     return float(value.detach() if hasattr(value, "detach") else value)
 
 
-def _one_thread(call):
-    """``call`` on one OpenMP thread, the caller's setting restored after it."""
-    def single():
-        with machine.openmp_threads(1):
-            return call()
-    return single
-
-
 def run(loss: str, shapes=SHAPES, dtype: str = "float32", repeat: int = 5, warmup: int = 1,
         threads: int = 1, seed: int = 0, peers=PEERS, busy: bool = False) -> dict[str, Any]:
     """Time every contender on every shape; returns the report (rows and the machine).  With
@@ -110,7 +102,7 @@ def _run(loss, shapes, dtype, repeat, warmup, threads, seed, peers, busy) -> dic
         calls = {name: (_kernel_call(load(name, dtype, loss=loss), logits, second, options), None)
                  for name in BACKENDS}
         if busy:
-            calls["c-1thread"] = (_one_thread(calls["c"][0]), None)
+            calls["c-1thread"] = (machine.on_one_thread(calls["c"][0]), None)
         torch_calls, skipped = _torch_calls(found, logits, second, options, peers) if peers else ({}, {})
         calls.update(torch_calls)
         times = {name: measure(call, clock=HostClock(), repeat=repeat, warmup=warmup,

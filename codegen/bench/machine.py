@@ -8,7 +8,7 @@ import ctypes.util
 import functools
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,16 @@ def openmp_threads(threads: int) -> Iterator[None]:
     finally:
         for runtime, count in zip(runtimes, previous):
             runtime.omp_set_num_threads(ctypes.c_int(count))
+
+
+def on_one_thread(call: Callable[[], Any]) -> Callable[[], Any]:
+    """``call`` with one OpenMP thread, the caller's setting restored after each call."""
+
+    def single() -> Any:
+        with openmp_threads(1):
+            return call()
+
+    return single
 
 
 def optional_torch() -> Any | None:

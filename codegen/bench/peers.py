@@ -291,12 +291,8 @@ def _single_thread(prepare: Callable[[Inputs], Prepared]) -> Callable[[Inputs], 
 
     def prepare_one(inputs: Inputs) -> Prepared:
         prepared = prepare(inputs)
-
-        def call() -> Any:
-            with machine.openmp_threads(1):
-                return prepared.call()
-
-        return Prepared(call, prepared.clock, prepared.meter, prepared.reset)
+        return Prepared(machine.on_one_thread(prepared.call), prepared.clock, prepared.meter,
+                        prepared.reset)
 
     return prepare_one
 
