@@ -366,7 +366,7 @@ def render_loss(loss, backends: Iterable[str] = BACKENDS) -> dict[str, str]:
                     "variants": [ctx[d] for d in DTYPES], "options": ctx["float32"]["options"],
                     "option_checks": option_checks(spec), "kind": spec.kind,
                     "class_weights": spec.class_weights, "segment_rows": SEGMENT_ROWS,
-                    "transpose_cases": TRANSPOSE_CASES, **team_context()}
+                    "transpose_cases": TRANSPOSE_CASES, "team": team_context()}
         files.update(render_with_preamble({c_path(spec.name): C_TEMPLATE}, combined, c_abi(spec)))
     if "cuda" in backends:
         files.update(render_with_preamble({cuda_path(spec.name): CUDA_TEMPLATE},

@@ -13,14 +13,17 @@ from conftest import C_SOURCE
 from gradsmith.codegen.backends.c import build
 
 HARNESS = """
-void note(int threads, double region_seconds, double fastest_rate, int64_t segments)
-{ gs_note_team(threads, region_seconds, fastest_rate, segments); }
+void note(int threads, double region_seconds, double fastest_rate, int64_t segments,
+          int64_t elements)
+{ gs_note_team(threads, region_seconds, fastest_rate, segments, elements); }
 int team(int wanted, int64_t elements) { return gs_team_threads(wanted, elements); }
 int64_t serial_left(void) { return gs_serial_elements; }
 int64_t budget(void) { return gs_serial_budget; }
 """
-ON_TIME = (2, 1.0, 0.1, 20)  # 1 s against 20 segments at 0.1 s each for the fastest thread
-LATE = (2, 3.0, 0.1, 20)
+# 1 s against 20 segments at 0.1 s each for the fastest thread (2 s alone), of 1000 elements:
+# few enough that the run a late region asks for is never above the shortest.
+ON_TIME = (2, 1.0, 0.1, 20, 1000)
+LATE = (2, 3.0, 0.1, 20, 1000)
 
 
 def _define(name: str) -> int:
@@ -46,7 +49,8 @@ def rule(tmp_path):
         pytest.skip(f"no OpenMP here: {result.stderr.strip()[:200]}")
     assert result.returncode == 0, result.stderr
     lib = ctypes.CDLL(str(library))
-    lib.note.argtypes = [ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int64]
+    lib.note.argtypes = [ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int64,
+                         ctypes.c_int64]
     lib.team.argtypes = [ctypes.c_int, ctypes.c_int64]
     lib.serial_left.restype = lib.budget.restype = ctypes.c_int64
     return lib
@@ -92,3 +96,22 @@ def test_a_late_retry_doubles_the_run_up_to_the_longest_and_on_time_halves_it(ru
     assert rule.budget() == least
     rule.note(*LATE)  # after regions on time, one late region is a thread preempted once
     assert rule.serial_left() <= 0 and rule.team(2, 1000) == 2
+
+
+def test_a_late_retry_runs_the_ratio_times_its_region_on_one_thread(rule):
+    least, most = _define("GS_LATE_TEAM_SERIAL_MIN"), _define("GS_LATE_TEAM_SERIAL_MAX")
+    ratio = _define("GS_LATE_TEAM_SERIAL_RATIO")
+    elements = least  # regions of 3 s whose fastest thread alone would have taken 2 s
+    rule.note(2, 3.0, 0.1, 20, elements)
+    rule.note(2, 3.0, 0.1, 20, elements)
+    assert rule.serial_left() == least  # not the first run: threads slow to wake after a pause
+    _run_out(rule, elements)
+    rule.note(2, 3.0, 0.1, 20, elements)  # the retry is late too
+    run = ratio * 3 * elements // 2
+    assert run > 2 * least and rule.serial_left() == run
+    assert _run_out(rule, elements) == ratio * 3 // 2
+    rule.note(2, 3.0, 0.1, 20, elements)  # and again: doubling is the longer now
+    assert rule.serial_left() == 2 * run
+    _run_out(rule, elements)
+    rule.note(2, 3.0, 0.1, 20, 64 * most)  # never past the longest run
+    assert rule.serial_left() == most

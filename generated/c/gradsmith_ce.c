@@ -27,6 +27,10 @@
 #define GS_SHORT_CLASSES_F64 80
 #define GS_PARALLEL_MIN_ELEMENTS 32768
 #define GS_PARALLEL_CHUNK_ELEMENTS 32768
+#define GS_LATE_TEAM_SERIAL_MIN 1048576
+#define GS_LATE_TEAM_SERIAL_MAX 67108864
+#define GS_LATE_TEAM_SERIAL_RATIO 8
+#define GS_LATE_REGIONS 2
 #define GS_CACHE_LINE 64
 /* A hint to bring a line into the cache: no load, no fault, no result. */
 #if defined(__GNUC__)
@@ -34,10 +38,6 @@
 #else
 #define GS_PREFETCH(address) ((void)(address))
 #endif
-
-#define GS_LATE_TEAM_SERIAL_MIN 1048576
-#define GS_LATE_TEAM_SERIAL_MAX 67108864
-#define GS_LATE_REGIONS 2
 
 /* The fast functions are inlined into every loop that calls them, or the loop stays scalar;
    with many call sites gcc's unit-growth limit would otherwise decide for some of them. */
@@ -60,10 +60,12 @@
    GS_LATE_REGIONS such regions in a row the next gs_serial_budget elements run on one thread,
    then the team is tried again.  If that first team region is late too, the budget doubles (up
    to GS_LATE_TEAM_SERIAL_MAX) and one thread goes on at once; every region on time halves it
-   (down to GS_LATE_TEAM_SERIAL_MIN).  So a busy machine is re-checked ever more rarely, and a
-   slow start on a quiet one costs a call or two.  The fastest thread, not the calling one: the
-   caller may be the thread whose core is taken.  In a row: on a quiet machine a single region
-   can be late (a thread preempted once). */
+   (down to GS_LATE_TEAM_SERIAL_MIN), and lasts at least GS_LATE_TEAM_SERIAL_RATIO times that
+   region's time on one thread (it waited out another process's time slice, the work of several
+   calls at small shapes).  So a busy machine is re-checked ever more rarely, and a slow start on a quiet one
+   costs a call or two.  The fastest thread, not the calling one: the caller may be the thread
+   whose core is taken.  In a row: on a quiet machine a single region can be late (a thread
+   preempted once). */
 static int64_t gs_serial_elements;
 static int64_t gs_serial_budget = GS_LATE_TEAM_SERIAL_MIN;
 static int gs_late_regions;
@@ -86,7 +88,7 @@ static int gs_team_threads(int wanted, int64_t elements)
 }
 
 static void gs_note_team(int threads, double region_seconds, double fastest_rate,
-                         int64_t segments)
+                         int64_t segments, int64_t elements)
 {
     int late;
     int retrying;
@@ -109,7 +111,12 @@ static void gs_note_team(int threads, double region_seconds, double fastest_rate
         return;
     }
     if (retrying) {
+        const double alone = fastest_rate * (double)segments;
+        const double run = GS_LATE_TEAM_SERIAL_RATIO * region_seconds / alone * (double)elements;
         budget = budget < GS_LATE_TEAM_SERIAL_MAX / 2 ? 2 * budget : GS_LATE_TEAM_SERIAL_MAX;
+        if (run > (double)budget) {
+            budget = run < (double)GS_LATE_TEAM_SERIAL_MAX ? (int64_t)run : GS_LATE_TEAM_SERIAL_MAX;
+        }
         late = GS_LATE_REGIONS;
     } else {
 #pragma omp atomic capture
@@ -1843,7 +1850,8 @@ static int gs_rows_index_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -2527,7 +2535,8 @@ static int gs_rows_index_softcap_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -3348,7 +3357,8 @@ static int gs_rows_index_weighted_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -4040,7 +4050,8 @@ static int gs_rows_index_weighted_softcap_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -4647,7 +4658,8 @@ static int gs_rows_probs_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -5181,7 +5193,8 @@ static int gs_rows_probs_softcap_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -5802,7 +5815,8 @@ static int gs_rows_probs_weighted_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -6347,7 +6361,8 @@ static int gs_rows_probs_weighted_softcap_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -7804,7 +7819,8 @@ static int gs_rows_index_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -8464,7 +8480,8 @@ static int gs_rows_index_softcap_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -9280,7 +9297,8 @@ static int gs_rows_index_weighted_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -9948,7 +9966,8 @@ static int gs_rows_index_weighted_softcap_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -10543,7 +10562,8 @@ static int gs_rows_probs_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -11055,7 +11075,8 @@ static int gs_rows_probs_softcap_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -11664,7 +11685,8 @@ static int gs_rows_probs_weighted_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -12187,7 +12209,8 @@ static int gs_rows_probs_weighted_softcap_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */

@@ -21,6 +21,7 @@
 #define GS_PARALLEL_CHUNK_ELEMENTS 32768
 #define GS_LATE_TEAM_SERIAL_MIN 1048576
 #define GS_LATE_TEAM_SERIAL_MAX 67108864
+#define GS_LATE_TEAM_SERIAL_RATIO 8
 #define GS_LATE_REGIONS 2
 
 /* The fast functions are inlined into every loop that calls them, or the loop stays scalar;
@@ -43,10 +44,12 @@
    GS_LATE_REGIONS such regions in a row the next gs_serial_budget elements run on one thread,
    then the team is tried again.  If that first team region is late too, the budget doubles (up
    to GS_LATE_TEAM_SERIAL_MAX) and one thread goes on at once; every region on time halves it
-   (down to GS_LATE_TEAM_SERIAL_MIN).  So a busy machine is re-checked ever more rarely, and a
-   slow start on a quiet one costs a call or two.  The fastest thread, not the calling one: the
-   caller may be the thread whose core is taken.  In a row: on a quiet machine a single region
-   can be late (a thread preempted once). */
+   (down to GS_LATE_TEAM_SERIAL_MIN), and lasts at least GS_LATE_TEAM_SERIAL_RATIO times that
+   region's time on one thread (it waited out another process's time slice, the work of several
+   calls at small shapes).  So a busy machine is re-checked ever more rarely, and a slow start on a quiet one
+   costs a call or two.  The fastest thread, not the calling one: the caller may be the thread
+   whose core is taken.  In a row: on a quiet machine a single region can be late (a thread
+   preempted once). */
 static int64_t gs_serial_elements;
 static int64_t gs_serial_budget = GS_LATE_TEAM_SERIAL_MIN;
 static int gs_late_regions;
@@ -69,7 +72,7 @@ static int gs_team_threads(int wanted, int64_t elements)
 }
 
 static void gs_note_team(int threads, double region_seconds, double fastest_rate,
-                         int64_t segments)
+                         int64_t segments, int64_t elements)
 {
     int late;
     int retrying;
@@ -92,7 +95,12 @@ static void gs_note_team(int threads, double region_seconds, double fastest_rate
         return;
     }
     if (retrying) {
+        const double alone = fastest_rate * (double)segments;
+        const double run = GS_LATE_TEAM_SERIAL_RATIO * region_seconds / alone * (double)elements;
         budget = budget < GS_LATE_TEAM_SERIAL_MAX / 2 ? 2 * budget : GS_LATE_TEAM_SERIAL_MAX;
+        if (run > (double)budget) {
+            budget = run < (double)GS_LATE_TEAM_SERIAL_MAX ? (int64_t)run : GS_LATE_TEAM_SERIAL_MAX;
+        }
         late = GS_LATE_REGIONS;
     } else {
 #pragma omp atomic capture
@@ -2165,7 +2173,8 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     n_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
     }
@@ -2242,7 +2251,8 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments);
+        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
+                     n_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
     }

@@ -69,6 +69,16 @@ PARALLEL_CHUNK_ELEMENTS = 32768
 LATE_TEAM_SERIAL_MIN = 1 << 20
 LATE_TEAM_SERIAL_MAX = 1 << 26
 LATE_REGIONS = 2
+# A late retry's run also lasts at least this many times that region, in one thread's time: on a
+# busy machine a late region waits out another process's time slice (5-8 ms, several calls'
+# work at small shapes), and doubling from the shortest run re-tried the team every few calls.
+# Only a retry: the first regions after a pause are often late on a quiet machine too (a thread
+# slow to wake), and a floor there kept 57 of 120 calls on one thread in 10 rounds of 12 after
+# 1 s pauses (4 of 120 without it, 9 with it on retries).  One core spun by another process,
+# fresh processes (AMD EPYC, 2 cores, float32): the median of the first 11 calls was within 1.2x
+# of one thread's at 262144 x 4 in 3 runs of 4 (0 of 7 without the floor, 2.2x to 3.2x), and at
+# 65536 x 10 in 3 of 6 (4 of 13 without).
+LATE_TEAM_SERIAL_RATIO = 8
 # Rows of at most this many classes are processed a segment at a time, one row per SIMD lane
 # (a transposed tile of SEGMENT_ROWS rows): no per-row reductions, tails or calls.  Per row
 # those cost about 120 ns (one thread, AMD EPYC, AVX2).  Against rows, one thread, alternating
@@ -510,6 +520,7 @@ def team_context() -> dict:
         "late_team_serial_min": LATE_TEAM_SERIAL_MIN,
         "late_team_serial_max": LATE_TEAM_SERIAL_MAX,
         "late_regions": LATE_REGIONS,
+        "late_team_serial_ratio": LATE_TEAM_SERIAL_RATIO,
     }
 
 
@@ -531,7 +542,7 @@ def kernel_context() -> dict:
         "row_block": ROW_BLOCK,
         "segment_rows": SEGMENT_ROWS,
         "transpose_cases": TRANSPOSE_CASES,
-        **team_context(),
+        "team": team_context(),
         "spec_hash": expression_hash(expressions),
         "op_count": sum(d["op_count"] for d in dtypes),
     }
