@@ -42,14 +42,14 @@
    took longer than its fastest thread alone would have (that thread's time per segment times
    all segments) waited for threads whose cores are taken, or that were slow to wake.  After
    GS_LATE_REGIONS such regions in a row the next gs_serial_budget elements run on one thread,
-   then the team is tried again.  If that first team region is late too, the budget doubles (up
-   to GS_LATE_TEAM_SERIAL_MAX) and one thread goes on at once; every region on time halves it
-   (down to GS_LATE_TEAM_SERIAL_MIN), and lasts at least GS_LATE_TEAM_SERIAL_RATIO times that
-   region's time on one thread (it waited out another process's time slice, the work of several
-   calls at small shapes).  So a busy machine is re-checked ever more rarely, and a slow start on a quiet one
-   costs a call or two.  The fastest thread, not the calling one: the caller may be the thread
-   whose core is taken.  In a row: on a quiet machine a single region can be late (a thread
-   preempted once). */
+   then the team is tried again.  If that first team region is late too, one thread goes on at
+   once, for twice the budget (up to GS_LATE_TEAM_SERIAL_MAX) and at least
+   GS_LATE_TEAM_SERIAL_RATIO times that region's time on one thread: it waited out another
+   process's time slice, several calls' work at small shapes.  Every region on time halves the
+   budget (down to GS_LATE_TEAM_SERIAL_MIN).  So a busy machine is re-checked ever more rarely,
+   and a slow start on a quiet one costs a call or two.  The fastest thread, not the calling
+   one: the caller may be the thread whose core is taken.  In a row: on a quiet machine a single
+   region can be late (a thread preempted once). */
 static int64_t gs_serial_elements;
 static int64_t gs_serial_budget = GS_LATE_TEAM_SERIAL_MIN;
 static int gs_late_regions;
