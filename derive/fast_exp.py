@@ -511,6 +511,7 @@ def _estrin_error(coefficients: tuple[Fraction, ...], radius: Fraction, unit: Fr
     return error - last_rounding
 
 
+@cache
 def verify_exp_approximation(approx: ExpApproximation) -> ExpErrorBound:
     """Prove the error bound of ``approx``; raise ProofError naming the step that fails."""
     verdicts = _check_identities(approx)

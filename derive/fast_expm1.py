@@ -96,6 +96,7 @@ def _check_identities(approx: Expm1Approximation) -> tuple[tuple[str, Verdict], 
     )
 
 
+@cache
 def verify_expm1_approximation(approx: Expm1Approximation) -> Expm1ErrorBound:
     """Prove the relative error bound of ``approx``; raise ProofError naming the failing step."""
     verdicts = _check_identities(approx)

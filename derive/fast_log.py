@@ -267,6 +267,7 @@ def _atanh_upper(t: Fraction) -> Fraction:
     return t / (1 - t * t)
 
 
+@cache
 def verify_log_approximation(approx: LogApproximation) -> LogErrorBound:
     """Prove the relative error bound of ``approx``; raise ProofError naming the failing step."""
     verdicts = _check_identities(approx)

@@ -103,6 +103,7 @@ def _check_identities(approx: Log1pApproximation) -> tuple[tuple[str, Verdict], 
     )
 
 
+@cache
 def verify_log1p_approximation(approx: Log1pApproximation) -> Log1pErrorBound:
     """Prove the relative error bound of ``approx``; raise ProofError naming the failing step."""
     verdicts = _check_identities(approx)

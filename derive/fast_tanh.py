@@ -83,6 +83,7 @@ def _check_identities(approx: TanhApproximation) -> tuple[tuple[str, Verdict], .
     )
 
 
+@cache
 def verify_tanh_approximation(approx: TanhApproximation) -> TanhErrorBound:
     """Prove the relative error bound of ``approx``; raise ProofError naming the failing step."""
     verdicts = _check_identities(approx)

@@ -285,7 +285,8 @@ LAYOUTS = [(10, 32, True), (37, 32, True), (5, 32, True), (37, 64, False), (29, 
 @pytest.mark.parametrize(("classes", "threads", "warp_rows"), LAYOUTS)
 @pytest.mark.parametrize("name", GENERIC)
 def test_host_arithmetic_matches_the_40_digit_reference(harness, name, storage, classes, threads, warp_rows):
-    rng = np.random.default_rng(classes + threads)
+    # Seeded by the class count alone: layouts of one class count share the slow reference.
+    rng = np.random.default_rng(classes)
     logits, second = _case(rng, name, 2, classes)
     # Values both storages hold exactly, so that one reference serves both.
     logits = logits.astype(np.float32).astype(np.float64)

@@ -68,15 +68,35 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sanitized_driver(work: Path) -> Path:
+def sanitized_kernels(work: Path) -> tuple[Path, tuple[str, ...]]:
+    """gradsmith_ce.c compiled once under the sanitizers (the slow part, about 20 s), as a
+    position-independent object that the drivers and the shared library all link, with the
+    link flags it needs."""
     missing = _sanitizers_missing(str(work))
     if missing:
         pytest.skip(missing)
-    binary = work / "fuzz_ce_asan"
-    result = _compile(
-        [*DEBUG, *SANITIZE, f"-I{C_DIR}", *map(str, FUZZ_SOURCES), "-lm", "-o", str(binary)], work
-    )
+    objects = work / "gradsmith_ce_asan.o"
+    common = [*DEBUG, *SANITIZE, "-fPIC", "-c", str(C_DIR / "gradsmith_ce.c"), "-o", str(objects)]
+    result = _compile(["-fopenmp", *common], work)
+    if result.returncode == 0:
+        return objects, ("-fopenmp",)
+    result = _compile(common, work)
     assert result.returncode == 0, result.stderr
+    return objects, ()
+
+
+def _link_driver(kernels: tuple[Path, tuple[str, ...]], binary: Path, *extra: str) -> None:
+    objects, flags = kernels
+    result = _compile([*DEBUG, *SANITIZE, *flags, f"-I{C_DIR}", str(FUZZ_DIR / "fuzz_ce.c"),
+                       str(FUZZ_DIR / "driver.c"), *extra, str(objects), "-lm", "-o", str(binary)],
+                      binary.parent)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def sanitized_driver(sanitized_kernels, work: Path) -> Path:
+    binary = work / "fuzz_ce_asan"
+    _link_driver(sanitized_kernels, binary)
     return binary
 
 
@@ -114,45 +134,34 @@ def test_fuzz_corpus_replays_cleanly(sanitized_driver: Path, work: Path) -> None
     assert result.stdout.count("replayed") == len(inputs)
 
 
-def test_fuzz_driver_catches_a_planted_overrun(work: Path) -> None:
+def test_fuzz_driver_catches_a_planted_overrun(sanitized_kernels, work: Path) -> None:
     """Negative test: a kernel that writes one element past dlogits is reported."""
-    missing = _sanitizers_missing(str(work))
-    if missing:
-        pytest.skip(missing)
-    source = (C_DIR / "gradsmith_ce.c").read_text()
-    marker = "int gs_ce_index_f64(const double *logits"
-    assert marker in source
-    planted = source.replace(
-        marker,
-        "static int gs_planted_index_f64(const double *logits, int64_t logits_stride, const int64_t *targets,\n"
-        "    const double *weight, int64_t n_rows, int64_t n_classes, const gs_ce_params *params,\n"
-        "    const double *grad_output, double *loss, double *dlogits, int64_t dlogits_stride,\n"
-        "    double *lse, int64_t *bad_row);\n"
-        "int gs_ce_index_f64(const double *logits, int64_t logits_stride, const int64_t *targets,\n"
-        "    const double *weight, int64_t n_rows, int64_t n_classes, const gs_ce_params *params,\n"
-        "    const double *grad_output, double *loss, double *dlogits, int64_t dlogits_stride,\n"
-        "    double *lse, int64_t *bad_row)\n"
-        "{\n"
-        "    const int status = gs_planted_index_f64(logits, logits_stride, targets, weight, n_rows,\n"
-        "        n_classes, params, grad_output, loss, dlogits, dlogits_stride, lse, bad_row);\n"
-        "    if (status == GS_OK && n_rows > 0) {\n"
-        "        dlogits[(n_rows - 1) * dlogits_stride + n_classes] = 0.0;\n"
-        "    }\n"
-        "    return status;\n"
-        "}\n"
-        "static int gs_planted_index_f64(const double *logits",
-    )
     planted_dir = work / "planted"
     planted_dir.mkdir(exist_ok=True)
-    (planted_dir / "gradsmith_ce.c").write_text(planted)
-    shutil.copy(C_DIR / "gradsmith_ce.h", planted_dir / "gradsmith_ce.h")
+    # The linker sends the driver's calls of gs_ce_index_f64 to this wrapper, which calls the
+    # kernel and then writes one element past the last row.
+    wrapper = planted_dir / "planted.c"
+    wrapper.write_text(textwrap.dedent("""\
+        #include "gradsmith_ce.h"
+        int __real_gs_ce_index_f64(const double *logits, int64_t logits_stride,
+            const int64_t *targets, const double *weight, int64_t n_rows, int64_t n_classes,
+            const gs_ce_params *params, const double *grad_output, double *loss, double *dlogits,
+            int64_t dlogits_stride, double *lse, int64_t *bad_row);
+        int __wrap_gs_ce_index_f64(const double *logits, int64_t logits_stride,
+            const int64_t *targets, const double *weight, int64_t n_rows, int64_t n_classes,
+            const gs_ce_params *params, const double *grad_output, double *loss, double *dlogits,
+            int64_t dlogits_stride, double *lse, int64_t *bad_row)
+        {
+            const int status = __real_gs_ce_index_f64(logits, logits_stride, targets, weight,
+                n_rows, n_classes, params, grad_output, loss, dlogits, dlogits_stride, lse, bad_row);
+            if (status == GS_OK && n_rows > 0) {
+                dlogits[(n_rows - 1) * dlogits_stride + n_classes] = 0.0;
+            }
+            return status;
+        }
+        """))
     binary = planted_dir / "fuzz_planted"
-    result = _compile(
-        [*DEBUG, *SANITIZE, f"-I{planted_dir}", str(FUZZ_DIR / "fuzz_ce.c"), str(FUZZ_DIR / "driver.c"),
-         str(planted_dir / "gradsmith_ce.c"), "-lm", "-o", str(binary)],
-        planted_dir,
-    )
-    assert result.returncode == 0, result.stderr
+    _link_driver(sanitized_kernels, binary, str(wrapper), "-Wl,--wrap=gs_ce_index_f64")
     run = subprocess.run(
         [str(binary), "-seconds", "20", "-seed", "1"], cwd=planted_dir, check=False, capture_output=True, text=True,
         timeout=140, env={**os.environ, **SANITIZER_ENV, "GS_FUZZ_ARTIFACTS": str(planted_dir)},
@@ -259,15 +268,10 @@ VALIDATION_SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def sanitized_library(work: Path) -> Path:
-    missing = _sanitizers_missing(str(work))
-    if missing:
-        pytest.skip(missing)
+def sanitized_library(sanitized_kernels, work: Path) -> Path:
+    objects, flags = sanitized_kernels
     library = work / "libgradsmith_ce_asan.so"
-    common = [*DEBUG, *SANITIZE, "-fPIC", "-shared", str(C_DIR / "gradsmith_ce.c"), "-lm", "-o", str(library)]
-    result = _compile(["-fopenmp", *common], work)
-    if result.returncode != 0:
-        result = _compile(common, work)
+    result = _compile([*SANITIZE, *flags, "-shared", str(objects), "-lm", "-o", str(library)], work)
     assert result.returncode == 0, result.stderr
     return library
 
