@@ -98,20 +98,29 @@ def test_a_late_retry_doubles_the_run_up_to_the_longest_and_on_time_halves_it(ru
     assert rule.serial_left() <= 0 and rule.team(2, 1000) == 2
 
 
-def test_a_late_retry_runs_the_ratio_times_its_region_on_one_thread(rule):
+def test_a_late_retry_runs_the_ratio_times_what_it_lost_on_one_thread(rule):
     least, most = _define("GS_LATE_TEAM_SERIAL_MIN"), _define("GS_LATE_TEAM_SERIAL_MAX")
     ratio = _define("GS_LATE_TEAM_SERIAL_RATIO")
-    elements = least  # regions of 3 s whose fastest thread alone would have taken 2 s
-    rule.note(2, 3.0, 0.1, 20, elements)
-    rule.note(2, 3.0, 0.1, 20, elements)
+    elements = least  # regions of 5 s whose fastest thread alone would have taken 2 s: 3 s lost
+    rule.note(2, 5.0, 0.1, 20, elements)
+    rule.note(2, 5.0, 0.1, 20, elements)
     assert rule.serial_left() == least  # not the first run: threads slow to wake after a pause
     _run_out(rule, elements)
-    rule.note(2, 3.0, 0.1, 20, elements)  # the retry is late too
+    rule.note(2, 5.0, 0.1, 20, elements)  # the retry is late too
     run = ratio * 3 * elements // 2
     assert run > 2 * least and rule.serial_left() == run
     assert _run_out(rule, elements) == ratio * 3 // 2
-    rule.note(2, 3.0, 0.1, 20, elements)  # and again: doubling is the longer now
+    rule.note(2, 5.0, 0.1, 20, elements)  # and again: doubling is the longer now
     assert rule.serial_left() == 2 * run
     _run_out(rule, elements)
-    rule.note(2, 3.0, 0.1, 20, 64 * most)  # never past the longest run
+    rule.note(2, 5.0, 0.1, 20, 64 * most)  # never past the longest run
     assert rule.serial_left() == most
+
+
+def test_a_retry_only_a_little_late_doubles_the_run(rule):
+    least = _define("GS_LATE_TEAM_SERIAL_MIN")
+    rule.note(*LATE)
+    rule.note(*LATE)
+    _run_out(rule, least)
+    rule.note(2, 2.1, 0.1, 20, least)  # 5% over one thread's time: a thread slow to wake
+    assert rule.serial_left() == 2 * least

@@ -60,12 +60,14 @@
    GS_LATE_REGIONS such regions in a row the next gs_serial_budget elements run on one thread,
    then the team is tried again.  If that first team region is late too, one thread goes on at
    once, for twice the budget (up to GS_LATE_TEAM_SERIAL_MAX) and at least
-   GS_LATE_TEAM_SERIAL_RATIO times that region's time on one thread: it waited out another
-   process's time slice, several calls' work at small shapes.  Every region on time halves the
-   budget (down to GS_LATE_TEAM_SERIAL_MIN).  So a busy machine is re-checked ever more rarely,
-   and a slow start on a quiet one costs a call or two.  The fastest thread, not the calling
-   one: the caller may be the thread whose core is taken.  In a row: on a quiet machine a single
-   region can be late (a thread preempted once). */
+   GS_LATE_TEAM_SERIAL_RATIO times what that region lost against one thread, in one thread's
+   time: so re-trying costs at most about 1/GS_LATE_TEAM_SERIAL_RATIO of the time, whether the
+   region waited out another process's time slice (several calls' work at small shapes) or a
+   thread slow to wake.  Every region on time halves the budget (down to
+   GS_LATE_TEAM_SERIAL_MIN).  So a busy machine is re-checked ever more rarely, and a slow start
+   on a quiet one costs a call or two.  The fastest thread, not the calling one: the caller may
+   be the thread whose core is taken.  In a row: on a quiet machine a single region can be late
+   (a thread preempted once). */
 static int64_t gs_serial_elements;
 static int64_t gs_serial_budget = GS_LATE_TEAM_SERIAL_MIN;
 static int gs_late_regions;
@@ -112,7 +114,7 @@ static void gs_note_team(int threads, double region_seconds, double fastest_rate
     }
     if (retrying) {
         const double alone = fastest_rate * (double)segments;
-        const double run = GS_LATE_TEAM_SERIAL_RATIO * region_seconds / alone * (double)elements;
+        const double run = GS_LATE_TEAM_SERIAL_RATIO * (region_seconds - alone) / alone * (double)elements;
         budget = budget < GS_LATE_TEAM_SERIAL_MAX / 2 ? 2 * budget : GS_LATE_TEAM_SERIAL_MAX;
         if (run > (double)budget) {
             budget = run < (double)GS_LATE_TEAM_SERIAL_MAX ? (int64_t)run : GS_LATE_TEAM_SERIAL_MAX;

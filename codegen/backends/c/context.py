@@ -69,9 +69,11 @@ PARALLEL_CHUNK_ELEMENTS = 32768
 LATE_TEAM_SERIAL_MIN = 1 << 20
 LATE_TEAM_SERIAL_MAX = 1 << 26
 LATE_REGIONS = 2
-# A late retry's run also lasts at least this many times that region, in one thread's time: on a
-# busy machine a late region waits out another process's time slice (5-8 ms, several calls'
-# work at small shapes), and doubling from the shortest run re-tried the team every few calls.
+# A late retry's run also lasts at least this many times what that region lost against one
+# thread, in one thread's time: on a busy machine a late region waits out another process's time
+# slice (5-8 ms, several calls' work at small shapes), and doubling from the shortest run
+# re-tried the team every few calls.  What it lost, not its whole time: a retry that is only a
+# little late (a thread slow to wake after the run) then costs two calls on one thread, not eight.
 # Only a retry: the first regions after a pause are often late on a quiet machine too (a thread
 # slow to wake), and a floor there kept 57 of 120 calls on one thread in 10 rounds of 12 after
 # 1 s pauses (4 of 120 without it, 9 with it on retries).  One core spun by another process,
