@@ -76,6 +76,7 @@ static int gs_team_threads(int wanted, int64_t elements)
 static void gs_note_team(int threads, double region_seconds, double fastest_rate,
                          int64_t segments, int64_t elements)
 {
+    const double alone = fastest_rate * (double)segments; /* the fastest thread's time for all */
     int late;
     int retrying;
     int64_t budget;
@@ -89,7 +90,7 @@ static void gs_note_team(int threads, double region_seconds, double fastest_rate
     }
 #pragma omp atomic read
     budget = gs_serial_budget;
-    if (region_seconds <= fastest_rate * (double)segments) {
+    if (region_seconds <= alone) {
 #pragma omp atomic write
         gs_late_regions = 0;
 #pragma omp atomic write
@@ -97,8 +98,8 @@ static void gs_note_team(int threads, double region_seconds, double fastest_rate
         return;
     }
     if (retrying) {
-        const double alone = fastest_rate * (double)segments;
-        const double run = GS_LATE_TEAM_SERIAL_RATIO * (region_seconds - alone) / alone * (double)elements;
+        const double lost = region_seconds - alone;
+        const double run = GS_LATE_TEAM_SERIAL_RATIO * lost / alone * (double)elements;
         budget = budget < GS_LATE_TEAM_SERIAL_MAX / 2 ? 2 * budget : GS_LATE_TEAM_SERIAL_MAX;
         if (run > (double)budget) {
             budget = run < (double)GS_LATE_TEAM_SERIAL_MAX ? (int64_t)run : GS_LATE_TEAM_SERIAL_MAX;

@@ -79,7 +79,8 @@ LATE_REGIONS = 2
 # 1 s pauses (4 of 120 without it, 9 with it on retries).  One core spun by another process,
 # fresh processes (AMD EPYC, 2 cores, float32): the median of the first 11 calls was within 1.2x
 # of one thread's at 262144 x 4 in 3 runs of 4 (0 of 7 without the floor, 2.2x to 3.2x), and at
-# 65536 x 10 in 3 of 6 (4 of 13 without).
+# 65536 x 10 in 3 of 6 (4 of 13 without), with the floor on the region's whole time; on what it
+# lost, 7 of 8 runs (4 at each shape), as many as the whole time's in the same alternated runs.
 LATE_TEAM_SERIAL_RATIO = 8
 # Rows of at most this many classes are processed a segment at a time, one row per SIMD lane
 # (a transposed tile of SEGMENT_ROWS rows): no per-row reductions, tails or calls.  Per row
