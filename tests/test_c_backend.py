@@ -386,7 +386,73 @@ def test_non_finite_rows_are_isolated(dtype):
     ref_loss, ref_grad = reference_cross_entropy(logits, target, reduction="none")
     _assert_close(loss, ref_loss, dtype, "loss")
     _assert_close(dlogits, ref_grad, dtype, "dlogits")
-    assert np.isnan(dlogits[1:4]).all() and np.isfinite(dlogits[[0, 4, 5]]).all()
+    assert np.isnan(dlogits[1:3]).all() and np.isfinite(dlogits[[0, 3, 4, 5]]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes", [4, 40, 1500])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_minus_inf_logits_are_classes_of_probability_zero(dtype, classes, inplace):
+    """exp(-inf) = 0: a row's loss, lse and gradient are those of the row without its -inf
+    classes, whose gradient is 0; at the target the loss is inf and the gradient there -1.  A
+    row of -inf alone is NaN, lse too.  34 rows fill a segment of the short rows' lanes and
+    start another; at 1500 classes one row's first chunk (512 classes) is all -inf, and another
+    row's first is finite and its second all -inf."""
+    f = runtime.load(dtype)
+    rng = np.random.default_rng(classes)
+    logits = rng.normal(0.0, 3.0, (34, classes)).astype(dtype)
+    target = rng.integers(0, classes, 34)
+    masks = {3: [1], 4: list(range(classes - 1)), 5: [classes // 2], 6: [0, classes - 1],
+             7: list(range(classes // 2, classes - 1))}
+    target[4], target[5], target[6] = classes - 1, classes // 2, classes // 2
+    for row, columns in masks.items():
+        logits[row, columns] = -np.inf
+    logits[9, :] = -np.inf
+    buffer = logits.copy()
+    loss, dlogits, lse = f(buffer, target, reduction="none", return_lse=True, inplace=inplace)
+    assert np.isnan(loss[9]) and np.isnan(dlogits[9]).all() and np.isnan(lse[9])
+    for row, columns in masks.items():
+        kept = np.setdiff1d(np.arange(classes), columns)
+        if target[row] in kept:
+            alone, grad_alone, lse_alone = f(logits[row:row + 1, kept].copy(),
+                                             np.searchsorted(kept, target[row:row + 1]),
+                                             reduction="none", return_lse=True)
+            _assert_close(loss[row:row + 1], alone, dtype, f"loss, row {row}")
+            _assert_close(dlogits[row, kept], grad_alone[0], dtype, f"gradient, row {row}")
+        else:  # the target's logit is -inf
+            assert loss[row] == np.inf and dlogits[row, target[row]] == -1
+            lse_alone = np.log(np.sum(np.exp(logits[row, kept].astype(np.float64))))
+            probabilities = np.exp(logits[row, kept].astype(np.float64) - lse_alone)
+            _assert_close(dlogits[row, kept], probabilities, dtype, f"gradient, row {row}")
+        _assert_close(lse[row:row + 1], np.reshape(lse_alone, 1), dtype, f"lse, row {row}")
+        others = np.setdiff1d(columns, target[row:row + 1])
+        assert (dlogits[row, others] == 0).all()
+    clean = [r for r in range(34) if r not in masks and r != 9]
+    expected = f(logits[clean].copy(), target[clean], reduction="none")
+    np.testing.assert_array_equal(loss[clean], expected[0])
+    np.testing.assert_array_equal(dlogits[clean], expected[1])
+
+
+@pytest.mark.parametrize("dtype, magnitude", [("float32", 1e35), ("float64", 1e300)])
+def test_huge_logits_after_a_chunk_of_minus_inf(dtype, magnitude):
+    """A row's first chunk all -inf, then logits so large that the lowest finite value minus
+    them overflows: the -inf chunk's zero sums take no rescale (infinity times zero)."""
+    f = runtime.load(dtype)
+    rng = np.random.default_rng(8)
+    logits = (rng.uniform(-1, 1, (2, 1500)) * magnitude).astype(dtype)
+    logits[:, 1000] = magnitude
+    logits[:, :600] = -np.inf
+    target = np.array([1000, 700])
+    for options in ({}, {"label_smoothing": 0.1}):
+        loss, dlogits = f(logits, target, reduction="none", **options)
+        alone, grad_alone = f(logits[:, 600:].copy(), target - 600, reduction="none",
+                              label_smoothing=0.0)
+        if options:  # the smoothing term holds -(-inf)
+            assert (loss == np.inf).all() and np.isfinite(dlogits).all()
+        else:
+            _assert_close(loss, alone, dtype, "loss")
+            _assert_close(dlogits[:, 600:], grad_alone, dtype, "dlogits")
+            assert (dlogits[:, :600] == 0).all()
 
 
 @pytest.mark.parametrize("dtype, magnitude", [("float32", 1e30), ("float64", 1e300)])

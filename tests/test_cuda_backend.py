@@ -108,30 +108,24 @@ template <class V, typename T> void run(FILE *out, const int64_t *h, const doubl
         const row_setup<R> st = setup_row<V, T>(lp, targets.data(), weight.data(), row, C, h[7]);
         const bool sweep = needs_sweep(st, true);
         std::vector<state<R>> s(threads, empty_state<R>());
-        std::vector<R> check(threads, R(0));
         for (int64_t t = 0; t < threads; ++t)
-            if (sweep) first_sweep<V, T>(s[t], check[t], lp, pp, weight.data(), C, t, width, vectorized, k);
+            if (sweep) first_sweep<V, T>(s[t], lp, pp, weight.data(), C, t, width, vectorized, k);
         for (int round = 0; round < (warp_rows ? 1 : 2); ++round) {  // warp butterflies, then warp 0
             if (round == 1) {
                 std::vector<state<R>> lanes(32, empty_state<R>());
-                std::vector<R> lane_checks(32, R(0));
-                for (int64_t w = 0; w < threads / 32; ++w) { lanes[w] = s[32 * w]; lane_checks[w] = check[32 * w]; }
-                s = lanes; check = lane_checks;
+                for (int64_t w = 0; w < threads / 32; ++w) lanes[w] = s[32 * w];
+                s = lanes;
             }
             for (int mask = 16; mask > 0; mask >>= 1) {
                 std::vector<state<R>> next(s.size());
-                std::vector<R> next_check(s.size());
-                for (size_t i = 0; i < s.size(); ++i) {
-                    next_check[i] = check[i] + check[i ^ mask];
-                    next[i] = merge<V>(s[i], s[i ^ mask], k);
-                }
-                s = next; check = next_check;
+                for (size_t i = 0; i < s.size(); ++i) next[i] = merge<V>(s[i], s[i ^ mask], k);
+                s = next;
             }
         }
         typename V::row r;
         R row_lse;
         const double go = (double)grad_output[reduction == 0 ? row : 0];
-        const int mode = finish_row<V>(r, losses[row], row_lse, s[0], check[0], st, sweep,
+        const int mode = finish_row<V>(r, losses[row], row_lse, s[0], st, sweep,
                                        (int)reduction, go, denominator, row_k);
         lses[row] = (double)row_lse;
         for (int64_t t = 0; t < threads; ++t)
@@ -299,15 +293,24 @@ def test_target_gradient_is_formed_in_float(harness, storage):
 @needs_nvcc
 @pytest.mark.parametrize(("storage", "huge"), [("float32", 1e30), ("float64", 1e300)])
 def test_huge_and_non_finite_rows(harness, storage, huge):
+    """NaN and +inf rows NaN; -inf logits as PyTorch has them (exp(-inf) = 0): finite rows, an
+    infinite loss at a -inf target, NaN for a row of -inf alone (lse too)."""
     logits = np.array([[huge, -huge, 0.0, huge / 2], [1.0, np.nan, 0.0, 2.0], [np.inf, 0.0, 1.0, 2.0],
-                       [0.5, 0.25, -1.0, 3.0]])
-    target = np.array([0, 1, 2, 3])
-    loss, grad, lse, _ = _run_harness(harness, "index", storage, logits, target, None, (0.0, 0.0, 0.0), 32,
-                                      True, "none", None)
-    ref_loss, ref_grad = reference_cross_entropy(logits, target, reduction="none")
-    np.testing.assert_allclose(loss, ref_loss, rtol=TOLERANCE[storage])
-    np.testing.assert_allclose(grad[[0, 3]], ref_grad[[0, 3]], rtol=TOLERANCE[storage], atol=1e-7)
-    assert np.isnan(grad[1:3]).all() and np.isnan(loss[1:3]).all() and np.isnan(lse[1:3]).all()
+                       [0.5, 0.25, -1.0, 3.0], [-np.inf, 1.0, -np.inf, 2.0], [1.0, -np.inf, 0.0, 2.0],
+                       [-np.inf] * 4, [-np.inf, -np.inf, huge, -huge]])
+    target = np.array([0, 1, 2, 3, 1, 1, 0, 3])
+    for threads, warp_rows, smoothing in ((32, True, 0.0), (64, False, 0.0), (32, True, 0.1)):
+        loss, grad, lse, _ = _run_harness(harness, "index", storage, logits, target, None,
+                                          (smoothing, 0.0, 0.0), threads, warp_rows, "none", None)
+        ref_loss, ref_grad, ref_lse = reference_cross_entropy(
+            logits, target, reduction="none", return_lse=True, label_smoothing=smoothing)
+        for name, actual, expected in (("loss", loss, ref_loss), ("lse", lse, ref_lse)):
+            np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), err_msg=name)
+            np.testing.assert_allclose(actual, expected, rtol=TOLERANCE[storage], err_msg=name)
+        np.testing.assert_array_equal(np.isnan(grad), np.isnan(ref_grad))
+        np.testing.assert_allclose(grad, ref_grad, rtol=TOLERANCE[storage], atol=1e-7)
+        assert np.isnan(grad[[1, 2, 6]]).all() and np.isfinite(grad[[0, 3, 4, 5, 7]]).all()
+        assert loss[5] == np.inf and np.isnan(lse[6])
 
 
 @needs_nvcc

@@ -138,11 +138,11 @@ def test_torch_agrees_at_huge_logits():
             _close(a, e, f"huge logits {reduction}")
 
 
-def test_non_finite_row_is_nan_and_others_exact():
+def test_nan_or_plus_inf_row_is_nan_and_others_exact():
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(4, 3))
     target = np.array([0, 1, 2, 1])
-    for bad in (np.nan, np.inf, -np.inf):
+    for bad in (np.nan, np.inf):
         spoiled = logits.copy()
         spoiled[1, 2] = bad
         loss, grad = reference_cross_entropy(spoiled, target, reduction="none")
@@ -154,6 +154,34 @@ def test_non_finite_row_is_nan_and_others_exact():
         mean_loss, mean_grad = reference_cross_entropy(spoiled, target)
         assert np.isnan(mean_loss) and np.isnan(mean_grad[1]).all()
         np.testing.assert_allclose(mean_grad[keep], clean_grad[keep] / 4, rtol=1e-15)
+
+
+def test_minus_inf_logit_is_a_class_of_probability_zero():
+    """exp(-inf) = 0: the row's loss is that of the row without the class, and its gradient
+    there is 0; at the target the loss is infinite and the gradient p - 1 stays finite.  A row
+    of -inf alone is NaN, as PyTorch's loss and gradient, and so is its lse."""
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(3, 5))
+    target = np.array([0, 2, 4])
+    spoiled = logits.copy()
+    spoiled[:, 3] = -np.inf
+    without = np.delete(logits, 3, axis=1)
+    for options in ({}, {"weight": np.linspace(0.5, 2.0, 5), "lse_square_scale": 0.01}):
+        reduced = {**options, "weight": np.delete(options["weight"], 3)} if options else options
+        loss, grad, lse = reference_cross_entropy(spoiled, target, reduction="none",
+                                                  return_lse=True, **options)
+        clean_loss, clean_grad, clean_lse = reference_cross_entropy(
+            without, np.array([0, 2, 3]), reduction="none", return_lse=True, **reduced)
+        np.testing.assert_allclose(loss, clean_loss, rtol=1e-15)
+        np.testing.assert_allclose(lse, clean_lse, rtol=1e-15)
+        np.testing.assert_allclose(np.delete(grad, 3, axis=1), clean_grad, rtol=1e-15, atol=1e-300)
+        assert (grad[:, 3] == 0).all()
+    at_target, grad = reference_cross_entropy(spoiled, np.array([3, 3, 3]), reduction="none")
+    assert (at_target == np.inf).all() and np.isfinite(grad).all()
+    np.testing.assert_allclose(grad[:, 3], -1.0, rtol=1e-15)
+    loss, grad, lse = reference_cross_entropy(np.full((1, 4), -np.inf), np.array([1]),
+                                              reduction="none", return_lse=True)
+    assert np.isnan(loss).all() and np.isnan(grad).all() and np.isnan(lse).all()
 
 
 def test_edge_shapes():
@@ -217,17 +245,25 @@ def test_torch_zero_total_weight_mean_gives_nan_gradient():
 
 
 @needs_torch
-def test_torch_minus_inf_logit_is_finite_but_gradsmith_says_nan():
-    logits = np.array([[0.0, -np.inf, 1.0]])
-    loss, grad = torch_reference(logits, np.array([0]))
+def test_torch_minus_inf_logits_like_the_reference():
+    logits = np.array([[0.0, -np.inf, 1.0], [-np.inf, -np.inf, -np.inf], [2.0, -np.inf, -1.0]])
+    loss, grad = torch_reference(logits[:1], np.array([0]))
     assert loss == pytest.approx(1.3132616875182228, rel=1e-15)
     np.testing.assert_allclose(grad, [[-0.7310585786300049, 0.0, 0.7310585786300049]])
-    smoothed_loss, _ = torch_reference(logits, np.array([0]), label_smoothing=0.1)
+    for target in (np.array([0, 1, 1]), np.array([1, 0, 2])):
+        for options in ({}, {"label_smoothing": 0.1}, {"weight": np.array([0.5, 2.0, 1.5])}):
+            for reduction in ("none", "sum", "mean"):
+                expected = torch_reference(logits, target, reduction=reduction, **options)
+                actual = reference_cross_entropy(logits, target, reduction=reduction, **options)
+                for a, e in zip(actual, expected):
+                    _close(a, e, f"-inf {target} {options} {reduction}")
+    smoothed_loss, _ = torch_reference(logits[:1], np.array([0]), label_smoothing=0.1)
     assert smoothed_loss == np.inf  # the smoothing term holds -(-inf)
-    target_loss, _ = torch_reference(logits, np.array([1]))
-    assert target_loss == np.inf
-    loss, grad = reference_cross_entropy(logits, np.array([0]))
-    assert np.isnan(loss) and np.isnan(grad).all()
+    probs = np.array([[0.5, 0.0, 0.5], [0.2, 0.3, 0.5], [0.0, 0.0, 1.0]])
+    expected = torch_reference(logits, probs, reduction="none")
+    actual = reference_cross_entropy(logits, probs, reduction="none")
+    for a, e in zip(actual, expected):  # 0 * -inf: a NaN loss, a finite gradient
+        _close(a, e, "-inf with probabilities")
 
 
 @needs_torch

@@ -78,6 +78,31 @@ def test_cuda_op_matches_torch(dtype, kind, reduction, shape):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA device")
+@pytest.mark.parametrize("classes", [5, 600, 40000])
+def test_cuda_masked_logits_as_in_pytorch(classes):
+    """A padded or masked vocabulary (-inf) on the GPU: probability 0, gradient 0, the loss
+    finite, as F.cross_entropy; a row of -inf alone NaN.  Warp rows, block rows and a share of
+    a row that holds only -inf."""
+    generator = torch.Generator().manual_seed(classes)
+    logits = torch.randn(6, classes, generator=generator).mul(2)
+    logits[:, classes - 2:] = -torch.inf
+    logits[0, 1] = -torch.inf
+    logits[5, : classes // 2] = -torch.inf
+    logits[4] = -torch.inf
+    target = torch.tensor([0, 2, -100, 1, 2, classes - 3])
+    mine = logits.cuda().requires_grad_()
+    theirs = logits.clone().requires_grad_()
+    loss = gt.cross_entropy(mine, target.cuda(), reduction="none")
+    expected = F.cross_entropy(theirs, target, reduction="none")
+    loss.sum().backward()
+    expected.sum().backward()
+    torch.testing.assert_close(loss.cpu(), expected, rtol=1e-5, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(mine.grad.cpu(), theirs.grad, rtol=1e-5, atol=1e-7, equal_nan=True)
+    assert torch.isnan(loss[4]).item() and torch.isfinite(loss[[0, 1, 3, 5]]).all().item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA device")
 def test_cuda_bad_target_check_and_its_skip():
     logits = torch.randn(4, 3, device="cuda")
     target = torch.tensor([0, 1, 7, 2], device="cuda")

@@ -86,6 +86,26 @@ def test_non_uniform_grad_output_matches_torch(reduction):
     torch.testing.assert_close(logits.grad, expected_logits.grad, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("classes", [5, 600])
+def test_masked_logits_train_as_in_pytorch(classes):
+    """A vocabulary padded or masked with -inf: the padded classes get probability 0 and a zero
+    gradient, the loss stays finite, as with F.cross_entropy (float32, the LLM case)."""
+    logits = _logits(6, classes, dtype=torch.float32).detach()
+    logits[:, classes - 2:] = -torch.inf  # padding
+    logits[0, 1] = -torch.inf  # a masked class
+    logits[5, : classes // 2] = -torch.inf
+    target = torch.tensor([0, 2, -100, 1, 2, classes - 3])
+    mine, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss = gt.cross_entropy(mine, target)
+    expected = F.cross_entropy(theirs, target)
+    loss.backward()
+    expected.backward()
+    assert torch.isfinite(loss) and torch.isfinite(mine.grad).all()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-7)
+    assert (mine.grad[:, classes - 2:] == 0).all()
+
+
 def test_lse_is_differentiable_and_a_z_loss_built_from_it_trains():
     logits = _logits()
     expected_logits = logits.detach().clone().requires_grad_()

@@ -73,6 +73,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                 report["errors"].append([number, reduction, float((loss - expected).abs().max()),
                                          float((shard.grad - own).abs().max())])
         report["linear"] = _linear_case(rank, world, counts)
+        report["minus_inf"] = _minus_inf_case(rank, world)
         try:
             smoothing = 0.1 if rank == world - 1 else 0.0
             vocab_parallel_cross_entropy(torch.randn(ROWS, 3), torch.zeros(ROWS, dtype=torch.int64),
@@ -89,6 +90,31 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     finally:
         Path(out, f"{rank}.json").write_text(json.dumps(report))
         dist.destroy_process_group()
+
+
+def _minus_inf_case(rank: int, world: int) -> list:
+    """-inf logits against F.cross_entropy: row 1's first shard all -inf, row 2's target at -inf,
+    row 3 all -inf (NaN)."""
+    from gradsmith.torch import vocab_parallel_cross_entropy
+
+    generator = torch.Generator().manual_seed(9)
+    logits = torch.randn(ROWS, CLASSES, generator=generator, dtype=torch.float64)
+    target = torch.randint(0, CLASSES, (ROWS,), generator=generator)
+    first = torch.tensor_split(torch.arange(CLASSES), world)[0]
+    logits[0, 2] = logits[1, first] = logits[2, 5] = logits[3] = -torch.inf
+    target[1], target[2] = CLASSES - 1, 5
+    results = []
+    for options in ({}, {"label_smoothing": 0.1}):
+        whole = logits.clone().requires_grad_()
+        expected = torch.nn.functional.cross_entropy(whole, target, reduction="none", **options)
+        expected.sum().backward()
+        shard = torch.tensor_split(logits, world, dim=1)[rank].clone().requires_grad_()
+        loss = vocab_parallel_cross_entropy(shard, target, reduction="none", **options)
+        loss.sum().backward()
+        own = torch.tensor_split(whole.grad, world, dim=1)[rank]
+        results.append([bool(torch.allclose(loss, expected, rtol=1e-12, atol=1e-12, equal_nan=True)),
+                        bool(torch.allclose(shard.grad, own, rtol=1e-12, atol=1e-12, equal_nan=True))])
+    return results
 
 
 def _linear_case(rank: int, world: int, counts: dict) -> dict:
@@ -178,6 +204,12 @@ def test_vocab_parallel_linear_head(reports):
         assert linear["loss"] < 1e-12 and max(linear["grads"]) < 1e-12
         assert linear["forward"] == {"all_reduce": 2, "all_gather": 1}
         assert linear["backward"] == {"all_reduce": 1, "all_gather": 0}
+
+
+def test_minus_inf_logits_as_pytorch_has_them(reports):
+    _, per_rank = reports
+    for report in per_rank:
+        assert report["minus_inf"] == [[True, True], [True, True]]
 
 
 def test_merge_identity_is_proven_for_every_spec_variant():

@@ -19,6 +19,7 @@ from gradsmith.codegen.arguments import bad_target_message
 from gradsmith.codegen.torch_op.checks import check_class_weight, check_options
 from gradsmith.codegen.torch_op.linear import LOW_PRECISION, mean_denominator, mean_scale
 from gradsmith.codegen.torch_op.spec_functions import evaluate, row_values, spec_for
+from gradsmith.derive.kernel_spec import linear_sums_unused_without_smoothing
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 _HEADER = ("rows", "shard classes", "reduction", "ignore_index", "label_smoothing",
@@ -61,16 +62,21 @@ def _agree(local_logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
 
 
 def _statistics(spec, shifted: torch.Tensor, local_weight: torch.Tensor | None,
-                raw_target_logit: torch.Tensor) -> torch.Tensor:
-    """This rank's [sum_exp, weight_sum, shifted_sum, target_logit] per row, at the pivot."""
+                raw_target_logit: torch.Tensor, linear: bool) -> torch.Tensor:
+    """This rank's [sum_exp, weight_sum, shifted_sum, target_logit] per row, at the pivot.
+    Without ``linear`` (no label smoothing, where nothing reads them) the linear sums are 0:
+    0 times a -inf logit's shifted term would make the loss NaN where PyTorch's is finite."""
     values = {"shifted": shifted}
     if local_weight is not None:
         values["weight"] = local_weight
+    exp_sum = evaluate(spec.exp_term, values).sum(1)
+    if not linear:
+        zero = torch.zeros_like(exp_sum)
+        return torch.stack([exp_sum, zero, zero, raw_target_logit], dim=1)
     coefficient = torch.broadcast_to(evaluate(spec.linear_coefficient, values)
                                      * torch.ones_like(shifted), shifted.shape)
     return torch.stack([
-        evaluate(spec.exp_term, values).sum(1), coefficient.sum(1),
-        (coefficient * shifted).sum(1), raw_target_logit,
+        exp_sum, coefficient.sum(1), (coefficient * shifted).sum(1), raw_target_logit,
     ], dim=1)
 
 
@@ -100,8 +106,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         owned = counted & (target >= offset) & (target < offset + logits.shape[1])
         raw_target = logits.gather(1, local[:, None])[:, 0]
         local_weight = None if weight is None else weight.to(dtype)[offset:offset + logits.shape[1]]
+        linear = options["label_smoothing"] != 0 or not linear_sums_unused_without_smoothing(spec)
         packed = _statistics(spec, shifted, local_weight,
-                             torch.where(owned, raw_target, torch.zeros_like(raw_target)))
+                             torch.where(owned, raw_target, torch.zeros_like(raw_target)), linear)
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
         if weight is None:
             target_weight = torch.ones_like(row_max)

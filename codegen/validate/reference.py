@@ -6,9 +6,10 @@ automatic differentiation on that same definition, so neither the loss nor the g
 anything from ``gradsmith.derive``.  ``finite_difference_grad`` gives central differences of any
 loss function.
 
-Where gradsmith differs from PyTorch the reference follows gradsmith: a row holding NaN or
-+-Inf has NaN loss and gradient (PyTorch gives finite values for -Inf logits away from the
-target), and an ignored row has zero loss and gradient whatever its logits (PyTorch gives a NaN
+Non-finite logits follow the arithmetic, as in PyTorch: exp(-inf) = 0, so a -inf logit is a
+class of probability 0 (a -inf target gives an infinite loss), and NaN, +inf or a row of -inf
+alone make the row's loss, gradient and lse NaN.  Where gradsmith differs from PyTorch the reference follows
+gradsmith: an ignored row has zero loss and gradient whatever its logits (PyTorch gives a NaN
 gradient in an ignored row holding NaN).  ``ignore_index`` is not used with probability targets
 (PyTorch and gradsmith refuse it unless it is -100).
 """
@@ -117,6 +118,7 @@ def _row(
         cap = mpmath.mpf(softcap)
         inputs = [cap * _tanh(z * (1 / cap)) for z in inputs]
     # The maximum enters as a constant: the definition is exactly invariant under the shift.
+    # A row of -inf alone then shifts by -inf: NaN throughout, as PyTorch's loss and gradient.
     shift = max(_value(u) for u in inputs)
     shifted = [u - shift for u in inputs]
     log_norm = _log(_sum(_exp(v) for v in shifted))
@@ -129,8 +131,10 @@ def _row(
         loss = -_sum(wj * yj * lp for wj, yj, lp in zip(w, smoothed, log_probs))
     else:
         nll = -(w[target] * log_probs[target])
-        smooth = -_sum(wj * lp for wj, lp in zip(w, log_probs))
-        loss = (1 - eps) * nll + (eps / classes) * smooth
+        loss = nll
+        if eps != 0:  # as PyTorch: no smoothing term, so a -inf logit's infinite term is absent
+            smooth = -_sum(wj * lp for wj, lp in zip(w, log_probs))
+            loss = (1 - eps) * nll + (eps / classes) * smooth
     # The z-term apart too: a mean divides it by the counted rows, not by the weights.
     z_loss = mpmath.mpf(lse_square_scale) * (lse * lse)
     loss = loss + z_loss
@@ -206,13 +210,10 @@ def reference_cross_entropy(
         row_z_grad[:] = mpmath.mpf(0)
         lse = np.full(n, np.nan)
         kept = np.ones(n, dtype=bool) if probs else target != ignore_index
-        finite = np.isfinite(logits).all(axis=1)
         denominator = mpmath.mpf(0)
         for i in range(n):
             if kept[i]:
                 denominator += 1 if probs else mpmath.mpf(float(weight[target[i]]))
-            if not finite[i]:
-                continue
             row_target = target[i] if probs else int(target[i]) if kept[i] else 0
             key = (logits[i].tobytes(), np.asarray(row_target).tobytes())
             if key not in rows_seen:
@@ -233,21 +234,17 @@ def reference_cross_entropy(
         for i in range(n):
             if not kept[i]:
                 continue
-            if not finite[i]:
-                dlogits[i, columns] = np.nan
-                continue
             if reduction == "mean":
                 dlogits[i, columns] = [float(factor * g + z_factor * zg)
                                        for g, zg in zip(row_grad[i], row_z_grad[i])]
             else:
                 dlogits[i, columns] = [float(scales[i] * g) for g in row_grad[i]]
         per_row = np.array([float(x) for x in row_loss], dtype=np.float64)
-        per_row[kept & ~finite] = np.nan
         if reduction == "none":
             loss = per_row
         elif reduction == "sum":
-            loss = np.array(float(mpmath.fsum(row_loss)) if finite[kept].all() else np.nan)
-        elif denominator == 0 or not finite[kept].all():
+            loss = np.array(float(mpmath.fsum(row_loss)))
+        elif denominator == 0:
             loss = np.array(np.nan)
         else:
             z_total = mpmath.fsum(row_z_loss)

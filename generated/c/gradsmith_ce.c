@@ -149,7 +149,7 @@ static void gs_note_team(int threads, double region_seconds, double fastest_rate
    the order is fixed by the build, so results stay deterministic. */
 #if defined(_OPENMP) || defined(GS_OPENMP_SIMD)
 #define GS_SIMD_SUMS _Pragma("omp simd reduction(+:chunk_top_count, chunk_rest_sum, chunk_weight_sum, chunk_shifted_sum)")
-#define GS_SIMD_MAX _Pragma("omp simd reduction(max:chunk_max, chunk_magnitude)")
+#define GS_SIMD_MAX _Pragma("omp simd reduction(max:chunk_max)")
 #define GS_SIMD_RESPLIT _Pragma("omp simd reduction(+:chunk_top_count, chunk_rest_sum)")
 #define GS_SIMD_SEGMENT_LOSS _Pragma("omp simd reduction(+:segment_loss)")
 #define GS_SIMD_LANES_SPECIAL _Pragma("omp simd reduction(|:special)")
@@ -1072,7 +1072,6 @@ static float gs_row_index_f32(
     float rest_sum = 0;
     float weight_sum = 0;
     float shifted_sum = 0;
-    uint32_t magnitude_max = 0;
     /* Read in its chunk, between the maximum's loop, which brings the chunk into cache, and
        the sums, which may write over it (dlogits_row may be logits_row): read first, it missed
        every cache and stalled the row. */
@@ -1087,8 +1086,7 @@ static float gs_row_index_f32(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        float chunk_max = -(float)INFINITY;
-        uint32_t chunk_magnitude = 0;
+        float chunk_max = -FLT_MAX;
         float chunk_top_count = 0;
         float chunk_rest_sum = 0;
         float chunk_weight_sum = 0;
@@ -1112,19 +1110,17 @@ static float gs_row_index_f32(
         for (j = chunk; j < chunk_end; ++j) {
             const float logit = logits_row[j];
             const float transformed = logit;
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT32_C(2147483647);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         if (target >= chunk && target < chunk_end) {
             target_logit = logits_row[target];
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const float old_max = row_max;
@@ -1303,21 +1299,10 @@ static float gs_row_index_f32(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT32_C(2139095040)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (float)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (float)NAN;
-        }
-        if (ignored) {
-            for (j = 0; j < n_classes; ++j) {
-                dlogits_row[j] = 0;
-            }
-            return 0;
-        }
-        return (float)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (float)NAN;
     }
     {
         const float target_weight = 1;
@@ -1386,8 +1371,6 @@ static void gs_lanes_index_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
-    uint32_t lane_magnitude[GS_SEGMENT_ROWS];
     int32_t lane_target[GS_SEGMENT_ROWS]; /* as wide as a lane: the selects compare it */
     int lane_ignored[GS_SEGMENT_ROWS];
     float lane_target_logit[GS_SEGMENT_ROWS];
@@ -1448,16 +1431,14 @@ static void gs_lanes_index_f32(
         lane_target_logit[r] = 0;
         lane_others_sum[r] = 0;
         lane_max[r] = -(float)INFINITY;
-        lane_magnitude[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -1469,16 +1450,8 @@ static void gs_lanes_index_f32(
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = logit;
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            logit_bits &= UINT32_C(2147483647);
-            lane_magnitude[r] = logit_bits > lane_magnitude[r] ? logit_bits : lane_magnitude[r];
             lane_target_logit[r] = lane_target[r] == class_index ? logit : lane_target_logit[r];
         }
-    }
-    GS_SIMD_LANES_F32
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_nonfinite[r] = lane_magnitude[r] >= UINT32_C(2139095040);
     }
     if (label_smoothing != 0) {
         for (j = 0; j < n_classes; ++j) {
@@ -1656,20 +1629,14 @@ static void gs_lanes_index_f32(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    /* Ignored rows: zero loss and gradient, whatever their logits. */
     {
         int special = 0;
         GS_SIMD_LANES_SPECIAL
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             special |= lane_ignored[r];
-            special |= lane_nonfinite[r];
         }
         for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
-                }
-            }
             if (lane_ignored[r]) {
                 for (j = 0; j < n_classes; ++j) {
                     tile[j * GS_SEGMENT_ROWS + r] = 0;
@@ -1679,14 +1646,11 @@ static void gs_lanes_index_f32(
     }
     GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = lane_ignored[r] ? (float)0 : finite ? lane_loss[r] : (float)NAN;
+        row_losses[r] = lane_ignored[r] ? (float)0 : lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (float)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -1883,7 +1847,6 @@ static float gs_row_index_softcap_f32(
     float rest_sum = 0;
     float weight_sum = 0;
     float shifted_sum = 0;
-    uint32_t magnitude_max = 0;
     /* read before anything is written: dlogits_row may be logits_row */
     const float target_logit = logits_row[target];
     int64_t chunk;
@@ -1894,8 +1857,7 @@ static float gs_row_index_softcap_f32(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        float chunk_max = -(float)INFINITY;
-        uint32_t chunk_magnitude = 0;
+        float chunk_max = -FLT_MAX;
         float chunk_top_count = 0;
         float chunk_rest_sum = 0;
         float chunk_weight_sum = 0;
@@ -1920,16 +1882,14 @@ static float gs_row_index_softcap_f32(
             const float logit = logits_row[j];
             const float transformed = softcap*gs_tanh_f32(logit/softcap);
             dlogits_row[j] = transformed;
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT32_C(2147483647);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const float old_max = row_max;
@@ -2005,21 +1965,10 @@ static float gs_row_index_softcap_f32(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT32_C(2139095040)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (float)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (float)NAN;
-        }
-        if (ignored) {
-            for (j = 0; j < n_classes; ++j) {
-                dlogits_row[j] = 0;
-            }
-            return 0;
-        }
-        return (float)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (float)NAN;
     }
     {
         const float target_weight = 1;
@@ -2075,8 +2024,6 @@ static void gs_lanes_index_softcap_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
-    uint32_t lane_magnitude[GS_SEGMENT_ROWS];
     int32_t lane_target[GS_SEGMENT_ROWS]; /* as wide as a lane: the selects compare it */
     int lane_ignored[GS_SEGMENT_ROWS];
     float lane_target_logit[GS_SEGMENT_ROWS];
@@ -2136,16 +2083,14 @@ static void gs_lanes_index_softcap_f32(
         lane_target_logit[r] = 0;
         lane_others_sum[r] = 0;
         lane_max[r] = -(float)INFINITY;
-        lane_magnitude[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -2157,17 +2102,9 @@ static void gs_lanes_index_softcap_f32(
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = softcap*gs_tanh_f32(logit/softcap);
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            logit_bits &= UINT32_C(2147483647);
-            lane_magnitude[r] = logit_bits > lane_magnitude[r] ? logit_bits : lane_magnitude[r];
             lane_target_logit[r] = lane_target[r] == class_index ? logit : lane_target_logit[r];
             tile[j * GS_SEGMENT_ROWS + r] = transformed;
         }
-    }
-    GS_SIMD_LANES_F32
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_nonfinite[r] = lane_magnitude[r] >= UINT32_C(2139095040);
     }
     if (label_smoothing != 0) {
         for (j = 0; j < n_classes; ++j) {
@@ -2341,20 +2278,14 @@ static void gs_lanes_index_softcap_f32(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    /* Ignored rows: zero loss and gradient, whatever their logits. */
     {
         int special = 0;
         GS_SIMD_LANES_SPECIAL
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             special |= lane_ignored[r];
-            special |= lane_nonfinite[r];
         }
         for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
-                }
-            }
             if (lane_ignored[r]) {
                 for (j = 0; j < n_classes; ++j) {
                     tile[j * GS_SEGMENT_ROWS + r] = 0;
@@ -2364,14 +2295,11 @@ static void gs_lanes_index_softcap_f32(
     }
     GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = lane_ignored[r] ? (float)0 : finite ? lane_loss[r] : (float)NAN;
+        row_losses[r] = lane_ignored[r] ? (float)0 : lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (float)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -2569,7 +2497,6 @@ static float gs_row_index_weighted_f32(
     float rest_sum = 0;
     float weight_sum = 0;
     float shifted_sum = 0;
-    uint32_t magnitude_max = 0;
     /* Read in its chunk, between the maximum's loop, which brings the chunk into cache, and
        the sums, which may write over it (dlogits_row may be logits_row): read first, it missed
        every cache and stalled the row. */
@@ -2584,8 +2511,7 @@ static float gs_row_index_weighted_f32(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        float chunk_max = -(float)INFINITY;
-        uint32_t chunk_magnitude = 0;
+        float chunk_max = -FLT_MAX;
         float chunk_top_count = 0;
         float chunk_rest_sum = 0;
         float chunk_weight_sum = 0;
@@ -2609,19 +2535,17 @@ static float gs_row_index_weighted_f32(
         for (j = chunk; j < chunk_end; ++j) {
             const float logit = logits_row[j];
             const float transformed = logit;
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT32_C(2147483647);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         if (target >= chunk && target < chunk_end) {
             target_logit = logits_row[target];
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const float old_max = row_max;
@@ -2804,21 +2728,10 @@ static float gs_row_index_weighted_f32(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT32_C(2139095040)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (float)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (float)NAN;
-        }
-        if (ignored) {
-            for (j = 0; j < n_classes; ++j) {
-                dlogits_row[j] = 0;
-            }
-            return 0;
-        }
-        return (float)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (float)NAN;
     }
     {
         const float target_class_weight = class_weights[target];
@@ -2891,8 +2804,6 @@ static void gs_lanes_index_weighted_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
-    uint32_t lane_magnitude[GS_SEGMENT_ROWS];
     int32_t lane_target[GS_SEGMENT_ROWS]; /* as wide as a lane: the selects compare it */
     int lane_ignored[GS_SEGMENT_ROWS];
     float lane_target_logit[GS_SEGMENT_ROWS];
@@ -2953,16 +2864,14 @@ static void gs_lanes_index_weighted_f32(
         lane_target_logit[r] = 0;
         lane_others_sum[r] = 0;
         lane_max[r] = -(float)INFINITY;
-        lane_magnitude[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -2974,16 +2883,8 @@ static void gs_lanes_index_weighted_f32(
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = logit;
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            logit_bits &= UINT32_C(2147483647);
-            lane_magnitude[r] = logit_bits > lane_magnitude[r] ? logit_bits : lane_magnitude[r];
             lane_target_logit[r] = lane_target[r] == class_index ? logit : lane_target_logit[r];
         }
-    }
-    GS_SIMD_LANES_F32
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_nonfinite[r] = lane_magnitude[r] >= UINT32_C(2139095040);
     }
     if (label_smoothing != 0) {
         for (j = 0; j < n_classes; ++j) {
@@ -3168,20 +3069,14 @@ static void gs_lanes_index_weighted_f32(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    /* Ignored rows: zero loss and gradient, whatever their logits. */
     {
         int special = 0;
         GS_SIMD_LANES_SPECIAL
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             special |= lane_ignored[r];
-            special |= lane_nonfinite[r];
         }
         for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
-                }
-            }
             if (lane_ignored[r]) {
                 for (j = 0; j < n_classes; ++j) {
                     tile[j * GS_SEGMENT_ROWS + r] = 0;
@@ -3191,14 +3086,11 @@ static void gs_lanes_index_weighted_f32(
     }
     GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = lane_ignored[r] ? (float)0 : finite ? lane_loss[r] : (float)NAN;
+        row_losses[r] = lane_ignored[r] ? (float)0 : lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (float)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -3391,7 +3283,6 @@ static float gs_row_index_weighted_softcap_f32(
     float rest_sum = 0;
     float weight_sum = 0;
     float shifted_sum = 0;
-    uint32_t magnitude_max = 0;
     /* read before anything is written: dlogits_row may be logits_row */
     const float target_logit = logits_row[target];
     int64_t chunk;
@@ -3402,8 +3293,7 @@ static float gs_row_index_weighted_softcap_f32(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        float chunk_max = -(float)INFINITY;
-        uint32_t chunk_magnitude = 0;
+        float chunk_max = -FLT_MAX;
         float chunk_top_count = 0;
         float chunk_rest_sum = 0;
         float chunk_weight_sum = 0;
@@ -3428,16 +3318,14 @@ static float gs_row_index_weighted_softcap_f32(
             const float logit = logits_row[j];
             const float transformed = softcap*gs_tanh_f32(logit/softcap);
             dlogits_row[j] = transformed;
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT32_C(2147483647);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const float old_max = row_max;
@@ -3515,21 +3403,10 @@ static float gs_row_index_weighted_softcap_f32(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT32_C(2139095040)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (float)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (float)NAN;
-        }
-        if (ignored) {
-            for (j = 0; j < n_classes; ++j) {
-                dlogits_row[j] = 0;
-            }
-            return 0;
-        }
-        return (float)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (float)NAN;
     }
     {
         const float target_class_weight = class_weights[target];
@@ -3588,8 +3465,6 @@ static void gs_lanes_index_weighted_softcap_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
-    uint32_t lane_magnitude[GS_SEGMENT_ROWS];
     int32_t lane_target[GS_SEGMENT_ROWS]; /* as wide as a lane: the selects compare it */
     int lane_ignored[GS_SEGMENT_ROWS];
     float lane_target_logit[GS_SEGMENT_ROWS];
@@ -3649,16 +3524,14 @@ static void gs_lanes_index_weighted_softcap_f32(
         lane_target_logit[r] = 0;
         lane_others_sum[r] = 0;
         lane_max[r] = -(float)INFINITY;
-        lane_magnitude[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -3670,17 +3543,9 @@ static void gs_lanes_index_weighted_softcap_f32(
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = softcap*gs_tanh_f32(logit/softcap);
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            logit_bits &= UINT32_C(2147483647);
-            lane_magnitude[r] = logit_bits > lane_magnitude[r] ? logit_bits : lane_magnitude[r];
             lane_target_logit[r] = lane_target[r] == class_index ? logit : lane_target_logit[r];
             tile[j * GS_SEGMENT_ROWS + r] = transformed;
         }
-    }
-    GS_SIMD_LANES_F32
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_nonfinite[r] = lane_magnitude[r] >= UINT32_C(2139095040);
     }
     if (label_smoothing != 0) {
         for (j = 0; j < n_classes; ++j) {
@@ -3861,20 +3726,14 @@ static void gs_lanes_index_weighted_softcap_f32(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    /* Ignored rows: zero loss and gradient, whatever their logits. */
     {
         int special = 0;
         GS_SIMD_LANES_SPECIAL
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             special |= lane_ignored[r];
-            special |= lane_nonfinite[r];
         }
         for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
-                }
-            }
             if (lane_ignored[r]) {
                 for (j = 0; j < n_classes; ++j) {
                     tile[j * GS_SEGMENT_ROWS + r] = 0;
@@ -3884,14 +3743,11 @@ static void gs_lanes_index_weighted_softcap_f32(
     }
     GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = lane_ignored[r] ? (float)0 : finite ? lane_loss[r] : (float)NAN;
+        row_losses[r] = lane_ignored[r] ? (float)0 : lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (float)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -4083,7 +3939,6 @@ static float gs_row_probs_f32(
     float rest_sum = 0;
     float weight_sum = 0;
     float shifted_sum = 0;
-    uint32_t magnitude_max = 0;
     const int stores = n_classes <= (int64_t)GS_CHUNK * GS_STORED_CHUNKS;
     float chunk_maxima[GS_STORED_CHUNKS];
     int64_t chunk;
@@ -4094,8 +3949,7 @@ static float gs_row_probs_f32(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        float chunk_max = -(float)INFINITY;
-        uint32_t chunk_magnitude = 0;
+        float chunk_max = -FLT_MAX;
         float chunk_top_count = 0;
         float chunk_rest_sum = 0;
         float chunk_weight_sum = 0;
@@ -4119,16 +3973,14 @@ static float gs_row_probs_f32(
         for (j = chunk; j < chunk_end; ++j) {
             const float logit = logits_row[j];
             const float transformed = logit;
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT32_C(2147483647);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const float old_max = row_max;
@@ -4239,15 +4091,10 @@ static float gs_row_probs_f32(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT32_C(2139095040)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (float)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (float)NAN;
-        }
-        return (float)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (float)NAN;
     }
     {
         const float top_excess = top_count - 1;
@@ -4302,8 +4149,6 @@ static void gs_lanes_probs_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
-    uint32_t lane_magnitude[GS_SEGMENT_ROWS];
     float lane_stored_scale[GS_SEGMENT_ROWS];
     float lane_log_sum_exp[GS_SEGMENT_ROWS];
     float lane_lse[GS_SEGMENT_ROWS];
@@ -4353,16 +4198,14 @@ static void gs_lanes_probs_f32(
     GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(float)INFINITY;
-        lane_magnitude[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -4373,15 +4216,7 @@ static void gs_lanes_probs_f32(
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = logit;
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            logit_bits &= UINT32_C(2147483647);
-            lane_magnitude[r] = logit_bits > lane_magnitude[r] ? logit_bits : lane_magnitude[r];
         }
-    }
-    GS_SIMD_LANES_F32
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_nonfinite[r] = lane_magnitude[r] >= UINT32_C(2139095040);
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES_F32
@@ -4495,31 +4330,13 @@ static void gs_lanes_probs_f32(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
-    {
-        int special = 0;
-        GS_SIMD_LANES_SPECIAL
-        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-            special |= lane_nonfinite[r];
-        }
-        for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
-                }
-            }
-        }
-    }
     GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = finite ? lane_loss[r] : (float)NAN;
+        row_losses[r] = lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (float)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -4691,7 +4508,6 @@ static float gs_row_probs_softcap_f32(
     float rest_sum = 0;
     float weight_sum = 0;
     float shifted_sum = 0;
-    uint32_t magnitude_max = 0;
     int64_t chunk;
     int64_t j;
     (void)label_smoothing;
@@ -4700,8 +4516,7 @@ static float gs_row_probs_softcap_f32(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        float chunk_max = -(float)INFINITY;
-        uint32_t chunk_magnitude = 0;
+        float chunk_max = -FLT_MAX;
         float chunk_top_count = 0;
         float chunk_rest_sum = 0;
         float chunk_weight_sum = 0;
@@ -4726,16 +4541,14 @@ static float gs_row_probs_softcap_f32(
             const float logit = logits_row[j];
             const float transformed = softcap*gs_tanh_f32(logit/softcap);
             dlogits_row[j] = transformed;
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT32_C(2147483647);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const float old_max = row_max;
@@ -4787,15 +4600,10 @@ static float gs_row_probs_softcap_f32(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT32_C(2139095040)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (float)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (float)NAN;
-        }
-        return (float)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (float)NAN;
     }
     {
         const float top_excess = top_count - 1;
@@ -4836,8 +4644,6 @@ static void gs_lanes_probs_softcap_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
-    uint32_t lane_magnitude[GS_SEGMENT_ROWS];
     float lane_log_sum_exp[GS_SEGMENT_ROWS];
     float lane_lse[GS_SEGMENT_ROWS];
     float lane_zloss_slope[GS_SEGMENT_ROWS];
@@ -4886,16 +4692,14 @@ static void gs_lanes_probs_softcap_f32(
     GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(float)INFINITY;
-        lane_magnitude[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -4906,16 +4710,8 @@ static void gs_lanes_probs_softcap_f32(
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = softcap*gs_tanh_f32(logit/softcap);
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            logit_bits &= UINT32_C(2147483647);
-            lane_magnitude[r] = logit_bits > lane_magnitude[r] ? logit_bits : lane_magnitude[r];
             tile[j * GS_SEGMENT_ROWS + r] = transformed;
         }
-    }
-    GS_SIMD_LANES_F32
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_nonfinite[r] = lane_magnitude[r] >= UINT32_C(2139095040);
     }
     for (j = 0; j < n_classes; ++j) {
         GS_SIMD_LANES_F32
@@ -5030,31 +4826,13 @@ static void gs_lanes_probs_softcap_f32(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
-    {
-        int special = 0;
-        GS_SIMD_LANES_SPECIAL
-        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-            special |= lane_nonfinite[r];
-        }
-        for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
-                }
-            }
-        }
-    }
     GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = finite ? lane_loss[r] : (float)NAN;
+        row_losses[r] = lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (float)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -5227,7 +5005,6 @@ static float gs_row_probs_weighted_f32(
     float rest_sum = 0;
     float weight_sum = 0;
     float shifted_sum = 0;
-    uint32_t magnitude_max = 0;
     const int stores = n_classes <= (int64_t)GS_CHUNK * GS_STORED_CHUNKS;
     float chunk_maxima[GS_STORED_CHUNKS];
     int64_t chunk;
@@ -5238,8 +5015,7 @@ static float gs_row_probs_weighted_f32(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        float chunk_max = -(float)INFINITY;
-        uint32_t chunk_magnitude = 0;
+        float chunk_max = -FLT_MAX;
         float chunk_top_count = 0;
         float chunk_rest_sum = 0;
         float chunk_weight_sum = 0;
@@ -5263,16 +5039,14 @@ static float gs_row_probs_weighted_f32(
         for (j = chunk; j < chunk_end; ++j) {
             const float logit = logits_row[j];
             const float transformed = logit;
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT32_C(2147483647);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const float old_max = row_max;
@@ -5387,15 +5161,10 @@ static float gs_row_probs_weighted_f32(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT32_C(2139095040)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (float)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (float)NAN;
-        }
-        return (float)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (float)NAN;
     }
     {
         const float top_excess = top_count - 1;
@@ -5453,8 +5222,6 @@ static void gs_lanes_probs_weighted_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
-    uint32_t lane_magnitude[GS_SEGMENT_ROWS];
     float lane_stored_scale[GS_SEGMENT_ROWS];
     float lane_log_sum_exp[GS_SEGMENT_ROWS];
     float lane_lse[GS_SEGMENT_ROWS];
@@ -5504,16 +5271,14 @@ static void gs_lanes_probs_weighted_f32(
     GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(float)INFINITY;
-        lane_magnitude[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -5524,15 +5289,7 @@ static void gs_lanes_probs_weighted_f32(
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = logit;
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            logit_bits &= UINT32_C(2147483647);
-            lane_magnitude[r] = logit_bits > lane_magnitude[r] ? logit_bits : lane_magnitude[r];
         }
-    }
-    GS_SIMD_LANES_F32
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_nonfinite[r] = lane_magnitude[r] >= UINT32_C(2139095040);
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
@@ -5651,31 +5408,13 @@ static void gs_lanes_probs_weighted_f32(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
-    {
-        int special = 0;
-        GS_SIMD_LANES_SPECIAL
-        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-            special |= lane_nonfinite[r];
-        }
-        for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
-                }
-            }
-        }
-    }
     GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = finite ? lane_loss[r] : (float)NAN;
+        row_losses[r] = lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (float)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -5849,7 +5588,6 @@ static float gs_row_probs_weighted_softcap_f32(
     float rest_sum = 0;
     float weight_sum = 0;
     float shifted_sum = 0;
-    uint32_t magnitude_max = 0;
     int64_t chunk;
     int64_t j;
     (void)label_smoothing;
@@ -5858,8 +5596,7 @@ static float gs_row_probs_weighted_softcap_f32(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        float chunk_max = -(float)INFINITY;
-        uint32_t chunk_magnitude = 0;
+        float chunk_max = -FLT_MAX;
         float chunk_top_count = 0;
         float chunk_rest_sum = 0;
         float chunk_weight_sum = 0;
@@ -5884,16 +5621,14 @@ static float gs_row_probs_weighted_softcap_f32(
             const float logit = logits_row[j];
             const float transformed = softcap*gs_tanh_f32(logit/softcap);
             dlogits_row[j] = transformed;
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT32_C(2147483647);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const float old_max = row_max;
@@ -5947,15 +5682,10 @@ static float gs_row_probs_weighted_softcap_f32(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT32_C(2139095040)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (float)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (float)NAN;
-        }
-        return (float)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (float)NAN;
     }
     {
         const float top_excess = top_count - 1;
@@ -5998,8 +5728,6 @@ static void gs_lanes_probs_weighted_softcap_f32(
     float lane_weight_sum[GS_SEGMENT_ROWS];
     float lane_shifted_sum[GS_SEGMENT_ROWS];
     float lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
-    uint32_t lane_magnitude[GS_SEGMENT_ROWS];
     float lane_log_sum_exp[GS_SEGMENT_ROWS];
     float lane_lse[GS_SEGMENT_ROWS];
     float lane_zloss_slope[GS_SEGMENT_ROWS];
@@ -6048,16 +5776,14 @@ static void gs_lanes_probs_weighted_softcap_f32(
     GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(float)INFINITY;
-        lane_magnitude[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -6068,16 +5794,8 @@ static void gs_lanes_probs_weighted_softcap_f32(
             const float logit = tile[j * GS_SEGMENT_ROWS + r];
             const float transformed = softcap*gs_tanh_f32(logit/softcap);
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            uint32_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
-            logit_bits &= UINT32_C(2147483647);
-            lane_magnitude[r] = logit_bits > lane_magnitude[r] ? logit_bits : lane_magnitude[r];
             tile[j * GS_SEGMENT_ROWS + r] = transformed;
         }
-    }
-    GS_SIMD_LANES_F32
-    for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        lane_nonfinite[r] = lane_magnitude[r] >= UINT32_C(2139095040);
     }
     for (j = 0; j < n_classes; ++j) {
         const float weight = class_weights[j];
@@ -6197,31 +5915,13 @@ static void gs_lanes_probs_weighted_softcap_f32(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
-    {
-        int special = 0;
-        GS_SIMD_LANES_SPECIAL
-        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-            special |= lane_nonfinite[r];
-        }
-        for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (float)NAN;
-                }
-            }
-        }
-    }
     GS_SIMD_LANES_F32
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = finite ? lane_loss[r] : (float)NAN;
+        row_losses[r] = lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (float)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -7046,7 +6746,6 @@ static double gs_row_index_f64(
     double rest_sum = 0;
     double weight_sum = 0;
     double shifted_sum = 0;
-    uint64_t magnitude_max = 0;
     /* Read in its chunk, between the maximum's loop, which brings the chunk into cache, and
        the sums, which may write over it (dlogits_row may be logits_row): read first, it missed
        every cache and stalled the row. */
@@ -7061,8 +6760,7 @@ static double gs_row_index_f64(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        double chunk_max = -(double)INFINITY;
-        uint64_t chunk_magnitude = 0;
+        double chunk_max = -DBL_MAX;
         double chunk_top_count = 0;
         double chunk_rest_sum = 0;
         double chunk_weight_sum = 0;
@@ -7072,19 +6770,17 @@ static double gs_row_index_f64(
         for (j = chunk; j < chunk_end; ++j) {
             const double logit = logits_row[j];
             const double transformed = logit;
-            uint64_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT64_C(9223372036854775807);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         if (target >= chunk && target < chunk_end) {
             target_logit = logits_row[target];
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const double old_max = row_max;
@@ -7263,21 +6959,10 @@ static double gs_row_index_f64(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT64_C(9218868437227405312)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (double)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (double)NAN;
-        }
-        if (ignored) {
-            for (j = 0; j < n_classes; ++j) {
-                dlogits_row[j] = 0;
-            }
-            return 0;
-        }
-        return (double)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (double)NAN;
     }
     {
         const double target_weight = 1;
@@ -7347,7 +7032,6 @@ static void gs_lanes_index_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
     int64_t lane_target[GS_SEGMENT_ROWS]; /* as wide as a lane: the selects compare it */
     int lane_ignored[GS_SEGMENT_ROWS];
     double lane_target_logit[GS_SEGMENT_ROWS];
@@ -7408,16 +7092,14 @@ static void gs_lanes_index_f64(
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_others_sum[r] = 0;
         lane_max[r] = -(double)INFINITY;
-        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -7428,7 +7110,6 @@ static void gs_lanes_index_f64(
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            lane_nonfinite[r] |= logit - logit != 0;
         }
     }
     if (label_smoothing != 0) {
@@ -7625,20 +7306,14 @@ static void gs_lanes_index_f64(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    /* Ignored rows: zero loss and gradient, whatever their logits. */
     {
         int special = 0;
         GS_SIMD_LANES_SPECIAL
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             special |= lane_ignored[r];
-            special |= lane_nonfinite[r];
         }
         for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
-                }
-            }
             if (lane_ignored[r]) {
                 for (j = 0; j < n_classes; ++j) {
                     tile[j * GS_SEGMENT_ROWS + r] = 0;
@@ -7648,14 +7323,11 @@ static void gs_lanes_index_f64(
     }
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = lane_ignored[r] ? (double)0 : finite ? lane_loss[r] : (double)NAN;
+        row_losses[r] = lane_ignored[r] ? (double)0 : lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (double)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -7852,7 +7524,6 @@ static double gs_row_index_softcap_f64(
     double rest_sum = 0;
     double weight_sum = 0;
     double shifted_sum = 0;
-    uint64_t magnitude_max = 0;
     /* read before anything is written: dlogits_row may be logits_row */
     const double target_logit = logits_row[target];
     int64_t chunk;
@@ -7863,8 +7534,7 @@ static double gs_row_index_softcap_f64(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        double chunk_max = -(double)INFINITY;
-        uint64_t chunk_magnitude = 0;
+        double chunk_max = -DBL_MAX;
         double chunk_top_count = 0;
         double chunk_rest_sum = 0;
         double chunk_weight_sum = 0;
@@ -7875,16 +7545,14 @@ static double gs_row_index_softcap_f64(
             const double logit = logits_row[j];
             const double transformed = softcap*gs_tanh_f64(logit/softcap);
             dlogits_row[j] = transformed;
-            uint64_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT64_C(9223372036854775807);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const double old_max = row_max;
@@ -7960,21 +7628,10 @@ static double gs_row_index_softcap_f64(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT64_C(9218868437227405312)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (double)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (double)NAN;
-        }
-        if (ignored) {
-            for (j = 0; j < n_classes; ++j) {
-                dlogits_row[j] = 0;
-            }
-            return 0;
-        }
-        return (double)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (double)NAN;
     }
     {
         const double target_weight = 1;
@@ -8030,7 +7687,6 @@ static void gs_lanes_index_softcap_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
     int64_t lane_target[GS_SEGMENT_ROWS]; /* as wide as a lane: the selects compare it */
     int lane_ignored[GS_SEGMENT_ROWS];
     double lane_target_logit[GS_SEGMENT_ROWS];
@@ -8090,16 +7746,14 @@ static void gs_lanes_index_softcap_f64(
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_others_sum[r] = 0;
         lane_max[r] = -(double)INFINITY;
-        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -8110,7 +7764,6 @@ static void gs_lanes_index_softcap_f64(
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*gs_tanh_f64(logit/softcap);
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            lane_nonfinite[r] |= logit - logit != 0;
             tile[j * GS_SEGMENT_ROWS + r] = transformed;
         }
     }
@@ -8286,20 +7939,14 @@ static void gs_lanes_index_softcap_f64(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    /* Ignored rows: zero loss and gradient, whatever their logits. */
     {
         int special = 0;
         GS_SIMD_LANES_SPECIAL
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             special |= lane_ignored[r];
-            special |= lane_nonfinite[r];
         }
         for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
-                }
-            }
             if (lane_ignored[r]) {
                 for (j = 0; j < n_classes; ++j) {
                     tile[j * GS_SEGMENT_ROWS + r] = 0;
@@ -8309,14 +7956,11 @@ static void gs_lanes_index_softcap_f64(
     }
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = lane_ignored[r] ? (double)0 : finite ? lane_loss[r] : (double)NAN;
+        row_losses[r] = lane_ignored[r] ? (double)0 : lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (double)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -8514,7 +8158,6 @@ static double gs_row_index_weighted_f64(
     double rest_sum = 0;
     double weight_sum = 0;
     double shifted_sum = 0;
-    uint64_t magnitude_max = 0;
     /* Read in its chunk, between the maximum's loop, which brings the chunk into cache, and
        the sums, which may write over it (dlogits_row may be logits_row): read first, it missed
        every cache and stalled the row. */
@@ -8529,8 +8172,7 @@ static double gs_row_index_weighted_f64(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        double chunk_max = -(double)INFINITY;
-        uint64_t chunk_magnitude = 0;
+        double chunk_max = -DBL_MAX;
         double chunk_top_count = 0;
         double chunk_rest_sum = 0;
         double chunk_weight_sum = 0;
@@ -8540,19 +8182,17 @@ static double gs_row_index_weighted_f64(
         for (j = chunk; j < chunk_end; ++j) {
             const double logit = logits_row[j];
             const double transformed = logit;
-            uint64_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT64_C(9223372036854775807);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         if (target >= chunk && target < chunk_end) {
             target_logit = logits_row[target];
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const double old_max = row_max;
@@ -8735,21 +8375,10 @@ static double gs_row_index_weighted_f64(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT64_C(9218868437227405312)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (double)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (double)NAN;
-        }
-        if (ignored) {
-            for (j = 0; j < n_classes; ++j) {
-                dlogits_row[j] = 0;
-            }
-            return 0;
-        }
-        return (double)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (double)NAN;
     }
     {
         const double target_class_weight = class_weights[target];
@@ -8823,7 +8452,6 @@ static void gs_lanes_index_weighted_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
     int64_t lane_target[GS_SEGMENT_ROWS]; /* as wide as a lane: the selects compare it */
     int lane_ignored[GS_SEGMENT_ROWS];
     double lane_target_logit[GS_SEGMENT_ROWS];
@@ -8884,16 +8512,14 @@ static void gs_lanes_index_weighted_f64(
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_others_sum[r] = 0;
         lane_max[r] = -(double)INFINITY;
-        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -8904,7 +8530,6 @@ static void gs_lanes_index_weighted_f64(
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            lane_nonfinite[r] |= logit - logit != 0;
         }
     }
     if (label_smoothing != 0) {
@@ -9108,20 +8733,14 @@ static void gs_lanes_index_weighted_f64(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    /* Ignored rows: zero loss and gradient, whatever their logits. */
     {
         int special = 0;
         GS_SIMD_LANES_SPECIAL
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             special |= lane_ignored[r];
-            special |= lane_nonfinite[r];
         }
         for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
-                }
-            }
             if (lane_ignored[r]) {
                 for (j = 0; j < n_classes; ++j) {
                     tile[j * GS_SEGMENT_ROWS + r] = 0;
@@ -9131,14 +8750,11 @@ static void gs_lanes_index_weighted_f64(
     }
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = lane_ignored[r] ? (double)0 : finite ? lane_loss[r] : (double)NAN;
+        row_losses[r] = lane_ignored[r] ? (double)0 : lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (double)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -9331,7 +8947,6 @@ static double gs_row_index_weighted_softcap_f64(
     double rest_sum = 0;
     double weight_sum = 0;
     double shifted_sum = 0;
-    uint64_t magnitude_max = 0;
     /* read before anything is written: dlogits_row may be logits_row */
     const double target_logit = logits_row[target];
     int64_t chunk;
@@ -9342,8 +8957,7 @@ static double gs_row_index_weighted_softcap_f64(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        double chunk_max = -(double)INFINITY;
-        uint64_t chunk_magnitude = 0;
+        double chunk_max = -DBL_MAX;
         double chunk_top_count = 0;
         double chunk_rest_sum = 0;
         double chunk_weight_sum = 0;
@@ -9354,16 +8968,14 @@ static double gs_row_index_weighted_softcap_f64(
             const double logit = logits_row[j];
             const double transformed = softcap*gs_tanh_f64(logit/softcap);
             dlogits_row[j] = transformed;
-            uint64_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT64_C(9223372036854775807);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const double old_max = row_max;
@@ -9441,21 +9053,10 @@ static double gs_row_index_weighted_softcap_f64(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT64_C(9218868437227405312)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (double)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (double)NAN;
-        }
-        if (ignored) {
-            for (j = 0; j < n_classes; ++j) {
-                dlogits_row[j] = 0;
-            }
-            return 0;
-        }
-        return (double)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (double)NAN;
     }
     {
         const double target_class_weight = class_weights[target];
@@ -9514,7 +9115,6 @@ static void gs_lanes_index_weighted_softcap_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
     int64_t lane_target[GS_SEGMENT_ROWS]; /* as wide as a lane: the selects compare it */
     int lane_ignored[GS_SEGMENT_ROWS];
     double lane_target_logit[GS_SEGMENT_ROWS];
@@ -9574,16 +9174,14 @@ static void gs_lanes_index_weighted_softcap_f64(
         lane_target_logit[r] = tile[lane_target[r] * GS_SEGMENT_ROWS + r];
         lane_others_sum[r] = 0;
         lane_max[r] = -(double)INFINITY;
-        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -9594,7 +9192,6 @@ static void gs_lanes_index_weighted_softcap_f64(
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*gs_tanh_f64(logit/softcap);
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            lane_nonfinite[r] |= logit - logit != 0;
             tile[j * GS_SEGMENT_ROWS + r] = transformed;
         }
     }
@@ -9777,20 +9374,14 @@ static void gs_lanes_index_weighted_softcap_f64(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
+    /* Ignored rows: zero loss and gradient, whatever their logits. */
     {
         int special = 0;
         GS_SIMD_LANES_SPECIAL
         for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
             special |= lane_ignored[r];
-            special |= lane_nonfinite[r];
         }
         for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
-                }
-            }
             if (lane_ignored[r]) {
                 for (j = 0; j < n_classes; ++j) {
                     tile[j * GS_SEGMENT_ROWS + r] = 0;
@@ -9800,14 +9391,11 @@ static void gs_lanes_index_weighted_softcap_f64(
     }
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = lane_ignored[r] ? (double)0 : finite ? lane_loss[r] : (double)NAN;
+        row_losses[r] = lane_ignored[r] ? (double)0 : lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (double)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -9999,7 +9587,6 @@ static double gs_row_probs_f64(
     double rest_sum = 0;
     double weight_sum = 0;
     double shifted_sum = 0;
-    uint64_t magnitude_max = 0;
     const int stores = n_classes <= (int64_t)GS_CHUNK * GS_STORED_CHUNKS;
     double chunk_maxima[GS_STORED_CHUNKS];
     int64_t chunk;
@@ -10010,8 +9597,7 @@ static double gs_row_probs_f64(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        double chunk_max = -(double)INFINITY;
-        uint64_t chunk_magnitude = 0;
+        double chunk_max = -DBL_MAX;
         double chunk_top_count = 0;
         double chunk_rest_sum = 0;
         double chunk_weight_sum = 0;
@@ -10021,16 +9607,14 @@ static double gs_row_probs_f64(
         for (j = chunk; j < chunk_end; ++j) {
             const double logit = logits_row[j];
             const double transformed = logit;
-            uint64_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT64_C(9223372036854775807);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const double old_max = row_max;
@@ -10141,15 +9725,10 @@ static double gs_row_probs_f64(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT64_C(9218868437227405312)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (double)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (double)NAN;
-        }
-        return (double)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (double)NAN;
     }
     {
         const double top_excess = top_count - 1;
@@ -10205,7 +9784,6 @@ static void gs_lanes_probs_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
     double lane_stored_scale[GS_SEGMENT_ROWS];
     double lane_log_sum_exp[GS_SEGMENT_ROWS];
     double lane_lse[GS_SEGMENT_ROWS];
@@ -10255,16 +9833,14 @@ static void gs_lanes_probs_f64(
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(double)INFINITY;
-        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -10275,7 +9851,6 @@ static void gs_lanes_probs_f64(
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            lane_nonfinite[r] |= logit - logit != 0;
         }
     }
     for (j = 0; j < n_classes; ++j) {
@@ -10399,31 +9974,13 @@ static void gs_lanes_probs_f64(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
-    {
-        int special = 0;
-        GS_SIMD_LANES_SPECIAL
-        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-            special |= lane_nonfinite[r];
-        }
-        for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
-                }
-            }
-        }
-    }
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = finite ? lane_loss[r] : (double)NAN;
+        row_losses[r] = lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (double)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -10595,7 +10152,6 @@ static double gs_row_probs_softcap_f64(
     double rest_sum = 0;
     double weight_sum = 0;
     double shifted_sum = 0;
-    uint64_t magnitude_max = 0;
     int64_t chunk;
     int64_t j;
     (void)label_smoothing;
@@ -10604,8 +10160,7 @@ static double gs_row_probs_softcap_f64(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        double chunk_max = -(double)INFINITY;
-        uint64_t chunk_magnitude = 0;
+        double chunk_max = -DBL_MAX;
         double chunk_top_count = 0;
         double chunk_rest_sum = 0;
         double chunk_weight_sum = 0;
@@ -10616,16 +10171,14 @@ static double gs_row_probs_softcap_f64(
             const double logit = logits_row[j];
             const double transformed = softcap*gs_tanh_f64(logit/softcap);
             dlogits_row[j] = transformed;
-            uint64_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT64_C(9223372036854775807);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const double old_max = row_max;
@@ -10677,15 +10230,10 @@ static double gs_row_probs_softcap_f64(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT64_C(9218868437227405312)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (double)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (double)NAN;
-        }
-        return (double)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (double)NAN;
     }
     {
         const double top_excess = top_count - 1;
@@ -10726,7 +10274,6 @@ static void gs_lanes_probs_softcap_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
     double lane_log_sum_exp[GS_SEGMENT_ROWS];
     double lane_lse[GS_SEGMENT_ROWS];
     double lane_zloss_slope[GS_SEGMENT_ROWS];
@@ -10775,16 +10322,14 @@ static void gs_lanes_probs_softcap_f64(
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(double)INFINITY;
-        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -10795,7 +10340,6 @@ static void gs_lanes_probs_softcap_f64(
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*gs_tanh_f64(logit/softcap);
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            lane_nonfinite[r] |= logit - logit != 0;
             tile[j * GS_SEGMENT_ROWS + r] = transformed;
         }
     }
@@ -10912,31 +10456,13 @@ static void gs_lanes_probs_softcap_f64(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
-    {
-        int special = 0;
-        GS_SIMD_LANES_SPECIAL
-        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-            special |= lane_nonfinite[r];
-        }
-        for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
-                }
-            }
-        }
-    }
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = finite ? lane_loss[r] : (double)NAN;
+        row_losses[r] = lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (double)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -11109,7 +10635,6 @@ static double gs_row_probs_weighted_f64(
     double rest_sum = 0;
     double weight_sum = 0;
     double shifted_sum = 0;
-    uint64_t magnitude_max = 0;
     const int stores = n_classes <= (int64_t)GS_CHUNK * GS_STORED_CHUNKS;
     double chunk_maxima[GS_STORED_CHUNKS];
     int64_t chunk;
@@ -11120,8 +10645,7 @@ static double gs_row_probs_weighted_f64(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        double chunk_max = -(double)INFINITY;
-        uint64_t chunk_magnitude = 0;
+        double chunk_max = -DBL_MAX;
         double chunk_top_count = 0;
         double chunk_rest_sum = 0;
         double chunk_weight_sum = 0;
@@ -11131,16 +10655,14 @@ static double gs_row_probs_weighted_f64(
         for (j = chunk; j < chunk_end; ++j) {
             const double logit = logits_row[j];
             const double transformed = logit;
-            uint64_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT64_C(9223372036854775807);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const double old_max = row_max;
@@ -11255,15 +10777,10 @@ static double gs_row_probs_weighted_f64(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT64_C(9218868437227405312)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (double)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (double)NAN;
-        }
-        return (double)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (double)NAN;
     }
     {
         const double top_excess = top_count - 1;
@@ -11322,7 +10839,6 @@ static void gs_lanes_probs_weighted_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
     double lane_stored_scale[GS_SEGMENT_ROWS];
     double lane_log_sum_exp[GS_SEGMENT_ROWS];
     double lane_lse[GS_SEGMENT_ROWS];
@@ -11372,16 +10888,14 @@ static void gs_lanes_probs_weighted_f64(
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(double)INFINITY;
-        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -11392,7 +10906,6 @@ static void gs_lanes_probs_weighted_f64(
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = logit;
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            lane_nonfinite[r] |= logit - logit != 0;
         }
     }
     for (j = 0; j < n_classes; ++j) {
@@ -11521,31 +11034,13 @@ static void gs_lanes_probs_weighted_f64(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
-    {
-        int special = 0;
-        GS_SIMD_LANES_SPECIAL
-        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-            special |= lane_nonfinite[r];
-        }
-        for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
-                }
-            }
-        }
-    }
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = finite ? lane_loss[r] : (double)NAN;
+        row_losses[r] = lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (double)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {
@@ -11719,7 +11214,6 @@ static double gs_row_probs_weighted_softcap_f64(
     double rest_sum = 0;
     double weight_sum = 0;
     double shifted_sum = 0;
-    uint64_t magnitude_max = 0;
     int64_t chunk;
     int64_t j;
     (void)label_smoothing;
@@ -11728,8 +11222,7 @@ static double gs_row_probs_weighted_softcap_f64(
     (void)num_classes;
     for (chunk = 0; chunk < n_classes; chunk += GS_CHUNK) {
         const int64_t chunk_end = n_classes - chunk > GS_CHUNK ? chunk + GS_CHUNK : n_classes;
-        double chunk_max = -(double)INFINITY;
-        uint64_t chunk_magnitude = 0;
+        double chunk_max = -DBL_MAX;
         double chunk_top_count = 0;
         double chunk_rest_sum = 0;
         double chunk_weight_sum = 0;
@@ -11740,16 +11233,14 @@ static double gs_row_probs_weighted_softcap_f64(
             const double logit = logits_row[j];
             const double transformed = softcap*gs_tanh_f64(logit/softcap);
             dlogits_row[j] = transformed;
-            uint64_t logit_bits;
-            memcpy(&logit_bits, &logit, sizeof logit_bits);
             chunk_max = transformed > chunk_max ? transformed : chunk_max;
-            logit_bits &= UINT64_C(9223372036854775807);
-            chunk_magnitude = logit_bits > chunk_magnitude ? logit_bits : chunk_magnitude;
         }
         /* -0 to +0: a maximum of zeros does not depend on the reduction's order. */
         chunk_max += 0;
-        magnitude_max = chunk_magnitude > magnitude_max ? chunk_magnitude : magnitude_max;
-        if (chunk == 0) {
+        /* Before the first chunk, or while the row holds only -inf (sums of exp(-inf) = 0, and
+           linear sums of -inf, which no shift changes), the chunk's maximum takes over with no
+           rescale: old_max - new_max could overflow, and infinity times those zeros is NaN. */
+        if (rest_sum + top_count == 0) {
             row_max = chunk_max;
         } else if (chunk_max > row_max) {
             const double old_max = row_max;
@@ -11803,15 +11294,10 @@ static double gs_row_probs_weighted_softcap_f64(
         weight_sum += chunk_weight_sum;
         shifted_sum += chunk_shifted_sum;
     }
-    if (magnitude_max >= UINT64_C(9218868437227405312)) {
-        /* A NaN or an infinite logit: the whole row is NaN, other rows are unaffected. */
-        for (j = 0; j < n_classes; ++j) {
-            dlogits_row[j] = (double)NAN;
-        }
-        if (lse_out != NULL) {
-            *lse_out = (double)NAN;
-        }
-        return (double)NAN;
+    if (rest_sum + top_count == 0) {
+        /* A row of -inf alone has no finite logit to shift by: NaN throughout, as PyTorch's
+           loss and gradient (the short rows get there by -inf - -inf). */
+        rest_sum = (double)NAN;
     }
     {
         const double top_excess = top_count - 1;
@@ -11854,7 +11340,6 @@ static void gs_lanes_probs_weighted_softcap_f64(
     double lane_weight_sum[GS_SEGMENT_ROWS];
     double lane_shifted_sum[GS_SEGMENT_ROWS];
     double lane_grad_scale[GS_SEGMENT_ROWS];
-    int lane_nonfinite[GS_SEGMENT_ROWS];
     double lane_log_sum_exp[GS_SEGMENT_ROWS];
     double lane_lse[GS_SEGMENT_ROWS];
     double lane_zloss_slope[GS_SEGMENT_ROWS];
@@ -11903,16 +11388,14 @@ static void gs_lanes_probs_weighted_softcap_f64(
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
         lane_max[r] = -(double)INFINITY;
-        lane_nonfinite[r] = 0;
         lane_sum_exp[r] = 0;
         lane_weight_sum[r] = 0;
         lane_shifted_sum[r] = 0;
     }
-    /* Each lane's maximum in class order (a NaN never replaces it; its row is NaN anyway),
-       and the largest magnitude of its logits' bits, which reaches the exponent mask only for
-       NaN or an infinity (as the long rows do: two operations a vector, where the NaN of
-       logit - logit took five; 3% faster at C = 32 and 100 in float32; float64 keeps
-       logit - logit, as AVX2 has no 64-bit unsigned maximum).  In float32 the target's
+    /* Each lane's maximum in class order.  A NaN never replaces it; NaN and +inf make their
+       row NaN through the arithmetic (NaN - max, +inf - +inf), and so does a row of -inf alone
+       (-inf - -inf), as in PyTorch, with no test of their own; a -inf logit among finite ones
+       has the exponential exp(-inf) = 0, a class of probability 0.  In float32 the target's
        logit here, and its gradient below, by a select in each class's loop over the lanes
        rather than one element a lane: 7% faster at C = 4 and 3-8% at C = 10, as fast at
        C = 32.  In float64 the target's logit is one gather a lane, above, read before a
@@ -11923,7 +11406,6 @@ static void gs_lanes_probs_weighted_softcap_f64(
             const double logit = tile[j * GS_SEGMENT_ROWS + r];
             const double transformed = softcap*gs_tanh_f64(logit/softcap);
             lane_max[r] = transformed > lane_max[r] ? transformed : lane_max[r];
-            lane_nonfinite[r] |= logit - logit != 0;
             tile[j * GS_SEGMENT_ROWS + r] = transformed;
         }
     }
@@ -12045,31 +11527,13 @@ static void gs_lanes_probs_weighted_softcap_f64(
             }
         }
     }
-    /* Rows with a non-finite logit become NaN, ignored rows zero (index targets). */
-    {
-        int special = 0;
-        GS_SIMD_LANES_SPECIAL
-        for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-            special |= lane_nonfinite[r];
-        }
-        for (r = 0; special && r < count; ++r) {
-            if (lane_nonfinite[r]) {
-                for (j = 0; j < n_classes; ++j) {
-                    tile[j * GS_SEGMENT_ROWS + r] = (double)NAN;
-                }
-            }
-        }
-    }
     GS_SIMD_LANES_F64
     for (r = 0; r < GS_SEGMENT_ROWS; ++r) {
-        const int finite = !lane_nonfinite[r];
-        row_losses[r] = finite ? lane_loss[r] : (double)NAN;
+        row_losses[r] = lane_loss[r];
     }
-    /* The NaN lse of a non-finite row where it is written, not in the loop above: that made the
-       segment 8% slower at C = 4 (float32, one thread, AMD EPYC), lse asked for or not. */
     if (lse_rows != NULL) {
         for (r = 0; r < count; ++r) {
-            lse_rows[first + r] = lane_nonfinite[r] ? (double)NAN : lane_lse[r];
+            lse_rows[first + r] = lane_lse[r];
         }
     }
     if (full && dlogits_stride == n_classes) {

@@ -48,14 +48,13 @@ template <typename R> __device__ __forceinline__ state<R> shuffle_xor(const stat
     return o;
 }
 
-// Butterfly over the warp: every lane ends with the same merged state and check.
+// Butterfly over the warp: every lane ends with the same merged state.
 template <class V>
-__device__ __forceinline__ void warp_merge(state<typename V::real> &s, typename V::real &check,
+__device__ __forceinline__ void warp_merge(state<typename V::real> &s,
                                            const consts<typename V::real> &k) {
 #pragma unroll
     for (int mask = 16; mask > 0; mask >>= 1) {
         const state<typename V::real> other = shuffle_xor(s, mask);
-        check += __shfl_xor_sync(0xffffffffu, check, mask);
         s = merge<V>(s, other, k);
     }
 }
@@ -109,9 +108,7 @@ __global__ void __launch_bounds__(threads, 1) row_kernel(const call<T> c,
     const int64_t first = warp_rows ? lane : threadIdx.x;
     const int64_t step = warp_rows ? 32 : threads;
     __shared__ state<R> partial[threads / 32];
-    __shared__ R partial_check[threads / 32];
     __shared__ state<R> merged;
-    __shared__ R merged_check;
     for (int64_t row = blockIdx.x * rows_per_block + (warp_rows ? warp : 0); row < c.n_rows;
          row += (int64_t)gridDim.x * rows_per_block) {
         const T *logits = c.logits + row * c.logits_stride;
@@ -122,29 +119,20 @@ __global__ void __launch_bounds__(threads, 1) row_kernel(const call<T> c,
         const uintptr_t addresses = (uintptr_t)logits | (uintptr_t)dlogits | (uintptr_t)probs;
         const bool vectorized = (addresses & 15u) == 0;
         state<R> s = empty_state<R>();
-        R check = R(0);
         const bool sweep = needs_sweep(st, c.lse != nullptr);
-        if (sweep) first_sweep<V, T>(s, check, logits, probs, c.weight, c.n_classes, first, step,
+        if (sweep) first_sweep<V, T>(s, logits, probs, c.weight, c.n_classes, first, step,
                                      vectorized, k);
-        warp_merge<V>(s, check, k);
+        warp_merge<V>(s, k);
         if (!warp_rows) {
-            if (lane == 0) {
-                partial[warp] = s;
-                partial_check[warp] = check;
-            }
+            if (lane == 0) partial[warp] = s;
             __syncthreads();
             if (warp == 0) {
                 s = lane < threads / 32 ? partial[lane] : empty_state<R>();
-                check = lane < threads / 32 ? partial_check[lane] : R(0);
-                warp_merge<V>(s, check, k);
-                if (lane == 0) {
-                    merged = s;
-                    merged_check = check;
-                }
+                warp_merge<V>(s, k);
+                if (lane == 0) merged = s;
             }
             __syncthreads();
             s = merged;
-            check = merged_check;
         }
         if (warp_rows) {
             // Orders every lane's reads of this row (the target's logit included) before any
@@ -165,7 +153,7 @@ __global__ void __launch_bounds__(threads, 1) row_kernel(const call<T> c,
         typename V::row r;
         double row_loss;
         R row_lse;
-        const int mode = finish_row<V>(r, row_loss, row_lse, s, check, st, sweep, c.reduction,
+        const int mode = finish_row<V>(r, row_loss, row_lse, s, st, sweep, c.reduction,
                                        grad_output, denominator, row_k);
         second_sweep<V, T>(dlogits, logits, probs, c.weight, c.n_classes, st.target, mode, r,
                            first, step, vectorized, k);

@@ -11,6 +11,7 @@
 #ifndef GRADSMITH_CE_CUH
 #define GRADSMITH_CE_CUH
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -105,7 +106,12 @@ template <typename R> struct consts {
     R num_classes;
 };
 
-// First-sweep state of a row (or of one thread's share of it); empty while row_max is -inf.
+// First-sweep state of a row (or of one thread's share of it).  row_max starts at the lowest
+// finite value, not -inf: a share of -inf alone then shifts by a finite number, so its
+// exponentials are exp(-inf) = 0, as in PyTorch, where -inf - -inf would be NaN.  sum_exp is 0
+// while the share holds only -inf (or nothing).  NaN and +inf make their row NaN through the
+// arithmetic (NaN - max, +inf - +inf), with no test of their own; so does a row of -inf alone
+// (log 0 - -inf), but for its lse (see finish_row).
 template <typename R> struct state {
     R row_max;
     R sum_exp;
@@ -113,6 +119,8 @@ template <typename R> struct state {
     R shifted_sum;
 };
 
+GS_HD float lowest(float) { return -FLT_MAX; }
+GS_HD double lowest(double) { return -DBL_MAX; }
 GS_HD float minus_infinity(float) { return -INFINITY; }
 GS_HD double minus_infinity(double) { return -(double)INFINITY; }
 GS_HD float not_a_number(float) { return NAN; }
@@ -121,7 +129,7 @@ GS_HD float larger(float a, float b) { return fmaxf(a, b); }
 GS_HD double larger(double a, double b) { return fmax(a, b); }
 
 template <typename R> GS_HD state<R> empty_state() {
-    const state<R> s = {minus_infinity(R(0)), R(0), R(0), R(0)};
+    const state<R> s = {lowest(R(0)), R(0), R(0), R(0)};
     return s;
 }
 
@@ -191,6 +199,9 @@ return transformed;
         const float linear_coefficient = 1;
         const float shifted_term = linear_coefficient*shifted;
 s.sum_exp += exp_term;
+        // Nothing reads the linear sums without label smoothing, and 0 times a -inf logit's
+        // shifted term would make the loss NaN where PyTorch's is finite.
+        if (k.label_smoothing == 0) return;
         s.weight_sum += linear_coefficient;
         s.shifted_sum += shifted_term;
     }
@@ -336,6 +347,9 @@ return transformed;
         const float linear_coefficient = 1;
         const float shifted_term = linear_coefficient*shifted;
 s.sum_exp += exp_term;
+        // Nothing reads the linear sums without label smoothing, and 0 times a -inf logit's
+        // shifted term would make the loss NaN where PyTorch's is finite.
+        if (k.label_smoothing == 0) return;
         s.weight_sum += linear_coefficient;
         s.shifted_sum += shifted_term;
     }
@@ -484,6 +498,9 @@ return transformed;
         const float linear_coefficient = weight;
         const float shifted_term = linear_coefficient*shifted;
 s.sum_exp += exp_term;
+        // Nothing reads the linear sums without label smoothing, and 0 times a -inf logit's
+        // shifted term would make the loss NaN where PyTorch's is finite.
+        if (k.label_smoothing == 0) return;
         s.weight_sum += linear_coefficient;
         s.shifted_sum += shifted_term;
     }
@@ -629,6 +646,9 @@ return transformed;
         const float linear_coefficient = weight;
         const float shifted_term = linear_coefficient*shifted;
 s.sum_exp += exp_term;
+        // Nothing reads the linear sums without label smoothing, and 0 times a -inf logit's
+        // shifted term would make the loss NaN where PyTorch's is finite.
+        if (k.label_smoothing == 0) return;
         s.weight_sum += linear_coefficient;
         s.shifted_sum += shifted_term;
     }
@@ -1301,6 +1321,9 @@ return transformed;
         const double linear_coefficient = 1;
         const double shifted_term = linear_coefficient*shifted;
 s.sum_exp += exp_term;
+        // Nothing reads the linear sums without label smoothing, and 0 times a -inf logit's
+        // shifted term would make the loss NaN where PyTorch's is finite.
+        if (k.label_smoothing == 0) return;
         s.weight_sum += linear_coefficient;
         s.shifted_sum += shifted_term;
     }
@@ -1446,6 +1469,9 @@ return transformed;
         const double linear_coefficient = 1;
         const double shifted_term = linear_coefficient*shifted;
 s.sum_exp += exp_term;
+        // Nothing reads the linear sums without label smoothing, and 0 times a -inf logit's
+        // shifted term would make the loss NaN where PyTorch's is finite.
+        if (k.label_smoothing == 0) return;
         s.weight_sum += linear_coefficient;
         s.shifted_sum += shifted_term;
     }
@@ -1594,6 +1620,9 @@ return transformed;
         const double linear_coefficient = weight;
         const double shifted_term = linear_coefficient*shifted;
 s.sum_exp += exp_term;
+        // Nothing reads the linear sums without label smoothing, and 0 times a -inf logit's
+        // shifted term would make the loss NaN where PyTorch's is finite.
+        if (k.label_smoothing == 0) return;
         s.weight_sum += linear_coefficient;
         s.shifted_sum += shifted_term;
     }
@@ -1739,6 +1768,9 @@ return transformed;
         const double linear_coefficient = weight;
         const double shifted_term = linear_coefficient*shifted;
 s.sum_exp += exp_term;
+        // Nothing reads the linear sums without label smoothing, and 0 times a -inf logit's
+        // shifted term would make the loss NaN where PyTorch's is finite.
+        if (k.label_smoothing == 0) return;
         s.weight_sum += linear_coefficient;
         s.shifted_sum += shifted_term;
     }
@@ -2378,12 +2410,14 @@ return mean_lse_square_scale;
 
 // ---- one row, per thread --------------------------------------------------------------------
 
-// Raises the running maximum of s to at least chunk_max, rescaling the sums.
+// Raises the running maximum of s to at least chunk_max, rescaling the sums.  Sums of -inf
+// alone (exp(-inf) = 0, and the linear sums' -inf) no shift changes: they take no rescale,
+// whose old_max - new_max could overflow, and infinity times those zeros is NaN.
 template <class V>
 GS_HD void raise_max(state<typename V::real> &s, const typename V::real chunk_max,
                      const consts<typename V::real> &k) {
     if (chunk_max > s.row_max) {
-        if (s.row_max == minus_infinity(chunk_max)) {
+        if (s.sum_exp == 0) {
             s.row_max = chunk_max;
         } else {
             V::rescale(s, chunk_max, k);
@@ -2397,32 +2431,29 @@ GS_HD state<typename V::real> merge(const state<typename V::real> &a,
                                     const state<typename V::real> &b,
                                     const consts<typename V::real> &k) {
     typedef typename V::real R;
-    if (b.row_max == minus_infinity(R(0))) return a;
-    if (a.row_max == minus_infinity(R(0))) return b;
     state<R> out;
     out.row_max = larger(a.row_max, b.row_max);
-    R sum_a, sum_b, shifted_a, shifted_b;
-    V::merge_part(a, out.row_max, sum_a, shifted_a, k);
-    V::merge_part(b, out.row_max, sum_b, shifted_b, k);
+    // A part of -inf alone (or of nothing) keeps its sums as they are, as in raise_max.
+    R sum_a = a.sum_exp, sum_b = b.sum_exp, shifted_a = a.shifted_sum, shifted_b = b.shifted_sum;
+    if (a.sum_exp != 0) V::merge_part(a, out.row_max, sum_a, shifted_a, k);
+    if (b.sum_exp != 0) V::merge_part(b, out.row_max, sum_b, shifted_b, k);
     out.sum_exp = sum_a + sum_b;
     out.weight_sum = a.weight_sum + b.weight_sum;
     out.shifted_sum = shifted_a + shifted_b;
     return out;
 }
 
-// Folds `count` consecutive elements starting at class j into s; `check` becomes NaN when a
-// logit is NaN or infinite (x * 0 is 0 exactly for every finite x).
+// Folds `count` consecutive elements starting at class j into s.
 template <class V, typename T, int count>
-GS_HD void fold(state<typename V::real> &s, typename V::real &check, const T *logits,
+GS_HD void fold(state<typename V::real> &s, const T *logits,
                 const T *probs, const typename V::real *weight, const int64_t j,
                 const consts<typename V::real> &k) {
     typedef typename V::real R;
     R transformed[count];
-    R chunk_max = minus_infinity(R(0));
+    R chunk_max = lowest(R(0));
 #pragma unroll
     for (int i = 0; i < count; ++i) {
         const R logit = storage<T>::load(logits[i]);
-        check += logit * R(0);
         transformed[i] = V::transform(logit, k);
         chunk_max = larger(chunk_max, transformed[i]);
     }
@@ -2438,7 +2469,7 @@ GS_HD void fold(state<typename V::real> &s, typename V::real &check, const T *lo
 // First sweep over this thread's share of a row: classes first, first + step, ... (in packs
 // of 16 bytes when `vectorized`, i.e. every row pointer is 16-byte aligned).
 template <class V, typename T>
-GS_HD void first_sweep(state<typename V::real> &s, typename V::real &check, const T *logits,
+GS_HD void first_sweep(state<typename V::real> &s, const T *logits,
                        const T *probs, const typename V::real *weight, const int64_t n_classes,
                        const int64_t first, const int64_t step, const bool vectorized,
                        const consts<typename V::real> &k) {
@@ -2451,12 +2482,12 @@ GS_HD void first_sweep(state<typename V::real> &s, typename V::real &check, cons
             const pack<T> x = *reinterpret_cast<const pack<T> *>(logits + j);
             pack<T> y = x;
             if (!V::index_targets) y = *reinterpret_cast<const pack<T> *>(probs + j);
-            fold<V, T, pack<T>::size>(s, check, x.v, y.v, weight, j, k);
+            fold<V, T, pack<T>::size>(s, x.v, y.v, weight, j, k);
         }
         tail = n_packs * width;
     }
     for (int64_t j = tail + first; j < n_classes; j += step) {
-        fold<V, T, 1>(s, check, logits + j, V::index_targets ? logits : probs + j, weight, j, k);
+        fold<V, T, 1>(s, logits + j, V::index_targets ? logits : probs + j, weight, j, k);
     }
 }
 
@@ -2512,12 +2543,11 @@ GS_HD bool denominator_share(const row_setup<typename V::real> &st, double &shar
 // After the merge: the row values, the row's loss and lse, and how its gradient is written.
 template <class V>
 GS_HD int finish_row(typename V::row &r, double &row_loss, typename V::real &row_lse,
-                     const state<typename V::real> &s, const typename V::real check,
+                     const state<typename V::real> &s,
                      const row_setup<typename V::real> &st, const bool swept,
                      const int reduction, const double grad_output, const double denominator,
                      const consts<typename V::real> &k) {
     typedef typename V::real R;
-    const bool finite = check == R(0);
     double grad_scale = grad_output;
     // A mean over nothing is undefined: counted rows get NaN, as in PyTorch.
     if (reduction == 1) grad_scale = denominator == 0.0 ? (double)NAN : V::scale_mean(grad_output, denominator);
@@ -2526,9 +2556,11 @@ GS_HD int finish_row(typename V::row &r, double &row_loss, typename V::real &row
     V::row_weight(st.target_class_weight, target_weight);
     if (swept) V::finish(r, s, st.target_logit, target_weight, (R)grad_scale, k);
     const double nan = (double)NAN;
-    row_loss = st.bad ? nan : st.ignored ? 0.0 : finite ? (double)r.loss : nan;
-    row_lse = swept && finite ? r.lse : not_a_number(R(0));
-    return st.bad || (!st.ignored && !finite) ? row_nan : st.ignored ? row_zero : row_gradient;
+    row_loss = st.bad ? nan : st.ignored ? 0.0 : (double)r.loss;
+    // A row of -inf alone (sum_exp 0): its loss and gradient come out NaN (-inf - -inf), its
+    // lse log(0) = -inf; NaN as the other backends give it.
+    row_lse = swept && s.sum_exp != 0 ? r.lse : not_a_number(R(0));
+    return st.bad ? row_nan : st.ignored ? row_zero : row_gradient;
 }
 
 template <class V, typename T>

@@ -36,15 +36,16 @@ def _block_rows(n_rows, num_classes):
     return max(1, min(n_rows, BLOCK_ELEMENTS // num_classes))
 
 
-def _row_extreme(block, ufunc):
-    """``ufunc`` (maximum or minimum) over the class axis, as a column.  NumPy reduces short
-    rows slowly along a row; up to SHORT_ROW_CLASSES classes a loop over the columns, each an
-    elementwise ufunc over all rows, is many times faster."""
+def _row_max(block):
+    """The maximum over the class axis, as a column.  NaN propagates; NaN and +inf then make
+    their row NaN through the arithmetic, and so does a row of -inf alone (-inf - -inf), as in
+    PyTorch.  NumPy reduces short rows slowly along a row; up to SHORT_ROW_CLASSES classes a
+    loop over the columns, each an elementwise maximum over all rows, is many times faster."""
     if block.shape[1] > SHORT_ROW_CLASSES or block.shape[0] == 0:
-        return ufunc.reduce(block, axis=1, keepdims=True)
+        return np.maximum.reduce(block, axis=1, keepdims=True)
     extreme = block[:, :1].copy()
     for j in range(1, block.shape[1]):
-        ufunc(extreme, block[:, j:j + 1], out=extreme)
+        np.maximum(extreme, block[:, j:j + 1], out=extreme)
     return extreme
 
 
@@ -101,8 +102,7 @@ def index_rows(
         target_logit = _take_targets(logit, *at_target)[:, None]
         target_weight = DTYPE(1)
         transformed = logit
-        row_max = _row_extreme(transformed, np.maximum)
-        finite = np.isfinite(row_max[:, 0]) & np.isfinite(_row_extreme(logit, np.minimum)[:, 0])
+        row_max = _row_max(transformed)
         shifted = np.subtract(transformed, row_max, out=_s0)
         exp_term = np.exp(shifted, out=_x0)
         # The target's term taken out before the sum: p_t - 1 = -others_sum/sum_exp keeps its
@@ -139,11 +139,6 @@ def index_rows(
         if not kept.all():
             out[~kept] = 0
             loss_block[~kept] = 0
-        bad = ~finite & kept
-        if not finite.all():
-            out[bad] = np.nan
-            loss_block[bad] = np.nan
-            lse_rows[start:stop][~finite] = np.nan
 
 
 def index_softcap_rows(
@@ -181,9 +176,7 @@ def index_softcap_rows(
         target_logit = _take_targets(logit, *at_target)[:, None]
         target_weight = DTYPE(1)
         transformed = np.multiply(np.tanh(np.divide(logit, softcap, out=_a0), out=_a0), softcap, out=_a0)
-        row_max = _row_extreme(transformed, np.maximum)
-        finite = (np.isfinite(_row_extreme(logit, np.maximum)[:, 0])
-                  & np.isfinite(_row_extreme(logit, np.minimum)[:, 0]))
+        row_max = _row_max(transformed)
         shifted = np.subtract(transformed, row_max, out=_s0)
         exp_term = np.exp(shifted, out=_x0)
         # The target's term taken out before the sum: p_t - 1 = -others_sum/sum_exp keeps its
@@ -221,11 +214,6 @@ def index_softcap_rows(
         if not kept.all():
             out[~kept] = 0
             loss_block[~kept] = 0
-        bad = ~finite & kept
-        if not finite.all():
-            out[bad] = np.nan
-            loss_block[bad] = np.nan
-            lse_rows[start:stop][~finite] = np.nan
 
 
 def index_weighted_rows(
@@ -258,8 +246,7 @@ def index_weighted_rows(
         target_logit = _take_targets(logit, *at_target)[:, None]
         target_weight = weight[safe_index][:, None]
         transformed = logit
-        row_max = _row_extreme(transformed, np.maximum)
-        finite = np.isfinite(row_max[:, 0]) & np.isfinite(_row_extreme(logit, np.minimum)[:, 0])
+        row_max = _row_max(transformed)
         shifted = np.subtract(transformed, row_max, out=_s0)
         exp_term = np.exp(shifted, out=_x0)
         # The target's term taken out before the sum: p_t - 1 = -others_sum/sum_exp keeps its
@@ -296,11 +283,6 @@ def index_weighted_rows(
         if not kept.all():
             out[~kept] = 0
             loss_block[~kept] = 0
-        bad = ~finite & kept
-        if not finite.all():
-            out[bad] = np.nan
-            loss_block[bad] = np.nan
-            lse_rows[start:stop][~finite] = np.nan
 
 
 def index_weighted_softcap_rows(
@@ -342,9 +324,7 @@ def index_weighted_softcap_rows(
         target_logit = _take_targets(logit, *at_target)[:, None]
         target_weight = weight[safe_index][:, None]
         transformed = np.multiply(np.tanh(np.divide(logit, softcap, out=_a0), out=_a0), softcap, out=_a0)
-        row_max = _row_extreme(transformed, np.maximum)
-        finite = (np.isfinite(_row_extreme(logit, np.maximum)[:, 0])
-                  & np.isfinite(_row_extreme(logit, np.minimum)[:, 0]))
+        row_max = _row_max(transformed)
         shifted = np.subtract(transformed, row_max, out=_s0)
         exp_term = np.exp(shifted, out=_x0)
         # The target's term taken out before the sum: p_t - 1 = -others_sum/sum_exp keeps its
@@ -382,11 +362,6 @@ def index_weighted_softcap_rows(
         if not kept.all():
             out[~kept] = 0
             loss_block[~kept] = 0
-        bad = ~finite & kept
-        if not finite.all():
-            out[bad] = np.nan
-            loss_block[bad] = np.nan
-            lse_rows[start:stop][~finite] = np.nan
 
 
 def probs_rows(
@@ -415,8 +390,7 @@ def probs_rows(
         grad_scale = grad_scales[start:stop, None] if grad_scales.ndim else grad_scales
         target_prob = targets[start:stop]
         transformed = logit
-        row_max = _row_extreme(transformed, np.maximum)
-        finite = np.isfinite(row_max[:, 0]) & np.isfinite(_row_extreme(logit, np.minimum)[:, 0])
+        row_max = _row_max(transformed)
         shifted = np.subtract(transformed, row_max, out=_s0)
         exp_term = np.exp(shifted, out=_x0)
         sum_exp = _row_sum(exp_term)
@@ -430,16 +404,10 @@ def probs_rows(
         zloss_slope = lse*lse_square_scale
         loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum
         coef_prob = grad_scale*(weight_sum + 2*zloss_slope)
-        dlogit = np.subtract(np.multiply(exp_term, coef_prob*np.exp(-log_sum_exp), out=_g0), np.multiply(np.add(np.multiply(target_prob, 1 - label_smoothing, out=_w1), label_smoothing/num_classes, out=_w1), grad_scale, out=_w1), out=_g0)
-        out = dlogit
+        np.subtract(np.multiply(exp_term, coef_prob*np.exp(-log_sum_exp), out=_g0), np.multiply(np.add(np.multiply(target_prob, 1 - label_smoothing, out=_w1), label_smoothing/num_classes, out=_w1), grad_scale, out=_w1), out=_g0)  # into dlogits, through out=
         loss_block = loss_rows[start:stop]
         loss_block[...] = loss[:, 0]
         lse_rows[start:stop] = lse[:, 0]
-        bad = ~finite
-        if not finite.all():
-            out[bad] = np.nan
-            loss_block[bad] = np.nan
-            lse_rows[start:stop][~finite] = np.nan
 
 
 def probs_softcap_rows(
@@ -477,9 +445,7 @@ def probs_softcap_rows(
         grad_scale = grad_scales[start:stop, None] if grad_scales.ndim else grad_scales
         target_prob = targets[start:stop]
         transformed = np.multiply(np.tanh(np.divide(logit, softcap, out=_a0), out=_a0), softcap, out=_a0)
-        row_max = _row_extreme(transformed, np.maximum)
-        finite = (np.isfinite(_row_extreme(logit, np.maximum)[:, 0])
-                  & np.isfinite(_row_extreme(logit, np.minimum)[:, 0]))
+        row_max = _row_max(transformed)
         shifted = np.subtract(transformed, row_max, out=_s0)
         exp_term = np.exp(shifted, out=_x0)
         sum_exp = _row_sum(exp_term)
@@ -493,16 +459,10 @@ def probs_softcap_rows(
         zloss_slope = lse*lse_square_scale
         loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum
         coef_prob = grad_scale*(weight_sum + 2*zloss_slope)
-        dlogit = np.multiply(np.subtract(1, np.square(np.tanh(np.divide(logit, softcap, out=_g0), out=_g0), out=_g0), out=_g0), np.subtract(np.multiply(exp_term, coef_prob*np.exp(-log_sum_exp), out=_w1), np.multiply(np.add(np.multiply(target_prob, 1 - label_smoothing, out=_w2), label_smoothing/num_classes, out=_w2), grad_scale, out=_w2), out=_w1), out=_g0)
-        out = dlogit
+        np.multiply(np.subtract(1, np.square(np.tanh(np.divide(logit, softcap, out=_g0), out=_g0), out=_g0), out=_g0), np.subtract(np.multiply(exp_term, coef_prob*np.exp(-log_sum_exp), out=_w1), np.multiply(np.add(np.multiply(target_prob, 1 - label_smoothing, out=_w2), label_smoothing/num_classes, out=_w2), grad_scale, out=_w2), out=_w1), out=_g0)  # into dlogits, through out=
         loss_block = loss_rows[start:stop]
         loss_block[...] = loss[:, 0]
         lse_rows[start:stop] = lse[:, 0]
-        bad = ~finite
-        if not finite.all():
-            out[bad] = np.nan
-            loss_block[bad] = np.nan
-            lse_rows[start:stop][~finite] = np.nan
 
 
 def probs_weighted_rows(
@@ -533,8 +493,7 @@ def probs_weighted_rows(
         grad_scale = grad_scales[start:stop, None] if grad_scales.ndim else grad_scales
         target_prob = targets[start:stop]
         transformed = logit
-        row_max = _row_extreme(transformed, np.maximum)
-        finite = np.isfinite(row_max[:, 0]) & np.isfinite(_row_extreme(logit, np.minimum)[:, 0])
+        row_max = _row_max(transformed)
         shifted = np.subtract(transformed, row_max, out=_s0)
         exp_term = np.exp(shifted, out=_x0)
         sum_exp = _row_sum(exp_term)
@@ -548,16 +507,10 @@ def probs_weighted_rows(
         zloss_slope = lse*lse_square_scale
         loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum
         coef_prob = grad_scale*(weight_sum + 2*zloss_slope)
-        dlogit = np.subtract(np.multiply(exp_term, coef_prob*np.exp(-log_sum_exp), out=_g0), np.multiply(np.multiply(weight, grad_scale, out=_w1), np.add(np.multiply(target_prob, 1 - label_smoothing, out=_w2), label_smoothing/num_classes, out=_w2), out=_w1), out=_g0)
-        out = dlogit
+        np.subtract(np.multiply(exp_term, coef_prob*np.exp(-log_sum_exp), out=_g0), np.multiply(np.multiply(weight, grad_scale, out=_w1), np.add(np.multiply(target_prob, 1 - label_smoothing, out=_w2), label_smoothing/num_classes, out=_w2), out=_w1), out=_g0)  # into dlogits, through out=
         loss_block = loss_rows[start:stop]
         loss_block[...] = loss[:, 0]
         lse_rows[start:stop] = lse[:, 0]
-        bad = ~finite
-        if not finite.all():
-            out[bad] = np.nan
-            loss_block[bad] = np.nan
-            lse_rows[start:stop][~finite] = np.nan
 
 
 def probs_weighted_softcap_rows(
@@ -597,9 +550,7 @@ def probs_weighted_softcap_rows(
         grad_scale = grad_scales[start:stop, None] if grad_scales.ndim else grad_scales
         target_prob = targets[start:stop]
         transformed = np.multiply(np.tanh(np.divide(logit, softcap, out=_a0), out=_a0), softcap, out=_a0)
-        row_max = _row_extreme(transformed, np.maximum)
-        finite = (np.isfinite(_row_extreme(logit, np.maximum)[:, 0])
-                  & np.isfinite(_row_extreme(logit, np.minimum)[:, 0]))
+        row_max = _row_max(transformed)
         shifted = np.subtract(transformed, row_max, out=_s0)
         exp_term = np.exp(shifted, out=_x0)
         sum_exp = _row_sum(exp_term)
@@ -613,16 +564,10 @@ def probs_weighted_softcap_rows(
         zloss_slope = lse*lse_square_scale
         loss = log_sum_exp*weight_sum + lse*zloss_slope - shifted_sum
         coef_prob = grad_scale*(weight_sum + 2*zloss_slope)
-        dlogit = np.multiply(np.subtract(1, np.square(np.tanh(np.divide(logit, softcap, out=_g0), out=_g0), out=_g0), out=_g0), np.subtract(np.multiply(exp_term, coef_prob*np.exp(-log_sum_exp), out=_w1), np.multiply(np.multiply(weight, grad_scale, out=_w2), np.add(np.multiply(target_prob, 1 - label_smoothing, out=_w3), label_smoothing/num_classes, out=_w3), out=_w2), out=_w1), out=_g0)
-        out = dlogit
+        np.multiply(np.subtract(1, np.square(np.tanh(np.divide(logit, softcap, out=_g0), out=_g0), out=_g0), out=_g0), np.subtract(np.multiply(exp_term, coef_prob*np.exp(-log_sum_exp), out=_w1), np.multiply(np.multiply(weight, grad_scale, out=_w2), np.add(np.multiply(target_prob, 1 - label_smoothing, out=_w3), label_smoothing/num_classes, out=_w3), out=_w2), out=_w1), out=_g0)  # into dlogits, through out=
         loss_block = loss_rows[start:stop]
         loss_block[...] = loss[:, 0]
         lse_rows[start:stop] = lse[:, 0]
-        bad = ~finite
-        if not finite.all():
-            out[bad] = np.nan
-            loss_block[bad] = np.nan
-            lse_rows[start:stop][~finite] = np.nan
 
 
 VARIANTS = {

@@ -99,16 +99,13 @@ TRANSPOSE_CASES = 32
 # float32, 2 in float64) a vector's width of rows moves in whole vectors too (half_transpose):
 # 6-7% faster at 262144 x 4 than gcc's code for the loop of that class count.
 TRANSPOSE_LANES = {"float32": 8, "float64": 4}
-# Choices that differ by type (one thread, AMD EPYC, AVX2).  The lanes check their logits for NaN
-# and infinities by the largest magnitude of the bits in float32 (two operations a vector, 3%
-# faster at C = 32 and 100), by logit - logit in float64, as AVX2 has no 64-bit unsigned maximum
-# (the magnitude was 1.10x slower at C = 4).  They take the target's logit by one gather a lane in
-# float64 (4-5% faster at C = 4 and 10), by a select in each class's loop in float32 (the gather
-# was 1.24x slower at C = 4).  Long rows prefetch their next chunk in float32 (3-16% faster from
-# 300 classes up); in float64 that was 4-10% slower from 1000 classes up.
+# Choices that differ by type (one thread, AMD EPYC, AVX2).  The lanes take the target's logit
+# by one gather a lane in float64 (4-5% faster at C = 4 and 10), by a select in each class's
+# loop in float32 (the gather was 1.24x slower at C = 4).  Long rows prefetch their next chunk
+# in float32 (3-16% faster from 300 classes up); in float64 that was 4-10% slower from 1000
+# classes up.
 # The lanes' exp loop is staged (see staged) in float64: 10% faster at C = 4 to 32; in float32
 # it was level (0.99-1.0).
-LANE_MAGNITUDE_CHECK = {"float32": True, "float64": False}
 LANE_STAGED_EXP = {"float32": False, "float64": True}
 LANE_TARGET_GATHER = {"float32": False, "float64": True}
 ROW_PREFETCH = {"float32": True, "float64": False}
@@ -341,11 +338,7 @@ def printed_fast_exp(dtype: str) -> dict:
     check_reads("C fast_exp's reduction", steps[:reduced], {"x"})
     check_reads("C fast_exp's polynomial", steps[reduced:], {"r", "scale"})
     uint = f"uint{approx.bit_width}_t"
-    magnitude_mask = 2 ** (approx.bit_width - 1) - 1  # every bit but the sign
-    exponent_mask = magnitude_mask & ~(2**approx.mantissa_bits - 1)
     return {
-        "exponent_mask": f"UINT{approx.bit_width}_C({exponent_mask})",
-        "magnitude_mask": f"UINT{approx.bit_width}_C({magnitude_mask})",
         "name": f"gs_exp_{SUFFIXES[dtype]}",
         "reduce_name": f"gs_exp_reduce_{SUFFIXES[dtype]}",
         "finish_name": f"gs_exp_finish_{SUFFIXES[dtype]}",
@@ -501,7 +494,8 @@ def dtype_context(dtype: str) -> dict:
     return {
         **lane_context(dtype),
         "short_simdlen": SHORT_SIMDLEN[dtype],
-        "lane_magnitude_check": LANE_MAGNITUDE_CHECK[dtype],
+        # A row's maximum starts here rather than at -inf: see max_body in macros.c.j2.
+        "lowest": "-FLT_MAX" if dtype == "float32" else "-DBL_MAX",
         "lane_target_gather": LANE_TARGET_GATHER[dtype],
         "row_prefetch": ROW_PREFETCH[dtype],
         "fast_exp": fast_exp,

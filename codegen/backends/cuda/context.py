@@ -137,6 +137,7 @@ def _variant(spec: ks.KernelSpec, arithmetic: str) -> dict:
         "index": index,
         "weighted": spec.weighted,
         "softcapped": spec.softcapped,
+        "linear_optional": ks.linear_sums_unused_without_smoothing(spec),
         "row_fields": row_fields,
         "groups": groups,
         "op_count": sum(g["op_count"] for g in groups.values()),

@@ -113,7 +113,6 @@ def variant_context(spec: ks.KernelSpec, dtype: str) -> dict:
         "buffers": tuple(b for g in groups for b in g.buffers if b != grad.destinations["dlogit"]),
         "scratch": max(g.scratch for g in groups),
         "linear_optional": ks.linear_sums_unused_without_smoothing(spec),
-        "identity_transform": spec.transform == ks.logit,
         "grad_reads_logit": ks.logit in spec.dlogit.free_symbols,
         "op_count": sum(g.op_count for g in groups),
     }
