@@ -241,8 +241,8 @@ def test_non_finite_rows(backend, dtype, kind, classes):
         target[4], target[5] = classes - 1, classes // 2  # the second at its -inf logit
     for options in ({}, {"label_smoothing": 0.1}):
         for reduction in ("none", "mean", "sum"):
-            _compare(function, dtype, logits, target, f"{backend} -inf {kind} {reduction} {options}",
-                     reduction=reduction, **options)
+            what = f"{backend} -inf {kind} {reduction} {options}"
+            _compare(function, dtype, logits, target, what, reduction=reduction, **options)
 
 
 @pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)

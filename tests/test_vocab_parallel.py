@@ -112,8 +112,8 @@ def _minus_inf_case(rank: int, world: int) -> list:
         loss = vocab_parallel_cross_entropy(shard, target, reduction="none", **options)
         loss.sum().backward()
         own = torch.tensor_split(whole.grad, world, dim=1)[rank]
-        results.append([bool(torch.allclose(loss, expected, rtol=1e-12, atol=1e-12, equal_nan=True)),
-                        bool(torch.allclose(shard.grad, own, rtol=1e-12, atol=1e-12, equal_nan=True))])
+        results.append([torch.allclose(actual, wanted, rtol=1e-12, atol=1e-12, equal_nan=True)
+                        for actual, wanted in ((loss, expected), (shard.grad, own))])
     return results
 
 
