@@ -192,8 +192,8 @@ def _check_out(out: Any, logits: Any, inputs: tuple, inplace: bool, xp: Any) -> 
         raise TypeError(f"out must be {logits.dtype} like logits, got {out.dtype}")
     if not getattr(out.flags, "writeable", True):
         raise ValueError("out must be writeable")
-    n_rows, n_classes = (int(s) for s in out.shape)
-    row_stride, class_stride = (int(s) for s in out.strides)
+    n_rows, n_classes = map(int, out.shape)
+    row_stride, class_stride = map(int, out.strides)
     if (not out.flags.aligned or (n_classes > 1 and class_stride != out.itemsize)
             or (n_rows > 1 and row_stride < n_classes * out.itemsize)):
         raise ValueError("out must have aligned rows whose classes are contiguous and that do "
@@ -262,7 +262,7 @@ def prepare_call(
     ``backend_dtypes`` (the dtypes the calling backend can load) lets a dtype mismatch advise
     only what can work."""
     check_logits(logits, dtype, copy=False, backend_dtypes=backend_dtypes)
-    n_rows, n_classes = (int(s) for s in logits.shape)
+    n_rows, n_classes = map(int, logits.shape)
     label_smoothing, lse_square_scale, softcap = check_options(
         dtype, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
         lse_square_scale=lse_square_scale, softcap=softcap)

@@ -8,6 +8,7 @@ first uses never load a half-written file.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shlex
@@ -24,6 +25,19 @@ COMPILE_SECONDS = 600
 
 Status = status_enum()
 Params = params_structure()
+
+
+def address(array) -> int | None:
+    """The address of a NumPy array's first element (None for None), as the kernels' pointer
+    arguments take it.  Through the buffer protocol where the array is writeable and
+    C-contiguous: 0.7 us against 2 us for ``array.ctypes.data``, paid for every array of every
+    call, at shapes where the kernel itself takes a few microseconds."""
+    if array is None:
+        return None
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))
+    except (TypeError, ValueError):  # read-only, strided or empty: NumPy's own answer
+        return array.ctypes.data
 
 
 def call_params(call) -> Params:

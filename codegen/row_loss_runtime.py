@@ -25,7 +25,7 @@ from gradsmith.codegen.arguments import (
     real,
 )
 from gradsmith.codegen.backends.cuda.printer import STORAGE
-from gradsmith.codegen.native import Status, content_key
+from gradsmith.codegen.native import Status, address, content_key
 from gradsmith.codegen.row_loss import C_ARGUMENTS, DTYPES, SUFFIXES, c_path, numpy_path
 from gradsmith.derive.row_loss import LossDefinition
 
@@ -178,9 +178,6 @@ def bind_c(library: ctypes.CDLL, definition: LossDefinition, dtype: str) -> Call
     function.argtypes = [kinds[kind] for _, kind in C_ARGUMENTS]
     function.restype = ctypes.c_int
 
-    def ptr(array):
-        return None if array is None else array.ctypes.data
-
     def kernel(logits, second, target, alpha, ignore_index, scale, values):
         logits = np.ascontiguousarray(logits)
         second = None if second is None else np.ascontiguousarray(second)
@@ -189,9 +186,9 @@ def bind_c(library: ctypes.CDLL, definition: LossDefinition, dtype: str) -> Call
         row_losses = np.empty(n_rows, dtype=dtype)
         options = np.asarray(values or [0.0], dtype=np.float64)
         bad_row = ctypes.c_int64(-1)
-        status = function(ptr(logits), ptr(second), ptr(target), ptr(alpha),
-                          n_rows, n_classes, ptr(options), ignore_index,
-                          ptr(scale), ptr(row_losses), ptr(dlogits), ctypes.byref(bad_row))
+        status = function(address(logits), address(second), address(target), address(alpha),
+                          n_rows, n_classes, address(options), ignore_index,
+                          address(scale), address(row_losses), address(dlogits), ctypes.byref(bad_row))
         if status != Status.OK:
             raise ValueError(f"{definition.name} kernel: {Status(status).describe()}")
         return row_losses, dlogits

@@ -19,6 +19,7 @@ import pytest
 from conftest import TOLERANCES
 from gradsmith.codegen.backends.c import build, context, runtime
 from gradsmith.codegen.loading import shipped_kernels
+from gradsmith.codegen.native import address
 from gradsmith.codegen.printing import PrintedCode
 from gradsmith.codegen.row_loss_runtime import build_c
 from reference import finite_difference_grad, reference_cross_entropy
@@ -604,6 +605,35 @@ def test_runtime_errors_name_the_argument():
         f(logits.astype(np.float64), np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="weight"):
         f(logits, np.array([0, 1, 2]), weight=np.ones(3, dtype=np.float32))
+
+
+def test_address_is_numpys_for_every_layout():
+    """The buffer protocol's address where it applies, NumPy's where it refuses (read-only,
+    strided, empty): the first element's address either way."""
+    base = np.arange(60, dtype=np.float32).reshape(6, 10)
+    read_only = base.copy()
+    read_only.flags.writeable = False
+    arrays = {"contiguous": base, "rows from the second": base[1:], "row-padded": base[:, :7],
+              "reversed rows": base[::-1], "read-only": read_only, "empty": base[:0],
+              "0-d": np.array(2.0), "int64": np.arange(5)}
+    for name, array in arrays.items():
+        assert address(array) == array.ctypes.data, name
+    assert address(None) is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_read_only_inputs_give_what_writeable_ones_give(dtype):
+    rng = np.random.default_rng(11)
+    logits, target, weight = _inputs(rng, dtype, 70, 9, probs=False)
+    grad_output = rng.uniform(size=70).astype(dtype)
+    f = runtime.load(dtype)
+    expected = f(logits, target, weight=weight, reduction="none", grad_output=grad_output)
+    frozen = [array.copy() for array in (logits, target, weight, grad_output)]
+    for array in frozen:
+        array.flags.writeable = False
+    got = f(frozen[0], frozen[1], weight=frozen[2], reduction="none", grad_output=frozen[3])
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_rows_beyond_the_stored_chunks_take_the_recomputing_path():

@@ -129,8 +129,8 @@ def build(source_dir: Path = SOURCE_DIR, *, openmp: bool = True) -> Path:
 def load_library(path: Path) -> ctypes.CDLL:
     """Open a compiled library and declare the argument and result types of its entry points."""
     library = ctypes.CDLL(str(path))
-    # Pointers as addresses: ``array.ctypes.data`` costs half of a typed ``data_as`` pointer,
-    # and ``tensor.data_ptr()`` far less; the callers check every dtype beforehand.
+    # Pointers as addresses (``native.address``, ``tensor.data_ptr()``): a typed ``data_as``
+    # pointer costs several times as much; the callers check every dtype beforehand.
     declare(library, "c", _ENTRY_SUFFIXES, lambda argument, suffix: ctypes.c_void_p)
     return library
 

@@ -16,11 +16,7 @@ from gradsmith.codegen.abi import SUFFIXES
 from gradsmith.codegen.arguments import bad_target_message, prepare_call
 from gradsmith.codegen.backends.c import build
 from gradsmith.codegen.backends.c.context import DTYPES
-from gradsmith.codegen.native import Status, call_params
-
-
-def _pointer(array: np.ndarray | None) -> int | None:
-    return None if array is None else array.ctypes.data
+from gradsmith.codegen.native import Status, address, call_params
 
 
 def _rows(name: str, array: np.ndarray, inplace: bool = False) -> tuple[np.ndarray, int]:
@@ -88,25 +84,25 @@ def bind(library: ctypes.CDLL, dtype: str) -> Callable:
         grad_output = _aligned(call.grad_output)
         params = call_params(call)
         common = {
-            "weight": _pointer(weight),
-            "grad_output": _pointer(grad_output),
-            "loss": _pointer(loss),
-            "dlogits": _pointer(dlogits),
-            "lse": _pointer(lse),
+            "weight": address(weight),
+            "grad_output": address(grad_output),
+            "loss": address(loss),
+            "dlogits": address(dlogits),
+            "lse": address(lse),
         }
         bad_row = ctypes.c_int64(-1)
         if call.target_kind == "index":
             targets = _aligned(call.target)
             status = index_kernel(
-                _pointer(logits_array), logits_stride,
-                _pointer(targets), common["weight"], n_rows, n_classes,
+                address(logits_array), logits_stride,
+                address(targets), common["weight"], n_rows, n_classes,
                 ctypes.byref(params), common["grad_output"], common["loss"], common["dlogits"],
                 dlogits_stride, common["lse"], ctypes.byref(bad_row),
             )
         else:
             targets, targets_stride = _rows("target", call.target)
             status = probs_kernel(
-                _pointer(logits_array), logits_stride, _pointer(targets),
+                address(logits_array), logits_stride, address(targets),
                 targets_stride, common["weight"], n_rows, n_classes, ctypes.byref(params),
                 common["grad_output"], common["loss"], common["dlogits"], dlogits_stride,
                 common["lse"],
