@@ -1,5 +1,6 @@
 """Shared pieces of the compiled backends: the ctypes ``Params`` and ``Status`` of the ABI
-(:mod:`gradsmith.codegen.abi`), and building a library once per content into a cache.
+(:mod:`gradsmith.codegen.abi`), arrays' addresses for the pointer arguments, and building a
+library once per content into a cache.
 
 The cache key is a sha256 of everything that shapes the binary (sources, flags, compiler
 version, ...); a library is built into a temporary file and renamed into place, so concurrent
