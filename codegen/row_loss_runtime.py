@@ -187,8 +187,8 @@ def bind_c(library: ctypes.CDLL, definition: LossDefinition, dtype: str) -> Call
         options = np.asarray(values or [0.0], dtype=np.float64)
         bad_row = ctypes.c_int64(-1)
         status = function(address(logits), address(second), address(target), address(alpha),
-                          n_rows, n_classes, address(options), ignore_index,
-                          address(scale), address(row_losses), address(dlogits), ctypes.byref(bad_row))
+                          n_rows, n_classes, address(options), ignore_index, address(scale),
+                          address(row_losses), address(dlogits), ctypes.byref(bad_row))
         if status != Status.OK:
             raise ValueError(f"{definition.name} kernel: {Status(status).describe()}")
         return row_losses, dlogits

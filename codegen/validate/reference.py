@@ -10,8 +10,8 @@ Non-finite logits follow the arithmetic, as in PyTorch: exp(-inf) = 0, so a -inf
 class of probability 0 (a -inf target gives an infinite loss), and NaN, +inf or a row of -inf
 alone make the row's loss, gradient and lse NaN.  Where gradsmith differs from PyTorch the
 reference follows gradsmith: an ignored row has zero loss and gradient whatever its logits
-(PyTorch gives a NaN gradient in an ignored row holding NaN).  ``ignore_index`` is not used with probability targets
-(PyTorch and gradsmith refuse it unless it is -100).
+(PyTorch gives a NaN gradient in an ignored row holding NaN).  ``ignore_index`` is not used
+with probability targets (PyTorch and gradsmith refuse it unless it is -100).
 """
 
 from __future__ import annotations

@@ -43,10 +43,10 @@ def _row_max(block):
     loop over the columns, each an elementwise maximum over all rows, is many times faster."""
     if block.shape[1] > SHORT_ROW_CLASSES or block.shape[0] == 0:
         return np.maximum.reduce(block, axis=1, keepdims=True)
-    extreme = block[:, :1].copy()
+    largest = block[:, :1].copy()
     for j in range(1, block.shape[1]):
-        np.maximum(extreme, block[:, j:j + 1], out=extreme)
-    return extreme
+        np.maximum(largest, block[:, j:j + 1], out=largest)
+    return largest
 
 
 def _row_sum(block):
