@@ -343,9 +343,11 @@ def test_fused_cross_entropy_row_stride_is_not_copied(monkeypatch):
     monkeypatch.setattr(kernel_module, "_run_cpu",
                         lambda kind, suffix, logits, *rest: (seen.append(logits.data_ptr()),
                                                              original(kind, suffix, logits, *rest)))
-    loss, _, _ = gt.fused_cross_entropy(rows, TARGETS)
+    loss, dlogits, _ = gt.fused_cross_entropy(rows, TARGETS)
     assert seen == [rows.data_ptr()]
     torch.testing.assert_close(loss, F.cross_entropy(rows.contiguous(), TARGETS))
+    # A new gradient is contiguous whatever the logits' row stride, as the op's fake says.
+    assert dlogits.is_contiguous() and dlogits.shape == rows.shape
 
 
 def test_torch_thread_count_is_honoured(monkeypatch):

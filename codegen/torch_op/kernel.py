@@ -44,6 +44,7 @@ def _cpu_library() -> ctypes.CDLL:
     return build.library()
 
 
+@cache
 def _cpu_entry(kind: str, suffix: str):
     return getattr(_cpu_library(), f"gs_ce_{kind}_{suffix}")
 
@@ -91,10 +92,10 @@ def new_rows(like: torch.Tensor) -> torch.Tensor:
     CPU comes from NumPy's allocator, which advises the kernel to back blocks of 4 MiB and more
     with transparent huge pages: writing a fresh gradient of 500 MB then faults 2 MiB pages
     instead of 4 KiB ones, 3x faster on a virtual machine."""
-    if (like.device.type == "cpu" and like.dtype in CPU_DTYPES
-            and like.numel() * like.element_size() >= _HUGE_PAGE_BYTES):
+    if like.is_cpu and like.nbytes >= _HUGE_PAGE_BYTES and like.dtype in CPU_DTYPES:
         return torch.from_numpy(np.empty(tuple(like.shape), dtype=_NUMPY_NAMES[like.dtype]))
-    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    # empty_like, not torch.empty(shape, dtype=, device=): 2 us against 5 a call.
+    return torch.empty_like(like, memory_format=torch.contiguous_format)
 
 
 def _row_stride(tensor: torch.Tensor) -> int:
@@ -256,7 +257,7 @@ def fused_cross_entropy(
                 for name, t in (("weight", weight), ("grad_output", grad_output), ("lse", lse))}
     if n_rows == 0:  # no row to read: the kernels' empty-batch results, without NULL pointers
         loss.fill_(float("nan") if reduction == "mean" else 0.0)
-    elif logits.device.type == "cpu":
+    elif logits.is_cpu:
         _run_cpu(kind, suffix, logits, target, params, pointers, loss, dlogits, ignore_index)
     else:
         _run_cuda(kind, suffix, logits, target, params, pointers, loss, dlogits, ignore_index,
