@@ -229,6 +229,28 @@ def test_targets_are_ratios_within_the_run():
     assert busy[0]["value"] == pytest.approx(2.0) and not busy[0]["met"]
 
 
+def test_a_ratio_next_to_its_bound_is_shown_on_its_own_side():
+    from gradsmith.codegen.bench.targets import check_targets, format_targets
+
+    def shown(rows, busy=False):
+        lines = format_targets(check_targets({"settings": {"busy": busy}, "results": rows}))
+        return {line.split("float32")[1].split("  ")[1].strip(): line.split("  ")[-3:]
+                for line in lines[1:]}
+
+    quiet = shown([_row("c", 1.0, pct=49.996), _row("jax-jit", 1.4958, generated=False),
+                   _row("numpy", 1.0), _row("textbook", 2.5, generated=False)])
+    # 1.4958 and 49.996 to two decimals would read 1.50 and 50.00, as if they met their bounds.
+    assert [cell.strip() for cell in quiet["c vs fastest peer (jax-jit), x"]] == [
+        "1.496", ">= 1.5", "NOT MET"]
+    assert [cell.strip() for cell in quiet["c, % of copy bandwidth"]] == [
+        "49.996", ">= 50", "NOT MET"]
+    # Away from the bound: two decimals.
+    assert [cell.strip() for cell in quiet["numpy vs textbook, x"]] == ["2.50", ">= 1", "met"]
+    busy = shown([_row("c", 1.20004), _row("c-1thread", 1.0)], busy=True)
+    assert [cell.strip() for cell in busy["c busy / c-1thread busy, x"]] == [
+        "1.20004", "<= 1.2", "NOT MET"]
+
+
 def test_jax_peer_computes_the_textbook_loss_and_gradient():
     pytest.importorskip("jax")
     from gradsmith.codegen.bench.peers import Inputs, _jax_jit

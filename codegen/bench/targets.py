@@ -57,6 +57,18 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
+def _shown(value: float, bound: float, at_least: bool, met: bool) -> str:
+    """``value`` to two decimals, or to as many more as it takes for the figure shown to stand
+    on the same side of ``bound`` as the value itself: 1.4958 against ">= 1.5" reads 1.496, not
+    1.50."""
+    for digits in range(2, 8):
+        text = f"{value:.{digits}f}"
+        shown = float(text)
+        if (shown >= bound if at_least else shown <= bound) == met:
+            return text
+    return repr(value)
+
+
 def format_targets(checks: list[dict[str, Any]]) -> list[str]:
     if not checks:
         return []
@@ -66,6 +78,7 @@ def format_targets(checks: list[dict[str, Any]]) -> list[str]:
         shape = "x".join(str(side) for side in check["shape"])
         relation = ">=" if check["at_least"] else "<="
         lines.append(f"  {shape:<12} {check['dtype']:<8} {check['target']:<{width}}  "
-                     f"{check['value']:7.2f}  {relation} {check['bound']:g}  "
+                     f"{_shown(check['value'], check['bound'], check['at_least'], check['met']):>7}"
+                     f"  {relation} {check['bound']:g}  "
                      f"{'met' if check['met'] else 'NOT MET'}")
     return lines
