@@ -82,7 +82,7 @@ def make_callable(definition: LossDefinition, dtype: str, kernel: Callable,
     def loss(logits, second, *, alpha=None, ignore_index=-100,
              reduction=definition.default_reduction, grad_output=None, **options):
         logits = check_logits(logits, dtype, backend_dtypes=dtypes)
-        n_rows, n_classes = (int(s) for s in logits.shape)
+        n_rows, n_classes = map(int, logits.shape)
         check_reduction(reduction, names)
         values = option_values(definition, options)
         grad_output = check_grad_output(grad_output, n_rows, reduction, reduction == "none",

@@ -233,9 +233,9 @@ def test_a_ratio_next_to_its_bound_is_shown_on_its_own_side():
     from gradsmith.codegen.bench.targets import check_targets, format_targets
 
     def shown(rows, busy=False):
-        lines = format_targets(check_targets({"settings": {"busy": busy}, "results": rows}))
-        return {line.split("float32")[1].split("  ")[1].strip(): line.split("  ")[-3:]
-                for line in lines[1:]}
+        checks = check_targets({"settings": {"busy": busy}, "results": rows})
+        lines = format_targets(checks)[1:]
+        return {check["target"]: line.split("  ")[-3:] for check, line in zip(checks, lines, strict=True)}
 
     quiet = shown([_row("c", 1.0, pct=49.996), _row("jax-jit", 1.4958, generated=False),
                    _row("numpy", 1.0), _row("textbook", 2.5, generated=False)])

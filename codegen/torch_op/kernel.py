@@ -224,7 +224,7 @@ def fused_cross_entropy(
         _NUMPY_NAMES[logits.dtype], ignore_index=ignore_index, reduction=reduction,
         label_smoothing=label_smoothing, lse_square_scale=lse_square_scale, softcap=softcap)
     kind, target = _check_target(target, logits, int(ignore_index))
-    n_rows, n_classes = (int(s) for s in logits.shape)
+    n_rows, n_classes = map(int, logits.shape)
     aux = arithmetic_dtype(logits.dtype)
     if weight is not None:
         weight = check_tensor("weight", weight, logits.device)

@@ -73,7 +73,7 @@ def fused_row_loss(spec: LossDefinition, logits: torch.Tensor, second: torch.Ten
     loss."""
     dtype, device = logits.dtype, logits.device
     real = arithmetic_dtype(dtype)
-    n_rows, n_classes = (int(s) for s in logits.shape)
+    n_rows, n_classes = map(int, logits.shape)
     logits = logits.contiguous()
     if spec.kind == "teacher":
         second, target, counted_rows = second.to(dtype).contiguous(), None, n_rows
