@@ -205,6 +205,8 @@ def test_transpose_stages_need_a_power_of_two(lanes):
         context.transpose_stages(lanes)
     with pytest.raises(ValueError, match="lanes"):
         context.half_transpose(lanes)
+    with pytest.raises(ValueError, match="lanes"):
+        context.strip_shuffles(lanes)
 
 
 def _shuffle_stages(vectors: list, stages) -> list:
@@ -229,6 +231,21 @@ def test_half_transpose_takes_rows_of_half_a_vector_to_a_vector_a_class(lanes):
     back = _shuffle_stages(vectors, stages[::-1])
     inverse = [permutation.index(e) for e in range(lanes)]
     assert np.array_equal(np.array([vector[inverse] for vector in back]).reshape(block.shape), block)
+
+
+@pytest.mark.parametrize("lanes", [2, 4, 8, 16])
+def test_strip_shuffles_take_rows_of_half_a_vector_to_a_vector_a_class(lanes):
+    """`lanes` rows of `lanes // 2` classes, rows k and k + lanes // 2 in vector k, come out one
+    vector a class (class c in vector order[c]), the rows in order; the same stages on the
+    classes in order give the rows back (rows k and k + lanes // 2 in vector order[k])."""
+    half = lanes // 2
+    strip = np.arange(lanes * half).reshape(lanes, half)
+    stages, order = context.strip_shuffles(lanes)
+    vectors = _shuffle_stages([np.concatenate([strip[k], strip[k + half]]) for k in range(half)], stages)
+    assert np.array_equal(np.array([vectors[order[c]] for c in range(half)]), strip.T)
+    back = _shuffle_stages(list(strip.T), stages)
+    assert np.array_equal(np.array([np.concatenate([strip[k], strip[k + half]]) for k in range(half)]),
+                          np.array([back[order[k]] for k in range(half)]))
 
 
 def test_vector_and_element_transposes_agree_bitwise(tmp_path):

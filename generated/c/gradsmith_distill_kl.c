@@ -301,6 +301,87 @@ static void gs_transpose_square_f32(float *target, int64_t target_stride,
     memcpy(target + 6 * target_stride, &v3_6, sizeof v3_6);
     memcpy(target + 7 * target_stride, &v3_7, sizeof v3_7);
 }
+typedef float gs_half_vector_f32 __attribute__((vector_size(4 * sizeof(float))));
+
+/* A strip of 8 rows of 4 classes, `block_stride` apart, to one vector a class at
+   `tile` (8 rows, GS_SEGMENT_ROWS apart): vector k holds rows k and k + 4, then
+   each half of the vectors is transposed in registers (strip_shuffles in context.py).  Always
+   inlined: kept out of line by gcc, it made C = 10 5% slower. */
+static inline __attribute__((always_inline)) void gs_tile_from_strip_f32(
+    float *tile, const float *block, int64_t block_stride)
+{
+    gs_half_vector_f32 h0;
+    gs_half_vector_f32 h1;
+    gs_half_vector_f32 h2;
+    gs_half_vector_f32 h3;
+    gs_half_vector_f32 h4;
+    gs_half_vector_f32 h5;
+    gs_half_vector_f32 h6;
+    gs_half_vector_f32 h7;
+    memcpy(&h0, block + 0 * block_stride, sizeof h0);
+    memcpy(&h1, block + 1 * block_stride, sizeof h1);
+    memcpy(&h2, block + 2 * block_stride, sizeof h2);
+    memcpy(&h3, block + 3 * block_stride, sizeof h3);
+    memcpy(&h4, block + 4 * block_stride, sizeof h4);
+    memcpy(&h5, block + 5 * block_stride, sizeof h5);
+    memcpy(&h6, block + 6 * block_stride, sizeof h6);
+    memcpy(&h7, block + 7 * block_stride, sizeof h7);
+    const gs_vector_f32 v0_0 = __builtin_shufflevector(h0, h4, 0, 1, 2, 3, 4, 5, 6, 7);
+    const gs_vector_f32 v0_1 = __builtin_shufflevector(h1, h5, 0, 1, 2, 3, 4, 5, 6, 7);
+    const gs_vector_f32 v0_2 = __builtin_shufflevector(h2, h6, 0, 1, 2, 3, 4, 5, 6, 7);
+    const gs_vector_f32 v0_3 = __builtin_shufflevector(h3, h7, 0, 1, 2, 3, 4, 5, 6, 7);
+    const gs_vector_f32 v1_0 = __builtin_shufflevector(v0_0, v0_1, 0, 8, 1, 9, 4, 12, 5, 13);
+    const gs_vector_f32 v1_1 = __builtin_shufflevector(v0_0, v0_1, 2, 10, 3, 11, 6, 14, 7, 15);
+    const gs_vector_f32 v1_2 = __builtin_shufflevector(v0_2, v0_3, 0, 8, 1, 9, 4, 12, 5, 13);
+    const gs_vector_f32 v1_3 = __builtin_shufflevector(v0_2, v0_3, 2, 10, 3, 11, 6, 14, 7, 15);
+    const gs_vector_f32 v2_0 = __builtin_shufflevector(v1_0, v1_2, 0, 1, 8, 9, 4, 5, 12, 13);
+    const gs_vector_f32 v2_2 = __builtin_shufflevector(v1_0, v1_2, 2, 3, 10, 11, 6, 7, 14, 15);
+    const gs_vector_f32 v2_1 = __builtin_shufflevector(v1_1, v1_3, 0, 1, 8, 9, 4, 5, 12, 13);
+    const gs_vector_f32 v2_3 = __builtin_shufflevector(v1_1, v1_3, 2, 3, 10, 11, 6, 7, 14, 15);
+    memcpy(tile + 0 * GS_SEGMENT_ROWS, &v2_0, sizeof v2_0);
+    memcpy(tile + 1 * GS_SEGMENT_ROWS, &v2_2, sizeof v2_2);
+    memcpy(tile + 2 * GS_SEGMENT_ROWS, &v2_1, sizeof v2_1);
+    memcpy(tile + 3 * GS_SEGMENT_ROWS, &v2_3, sizeof v2_3);
+}
+
+/* The way back: the same shuffles on one vector a class (a transpose undoes itself), then each
+   vector's halves to their two rows. */
+static inline __attribute__((always_inline)) void gs_strip_from_tile_f32(
+    float *block, int64_t block_stride, const float *tile)
+{
+    gs_vector_f32 v0_0;
+    gs_vector_f32 v0_1;
+    gs_vector_f32 v0_2;
+    gs_vector_f32 v0_3;
+    memcpy(&v0_0, tile + 0 * GS_SEGMENT_ROWS, sizeof v0_0);
+    memcpy(&v0_1, tile + 1 * GS_SEGMENT_ROWS, sizeof v0_1);
+    memcpy(&v0_2, tile + 2 * GS_SEGMENT_ROWS, sizeof v0_2);
+    memcpy(&v0_3, tile + 3 * GS_SEGMENT_ROWS, sizeof v0_3);
+    const gs_vector_f32 v1_0 = __builtin_shufflevector(v0_0, v0_1, 0, 8, 1, 9, 4, 12, 5, 13);
+    const gs_vector_f32 v1_1 = __builtin_shufflevector(v0_0, v0_1, 2, 10, 3, 11, 6, 14, 7, 15);
+    const gs_vector_f32 v1_2 = __builtin_shufflevector(v0_2, v0_3, 0, 8, 1, 9, 4, 12, 5, 13);
+    const gs_vector_f32 v1_3 = __builtin_shufflevector(v0_2, v0_3, 2, 10, 3, 11, 6, 14, 7, 15);
+    const gs_vector_f32 v2_0 = __builtin_shufflevector(v1_0, v1_2, 0, 1, 8, 9, 4, 5, 12, 13);
+    const gs_vector_f32 v2_2 = __builtin_shufflevector(v1_0, v1_2, 2, 3, 10, 11, 6, 7, 14, 15);
+    const gs_vector_f32 v2_1 = __builtin_shufflevector(v1_1, v1_3, 0, 1, 8, 9, 4, 5, 12, 13);
+    const gs_vector_f32 v2_3 = __builtin_shufflevector(v1_1, v1_3, 2, 3, 10, 11, 6, 7, 14, 15);
+    const gs_half_vector_f32 h0 = __builtin_shufflevector(v2_0, v2_0, 0, 1, 2, 3);
+    const gs_half_vector_f32 h4 = __builtin_shufflevector(v2_0, v2_0, 4, 5, 6, 7);
+    const gs_half_vector_f32 h1 = __builtin_shufflevector(v2_2, v2_2, 0, 1, 2, 3);
+    const gs_half_vector_f32 h5 = __builtin_shufflevector(v2_2, v2_2, 4, 5, 6, 7);
+    const gs_half_vector_f32 h2 = __builtin_shufflevector(v2_1, v2_1, 0, 1, 2, 3);
+    const gs_half_vector_f32 h6 = __builtin_shufflevector(v2_1, v2_1, 4, 5, 6, 7);
+    const gs_half_vector_f32 h3 = __builtin_shufflevector(v2_3, v2_3, 0, 1, 2, 3);
+    const gs_half_vector_f32 h7 = __builtin_shufflevector(v2_3, v2_3, 4, 5, 6, 7);
+    memcpy(block + 0 * block_stride, &h0, sizeof h0);
+    memcpy(block + 1 * block_stride, &h1, sizeof h1);
+    memcpy(block + 2 * block_stride, &h2, sizeof h2);
+    memcpy(block + 3 * block_stride, &h3, sizeof h3);
+    memcpy(block + 4 * block_stride, &h4, sizeof h4);
+    memcpy(block + 5 * block_stride, &h5, sizeof h5);
+    memcpy(block + 6 * block_stride, &h6, sizeof h6);
+    memcpy(block + 7 * block_stride, &h7, sizeof h7);
+}
 
 /* 8 rows of 4 classes, stored back to back at `block`, to one vector a class at
    `tile` (8 rows, GS_SEGMENT_ROWS apart): a permutation in each vector, then stages that
@@ -363,28 +444,64 @@ static void gs_half_block_from_tile_f32(float *block, const float *tile)
 }
 #endif
 
+#ifdef GS_VECTOR_SHUFFLES
+/* Squares of 8 rows by 8 classes, then what is left: where more than 4 classes
+   are, a last square overlapping the one before it (moving the same values again), else a strip of
+   the last 4 classes (overlapping the square before it); below 8 classes two strips, the
+   second overlapping the first.  A function of its own: inlined, its registers made every call
+   save and restore six and realign the stack, the other class counts' too (5% of the kernel's
+   time at C = 2). */
+static __attribute__((noinline)) void gs_tile_from_block_vectors_f32(float *tile, const float *block,
+                                    int64_t n_classes)
+{
+    int64_t r;
+    int64_t j;
+    int64_t next;
+    for (next = 0; next + 8 <= n_classes; next += 8) {
+        j = next;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
+            gs_transpose_square_f32(tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS,
+                                    block + r * n_classes + j, n_classes);
+        }
+    }
+    if (n_classes - next > 4 && n_classes >= 8) {
+        j = n_classes - 8;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
+            gs_transpose_square_f32(tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS,
+                                    block + r * n_classes + j, n_classes);
+        }
+        return;
+    }
+    if (n_classes - next > 4) {
+        j = next;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
+            gs_tile_from_strip_f32(tile + j * GS_SEGMENT_ROWS + r, block + r * n_classes + j, n_classes);
+        }
+    }
+    if (n_classes > next) {
+        j = n_classes - 4;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
+            gs_tile_from_strip_f32(tile + j * GS_SEGMENT_ROWS + r, block + r * n_classes + j, n_classes);
+        }
+    }
+}
+#endif
+
 static void gs_tile_from_block_f32(float *tile, const float *block, int64_t n_classes)
 {
     int64_t r;
     int64_t j;
 #ifdef GS_VECTOR_SHUFFLES
+    /* Rows of half a vector's classes lie two to a vector: a block of them moves as whole
+       vectors. */
     if (n_classes == 4) {
         for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
             gs_tile_from_half_block_f32(tile + r, block + r * 4);
         }
         return;
     }
-    /* Squares of 8 rows by 8 classes; where 8 does not divide the class
-       count, the last square of a row overlaps the one before it (moving the same values again). */
-    if (n_classes >= 8) {
-        int64_t next;
-        for (next = 0; next < n_classes; next += 8) {
-            j = next + 8 > n_classes ? n_classes - 8 : next;
-            for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
-                gs_transpose_square_f32(tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS,
-                                        block + r * n_classes + j, n_classes);
-            }
-        }
+    if (n_classes > 4) {
+        gs_tile_from_block_vectors_f32(tile, block, n_classes);
         return;
     }
 #endif
@@ -623,28 +740,64 @@ static void gs_tile_from_block_f32(float *tile, const float *block, int64_t n_cl
     }
 }
 
+#ifdef GS_VECTOR_SHUFFLES
+/* Squares of 8 rows by 8 classes, then what is left: where more than 4 classes
+   are, a last square overlapping the one before it (moving the same values again), else a strip of
+   the last 4 classes (overlapping the square before it); below 8 classes two strips, the
+   second overlapping the first.  A function of its own: inlined, its registers made every call
+   save and restore six and realign the stack, the other class counts' too (5% of the kernel's
+   time at C = 2). */
+static __attribute__((noinline)) void gs_block_from_tile_vectors_f32(float *block, const float *tile,
+                                    int64_t n_classes)
+{
+    int64_t r;
+    int64_t j;
+    int64_t next;
+    for (next = 0; next + 8 <= n_classes; next += 8) {
+        j = next;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
+            gs_transpose_square_f32(block + r * n_classes + j, n_classes,
+                                    tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS);
+        }
+    }
+    if (n_classes - next > 4 && n_classes >= 8) {
+        j = n_classes - 8;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
+            gs_transpose_square_f32(block + r * n_classes + j, n_classes,
+                                    tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS);
+        }
+        return;
+    }
+    if (n_classes - next > 4) {
+        j = next;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
+            gs_strip_from_tile_f32(block + r * n_classes + j, n_classes, tile + j * GS_SEGMENT_ROWS + r);
+        }
+    }
+    if (n_classes > next) {
+        j = n_classes - 4;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
+            gs_strip_from_tile_f32(block + r * n_classes + j, n_classes, tile + j * GS_SEGMENT_ROWS + r);
+        }
+    }
+}
+#endif
+
 static void gs_block_from_tile_f32(float *block, const float *tile, int64_t n_classes)
 {
     int64_t r;
     int64_t j;
 #ifdef GS_VECTOR_SHUFFLES
+    /* Rows of half a vector's classes lie two to a vector: a block of them moves as whole
+       vectors. */
     if (n_classes == 4) {
         for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
             gs_half_block_from_tile_f32(block + r * 4, tile + r);
         }
         return;
     }
-    /* Squares of 8 rows by 8 classes; where 8 does not divide the class
-       count, the last square of a row overlaps the one before it (moving the same values again). */
-    if (n_classes >= 8) {
-        int64_t next;
-        for (next = 0; next < n_classes; next += 8) {
-            j = next + 8 > n_classes ? n_classes - 8 : next;
-            for (r = 0; r < GS_SEGMENT_ROWS; r += 8) {
-                gs_transpose_square_f32(block + r * n_classes + j, n_classes,
-                                        tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS);
-            }
-        }
+    if (n_classes > 4) {
+        gs_block_from_tile_vectors_f32(block, tile, n_classes);
         return;
     }
 #endif
@@ -1277,6 +1430,51 @@ static void gs_transpose_square_f64(double *target, int64_t target_stride,
     memcpy(target + 2 * target_stride, &v2_2, sizeof v2_2);
     memcpy(target + 3 * target_stride, &v2_3, sizeof v2_3);
 }
+typedef double gs_half_vector_f64 __attribute__((vector_size(2 * sizeof(double))));
+
+/* A strip of 4 rows of 2 classes, `block_stride` apart, to one vector a class at
+   `tile` (4 rows, GS_SEGMENT_ROWS apart): vector k holds rows k and k + 2, then
+   each half of the vectors is transposed in registers (strip_shuffles in context.py).  Always
+   inlined: kept out of line by gcc, it made C = 10 5% slower. */
+static inline __attribute__((always_inline)) void gs_tile_from_strip_f64(
+    double *tile, const double *block, int64_t block_stride)
+{
+    gs_half_vector_f64 h0;
+    gs_half_vector_f64 h1;
+    gs_half_vector_f64 h2;
+    gs_half_vector_f64 h3;
+    memcpy(&h0, block + 0 * block_stride, sizeof h0);
+    memcpy(&h1, block + 1 * block_stride, sizeof h1);
+    memcpy(&h2, block + 2 * block_stride, sizeof h2);
+    memcpy(&h3, block + 3 * block_stride, sizeof h3);
+    const gs_vector_f64 v0_0 = __builtin_shufflevector(h0, h2, 0, 1, 2, 3);
+    const gs_vector_f64 v0_1 = __builtin_shufflevector(h1, h3, 0, 1, 2, 3);
+    const gs_vector_f64 v1_0 = __builtin_shufflevector(v0_0, v0_1, 0, 4, 2, 6);
+    const gs_vector_f64 v1_1 = __builtin_shufflevector(v0_0, v0_1, 1, 5, 3, 7);
+    memcpy(tile + 0 * GS_SEGMENT_ROWS, &v1_0, sizeof v1_0);
+    memcpy(tile + 1 * GS_SEGMENT_ROWS, &v1_1, sizeof v1_1);
+}
+
+/* The way back: the same shuffles on one vector a class (a transpose undoes itself), then each
+   vector's halves to their two rows. */
+static inline __attribute__((always_inline)) void gs_strip_from_tile_f64(
+    double *block, int64_t block_stride, const double *tile)
+{
+    gs_vector_f64 v0_0;
+    gs_vector_f64 v0_1;
+    memcpy(&v0_0, tile + 0 * GS_SEGMENT_ROWS, sizeof v0_0);
+    memcpy(&v0_1, tile + 1 * GS_SEGMENT_ROWS, sizeof v0_1);
+    const gs_vector_f64 v1_0 = __builtin_shufflevector(v0_0, v0_1, 0, 4, 2, 6);
+    const gs_vector_f64 v1_1 = __builtin_shufflevector(v0_0, v0_1, 1, 5, 3, 7);
+    const gs_half_vector_f64 h0 = __builtin_shufflevector(v1_0, v1_0, 0, 1);
+    const gs_half_vector_f64 h2 = __builtin_shufflevector(v1_0, v1_0, 2, 3);
+    const gs_half_vector_f64 h1 = __builtin_shufflevector(v1_1, v1_1, 0, 1);
+    const gs_half_vector_f64 h3 = __builtin_shufflevector(v1_1, v1_1, 2, 3);
+    memcpy(block + 0 * block_stride, &h0, sizeof h0);
+    memcpy(block + 1 * block_stride, &h1, sizeof h1);
+    memcpy(block + 2 * block_stride, &h2, sizeof h2);
+    memcpy(block + 3 * block_stride, &h3, sizeof h3);
+}
 
 /* 4 rows of 2 classes, stored back to back at `block`, to one vector a class at
    `tile` (4 rows, GS_SEGMENT_ROWS apart): a permutation in each vector, then stages that
@@ -1311,28 +1509,65 @@ static void gs_half_block_from_tile_f64(double *block, const double *tile)
 }
 #endif
 
+#ifdef GS_VECTOR_SHUFFLES
+/* Squares of 4 rows by 4 classes, then what is left: where more than 2 classes
+   are, a last square overlapping the one before it (moving the same values again), else a strip of
+   the last 2 classes (overlapping the square before it); below 4 classes two strips, the
+   second overlapping the first.  A function of its own: inlined, its registers made every call
+   save and restore six and realign the stack, the other class counts' too (5% of the kernel's
+   time at C = 2). */
+static __attribute__((noinline)) void gs_tile_from_block_vectors_f64(double *tile, const double *block,
+                                    int64_t n_classes)
+{
+    int64_t r;
+    int64_t j;
+    int64_t next;
+    for (next = 0; next + 4 <= n_classes; next += 4) {
+        j = next;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
+            gs_transpose_square_f64(tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS,
+                                    block + r * n_classes + j, n_classes);
+        }
+    }
+    if (n_classes - next > 2 && n_classes >= 4) {
+        j = n_classes - 4;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
+            gs_transpose_square_f64(tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS,
+                                    block + r * n_classes + j, n_classes);
+        }
+        return;
+    }
+    if (n_classes - next > 2) {
+        j = next;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
+            gs_tile_from_strip_f64(tile + j * GS_SEGMENT_ROWS + r, block + r * n_classes + j, n_classes);
+        }
+    }
+    if (n_classes > next) {
+        j = n_classes - 2;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
+            gs_tile_from_strip_f64(tile + j * GS_SEGMENT_ROWS + r, block + r * n_classes + j, n_classes);
+        }
+    }
+}
+#endif
+
 static void gs_tile_from_block_f64(double *tile, const double *block, int64_t n_classes)
 {
     int64_t r;
     int64_t j;
 #ifdef GS_VECTOR_SHUFFLES
+    /* Rows of half a vector's classes lie two to a vector: a block of them moves as whole
+       vectors. */
     if (n_classes == 2) {
         for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
             gs_tile_from_half_block_f64(tile + r, block + r * 2);
         }
         return;
     }
-    /* Squares of 4 rows by 4 classes; where 4 does not divide the class
-       count, the last square of a row overlaps the one before it (moving the same values again). */
+    /* Fewer than 4 classes take the element loop (context.SHORT_STRIPS). */
     if (n_classes >= 4) {
-        int64_t next;
-        for (next = 0; next < n_classes; next += 4) {
-            j = next + 4 > n_classes ? n_classes - 4 : next;
-            for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
-                gs_transpose_square_f64(tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS,
-                                        block + r * n_classes + j, n_classes);
-            }
-        }
+        gs_tile_from_block_vectors_f64(tile, block, n_classes);
         return;
     }
 #endif
@@ -1571,28 +1806,65 @@ static void gs_tile_from_block_f64(double *tile, const double *block, int64_t n_
     }
 }
 
+#ifdef GS_VECTOR_SHUFFLES
+/* Squares of 4 rows by 4 classes, then what is left: where more than 2 classes
+   are, a last square overlapping the one before it (moving the same values again), else a strip of
+   the last 2 classes (overlapping the square before it); below 4 classes two strips, the
+   second overlapping the first.  A function of its own: inlined, its registers made every call
+   save and restore six and realign the stack, the other class counts' too (5% of the kernel's
+   time at C = 2). */
+static __attribute__((noinline)) void gs_block_from_tile_vectors_f64(double *block, const double *tile,
+                                    int64_t n_classes)
+{
+    int64_t r;
+    int64_t j;
+    int64_t next;
+    for (next = 0; next + 4 <= n_classes; next += 4) {
+        j = next;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
+            gs_transpose_square_f64(block + r * n_classes + j, n_classes,
+                                    tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS);
+        }
+    }
+    if (n_classes - next > 2 && n_classes >= 4) {
+        j = n_classes - 4;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
+            gs_transpose_square_f64(block + r * n_classes + j, n_classes,
+                                    tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS);
+        }
+        return;
+    }
+    if (n_classes - next > 2) {
+        j = next;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
+            gs_strip_from_tile_f64(block + r * n_classes + j, n_classes, tile + j * GS_SEGMENT_ROWS + r);
+        }
+    }
+    if (n_classes > next) {
+        j = n_classes - 2;
+        for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
+            gs_strip_from_tile_f64(block + r * n_classes + j, n_classes, tile + j * GS_SEGMENT_ROWS + r);
+        }
+    }
+}
+#endif
+
 static void gs_block_from_tile_f64(double *block, const double *tile, int64_t n_classes)
 {
     int64_t r;
     int64_t j;
 #ifdef GS_VECTOR_SHUFFLES
+    /* Rows of half a vector's classes lie two to a vector: a block of them moves as whole
+       vectors. */
     if (n_classes == 2) {
         for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
             gs_half_block_from_tile_f64(block + r * 2, tile + r);
         }
         return;
     }
-    /* Squares of 4 rows by 4 classes; where 4 does not divide the class
-       count, the last square of a row overlaps the one before it (moving the same values again). */
+    /* Fewer than 4 classes take the element loop (context.SHORT_STRIPS). */
     if (n_classes >= 4) {
-        int64_t next;
-        for (next = 0; next < n_classes; next += 4) {
-            j = next + 4 > n_classes ? n_classes - 4 : next;
-            for (r = 0; r < GS_SEGMENT_ROWS; r += 4) {
-                gs_transpose_square_f64(block + r * n_classes + j, n_classes,
-                                        tile + j * GS_SEGMENT_ROWS + r, GS_SEGMENT_ROWS);
-            }
-        }
+        gs_block_from_tile_vectors_f64(block, tile, n_classes);
         return;
     }
 #endif

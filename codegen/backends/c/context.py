@@ -95,9 +95,14 @@ TRANSPOSE_CASES = 32
 # this many classes up: one 256-bit vector a row.  In float32 (AMD EPYC, AVX2) they ran 2.5x to
 # 4.5x faster than gcc's code for the element loops at 8 <= C <= 32, which took a third of the
 # kernel's time at C = 10.  128-bit squares below 8 classes made the kernel 4% slower at C = 4:
-# the lane loops' wider loads then span two of their stores.  At half a vector's classes (4 in
-# float32, 2 in float64) a vector's width of rows moves in whole vectors too (half_transpose):
-# 6-7% faster at 262144 x 4 than gcc's code for the loop of that class count.
+# the lane loops' wider loads then span two of their stores.  A strip of half a vector's classes
+# (4 in float32, 2 in float64) moves a vector's width of rows in whole vectors too
+# (strip_shuffles), from half a vector's classes up: two strips below a vector's width of classes,
+# and a strip rather than a second, overlapping square where at most half a vector's classes
+# are left over.  Against the squares and element loops before them (one thread, three builds of
+# each): in float32 11-21% faster at C = 5 to 7, 6-8% at 9 to 12 (two threads at 65536 x 10: 6-7%),
+# level at C = 2, 4 and 13 to 32 within the 3% by which where the code lies moves them; in float64
+# 2-3% faster at C = 5 and 6, level elsewhere.
 TRANSPOSE_LANES = {"float32": 8, "float64": 4}
 # Choices that differ by type (one thread, AMD EPYC, AVX2).  The lanes take the target's logit
 # by one gather a lane in float64 (4-5% faster at C = 4 and 10), by a select in each class's
@@ -107,6 +112,9 @@ TRANSPOSE_LANES = {"float32": 8, "float64": 4}
 # The lanes' exp loop is staged (see staged) in float64: 10% faster at C = 4 to 32; in float32
 # it was level (0.99-1.0).
 LANE_STAGED_EXP = {"float32": False, "float64": True}
+# Below a vector's width of classes two strips (strip_shuffles) move a segment in float32: 11-21%
+# faster at C = 5 to 7 than the element loop of that class count; in float64 (C = 3) 3.4% slower.
+SHORT_STRIPS = {"float32": True, "float64": False}
 LANE_TARGET_GATHER = {"float32": False, "float64": True}
 ROW_PREFETCH = {"float32": True, "float64": False}
 
@@ -460,6 +468,53 @@ def _half_transpose_context(lanes: int) -> dict:
     return {"permutation": permutation, "inverse": inverse, "stages": stages}
 
 
+def _interleave_stage(lanes: int, vectors: int, group: int) -> tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...]:
+    """One stage of shuffles over `vectors` vectors of `lanes` elements: each pair (i, i + group),
+    bit `group` of i clear, interleaves groups of `group` elements within each half of the
+    vectors: low takes the first halves' groups of both (the 128-bit unpacklo / shufps pattern in
+    float32, unpcklpd in float64), high the second halves'.  Entries as :func:`_swap_stage`'s."""
+    half = lanes // 2
+    low_starts = [h + s for h in (0, half) for s in range(0, half // 2, group)]
+    high_starts = [start + half // 2 for start in low_starts]
+
+    def interleave(starts: list[int]) -> tuple[int, ...]:
+        order: list[int] = []
+        for h in (0, half):
+            for start in (s for s in starts if h <= s < h + half):
+                order += [*range(start, start + group), *range(lanes + start, lanes + start + group)]
+        return tuple(order)
+
+    return tuple((i, i + group, interleave(low_starts), interleave(high_starts))
+                 for i in range(vectors) if not i & group)
+
+
+def strip_shuffles(lanes: int) -> tuple[tuple[tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...], ...], tuple[int, ...]]:
+    """The shuffles of a strip: `lanes` rows of `lanes // 2` classes, from `lanes // 2` vectors of
+    which vector k holds rows k and k + lanes // 2 (element e: class e mod lanes // 2), to one
+    vector a class holding the rows in order; and where each class ends: class c in vector
+    order[c].
+
+    Each half of the vectors is a square of `lanes // 2` rows by `lanes // 2` classes, transposed
+    by stages that interleave ever larger groups (:func:`_interleave_stage`): in float32 the 128-bit
+    unpack and shufps patterns, 7-8% faster at C = 5 and 7 than stages that swap index bits, level
+    at 10 and 12.  The
+    same stages on one vector a class (class c in vector c) give the rows back, row k and row
+    k + lanes // 2 in vector order[k]: a transpose undoes itself.
+    """
+    _check_lanes(lanes)
+    half = lanes // 2
+    stages = tuple(_interleave_stage(lanes, half, 1 << b) for b in range(half.bit_length() - 1))
+    vectors = [[(k + h, c) for h in (0, half) for c in range(half)] for k in range(half)]
+    for stage in stages:
+        shuffled = list(vectors)
+        for i, k, low, high in stage:
+            pair = vectors[i] + vectors[k]
+            shuffled[i], shuffled[k] = [pair[e] for e in low], [pair[e] for e in high]
+        vectors = shuffled
+    order = tuple(next(v for v, vector in enumerate(vectors) if vector[0][1] == c) for c in range(half))
+    return stages, order
+
+
 def lane_context(dtype: str) -> dict:
     """What lanes.c.j2's tile transposes and a segment's lanes need of ``dtype``."""
     return {
@@ -472,6 +527,8 @@ def lane_context(dtype: str) -> dict:
         "transpose_lanes": TRANSPOSE_LANES[dtype],
         "transpose_stages": transpose_stages(TRANSPOSE_LANES[dtype]),
         "half_transpose": _half_transpose_context(TRANSPOSE_LANES[dtype]),
+        "strip": dict(zip(("stages", "order"), strip_shuffles(TRANSPOSE_LANES[dtype]))),
+        "short_strips": SHORT_STRIPS[dtype],
     }
 
 
