@@ -95,14 +95,16 @@ TRANSPOSE_CASES = 32
 # this many classes up: one 256-bit vector a row.  In float32 (AMD EPYC, AVX2) they ran 2.5x to
 # 4.5x faster than gcc's code for the element loops at 8 <= C <= 32, which took a third of the
 # kernel's time at C = 10.  128-bit squares below 8 classes made the kernel 4% slower at C = 4:
-# the lane loops' wider loads then span two of their stores.  A strip of half a vector's classes
-# (4 in float32, 2 in float64) moves a vector's width of rows in whole vectors too
-# (strip_shuffles), from half a vector's classes up: two strips below a vector's width of classes,
-# and a strip rather than a second, overlapping square where at most half a vector's classes
-# are left over.  Against the squares and element loops before them (one thread, three builds of
-# each): in float32 11-21% faster at C = 5 to 7, 6-8% at 9 to 12 (two threads at 65536 x 10: 6-7%),
-# level at C = 2, 4 and 13 to 32 within the 3% by which where the code lies moves them; in float64
-# 2-3% faster at C = 5 and 6, level elsewhere.
+# the lane loops' wider loads then span two of their stores.  At half a vector's classes (4 in
+# float32, 2 in float64) a vector's width of rows moves in whole vectors too (half_transpose):
+# 6-7% faster at 262144 x 4 than gcc's code for the loop of that class count.  Above that, a
+# strip of a vector's width of rows by half a vector's classes (strip_shuffles) moves what the
+# squares leave where that is at most half a vector's classes, rather than a second, overlapping
+# square, and two strips move fewer classes than a vector's width (SHORT_STRIPS).  Against the
+# squares and element loops before them (one thread, three builds of each): in float32 11-21%
+# faster at C = 5 to 7, 6-8% at 9 to 12 (two threads at 65536 x 10: 6-7%), level at C = 2, 4 and
+# 13 to 32 within the 3% by which where the code lies moves them; in float64 2-3% faster at C = 5
+# and 6, level elsewhere.
 TRANSPOSE_LANES = {"float32": 8, "float64": 4}
 # Choices that differ by type (one thread, AMD EPYC, AVX2).  The lanes take the target's logit
 # by one gather a lane in float64 (4-5% faster at C = 4 and 10), by a select in each class's
@@ -497,9 +499,8 @@ def strip_shuffles(lanes: int) -> tuple[tuple[tuple[tuple[int, int, tuple[int, .
     Each half of the vectors is a square of `lanes // 2` rows by `lanes // 2` classes, transposed
     by stages that interleave ever larger groups (:func:`_interleave_stage`): in float32 the 128-bit
     unpack and shufps patterns, 7-8% faster at C = 5 and 7 than stages that swap index bits, level
-    at 10 and 12.  The
-    same stages on one vector a class (class c in vector c) give the rows back, row k and row
-    k + lanes // 2 in vector order[k]: a transpose undoes itself.
+    at 10 and 12.  The same stages on one vector a class (class c in vector c) give the rows back,
+    row k and row k + lanes // 2 in vector order[k]: a transpose undoes itself.
     """
     _check_lanes(lanes)
     half = lanes // 2
