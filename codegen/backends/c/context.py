@@ -114,11 +114,11 @@ TRANSPOSE_LANES = {"float32": 8, "float64": 4}
 # The lanes' exp loop is staged (see staged) in float64: 10% faster at C = 4 to 32; in float32
 # it was level (0.99-1.0).
 LANE_STAGED_EXP = {"float32": False, "float64": True}
+LANE_TARGET_GATHER = {"float32": False, "float64": True}
+ROW_PREFETCH = {"float32": True, "float64": False}
 # Below a vector's width of classes two strips (strip_shuffles) move a segment in float32: 11-21%
 # faster at C = 5 to 7 than the element loop of that class count; in float64 (C = 3) 3.4% slower.
 SHORT_STRIPS = {"float32": True, "float64": False}
-LANE_TARGET_GATHER = {"float32": False, "float64": True}
-ROW_PREFETCH = {"float32": True, "float64": False}
 
 # Names the template itself declares before a group is evaluated.
 _ELEMENT_INPUTS = {"logit", "transformed", "weight", "target_prob", "row_max", "num_classes",
@@ -504,15 +504,11 @@ def strip_shuffles(lanes: int) -> tuple[tuple[tuple[tuple[int, int, tuple[int, .
     """
     _check_lanes(lanes)
     half = lanes // 2
-    stages = tuple(_interleave_stage(lanes, half, 1 << b) for b in range(half.bit_length() - 1))
-    vectors = [[(k + h, c) for h in (0, half) for c in range(half)] for k in range(half)]
-    for stage in stages:
-        shuffled = list(vectors)
-        for i, k, low, high in stage:
-            pair = vectors[i] + vectors[k]
-            shuffled[i], shuffled[k] = [pair[e] for e in low], [pair[e] for e in high]
-        vectors = shuffled
-    order = tuple(next(v for v, vector in enumerate(vectors) if vector[0][1] == c) for c in range(half))
+    bits = half.bit_length() - 1
+    stages = tuple(_interleave_stage(lanes, half, 1 << b) for b in range(bits))
+    # Each stage moves one bit of the class index into the vector index, the lowest first, to the
+    # vector index's lowest free bit: class c ends in the vector of c's bits reversed.
+    order = tuple(int(f"{c:0{bits}b}"[::-1], 2) if bits else 0 for c in range(half))
     return stages, order
 
 
