@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import re
 import subprocess
+import time
 
 import pytest
 from conftest import C_SOURCE
@@ -19,6 +20,7 @@ void note(int threads, double region_seconds, double fastest_rate, int64_t segme
 int team(int wanted, int64_t elements) { return gs_team_threads(wanted, elements); }
 int64_t serial_left(void) { return gs_serial_elements; }
 int64_t budget(void) { return gs_serial_budget; }
+double thread_seconds(void) { return gs_thread_seconds(); }
 """
 # 1 s against 20 segments at 0.1 s each for the fastest thread (2 s alone), of 1000 elements:
 # few enough that the run a late region asks for is never above the shortest.
@@ -53,6 +55,7 @@ def rule(tmp_path):
                          ctypes.c_int64]
     lib.team.argtypes = [ctypes.c_int, ctypes.c_int64]
     lib.serial_left.restype = lib.budget.restype = ctypes.c_int64
+    lib.thread_seconds.restype = ctypes.c_double
     return lib
 
 
@@ -124,3 +127,16 @@ def test_a_retry_only_a_little_late_doubles_the_run(rule):
     _run_out(rule, least)
     rule.note(2, 2.1, 0.1, 20, least)  # 5% over one thread's time: a thread slow to wake
     assert rule.serial_left() == 2 * least
+
+
+def test_a_threads_rate_is_its_processor_time_not_the_wall_clock(rule):
+    """A thread whose core another process takes loses wall time, not processor time: asleep
+    here, as preempted there, its clock stands still."""
+    start = rule.thread_seconds()
+    time.sleep(0.3)
+    slept = rule.thread_seconds() - start
+    start, until = rule.thread_seconds(), time.perf_counter() + 0.3
+    while time.perf_counter() < until:
+        pass
+    spun = rule.thread_seconds() - start
+    assert slept < 0.05 and spun > 0.05, (slept, spun)

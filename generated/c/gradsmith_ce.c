@@ -6,6 +6,7 @@
  * ABI: int gs_ce_index_{f32,f64}, gs_ce_probs_{f32,f64}; status codes GS_OK=0, GS_ERR_NULL_POINTER=1, GS_ERR_SHAPE=2, GS_ERR_TARGET=3, GS_ERR_PARAMS=4, GS_ERR_CUDA=5
  * Regenerate with: gradsmith generate
  */
+#define _POSIX_C_SOURCE 200809L
 #include "gradsmith_ce.h"
 
 #include <float.h>
@@ -16,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #define GS_CHUNK 512
 #define GS_STORED_CHUNKS 4096
@@ -54,9 +56,24 @@
 #define GS_PARALLEL _Pragma("omp parallel num_threads(gs_threads) if (gs_threads > 1)")
 #define GS_FOR_SEGMENTS _Pragma("omp for schedule(dynamic, gs_chunk_segments) nowait")
 
+/* Seconds of processor time this thread has run: a thread whose core another process shares
+   runs slower by the wall clock, not by this one.  Wall time where the system has no such clock. */
+static double gs_thread_seconds(void)
+{
+#ifdef CLOCK_THREAD_CPUTIME_ID
+    struct timespec now;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now) == 0) {
+        return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+    }
+#endif
+    return omp_get_wtime();
+}
+
 /* Elements left to run on one thread, and how many the next such run gets.  A region that
-   took longer than its fastest thread alone would have (that thread's time per segment times
-   all segments) waited for threads whose cores are taken, or that were slow to wake.  After
+   took longer than its fastest thread alone would have (that thread's processor time per segment
+   times all segments) waited for threads whose cores are taken, or that were slow to wake.
+   Processor time, not the wall clock's: a thread whose core another process shares is slowed
+   itself, and by its wall time a region twice one thread's time looked on time.  After
    GS_LATE_REGIONS such regions in a row the next gs_serial_budget elements run on one thread,
    then the team is tried again.  If that first team region is late too, one thread goes on at
    once, for twice the budget (up to GS_LATE_TEAM_SERIAL_MAX) and at least
@@ -1926,7 +1943,8 @@ static int gs_rows_index_f32(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -1938,6 +1956,9 @@ static int gs_rows_index_f32(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -1985,7 +2006,7 @@ static int gs_rows_index_f32(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -2588,7 +2609,8 @@ static int gs_rows_index_softcap_f32(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -2600,6 +2622,9 @@ static int gs_rows_index_softcap_f32(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -2647,7 +2672,7 @@ static int gs_rows_index_softcap_f32(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -3397,7 +3422,8 @@ static int gs_rows_index_weighted_f32(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -3409,6 +3435,9 @@ static int gs_rows_index_weighted_f32(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -3458,7 +3487,7 @@ static int gs_rows_index_weighted_f32(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -4067,7 +4096,8 @@ static int gs_rows_index_weighted_softcap_f32(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -4079,6 +4109,9 @@ static int gs_rows_index_weighted_softcap_f32(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -4128,7 +4161,7 @@ static int gs_rows_index_weighted_softcap_f32(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -4653,7 +4686,8 @@ static int gs_rows_probs_f32(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -4665,6 +4699,9 @@ static int gs_rows_probs_f32(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -4710,7 +4747,7 @@ static int gs_rows_probs_f32(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -5156,7 +5193,8 @@ static int gs_rows_probs_softcap_f32(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -5168,6 +5206,9 @@ static int gs_rows_probs_softcap_f32(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -5213,7 +5254,7 @@ static int gs_rows_probs_softcap_f32(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -5750,7 +5791,8 @@ static int gs_rows_probs_weighted_f32(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -5762,6 +5804,9 @@ static int gs_rows_probs_weighted_f32(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -5809,7 +5854,7 @@ static int gs_rows_probs_weighted_f32(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -6264,7 +6309,8 @@ static int gs_rows_probs_weighted_softcap_f32(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -6276,6 +6322,9 @@ static int gs_rows_probs_weighted_softcap_f32(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -6323,7 +6372,7 @@ static int gs_rows_probs_weighted_softcap_f32(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -7813,7 +7862,8 @@ static int gs_rows_index_f64(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -7825,6 +7875,9 @@ static int gs_rows_index_f64(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -7872,7 +7925,7 @@ static int gs_rows_index_f64(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -8446,7 +8499,8 @@ static int gs_rows_index_softcap_f64(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -8458,6 +8512,9 @@ static int gs_rows_index_softcap_f64(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -8505,7 +8562,7 @@ static int gs_rows_index_softcap_f64(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -9233,7 +9290,8 @@ static int gs_rows_index_weighted_f64(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -9245,6 +9303,9 @@ static int gs_rows_index_weighted_f64(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -9294,7 +9355,7 @@ static int gs_rows_index_weighted_f64(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -9874,7 +9935,8 @@ static int gs_rows_index_weighted_softcap_f64(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -9886,6 +9948,9 @@ static int gs_rows_index_weighted_softcap_f64(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -9935,7 +10000,7 @@ static int gs_rows_index_weighted_softcap_f64(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -10443,7 +10508,8 @@ static int gs_rows_probs_f64(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -10455,6 +10521,9 @@ static int gs_rows_probs_f64(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -10500,7 +10569,7 @@ static int gs_rows_probs_f64(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -10925,7 +10994,8 @@ static int gs_rows_probs_softcap_f64(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -10937,6 +11007,9 @@ static int gs_rows_probs_softcap_f64(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -10982,7 +11055,7 @@ static int gs_rows_probs_softcap_f64(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -11502,7 +11575,8 @@ static int gs_rows_probs_weighted_f64(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -11514,6 +11588,9 @@ static int gs_rows_probs_weighted_f64(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -11561,7 +11638,7 @@ static int gs_rows_probs_weighted_f64(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -11995,7 +12072,8 @@ static int gs_rows_probs_weighted_softcap_f64(
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -12007,6 +12085,9 @@ static int gs_rows_probs_weighted_softcap_f64(
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -12054,7 +12135,7 @@ static int gs_rows_probs_weighted_softcap_f64(
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;

@@ -6,6 +6,7 @@
  * ABI: C99; int gs_distill_kl_f32/f64(logits, second, target, alpha, n_rows, n_classes, options, ignore_index, grad_scale, row_loss, dlogits, bad_row); status codes GS_OK=0, NULL_POINTER=1, SHAPE=2, TARGET=3, PARAMS=4
  * Regenerate with: gradsmith generate
  */
+#define _POSIX_C_SOURCE 200809L
 #include "gradsmith_ce.h"
 
 #include <math.h>
@@ -15,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 /* The team of threads as cross-entropy's (see team_functions in macros.c.j2). */
 #define GS_PARALLEL_MIN_ELEMENTS 32768
@@ -38,9 +40,24 @@
 #define GS_PARALLEL _Pragma("omp parallel num_threads(gs_threads) if (gs_threads > 1)")
 #define GS_FOR_SEGMENTS _Pragma("omp for schedule(dynamic, gs_chunk_segments) nowait")
 
+/* Seconds of processor time this thread has run: a thread whose core another process shares
+   runs slower by the wall clock, not by this one.  Wall time where the system has no such clock. */
+static double gs_thread_seconds(void)
+{
+#ifdef CLOCK_THREAD_CPUTIME_ID
+    struct timespec now;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now) == 0) {
+        return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+    }
+#endif
+    return omp_get_wtime();
+}
+
 /* Elements left to run on one thread, and how many the next such run gets.  A region that
-   took longer than its fastest thread alone would have (that thread's time per segment times
-   all segments) waited for threads whose cores are taken, or that were slow to wake.  After
+   took longer than its fastest thread alone would have (that thread's processor time per segment
+   times all segments) waited for threads whose cores are taken, or that were slow to wake.
+   Processor time, not the wall clock's: a thread whose core another process shares is slowed
+   itself, and by its wall time a region twice one thread's time looked on time.  After
    GS_LATE_REGIONS such regions in a row the next gs_serial_budget elements run on one thread,
    then the team is tried again.  If that first team region is late too, one thread goes on at
    once, for twice the budget (up to GS_LATE_TEAM_SERIAL_MAX) and at least
@@ -2409,7 +2426,8 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -2421,6 +2439,9 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -2438,7 +2459,7 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
@@ -2487,7 +2508,8 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
         const int gs_threads = 1;
 #endif
         const int64_t gs_chunk_segments = GS_PARALLEL_CHUNK_ELEMENTS / (GS_SEGMENT_ROWS * n_classes) + 1;
-        /* Seconds per segment of the team's fastest thread, or 0 before one has finished. */
+        /* Processor seconds per segment of the team's fastest thread, or 0 before one has
+           finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
         const double gs_start = omp_get_wtime();
@@ -2499,6 +2521,9 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
         GS_PARALLEL
         {
         int64_t gs_segments_done = 0;
+#ifdef _OPENMP
+        const double gs_thread_start = gs_thread_seconds();
+#endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
             ++gs_segments_done;
@@ -2516,7 +2541,7 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
         }
 #ifdef _OPENMP
         if (gs_segments_done > 0) {
-            const double gs_rate = (omp_get_wtime() - gs_start) / (double)gs_segments_done;
+            const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
                 gs_fastest_rate = gs_rate;
