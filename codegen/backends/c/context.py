@@ -415,8 +415,12 @@ def _fast_tanh(dtype: str) -> dict:
             **_printed_steps("tanh", approx, printer, {"x"})}
 
 
-def _swap_stage(lanes: int, vectors: int, vector_bit: int,
-                element_bit: int) -> tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...]:
+# A stage's shuffle of one pair of vectors, (i, j, low, high): see _swap_stage.
+Shuffle = tuple[int, int, tuple[int, ...], tuple[int, ...]]
+Stage = tuple[Shuffle, ...]
+
+
+def _swap_stage(lanes: int, vectors: int, vector_bit: int, element_bit: int) -> Stage:
     """One stage of shuffles over `vectors` vectors of `lanes` elements: each pair (i, i +
     vector_bit), bit `vector_bit` of i clear, swaps bit `element_bit` of the element index with
     bit `vector_bit` of the vector index.  Each entry is (i, i + vector_bit, low, high): the new
@@ -436,7 +440,7 @@ def _check_lanes(lanes: int) -> None:
         raise ValueError(f"lanes must be a power of two >= 2, got {lanes}")
 
 
-def transpose_stages(lanes: int) -> tuple[tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...], ...]:
+def transpose_stages(lanes: int) -> tuple[Stage, ...]:
     """The shuffles that transpose a square of `lanes` vectors, `lanes` elements each.
 
     Stage h (1, 2, 4, ...) swaps bit h of the row and the column index of every element whose
@@ -447,7 +451,7 @@ def transpose_stages(lanes: int) -> tuple[tuple[tuple[int, int, tuple[int, ...],
     return tuple(_swap_stage(lanes, lanes, 1 << b, 1 << b) for b in range(lanes.bit_length() - 1))
 
 
-def half_transpose(lanes: int) -> tuple[tuple[int, ...], tuple[tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...], ...]]:
+def half_transpose(lanes: int) -> tuple[tuple[int, ...], tuple[Stage, ...]]:
     """The shuffles that take `lanes` rows of `lanes // 2` classes, stored back to back in
     `lanes // 2` vectors (two rows each), to one vector a class holding the rows in order.
 
@@ -470,7 +474,7 @@ def _half_transpose_context(lanes: int) -> dict:
     return {"permutation": permutation, "inverse": inverse, "stages": stages}
 
 
-def _interleave_stage(lanes: int, vectors: int, group: int) -> tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...]:
+def _interleave_stage(lanes: int, vectors: int, group: int) -> Stage:
     """One stage of shuffles over `vectors` vectors of `lanes` elements: each pair (i, i + group),
     bit `group` of i clear, interleaves groups of `group` elements within each half of the
     vectors: low takes the first halves' groups of both (the 128-bit unpacklo / shufps pattern in
@@ -490,7 +494,7 @@ def _interleave_stage(lanes: int, vectors: int, group: int) -> tuple[tuple[int, 
                  for i in range(vectors) if not i & group)
 
 
-def strip_shuffles(lanes: int) -> tuple[tuple[tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...], ...], tuple[int, ...]]:
+def strip_shuffles(lanes: int) -> tuple[tuple[Stage, ...], tuple[int, ...]]:
     """The shuffles of a strip: `lanes` rows of `lanes // 2` classes, from `lanes // 2` vectors of
     which vector k holds rows k and k + lanes // 2 (element e: class e mod lanes // 2), to one
     vector a class holding the rows in order; and where each class ends: class c in vector
