@@ -25,7 +25,7 @@ from gradsmith.codegen.arguments import (
     real,
 )
 from gradsmith.codegen.backends.cuda.printer import STORAGE
-from gradsmith.codegen.native import Status, address, content_key
+from gradsmith.codegen.native import Status, address, content_key, empty_rows
 from gradsmith.codegen.row_loss import C_ARGUMENTS, DTYPES, SUFFIXES, c_path, numpy_path
 from gradsmith.derive.row_loss import LossDefinition
 
@@ -182,7 +182,7 @@ def bind_c(library: ctypes.CDLL, definition: LossDefinition, dtype: str) -> Call
         logits = np.ascontiguousarray(logits)
         second = None if second is None else np.ascontiguousarray(second)
         n_rows, n_classes = logits.shape
-        dlogits = np.empty_like(logits)
+        dlogits = empty_rows(logits.shape, logits.dtype, address(logits))
         row_losses = np.empty(n_rows, dtype=dtype)
         options = np.asarray(values or [0.0], dtype=np.float64)
         bad_row = ctypes.c_int64(-1)

@@ -530,6 +530,30 @@ def test_in_place_reads_each_target_before_its_chunk_is_written(dtype):
                                rtol=1e-5 if dtype == "float32" else 1e-12)
 
 
+def _placed(values: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of ``values`` whose data starts ``offset`` bytes into a 64-byte cache line."""
+    block = np.empty(values.size + 64 // values.itemsize, dtype=values.dtype)
+    start = (offset - address(block)) % 64 // values.itemsize
+    placed = block[start:start + values.size].reshape(values.shape)
+    placed[...] = values
+    return placed
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offset", [0, 16, 32, 48])
+def test_a_fresh_gradient_lies_as_far_into_a_cache_line_as_its_logits(dtype, offset):
+    f = runtime.load(dtype)
+    rng = np.random.default_rng(8)
+    values, target, _ = _inputs(rng, dtype, 40, 1000, False)
+    logits = _placed(values, offset)
+    loss, dlogits = f(logits, target)
+    assert address(logits) % 64 == offset and address(dlogits) % 64 == offset
+    assert dlogits.shape == values.shape and dlogits.flags.c_contiguous and dlogits.flags.writeable
+    out = np.empty_like(values)
+    expected = f(values, target, out=out)
+    assert loss == expected[0] and np.array_equal(dlogits, out)
+
+
 def test_serial_and_parallel_builds_agree_bitwise(tmp_path):
     serial = runtime.bind(_strict_build(tmp_path, openmp=False), "float32")
     parallel = runtime.bind(_strict_build(tmp_path, openmp=True), "float32")

@@ -384,3 +384,25 @@ def test_torch_thread_count_is_honoured(monkeypatch):
 def test_bad_arguments_name_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("offset", [0, 16, 48])
+def test_a_large_fresh_gradient_lies_as_far_into_a_cache_line_as_its_logits(dtype, offset):
+    """Past 4 MiB the gradient comes from NumPy, which starts large blocks 16 bytes into a line
+    where torch starts its own on one."""
+    n_rows, n_classes = 1100, 1000
+    size = torch.tensor([], dtype=dtype).element_size()
+    block = torch.randn(n_rows * n_classes + 64 // size, dtype=dtype)
+    start = (offset - block.data_ptr()) % 64 // size
+    logits = block[start:start + n_rows * n_classes].view(n_rows, n_classes)
+    assert logits.nbytes >= kernel_module._HUGE_PAGE_BYTES and logits.data_ptr() % 64 == offset
+    target = torch.randint(0, n_classes, (n_rows,))
+    loss, dlogits, _ = kernel_module.fused_cross_entropy(logits, target)
+    assert dlogits.data_ptr() % 64 == offset and dlogits.is_contiguous()
+    reference = logits.double().requires_grad_()
+    expected = F.cross_entropy(reference, target)
+    expected.backward()
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(loss.double(), expected.detach(), rtol=tolerance, atol=0)
+    torch.testing.assert_close(dlogits.double(), reference.grad, rtol=0, atol=tolerance / n_rows)

@@ -16,7 +16,7 @@ from gradsmith.codegen.abi import SUFFIXES
 from gradsmith.codegen.arguments import bad_target_message, prepare_call
 from gradsmith.codegen.backends.c import build
 from gradsmith.codegen.backends.c.context import DTYPES
-from gradsmith.codegen.native import Status, address, call_params
+from gradsmith.codegen.native import Status, address, call_params, empty_rows
 
 
 def _rows(name: str, array: np.ndarray, inplace: bool = False) -> tuple[np.ndarray, int]:
@@ -71,12 +71,13 @@ def bind(library: ctypes.CDLL, dtype: str) -> Callable:
                             backend_dtypes=DTYPES, **options)
         n_rows, n_classes = call.n_rows, call.n_classes
         logits_array, logits_stride = _rows("logits", call.logits, call.inplace)
+        logits_address = address(logits_array)
         if call.inplace:
             dlogits, dlogits_stride = logits_array, logits_stride
         elif call.out is not None:
             dlogits, dlogits_stride = _rows("out", call.out, inplace=True)
         else:
-            dlogits = np.empty((n_rows, n_classes), dtype=dtype)
+            dlogits = empty_rows((n_rows, n_classes), dtype, logits_address)
             dlogits_stride = n_classes
         loss = np.empty(n_rows if call.reduction == "none" else 1, dtype=dtype)
         lse = np.empty(n_rows, dtype=dtype) if call.return_lse else None
@@ -94,7 +95,7 @@ def bind(library: ctypes.CDLL, dtype: str) -> Callable:
         if call.target_kind == "index":
             targets = _aligned(call.target)
             status = index_kernel(
-                address(logits_array), logits_stride,
+                logits_address, logits_stride,
                 address(targets), common["weight"], n_rows, n_classes,
                 ctypes.byref(params), common["grad_output"], common["loss"], common["dlogits"],
                 dlogits_stride, common["lse"], ctypes.byref(bad_row),
@@ -102,7 +103,7 @@ def bind(library: ctypes.CDLL, dtype: str) -> Callable:
         else:
             targets, targets_stride = _rows("target", call.target)
             status = probs_kernel(
-                address(logits_array), logits_stride, address(targets),
+                logits_address, logits_stride, address(targets),
                 targets_stride, common["weight"], n_rows, n_classes, ctypes.byref(params),
                 common["grad_output"], common["loss"], common["dlogits"], dlogits_stride,
                 common["lse"],
