@@ -50,8 +50,8 @@ def empty_rows(shape: tuple[int, ...], dtype, like_address: int) -> np.ndarray:
     """An uninitialised C-contiguous array of ``shape`` for a gradient the kernels write, its
     data as far into a cache line as the logits' (at ``like_address``).  NumPy starts a large
     block 16 bytes into a line and torch at a line's start; a fresh gradient placed otherwise than
-    its logits took 3-7% longer at 4096 x 32000, 1024 x 131072 and 8192 x 1000 (float32, AMD EPYC
-    Zen 4, two threads), but at 8192 x 1000 with logits 16 bytes in (3% faster on a line)."""
+    its logits took 3-8% longer at 4096 x 32000, 1024 x 131072 and 8192 x 1000 (float32, AMD EPYC
+    Zen 4, two threads), except at 8192 x 1000 with logits 16 bytes in (3% faster on a line)."""
     dtype = np.dtype(dtype)
     count = math.prod(shape)
     block = np.empty(count + CACHE_LINE_BYTES // dtype.itemsize, dtype=dtype)
