@@ -155,7 +155,7 @@ static void gs_note_team(int threads, double region_seconds, double fastest_rate
 /* Rows of up to GS_SHORT_CLASSES_* classes go GS_SEGMENT_ROWS at a time through a tile stored
    class-major, one row per lane (as the cross-entropy kernels' short rows), so that every loop,
    the row values' included, runs over the lanes as a vector. */
-#define GS_SEGMENT_ROWS 32
+#define GS_SEGMENT_ROWS 64
 #define GS_SHORT_CLASSES_F32 32
 #define GS_SHORT_CLASSES_F64 16
 #if defined(_OPENMP) || defined(GS_OPENMP_SIMD)
