@@ -182,11 +182,12 @@ def bind_c(library: ctypes.CDLL, definition: LossDefinition, dtype: str) -> Call
         logits = np.ascontiguousarray(logits)
         second = None if second is None else np.ascontiguousarray(second)
         n_rows, n_classes = logits.shape
-        dlogits = empty_rows(logits.shape, logits.dtype, address(logits))
+        logits_address = address(logits)
+        dlogits = empty_rows(logits.shape, logits.dtype, logits_address)
         row_losses = np.empty(n_rows, dtype=dtype)
         options = np.asarray(values or [0.0], dtype=np.float64)
         bad_row = ctypes.c_int64(-1)
-        status = function(address(logits), address(second), address(target), address(alpha),
+        status = function(logits_address, address(second), address(target), address(alpha),
                           n_rows, n_classes, address(options), ignore_index, address(scale),
                           address(row_losses), address(dlogits), ctypes.byref(bad_row))
         if status != Status.OK:
