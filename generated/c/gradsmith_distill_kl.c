@@ -12,6 +12,7 @@
 #include <math.h>
 #ifdef _OPENMP
 #include <omp.h>
+#include <pthread.h>
 #endif
 #include <stddef.h>
 #include <stdint.h>
@@ -74,11 +75,28 @@ static int64_t gs_serial_budget = GS_LATE_TEAM_SERIAL_MIN;
 static int gs_late_regions;
 static int gs_retrying; /* the next team region is the first after a run on one thread */
 
+/* A forked child has only the thread that called fork(), while libgomp still counts the
+   parent's team as its own: the child's first parallel region waited for those threads forever.
+   So a forked child runs every call on its own thread. */
+static int gs_forked_child;
+static pthread_once_t gs_fork_watch = PTHREAD_ONCE_INIT;
+
+static void gs_note_fork(void)
+{
+    gs_forked_child = 1;
+}
+
+static void gs_watch_fork(void)
+{
+    pthread_atfork(NULL, NULL, gs_note_fork);
+}
+
 static int gs_team_threads(int wanted, int64_t elements)
 {
     int64_t left;
-    if (wanted <= 1) {
-        return wanted;
+    pthread_once(&gs_fork_watch, gs_watch_fork);
+    if (wanted <= 1 || gs_forked_child) {
+        return wanted < 1 ? wanted : 1;
     }
 #pragma omp atomic read
     left = gs_serial_elements;

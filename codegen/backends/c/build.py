@@ -52,7 +52,8 @@ BASE_FLAGS = (
 # Flags that only GCC knows: other compilers (Clang, Apple's cc) build without them.
 GCC_ONLY_FLAGS = ("-fno-tree-loop-distribute-patterns", "-falign-loops=64", "-fschedule-insns",
                   "-fsched-pressure")
-OPENMP_FLAGS = ("-fopenmp",)
+# -pthread: pthread_atfork (see team_functions in macros.c.j2).
+OPENMP_FLAGS = ("-fopenmp", "-pthread")
 # Without the OpenMP runtime, its SIMD pragmas alone (the chunk sums' vectorisation).
 SIMD_FLAGS = ("-fopenmp-simd", "-DGS_OPENMP_SIMD")
 

@@ -1,0 +1,158 @@
+"""The C kernels' team of OpenMP threads: calls from several Python threads at once, a forked
+child, how many threads a call starts (as many as OpenMP allows, less the caller), and that idle
+ones sleep.  Results are compared bit for bit with one call at a time on one thread: the team
+changes who runs a segment, never what it computes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradsmith.codegen.backends.c import build, runtime
+from gradsmith.codegen.loading import load
+
+# 655360 elements: a team of up to 20 threads, in 1024 segments of 64 rows.
+SHAPE = (65536, 10)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    try:
+        return load("c", "float32")
+    except (OSError, RuntimeError) as error:
+        pytest.skip(f"no C kernels here: {error}")
+
+
+def _inputs(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    logits = (3 * rng.standard_normal(SHAPE)).astype(np.float32)
+    return logits, rng.integers(0, SHAPE[1], SHAPE[0])
+
+
+def _serial(seed: int, reduction: str) -> tuple[np.ndarray, np.ndarray]:
+    serial = runtime.bind(build.load_library(build.build(openmp=False)), "float32")
+    return serial(*_inputs(seed), reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_calls_from_several_threads_at_once_match_one_thread_bitwise(kernel, reduction):
+    expected = {seed: _serial(seed, reduction) for seed in range(4)}
+    failures: list[str] = []
+
+    def calls(seed: int) -> None:
+        logits, target = _inputs(seed)
+        for _ in range(12):
+            loss, dlogits = kernel(logits, target, reduction=reduction)
+            if not (np.array_equal(loss, expected[seed][0])
+                    and np.array_equal(dlogits, expected[seed][1])):
+                failures.append(f"inputs {seed}")
+                return
+
+    threads = [threading.Thread(target=calls, args=(seed,)) for seed in expected]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a call never returned"
+    assert not failures, failures
+
+
+FORK = """
+import os, signal, numpy as np
+from gradsmith.codegen.loading import load
+kernel = load("c", "float32")
+rng = np.random.default_rng(1)
+logits = (3 * rng.standard_normal((65536, 10))).astype(np.float32)
+target = rng.integers(0, 10, 65536)
+kernel(logits, target)  # the parent's team runs now
+read, write = os.pipe()
+child = os.fork()
+if child == 0:
+    signal.alarm(60)  # a child stuck in a parallel region ends here
+    before = len(os.listdir("/proc/self/task"))
+    loss, dlogits = kernel(logits, target)
+    started = len(os.listdir("/proc/self/task")) - before
+    os.write(write, f"{started} {float(loss)!r} {float(np.abs(dlogits).sum(dtype=np.float64))!r}".encode())
+    os._exit(0)
+os.close(write)
+_, status = os.waitpid(child, 0)
+print(os.read(read, 200).decode(), status)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="fork with threads, /proc: Linux")
+def test_a_forked_child_runs_on_its_own_thread_and_gets_the_same_bits(kernel):
+    """libgomp's threads are not in a forked child, and its first parallel region there waited
+    for them forever: the child runs every call on the thread that forked (a fresh process, so
+    that the parent's first call surely used its team)."""
+    result = subprocess.run([sys.executable, "-c", FORK], env={**os.environ, "OMP_NUM_THREADS": "2"},
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    rng = np.random.default_rng(1)
+    logits = (3 * rng.standard_normal(SHAPE)).astype(np.float32)
+    serial = runtime.bind(build.load_library(build.build(openmp=False)), "float32")
+    loss, dlogits = serial(logits, rng.integers(0, SHAPE[1], SHAPE[0]))
+    parts = result.stdout.split()
+    assert len(parts) == 4 and parts[3] == "0", f"the forked child's call did not finish: {parts}"
+    started, child_loss, child_sum, _ = parts
+    assert (int(started), float(child_loss), float(child_sum)) == (
+        0, float(loss), float(np.abs(dlogits).sum(dtype=np.float64)))
+
+
+COUNT_THREADS = """
+import os, numpy as np
+from gradsmith.codegen.loading import load
+kernel = load("c", "float32")
+rng = np.random.default_rng(0)
+logits = rng.standard_normal((262144, 4)).astype(np.float32)
+target = rng.integers(0, 4, 262144)
+before = len(os.listdir("/proc/self/task"))
+counts = []
+for _ in range(5):
+    kernel(logits, target)
+    counts.append(len(os.listdir("/proc/self/task")) - before)
+print(*counts)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_call_starts_as_many_threads_as_openmp_allows_and_keeps_them(kernel, threads):
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    result = subprocess.run([sys.executable, "-c", COUNT_THREADS], env=environment,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(threads - 1)] * 5
+
+
+IDLE_HELPERS = """
+import os, time, numpy as np
+from gradsmith.codegen.loading import load
+kernel = load("c", "float32")
+rng = np.random.default_rng(0)
+logits = rng.standard_normal((262144, 4)).astype(np.float32)
+target = rng.integers(0, 4, 262144)
+before = set(os.listdir("/proc/self/task"))
+kernel(logits, target)
+helpers = set(os.listdir("/proc/self/task")) - before
+time.sleep(0.2)
+states = []
+for tid in sorted(helpers):
+    with open(f"/proc/self/task/{tid}/stat") as stat:
+        states.append(stat.read().rsplit(")", 1)[1].split()[0])
+print(*states)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread states in /proc")
+def test_idle_threads_sleep_instead_of_holding_their_cores(kernel):
+    environment = {**os.environ, "OMP_NUM_THREADS": "2"}
+    result = subprocess.run([sys.executable, "-c", IDLE_HELPERS], env=environment,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["S"], result.stdout
