@@ -28,6 +28,15 @@ def kernel():
         pytest.skip(f"no C kernels here: {error}")
 
 
+def _run(script: str, threads: int) -> list[str]:
+    """The words ``script`` prints, run in a fresh Python with ``threads`` OpenMP threads."""
+    result = subprocess.run([sys.executable, "-c", script],
+                            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
 def _inputs(seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     logits = (3 * rng.standard_normal(SHAPE)).astype(np.float32)
@@ -90,27 +99,25 @@ def test_a_forked_child_runs_on_its_own_thread_and_gets_the_same_bits(kernel):
     """libgomp's threads are not in a forked child, and its first parallel region there waited
     for them forever: the child runs every call on the thread that forked (a fresh process, so
     that the parent's first call surely used its team)."""
-    result = subprocess.run([sys.executable, "-c", FORK], env={**os.environ, "OMP_NUM_THREADS": "2"},
-                            capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    rng = np.random.default_rng(1)
-    logits = (3 * rng.standard_normal(SHAPE)).astype(np.float32)
-    serial = runtime.bind(build.load_library(build.build(openmp=False)), "float32")
-    loss, dlogits = serial(logits, rng.integers(0, SHAPE[1], SHAPE[0]))
-    parts = result.stdout.split()
+    parts = _run(FORK, 2)
+    loss, dlogits = _serial(1, "mean")  # the inputs FORK makes
     assert len(parts) == 4 and parts[3] == "0", f"the forked child's call did not finish: {parts}"
     started, child_loss, child_sum, _ = parts
     assert (int(started), float(child_loss), float(child_sum)) == (
         0, float(loss), float(np.abs(dlogits).sum(dtype=np.float64)))
 
 
-COUNT_THREADS = """
-import os, numpy as np
+# A fresh process's kernel and a call's worth of inputs (1048576 elements).
+PRELUDE = """
+import os, time, numpy as np
 from gradsmith.codegen.loading import load
 kernel = load("c", "float32")
 rng = np.random.default_rng(0)
 logits = rng.standard_normal((262144, 4)).astype(np.float32)
 target = rng.integers(0, 4, 262144)
+"""
+
+COUNT_THREADS = PRELUDE + """
 before = len(os.listdir("/proc/self/task"))
 counts = []
 for _ in range(5):
@@ -123,26 +130,16 @@ print(*counts)
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
 @pytest.mark.parametrize("threads", [1, 3])
 def test_a_call_starts_as_many_threads_as_openmp_allows_and_keeps_them(kernel, threads):
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    result = subprocess.run([sys.executable, "-c", COUNT_THREADS], env=environment,
-                            capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [str(threads - 1)] * 5
+    assert _run(COUNT_THREADS, threads) == [str(threads - 1)] * 5
 
 
-IDLE_HELPERS = """
-import os, time, numpy as np
-from gradsmith.codegen.loading import load
-kernel = load("c", "float32")
-rng = np.random.default_rng(0)
-logits = rng.standard_normal((262144, 4)).astype(np.float32)
-target = rng.integers(0, 4, 262144)
+IDLE_THREADS = PRELUDE + """
 before = set(os.listdir("/proc/self/task"))
 kernel(logits, target)
-helpers = set(os.listdir("/proc/self/task")) - before
+started = set(os.listdir("/proc/self/task")) - before
 time.sleep(0.2)
 states = []
-for tid in sorted(helpers):
+for tid in sorted(started):
     with open(f"/proc/self/task/{tid}/stat") as stat:
         states.append(stat.read().rsplit(")", 1)[1].split()[0])
 print(*states)
@@ -151,8 +148,4 @@ print(*states)
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread states in /proc")
 def test_idle_threads_sleep_instead_of_holding_their_cores(kernel):
-    environment = {**os.environ, "OMP_NUM_THREADS": "2"}
-    result = subprocess.run([sys.executable, "-c", IDLE_HELPERS], env=environment,
-                            capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["S"], result.stdout
+    assert _run(IDLE_THREADS, 2) == ["S"]
