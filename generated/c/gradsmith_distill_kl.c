@@ -95,8 +95,11 @@ static int gs_team_threads(int wanted, int64_t elements)
 {
     int64_t left;
     pthread_once(&gs_fork_watch, gs_watch_fork);
-    if (wanted <= 1 || gs_forked_child) {
-        return wanted < 1 ? wanted : 1;
+    if (wanted <= 1) {
+        return wanted;
+    }
+    if (gs_forked_child) {
+        return 1;
     }
 #pragma omp atomic read
     left = gs_serial_elements;
