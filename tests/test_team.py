@@ -1,7 +1,8 @@
 """The C kernels' team of OpenMP threads: calls from several Python threads at once, a forked
-child, how many threads a call starts (as many as OpenMP allows, less the caller), and that idle
-ones sleep.  Results are compared bit for bit with one call at a time on one thread: the team
-changes who runs a segment, never what it computes."""
+child, how many threads a call starts (as many as OpenMP allows, less the caller), that a team
+thread on the caller's processor moves off it, and that idle ones sleep.  Results are compared
+bit for bit with one call at a time on one thread: the team changes who runs a segment, never
+what it computes."""
 
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ def kernel():
         pytest.skip(f"no C kernels here: {error}")
 
 
-def _run(script: str, threads: int) -> list[str]:
-    """The words ``script`` prints, run in a fresh Python with ``threads`` OpenMP threads."""
+def _run(script: str, threads: int, **environment: str) -> list[str]:
+    """The words ``script`` prints, run in a fresh Python with ``threads`` OpenMP threads (and
+    ``environment``)."""
     result = subprocess.run([sys.executable, "-c", script],
-                            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                            env={**os.environ, "OMP_NUM_THREADS": str(threads), **environment},
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout.split()
@@ -144,6 +146,61 @@ for tid in sorted(started):
         states.append(stat.read().rsplit(")", 1)[1].split()[0])
 print(*states)
 """
+
+
+# The team's thread and the caller put on one processor, as a scheduler that packs woken
+# threads onto busy processors does; the next call finds them there.
+SHARED_CPU = PRELUDE + """
+first = set(os.listdir("/proc/self/task"))
+kernel(logits, target)
+(worker,) = (int(tid) for tid in set(os.listdir("/proc/self/task")) - first)
+allowed = os.sched_getaffinity(0)
+cpu = min(allowed)
+os.sched_setaffinity(0, {cpu})
+os.sched_setaffinity(worker, {cpu})
+loss, dlogits = kernel(logits, target)
+print(cpu, *sorted(allowed), "|", *sorted(os.sched_getaffinity(worker)), "|",
+      repr(float(loss)), repr(float(np.abs(dlogits).sum(dtype=np.float64))))
+"""
+
+
+def _shared_cpu(**environment: str) -> tuple[int, set[int], set[int], list[str]]:
+    """The caller's processor, the process's, the team thread's after the call, and the
+    call's loss and gradient sum as printed."""
+    words = _run(SHARED_CPU, 2, **environment)
+    first, second = (index for index, word in enumerate(words) if word == "|")
+    return (int(words[0]), {int(word) for word in words[1:first]},
+            {int(word) for word in words[first + 1:second]}, words[second + 1:])
+
+
+def _prelude_serial() -> list[str]:
+    rng = np.random.default_rng(0)  # the inputs PRELUDE makes
+    logits = rng.standard_normal((262144, 4)).astype(np.float32)
+    serial = runtime.bind(build.load_library(build.build(openmp=False)), "float32")
+    loss, dlogits = serial(logits, rng.integers(0, 4, 262144))
+    return [repr(float(loss)), repr(float(np.abs(dlogits).sum(dtype=np.float64)))]
+
+
+MOVES = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+    reason="moves threads between processors: Linux, two or more")
+
+
+@MOVES
+def test_a_team_thread_on_the_callers_processor_moves_to_the_others(kernel):
+    cpu, allowed, worker, results = _shared_cpu()
+    assert worker == allowed - {cpu}
+    assert results == _prelude_serial()
+
+
+@MOVES
+def test_a_bound_team_is_left_where_openmp_put_it(kernel):
+    """With OMP_PROC_BIND set, OpenMP places its threads, and they stay where they are put (one
+    place of every processor, so that a move would have somewhere to go)."""
+    place = "{" + ",".join(map(str, sorted(os.sched_getaffinity(0)))) + "}"
+    cpu, _, worker, results = _shared_cpu(OMP_PROC_BIND="true", OMP_PLACES=place)
+    assert worker == {cpu}
+    assert results == _prelude_serial()
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread states in /proc")

@@ -6,7 +6,11 @@
  * ABI: int gs_ce_index_{f32,f64}, gs_ce_probs_{f32,f64}; status codes GS_OK=0, GS_ERR_NULL_POINTER=1, GS_ERR_SHAPE=2, GS_ERR_TARGET=3, GS_ERR_PARAMS=4, GS_ERR_CUDA=5
  * Regenerate with: gradsmith generate
  */
+#if defined(__linux__)
+#define _GNU_SOURCE /* and sched_getcpu, CPU affinity (team_functions) */
+#else
 #define _POSIX_C_SOURCE 200809L
+#endif
 #include "gradsmith_ce.h"
 
 #include <float.h>
@@ -14,6 +18,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #include <pthread.h>
+#include <sched.h>
 #endif
 #include <stddef.h>
 #include <stdint.h>
@@ -107,10 +112,60 @@ static void gs_watch_fork(void)
     pthread_atfork(NULL, NULL, gs_note_fork);
 }
 
+#if defined(__linux__)
+/* The processors the process may run on, as its first team call found them. */
+static cpu_set_t gs_team_cpus;
+static int gs_team_cpus_known;
+static pthread_once_t gs_team_cpus_once = PTHREAD_ONCE_INIT;
+
+static void gs_read_team_cpus(void)
+{
+    gs_team_cpus_known = sched_getaffinity(0, sizeof gs_team_cpus, &gs_team_cpus) == 0;
+}
+
+static int gs_current_cpu(void)
+{
+    return sched_getcpu();
+}
+
+/* A team thread woken onto the calling thread's processor cannot help: the two share one core
+   while another idles, and the region waits for it.  Schedulers that keep idle virtual
+   processors halted put a woken thread where its waker runs (a 2-core Firecracker VM, Linux
+   6.18: the thread then ran there at call after call).  So it moves off, to the process's
+   other processors: the user's affinity stands, and OpenMP's own binding, where set, is not
+   touched. */
+static void gs_leave_cpu(int cpu)
+{
+    cpu_set_t others;
+    if (!gs_team_cpus_known || cpu < 0 || cpu >= CPU_SETSIZE || sched_getcpu() != cpu
+        || omp_get_proc_bind() != omp_proc_bind_false) {
+        return;
+    }
+    others = gs_team_cpus;
+    CPU_CLR(cpu, &others);
+    if (CPU_ISSET(cpu, &gs_team_cpus) && CPU_COUNT(&others) > 0) {
+        sched_setaffinity(0, sizeof others, &others); /* refused: it stays, and shares the core */
+    }
+}
+#else
+static int gs_current_cpu(void)
+{
+    return -1;
+}
+
+static void gs_leave_cpu(int cpu)
+{
+    (void)cpu;
+}
+#endif
+
 static int gs_team_threads(int wanted, int64_t elements)
 {
     int64_t left;
     pthread_once(&gs_fork_watch, gs_watch_fork);
+#if defined(__linux__)
+    pthread_once(&gs_team_cpus_once, gs_read_team_cpus);
+#endif
     if (wanted <= 1) {
         return wanted;
     }
@@ -1968,6 +2023,7 @@ static int gs_rows_index_f32(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -1979,6 +2035,9 @@ static int gs_rows_index_f32(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -2634,6 +2693,7 @@ static int gs_rows_index_softcap_f32(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -2645,6 +2705,9 @@ static int gs_rows_index_softcap_f32(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -3447,6 +3510,7 @@ static int gs_rows_index_weighted_f32(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -3458,6 +3522,9 @@ static int gs_rows_index_weighted_f32(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -4121,6 +4188,7 @@ static int gs_rows_index_weighted_softcap_f32(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -4132,6 +4200,9 @@ static int gs_rows_index_weighted_softcap_f32(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -4711,6 +4782,7 @@ static int gs_rows_probs_f32(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -4722,6 +4794,9 @@ static int gs_rows_probs_f32(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -5218,6 +5293,7 @@ static int gs_rows_probs_softcap_f32(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -5229,6 +5305,9 @@ static int gs_rows_probs_softcap_f32(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -5816,6 +5895,7 @@ static int gs_rows_probs_weighted_f32(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -5827,6 +5907,9 @@ static int gs_rows_probs_weighted_f32(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -6334,6 +6417,7 @@ static int gs_rows_probs_weighted_softcap_f32(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -6345,6 +6429,9 @@ static int gs_rows_probs_weighted_softcap_f32(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -7887,6 +7974,7 @@ static int gs_rows_index_f64(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -7898,6 +7986,9 @@ static int gs_rows_index_f64(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -8524,6 +8615,7 @@ static int gs_rows_index_softcap_f64(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -8535,6 +8627,9 @@ static int gs_rows_index_softcap_f64(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -9315,6 +9410,7 @@ static int gs_rows_index_weighted_f64(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -9326,6 +9422,9 @@ static int gs_rows_index_weighted_f64(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -9960,6 +10059,7 @@ static int gs_rows_index_weighted_softcap_f64(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -9971,6 +10071,9 @@ static int gs_rows_index_weighted_softcap_f64(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -10533,6 +10636,7 @@ static int gs_rows_probs_f64(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -10544,6 +10648,9 @@ static int gs_rows_probs_f64(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -11019,6 +11126,7 @@ static int gs_rows_probs_softcap_f64(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -11030,6 +11138,9 @@ static int gs_rows_probs_softcap_f64(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -11600,6 +11711,7 @@ static int gs_rows_probs_weighted_f64(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -11611,6 +11723,9 @@ static int gs_rows_probs_weighted_f64(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -12097,6 +12212,7 @@ static int gs_rows_probs_weighted_softcap_f64(
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -12108,6 +12224,9 @@ static int gs_rows_probs_weighted_softcap_f64(
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {

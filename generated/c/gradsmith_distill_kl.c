@@ -6,13 +6,18 @@
  * ABI: C99; int gs_distill_kl_f32/f64(logits, second, target, alpha, n_rows, n_classes, options, ignore_index, grad_scale, row_loss, dlogits, bad_row); status codes GS_OK=0, NULL_POINTER=1, SHAPE=2, TARGET=3, PARAMS=4
  * Regenerate with: gradsmith generate
  */
+#if defined(__linux__)
+#define _GNU_SOURCE /* and sched_getcpu, CPU affinity (team_functions) */
+#else
 #define _POSIX_C_SOURCE 200809L
+#endif
 #include "gradsmith_ce.h"
 
 #include <math.h>
 #ifdef _OPENMP
 #include <omp.h>
 #include <pthread.h>
+#include <sched.h>
 #endif
 #include <stddef.h>
 #include <stdint.h>
@@ -91,10 +96,60 @@ static void gs_watch_fork(void)
     pthread_atfork(NULL, NULL, gs_note_fork);
 }
 
+#if defined(__linux__)
+/* The processors the process may run on, as its first team call found them. */
+static cpu_set_t gs_team_cpus;
+static int gs_team_cpus_known;
+static pthread_once_t gs_team_cpus_once = PTHREAD_ONCE_INIT;
+
+static void gs_read_team_cpus(void)
+{
+    gs_team_cpus_known = sched_getaffinity(0, sizeof gs_team_cpus, &gs_team_cpus) == 0;
+}
+
+static int gs_current_cpu(void)
+{
+    return sched_getcpu();
+}
+
+/* A team thread woken onto the calling thread's processor cannot help: the two share one core
+   while another idles, and the region waits for it.  Schedulers that keep idle virtual
+   processors halted put a woken thread where its waker runs (a 2-core Firecracker VM, Linux
+   6.18: the thread then ran there at call after call).  So it moves off, to the process's
+   other processors: the user's affinity stands, and OpenMP's own binding, where set, is not
+   touched. */
+static void gs_leave_cpu(int cpu)
+{
+    cpu_set_t others;
+    if (!gs_team_cpus_known || cpu < 0 || cpu >= CPU_SETSIZE || sched_getcpu() != cpu
+        || omp_get_proc_bind() != omp_proc_bind_false) {
+        return;
+    }
+    others = gs_team_cpus;
+    CPU_CLR(cpu, &others);
+    if (CPU_ISSET(cpu, &gs_team_cpus) && CPU_COUNT(&others) > 0) {
+        sched_setaffinity(0, sizeof others, &others); /* refused: it stays, and shares the core */
+    }
+}
+#else
+static int gs_current_cpu(void)
+{
+    return -1;
+}
+
+static void gs_leave_cpu(int cpu)
+{
+    (void)cpu;
+}
+#endif
+
 static int gs_team_threads(int wanted, int64_t elements)
 {
     int64_t left;
     pthread_once(&gs_fork_watch, gs_watch_fork);
+#if defined(__linux__)
+    pthread_once(&gs_team_cpus_once, gs_read_team_cpus);
+#endif
     if (wanted <= 1) {
         return wanted;
     }
@@ -2451,6 +2506,7 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -2462,6 +2518,9 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
@@ -2533,6 +2592,7 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
            finished. */
         double gs_fastest_rate = 0.0;
 #ifdef _OPENMP
+        const int gs_caller_cpu = gs_threads > 1 ? gs_current_cpu() : -1;
         const double gs_start = omp_get_wtime();
 #endif
         int64_t segment;
@@ -2544,6 +2604,9 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
         const double gs_thread_start = gs_thread_seconds();
+        if (omp_get_thread_num() != 0) {
+            gs_leave_cpu(gs_caller_cpu);
+        }
 #endif
         GS_FOR_SEGMENTS
         for (segment = 0; segment < n_segments; ++segment) {
