@@ -45,14 +45,15 @@ def _inputs(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return logits, rng.integers(0, SHAPE[1], SHAPE[0])
 
 
-def _serial(seed: int, reduction: str) -> tuple[np.ndarray, np.ndarray]:
+def _serial(logits: np.ndarray, target: np.ndarray,
+            reduction: str = "mean") -> tuple[np.ndarray, np.ndarray]:
     serial = runtime.bind(build.load_library(build.build(openmp=False)), "float32")
-    return serial(*_inputs(seed), reduction=reduction)
+    return serial(logits, target, reduction=reduction)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_calls_from_several_threads_at_once_match_one_thread_bitwise(kernel, reduction):
-    expected = {seed: _serial(seed, reduction) for seed in range(4)}
+    expected = {seed: _serial(*_inputs(seed), reduction) for seed in range(4)}
     failures: list[str] = []
 
     def calls(seed: int) -> None:
@@ -102,7 +103,7 @@ def test_a_forked_child_runs_on_its_own_thread_and_gets_the_same_bits(kernel):
     for them forever: the child runs every call on the thread that forked (a fresh process, so
     that the parent's first call surely used its team)."""
     parts = _run(FORK, 2)
-    loss, dlogits = _serial(1, "mean")  # the inputs FORK makes
+    loss, dlogits = _serial(*_inputs(1))  # the inputs FORK makes
     assert len(parts) == 4 and parts[3] == "0", f"the forked child's call did not finish: {parts}"
     started, child_loss, child_sum, _ = parts
     assert (int(started), float(child_loss), float(child_sum)) == (
@@ -176,8 +177,7 @@ def _shared_cpu(**environment: str) -> tuple[int, set[int], set[int], list[str]]
 def _prelude_serial() -> list[str]:
     rng = np.random.default_rng(0)  # the inputs PRELUDE makes
     logits = rng.standard_normal((262144, 4)).astype(np.float32)
-    serial = runtime.bind(build.load_library(build.build(openmp=False)), "float32")
-    loss, dlogits = serial(logits, rng.integers(0, 4, 262144))
+    loss, dlogits = _serial(logits, rng.integers(0, 4, 262144))
     return [repr(float(loss)), repr(float(np.abs(dlogits).sum(dtype=np.float64)))]
 
 

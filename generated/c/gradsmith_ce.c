@@ -131,9 +131,9 @@ static int gs_current_cpu(void)
 /* A team thread woken onto the calling thread's processor cannot help: the two share one core
    while another idles, and the region waits for it.  Schedulers that keep idle virtual
    processors halted put a woken thread where its waker runs (a 2-core Firecracker VM, Linux
-   6.18: the thread then ran there at call after call).  So it moves off, to the process's
-   other processors: the user's affinity stands, and OpenMP's own binding, where set, is not
-   touched. */
+   6.18: libgomp's thread, asleep between calls, woke there again and again).  So it moves
+   off, to the process's other processors: the user's affinity stands, and OpenMP's own
+   binding, where set, is not touched. */
 static void gs_leave_cpu(int cpu)
 {
     cpu_set_t others;
