@@ -84,29 +84,29 @@ static int gs_retrying; /* the next team region is the first after a run on one 
    parent's team as its own: the child's first parallel region waited for those threads forever.
    So a forked child runs every call on its own thread. */
 static int gs_forked_child;
-static pthread_once_t gs_fork_watch = PTHREAD_ONCE_INIT;
+static pthread_once_t gs_team_once = PTHREAD_ONCE_INIT;
 
 static void gs_note_fork(void)
 {
     gs_forked_child = 1;
 }
 
-static void gs_watch_fork(void)
-{
-    pthread_atfork(NULL, NULL, gs_note_fork);
-}
-
 #if defined(__linux__)
 /* The processors the process may run on, as its first team call found them. */
 static cpu_set_t gs_team_cpus;
 static int gs_team_cpus_known;
-static pthread_once_t gs_team_cpus_once = PTHREAD_ONCE_INIT;
+#endif
 
-static void gs_read_team_cpus(void)
+/* Once, at the first call: the fork watch, and the processors a team thread may move to. */
+static void gs_start_team(void)
 {
+    pthread_atfork(NULL, NULL, gs_note_fork);
+#if defined(__linux__)
     gs_team_cpus_known = sched_getaffinity(0, sizeof gs_team_cpus, &gs_team_cpus) == 0;
+#endif
 }
 
+#if defined(__linux__)
 static int gs_current_cpu(void)
 {
     return sched_getcpu();
@@ -121,7 +121,7 @@ static int gs_current_cpu(void)
 static void gs_leave_cpu(int cpu)
 {
     cpu_set_t others;
-    if (!gs_team_cpus_known || cpu < 0 || cpu >= CPU_SETSIZE || sched_getcpu() != cpu
+    if (!gs_team_cpus_known || cpu < 0 || cpu >= CPU_SETSIZE || gs_current_cpu() != cpu
         || omp_get_proc_bind() != omp_proc_bind_false) {
         return;
     }
@@ -146,10 +146,7 @@ static void gs_leave_cpu(int cpu)
 static int gs_team_threads(int wanted, int64_t elements)
 {
     int64_t left;
-    pthread_once(&gs_fork_watch, gs_watch_fork);
-#if defined(__linux__)
-    pthread_once(&gs_team_cpus_once, gs_read_team_cpus);
-#endif
+    pthread_once(&gs_team_once, gs_start_team);
     if (wanted <= 1) {
         return wanted;
     }
