@@ -1,6 +1,7 @@
 """The C kernels' late-team rule, driven with made-up region timings: when calls go to one
 thread, for how many elements, and how that run grows on a busy machine and shrinks on a quiet
-one (the constants are the generated file's own)."""
+one; and a loop's own runs on one thread, when they come and how they judge its team (the
+constants are the generated file's own)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,26 @@ from conftest import C_SOURCE
 from gradsmith.codegen.backends.c import build
 
 HARNESS = """
+/* The late rule alone: a loop that has no one-thread run of its own to go by, and is not due
+   one. */
+static struct gs_team_loop settled;
+static void settle(int64_t elements)
+{
+    settled.rows = elements;
+    settled.classes = 1;
+    settled.alone_seconds = 0.0;
+    settled.doubtful_runs = -1000000;
+}
 void note(int threads, double region_seconds, double fastest_rate, int64_t segments,
           int64_t elements)
-{ gs_note_team(threads, region_seconds, fastest_rate, segments, elements); }
-int team(int wanted, int64_t elements) { return gs_team_threads(wanted, elements); }
+{ settle(elements); gs_note_team(&settled, threads, region_seconds, fastest_rate, segments, elements); }
+int team(int wanted, int64_t elements) { settle(elements); return gs_team_threads(&settled, wanted, elements, 1); }
+/* One loop as a kernel keeps it. */
+static struct gs_team_loop loop;
+void loop_note(int threads, double region_seconds, double fastest_rate, int64_t segments,
+               int64_t rows, int64_t classes)
+{ gs_note_team(&loop, threads, region_seconds, fastest_rate, segments, rows * classes); }
+int loop_team(int wanted, int64_t rows, int64_t classes) { return gs_team_threads(&loop, wanted, rows, classes); }
 int64_t serial_left(void) { return gs_serial_elements; }
 int64_t budget(void) { return gs_serial_budget; }
 double thread_seconds(void) { return gs_thread_seconds(); }
@@ -54,6 +71,9 @@ def rule(tmp_path):
     lib.note.argtypes = [ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int64,
                          ctypes.c_int64]
     lib.team.argtypes = [ctypes.c_int, ctypes.c_int64]
+    lib.loop_note.argtypes = [ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int64,
+                              ctypes.c_int64, ctypes.c_int64]
+    lib.loop_team.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     lib.serial_left.restype = lib.budget.restype = ctypes.c_int64
     lib.thread_seconds.restype = ctypes.c_double
     return lib
@@ -140,3 +160,95 @@ def test_a_threads_rate_is_its_processor_time_not_the_wall_clock(rule):
         pass
     spun = rule.thread_seconds() - start
     assert slept < 0.05 and spun > 0.05, (slept, spun)
+
+
+def _sample_calls(lib, rows: int, classes: int, calls: int, region: float = 1.9) -> list[int]:
+    """The threads of ``calls`` calls of one loop and shape, each team region taking ``region``
+    seconds where its fastest thread would have taken 2 s alone: on time, and by default
+    doubtful.  Each call on one thread takes 2 s."""
+    threads = []
+    for _ in range(calls):
+        threads.append(lib.loop_team(2, rows, classes))
+        lib.loop_note(threads[-1], region if threads[-1] == 2 else 2.0, 0.1, 20, rows, classes)
+    return threads
+
+
+def _schedule(calls: int) -> list[int]:
+    """Doubtful team runs until a run on one thread: the first few, then twice as many each
+    time, up to the most."""
+    first, most = _define("GS_TEAM_SAMPLE_FIRST"), _define("GS_TEAM_SAMPLE_RUNS")
+    threads, runs = [], first
+    while len(threads) < calls:
+        threads += [2] * runs + [1]
+        runs = min(2 * runs, most)
+    return threads[:calls]
+
+
+def _doubt() -> float:
+    return float(re.search(r"^#define GS_TEAM_DOUBT ([0-9.]+)$", C_SOURCE.read_text(),
+                           re.MULTILINE).group(1))
+
+
+def test_a_doubtful_loop_runs_a_shape_on_one_thread_after_a_few_runs_then_ever_more(rule):
+    first, most = _define("GS_TEAM_SAMPLE_FIRST"), _define("GS_TEAM_SAMPLE_RUNS")
+    assert 1 < first < most and 0.5 < _doubt() < 0.95
+    expected = _schedule(8 * most)
+    assert expected.count(1) >= 4 and expected[-most - 1:].count(1) == 1
+    assert _sample_calls(rule, 1000, 10, len(expected)) == expected
+    assert _sample_calls(rule, 1000, 20, first + 2) == _schedule(first + 2)  # a new shape anew
+    assert _sample_calls(rule, 2000, 10, first + 2) == _schedule(first + 2)
+    assert rule.serial_left() == 0  # none of it counted late
+
+
+def test_a_team_that_gains_clearly_is_not_measured_on_one_thread(rule):
+    """Regions at most GS_TEAM_DOUBT times the fastest thread's time alone (2 s)."""
+    calls = 4 * _define("GS_TEAM_SAMPLE_RUNS")
+    assert _sample_calls(rule, 1000, 10, calls, 2 * _doubt() * 0.99) == [2] * calls
+    assert 1 in _sample_calls(rule, 1000, 10, calls, 2 * _doubt() * 1.01)
+
+
+def _alone(lib, seconds: float) -> None:
+    """The loop's next call, on one thread, takes ``seconds`` (from a new shape)."""
+    first = _define("GS_TEAM_SAMPLE_FIRST")
+    assert _sample_calls(lib, 1000, 10, first) == [2] * first
+    assert lib.loop_team(2, 1000, 10) == 1
+    lib.loop_note(1, seconds, 0.0, 20, 1000, 10)
+
+
+def test_a_team_region_slower_than_its_loops_one_thread_run_is_late(rule):
+    """A team thread that shares a core another process spins inflated both threads' processor
+    time: the fastest thread's time for all segments read as high as the region's.  The loop's
+    own run on one thread is a yardstick that does not."""
+    _alone(rule, 1.5)
+    for _ in range(2):  # regions of 1.9 s, 2 s by the fastest thread's processor time
+        assert rule.loop_team(2, 1000, 10) == 2
+        rule.loop_note(2, 1.9, 0.1, 20, 1000, 10)
+    assert rule.serial_left() == _define("GS_LATE_TEAM_SERIAL_MIN")
+
+
+def test_a_team_region_faster_than_its_loops_one_thread_run_is_judged_by_its_threads(rule):
+    _alone(rule, 9.0)  # that one-thread run was slow: preempted
+    for _ in range(2):  # 3 s regions, 2 s by the fastest thread's processor time: late
+        assert rule.loop_team(2, 1000, 10) == 2
+        rule.loop_note(2, 3.0, 0.1, 20, 1000, 10)
+    assert rule.serial_left() == _define("GS_LATE_TEAM_SERIAL_MIN")
+
+
+def test_a_run_on_one_thread_lowers_the_loops_time_at_once_and_raises_it_a_little(rule):
+    """The first such run pays for its output's first touch (and any may be preempted): a
+    later, faster one replaces it, and a slower one counts only up to the rise."""
+    rise = float(re.search(r"^#define GS_TEAM_ALONE_RISE ([0-9.]+)$", C_SOURCE.read_text(),
+                           re.MULTILINE).group(1))
+    assert 1.0 < rise < 2.0
+    _alone(rule, 9.0)
+    rule.loop_note(1, 1.5, 0.0, 20, 1000, 10)
+    for _ in range(2):  # 1.6 s: late against 1.5
+        rule.loop_note(2, 1.6, 0.1, 20, 1000, 10)
+    assert rule.serial_left() > 0
+    _run_out(rule, 10**12)
+    rule.loop_note(1, 100.0, 0.0, 20, 1000, 10)  # preempted: counts as 1.5 * rise
+    for seconds, late in [(1.5 * rise * 0.99, False), (1.5 * rise * 1.01, True)]:
+        left = rule.serial_left()
+        for _ in range(2):
+            rule.loop_note(2, seconds, 1.0, 20, 1000, 10)
+        assert (rule.serial_left() > left) == late, seconds

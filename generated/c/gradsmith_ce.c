@@ -39,6 +39,10 @@
 #define GS_LATE_TEAM_SERIAL_MAX 67108864
 #define GS_LATE_TEAM_SERIAL_RATIO 8
 #define GS_LATE_REGIONS 2
+#define GS_TEAM_DOUBT 0.8
+#define GS_TEAM_SAMPLE_FIRST 3
+#define GS_TEAM_SAMPLE_RUNS 64
+#define GS_TEAM_ALONE_RISE 1.25
 #define GS_CACHE_LINE 64
 /* A hint to bring a line into the cache: no load, no fault, no result. */
 #if defined(__GNUC__)
@@ -77,9 +81,11 @@ static double gs_thread_seconds(void)
 
 /* Elements left to run on one thread, and how many the next such run gets.  A region that
    took longer than its fastest thread alone would have (that thread's processor time per segment
-   times all segments) waited for threads whose cores are taken, or that were slow to wake.
-   Processor time, not the wall clock's: a thread whose core another process shares is slowed
-   itself, and by its wall time a region twice one thread's time looked on time.  After
+   times all segments), or than its loop's last run on one thread took (gs_team_loop), waited
+   for threads whose cores are taken, or that were slow to wake.  Processor time, not the wall
+   clock's: a thread whose core another process shares is slowed itself, and by its wall time a
+   region twice one thread's time looked on time.  The loop's own run: a team thread sharing a
+   spun core slowed both threads' processor time as much as the region's wall time.  After
    GS_LATE_REGIONS such regions in a row the next gs_serial_budget elements run on one thread,
    then the team is tried again.  If that first team region is late too, one thread goes on at
    once, for twice the budget (up to GS_LATE_TEAM_SERIAL_MAX) and at least
@@ -159,10 +165,44 @@ static void gs_leave_cpu(int cpu)
 }
 #endif
 
-static int gs_team_threads(int wanted, int64_t elements)
+/* One team loop's record of the shape it last ran: its wall time on one thread (0 before it ran
+   there), its doubtful team runs since (regions that took more than GS_TEAM_DOUBT times their
+   fastest thread's processor time for all segments), and how many such runs until it runs on
+   one thread again: first GS_TEAM_SAMPLE_FIRST, then twice as many each time, up to
+   GS_TEAM_SAMPLE_RUNS.  That time is a yardstick for its team regions that the threads' own
+   processor time is not always (see gs_note_team); a team that gains clearly needs none. */
+struct gs_team_loop {
+    int64_t rows;
+    int64_t classes;
+    double alone_seconds;
+    int64_t doubtful_runs;
+    int64_t sample_runs;
+};
+
+static int gs_team_threads(struct gs_team_loop *loop, int wanted, int64_t rows, int64_t classes)
 {
     int64_t left;
+    int64_t loop_rows;
+    int64_t loop_classes;
+    int64_t doubtful_runs;
+    int64_t sample_runs;
     pthread_once(&gs_team_once, gs_start_team);
+#pragma omp atomic read
+    loop_rows = loop->rows;
+#pragma omp atomic read
+    loop_classes = loop->classes;
+    if (loop_rows != rows || loop_classes != classes) {
+#pragma omp atomic write
+        loop->alone_seconds = 0.0;
+#pragma omp atomic write
+        loop->doubtful_runs = 0;
+#pragma omp atomic write
+        loop->sample_runs = GS_TEAM_SAMPLE_FIRST;
+#pragma omp atomic write
+        loop->rows = rows;
+#pragma omp atomic write
+        loop->classes = classes;
+    }
     if (wanted <= 1) {
         return wanted;
     }
@@ -173,20 +213,59 @@ static int gs_team_threads(int wanted, int64_t elements)
     left = gs_serial_elements;
     if (left > 0) {
 #pragma omp atomic update
-        gs_serial_elements -= elements;
+        gs_serial_elements -= rows * classes;
         return 1;
     }
-    return wanted;
+#pragma omp atomic read
+    doubtful_runs = loop->doubtful_runs;
+#pragma omp atomic read
+    sample_runs = loop->sample_runs;
+    return doubtful_runs >= sample_runs ? 1 : wanted;
 }
 
-static void gs_note_team(int threads, double region_seconds, double fastest_rate,
-                         int64_t segments, int64_t elements)
+/* A run on one thread sets the loop's time alone, or raises it by at most GS_TEAM_ALONE_RISE:
+   a first run pays for its output's first touch, and any run may have been preempted. */
+static void gs_note_alone(struct gs_team_loop *loop, double seconds)
 {
-    const double alone = fastest_rate * (double)segments; /* the fastest thread's time for all */
+    double alone;
+    int64_t sample_runs;
+#pragma omp atomic read
+    alone = loop->alone_seconds;
+    if (alone > 0.0 && seconds > GS_TEAM_ALONE_RISE * alone) {
+        seconds = GS_TEAM_ALONE_RISE * alone;
+    }
+#pragma omp atomic write
+    loop->alone_seconds = seconds;
+#pragma omp atomic write
+    loop->doubtful_runs = 0;
+#pragma omp atomic read
+    sample_runs = loop->sample_runs;
+#pragma omp atomic write
+    loop->sample_runs = 2 * sample_runs < GS_TEAM_SAMPLE_RUNS ? 2 * sample_runs : GS_TEAM_SAMPLE_RUNS;
+}
+
+static void gs_note_team(struct gs_team_loop *loop, int threads, double region_seconds,
+                         double fastest_rate, int64_t segments, int64_t elements)
+{
+    double alone = fastest_rate * (double)segments; /* the fastest thread's time for all */
+    double loop_alone;
     int late;
     int retrying;
     int64_t budget;
-    if (threads <= 1 || fastest_rate <= 0.0) {
+    if (threads <= 1) {
+        gs_note_alone(loop, region_seconds);
+        return;
+    }
+    if (region_seconds > GS_TEAM_DOUBT * alone) {
+#pragma omp atomic update
+        ++loop->doubtful_runs;
+    }
+#pragma omp atomic read
+    loop_alone = loop->alone_seconds;
+    if (loop_alone > 0.0 && (loop_alone < alone || fastest_rate <= 0.0)) {
+        alone = loop_alone;
+    }
+    if (alone <= 0.0) {
         return;
     }
 #pragma omp atomic capture
@@ -2009,9 +2088,10 @@ static int gs_rows_index_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -2093,8 +2173,8 @@ static int gs_rows_index_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -2679,9 +2759,10 @@ static int gs_rows_index_softcap_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -2763,8 +2844,8 @@ static int gs_rows_index_softcap_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -3496,9 +3577,10 @@ static int gs_rows_index_weighted_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -3582,8 +3664,8 @@ static int gs_rows_index_weighted_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -4174,9 +4256,10 @@ static int gs_rows_index_weighted_softcap_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -4260,8 +4343,8 @@ static int gs_rows_index_weighted_softcap_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -4768,9 +4851,10 @@ static int gs_rows_probs_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -4850,8 +4934,8 @@ static int gs_rows_probs_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -5279,9 +5363,10 @@ static int gs_rows_probs_softcap_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -5361,8 +5446,8 @@ static int gs_rows_probs_softcap_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -5881,9 +5966,10 @@ static int gs_rows_probs_weighted_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -5965,8 +6051,8 @@ static int gs_rows_probs_weighted_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -6403,9 +6489,10 @@ static int gs_rows_probs_weighted_softcap_f32(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -6487,8 +6574,8 @@ static int gs_rows_probs_weighted_softcap_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -7960,9 +8047,10 @@ static int gs_rows_index_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -8044,8 +8132,8 @@ static int gs_rows_index_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -8601,9 +8689,10 @@ static int gs_rows_index_softcap_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -8685,8 +8774,8 @@ static int gs_rows_index_softcap_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -9396,9 +9485,10 @@ static int gs_rows_index_weighted_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -9482,8 +9572,8 @@ static int gs_rows_index_weighted_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -10045,9 +10135,10 @@ static int gs_rows_index_weighted_softcap_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -10131,8 +10222,8 @@ static int gs_rows_index_weighted_softcap_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -10622,9 +10713,10 @@ static int gs_rows_probs_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -10704,8 +10796,8 @@ static int gs_rows_probs_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -11112,9 +11204,10 @@ static int gs_rows_probs_softcap_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -11194,8 +11287,8 @@ static int gs_rows_probs_softcap_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -11697,9 +11790,10 @@ static int gs_rows_probs_weighted_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -11781,8 +11875,8 @@ static int gs_rows_probs_weighted_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -12198,9 +12292,10 @@ static int gs_rows_probs_weighted_softcap_f64(
            GS_PARALLEL_MIN_ELEMENTS elements to do. */
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
-        const int gs_threads = gs_team_threads(gs_work < (double)omp_get_max_threads()
+        static struct gs_team_loop gs_loop;
+        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
                                                ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows * n_classes);
+                                               block_rows, n_classes);
 #else
         const int gs_threads = 1;
 #endif
@@ -12282,8 +12377,8 @@ static int gs_rows_probs_weighted_softcap_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate, n_segments,
-                     block_rows * n_classes);
+        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                     n_segments, block_rows * n_classes);
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */

@@ -85,6 +85,24 @@ LATE_REGIONS = 2
 # 65536 x 10 in 3 of 6 (4 of 13 without), with the floor on the region's whole time; on what it
 # lost, 7 of 8 runs (4 at each shape), as many as the whole time's in the same alternated runs.
 LATE_TEAM_SERIAL_RATIO = 8
+# A team loop's own time on one thread, as a yardstick for its team regions besides its fastest
+# thread's processor time, which is not always what one thread would take: with one core spun
+# by another process, a team thread that shared that core inflated both threads' processor time
+# (8192 x 1000, 2-core AMD EPYC VM: regions of 7.8 ms against a one-thread call of 4.3, and the
+# fastest thread's time per segment times all segments read 7.8), so no region counted late.
+# Only a doubtful team is measured: one whose regions took more than TEAM_DOUBT times that
+# fastest thread's time (on a quiet machine two threads took 0.5-0.6 of it at 65536 x 10,
+# 8192 x 1000 and the long rows).  Measuring a team that gains clearly cost about 10% of the
+# median of 11 fresh-gradient calls at 1024 x 131072 (one thread takes twice the team's time).
+# A loop runs a shape on one thread after TEAM_SAMPLE_FIRST doubtful runs, then after twice as
+# many each time, up to TEAM_SAMPLE_RUNS.  Not at once: the second call paid for its fresh
+# gradient's first touch (9-10 ms against 4.4 at 8192 x 1000, busy).  A run on one thread raises
+# the loop's time by at most TEAM_ALONE_RISE: the first run pays for first touch too, and any
+# run may be preempted; runs on one thread that a busy machine causes raise it in a few calls.
+TEAM_DOUBT = 0.8
+TEAM_SAMPLE_FIRST = 3
+TEAM_SAMPLE_RUNS = 64
+TEAM_ALONE_RISE = 1.25
 # Rows of at most this many classes are processed a segment at a time, one row per SIMD lane
 # (a transposed tile of SEGMENT_ROWS rows): no per-row reductions, tails or calls.  Per row
 # those cost about 120 ns (one thread, AMD EPYC, AVX2).  Against rows, one thread, alternating
@@ -579,6 +597,10 @@ def team_context() -> dict:
         "late_team_serial_max": LATE_TEAM_SERIAL_MAX,
         "late_regions": LATE_REGIONS,
         "late_team_serial_ratio": LATE_TEAM_SERIAL_RATIO,
+        "team_doubt": TEAM_DOUBT,
+        "team_sample_first": TEAM_SAMPLE_FIRST,
+        "team_sample_runs": TEAM_SAMPLE_RUNS,
+        "team_alone_rise": TEAM_ALONE_RISE,
     }
 
 
