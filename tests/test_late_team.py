@@ -45,10 +45,11 @@ ON_TIME = (2, 1.0, 0.1, 20, 1000)
 LATE = (2, 3.0, 0.1, 20, 1000)
 
 
-def _define(name: str) -> int:
-    match = re.search(rf"^#define {name} (\d+)$", C_SOURCE.read_text(), re.MULTILINE)
+def _define(name: str) -> float:
+    """A constant of the generated file: an int, or a float where it has a point."""
+    match = re.search(rf"^#define {name} ([0-9.]+)$", C_SOURCE.read_text(), re.MULTILINE)
     assert match, name
-    return int(match.group(1))
+    return float(match.group(1)) if "." in match.group(1) else int(match.group(1))
 
 
 @pytest.fixture()
@@ -184,14 +185,9 @@ def _schedule(calls: int) -> list[int]:
     return threads[:calls]
 
 
-def _doubt() -> float:
-    return float(re.search(r"^#define GS_TEAM_DOUBT ([0-9.]+)$", C_SOURCE.read_text(),
-                           re.MULTILINE).group(1))
-
-
 def test_a_doubtful_loop_runs_a_shape_on_one_thread_after_a_few_runs_then_ever_more(rule):
     first, most = _define("GS_TEAM_SAMPLE_FIRST"), _define("GS_TEAM_SAMPLE_RUNS")
-    assert 1 < first < most and 0.5 < _doubt() < 0.95
+    assert 1 < first < most and 0.5 < _define("GS_TEAM_DOUBT") < 0.95
     expected = _schedule(8 * most)
     assert expected.count(1) >= 4 and expected[-most - 1:].count(1) == 1
     assert _sample_calls(rule, 1000, 10, len(expected)) == expected
@@ -202,9 +198,9 @@ def test_a_doubtful_loop_runs_a_shape_on_one_thread_after_a_few_runs_then_ever_m
 
 def test_a_team_that_gains_clearly_is_not_measured_on_one_thread(rule):
     """Regions at most GS_TEAM_DOUBT times the fastest thread's time alone (2 s)."""
-    calls = 4 * _define("GS_TEAM_SAMPLE_RUNS")
-    assert _sample_calls(rule, 1000, 10, calls, 2 * _doubt() * 0.99) == [2] * calls
-    assert 1 in _sample_calls(rule, 1000, 10, calls, 2 * _doubt() * 1.01)
+    calls, doubt = 4 * _define("GS_TEAM_SAMPLE_RUNS"), _define("GS_TEAM_DOUBT")
+    assert _sample_calls(rule, 1000, 10, calls, 2 * doubt * 0.99) == [2] * calls
+    assert 1 in _sample_calls(rule, 1000, 10, calls, 2 * doubt * 1.01)
 
 
 def _alone(lib, seconds: float) -> None:
@@ -237,8 +233,7 @@ def test_a_team_region_faster_than_its_loops_one_thread_run_is_judged_by_its_thr
 def test_a_run_on_one_thread_lowers_the_loops_time_at_once_and_raises_it_a_little(rule):
     """The first such run pays for its output's first touch (and any may be preempted): a
     later, faster one replaces it, and a slower one counts only up to the rise."""
-    rise = float(re.search(r"^#define GS_TEAM_ALONE_RISE ([0-9.]+)$", C_SOURCE.read_text(),
-                           re.MULTILINE).group(1))
+    rise = _define("GS_TEAM_ALONE_RISE")
     assert 1.0 < rise < 2.0
     _alone(rule, 9.0)
     rule.loop_note(1, 1.5, 0.0, 20, 1000, 10)
