@@ -1,6 +1,6 @@
 """Shared pieces of the compiled backends: the ctypes ``Params`` and ``Status`` of the ABI
-(:mod:`gradsmith.codegen.abi`), arrays' addresses for the pointer arguments, the gradients they
-allocate, and building a library once per content into a cache.
+(:mod:`gradsmith.codegen.abi`), arrays' addresses for the pointer arguments, and building a
+library once per content into a cache (the gradients they allocate: :mod:`buffers`).
 
 The cache key is a sha256 of everything that shapes the binary (sources, flags, compiler
 version, ...); a library is built into a temporary file and renamed into place, so concurrent
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import os
 import shlex
 import subprocess
@@ -20,7 +19,6 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import numpy as np
 from gradsmith.codegen.abi import params_structure, status_enum
 
 COMPILE_SECONDS = 600
@@ -41,22 +39,6 @@ def address(array) -> int | None:
         return ctypes.addressof(ctypes.c_char.from_buffer(array))
     except (TypeError, ValueError):  # read-only, strided or empty: NumPy's own answer
         return array.ctypes.data
-
-
-CACHE_LINE_BYTES = 64
-
-
-def empty_rows(shape: tuple[int, ...], dtype, like_address: int) -> np.ndarray:
-    """An uninitialised C-contiguous array of ``shape`` for a gradient the kernels write, its
-    data as far into a cache line as the logits' (at ``like_address``).  NumPy starts a large
-    block 16 bytes into a line and torch at a line's start; a fresh gradient placed otherwise than
-    its logits took 3-8% longer at 4096 x 32000, 1024 x 131072 and 8192 x 1000 (float32, AMD EPYC
-    Zen 4, two threads), except at 8192 x 1000 with logits 16 bytes in (3% faster on a line)."""
-    dtype = np.dtype(dtype)
-    count = math.prod(shape)
-    block = np.empty(count + CACHE_LINE_BYTES // dtype.itemsize, dtype=dtype)
-    start = (like_address - address(block)) % CACHE_LINE_BYTES // dtype.itemsize
-    return block[start:start + count].reshape(shape)
 
 
 def call_params(call) -> Params:

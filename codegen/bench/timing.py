@@ -5,7 +5,8 @@ Host memory: the growth during one extra, untimed call of both
   * tracemalloc's peak (every NumPy buffer is reported to tracemalloc), and
   * the resident-set high-water mark VmHWM, reset beforehand through /proc/self/clear_refs
     (Linux; sees every allocator: C, PyTorch, NumPy; falls back to ru_maxrss growth), after
-    glibc's malloc_trim has returned free heap blocks, so recycled blocks count too,
+    glibc's malloc_trim has returned free heap blocks and gradsmith.empty_cache() the gradient
+    blocks gradsmith keeps, so recycled blocks count too,
 and the larger of the two is kept (a lower bound: pages already touched count as nothing).
 GPU memory: torch.cuda's peak-allocated counter, or a CuPy memory-pool hook.
 """
@@ -22,8 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gradsmith.codegen.buffers import empty_cache
+
 HOST_MEMORY_METHOD = (
-    "host: max(tracemalloc peak, VmHWM growth after malloc_trim and a /proc/self/clear_refs reset)"
+    "host: max(tracemalloc peak, VmHWM growth after malloc_trim, gradsmith.empty_cache() and a "
+    "/proc/self/clear_refs reset)"
 )
 
 
@@ -92,11 +96,13 @@ def _reset_hwm() -> bool:
 
 
 def _release_free_heap() -> None:
-    """Return malloc's free blocks to the system (glibc ``malloc_trim``).
+    """Return malloc's free blocks and the gradient blocks gradsmith keeps to the system (glibc
+    ``malloc_trim``, :func:`gradsmith.empty_cache`).
 
     A buffer carved from recycled, still-resident heap memory would not raise VmHWM; after a
     trim every block the measured call obtains is backed by new pages.
     """
+    empty_cache()
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):

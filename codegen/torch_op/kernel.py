@@ -16,7 +16,8 @@ from functools import cache
 import torch
 from gradsmith.codegen.abi import SUFFIXES
 from gradsmith.codegen.arguments import REDUCTION_CODES, bad_target_message, check_options
-from gradsmith.codegen.native import Params, Status, empty_rows
+from gradsmith.codegen.buffers import empty_rows
+from gradsmith.codegen.native import Params, Status
 
 _NUMPY_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
                 torch.float16: "float16"}

@@ -16,7 +16,8 @@ from gradsmith.codegen.abi import SUFFIXES
 from gradsmith.codegen.arguments import bad_target_message, prepare_call
 from gradsmith.codegen.backends.c import build
 from gradsmith.codegen.backends.c.context import DTYPES
-from gradsmith.codegen.native import Status, address, call_params, empty_rows
+from gradsmith.codegen.buffers import empty_rows
+from gradsmith.codegen.native import Status, address, call_params
 
 
 def _rows(name: str, array: np.ndarray, inplace: bool = False) -> tuple[np.ndarray, int]:
