@@ -4,11 +4,11 @@ recycled from ones freed earlier.
 
 glibc's malloc serves blocks of 32 MiB and more with a fresh ``mmap`` and unmaps them when they
 are freed, so every such gradient paid for the kernel zeroing its pages on first touch: about a
-third of a call at 4096 x 32000 and 1024 x 131072 (float32, two threads, AMD EPYC Zen 4: 52-62
-ms against 31-42 into a buffer written before, alternated runs).  So a freed block of that size is kept, and the
-next gradient of exactly its size is carved from it.  At most ``KEEP_BLOCKS`` blocks are kept;
-:func:`empty_cache` hands them back to the system.  A block goes back only when the last array
-over it (a view, a ``torch.from_numpy`` tensor) is gone.
+third of a call at 4096 x 32000 and 1024 x 131072 (float32, two threads, AMD EPYC Zen 4,
+alternated runs: 52-62 ms against 31-42 into a buffer written before).  So a freed block of that
+size is kept, and the next gradient of exactly its size is carved from it.  At most
+``KEEP_BLOCKS`` blocks are kept; :func:`empty_cache` hands them back to the system.  A block
+is kept only once the last array over it (a view, a ``torch.from_numpy`` tensor) is gone.
 """
 
 from __future__ import annotations
