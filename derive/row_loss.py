@@ -43,6 +43,10 @@ target_alpha = sp.Symbol("target_alpha", positive=True)
 log_p_target = sp.Symbol("log_p_target", nonpositive=True)
 p_target = sp.Symbol("p_target", positive=True)
 one_minus_p_target = sp.Symbol("one_minus_p_target", nonnegative=True)
+# log p_t / (1 - p_t), in (-inf, -1]: where a coefficient reads log p_t (1 - p_t)^(a - 1), that
+# power is infinite at p_t = 1 for a < 1 (and overflows before it) while the product tends to 0,
+# so the coefficient reads log_p_target_ratio (1 - p_t)^a instead, whose ratio is -1 there.
+log_p_target_ratio = sp.Symbol("log_p_target_ratio", real=True)
 # Element values of class j in the gradient sweep.
 logit = sp.Symbol("logit", real=True)
 teacher_logit = sp.Symbol("teacher_logit", real=True)
@@ -242,8 +246,27 @@ class _Translator:
 
 
 def stable(expr: sp.Expr) -> sp.Expr:
-    """1 - p_t -> one_minus_p_t (evaluated as -expm1(log p_t), exact as p_t -> 1)."""
-    return sp.powsimp(expr.subs(1 - p_target, one_minus_p_target))
+    """1 - p_t -> one_minus_p_t (evaluated as -expm1(log p_t), exact as p_t -> 1), and
+    log p_t (1 - p_t)^(a - 1) -> log_p_target_ratio (1 - p_t)^a (equal for p_t < 1, and finite
+    at p_t = 1, where the power alone is not)."""
+    return sp.powsimp(expr.subs(1 - p_target, one_minus_p_target)).replace(
+        _reads_log_p_over_power, _log_p_ratio)
+
+
+def _lowered_power(factor: sp.Expr) -> bool:
+    return (isinstance(factor, sp.Pow) and factor.base == one_minus_p_target
+            and sp.Integer(-1) in sp.Add.make_args(factor.exp))
+
+
+def _reads_log_p_over_power(expr: sp.Expr) -> bool:
+    return (isinstance(expr, sp.Mul) and log_p_target in expr.args
+            and any(_lowered_power(factor) for factor in expr.args))
+
+
+def _log_p_ratio(product: sp.Mul) -> sp.Expr:
+    power = next(factor for factor in product.args if _lowered_power(factor))
+    rest = [f for f in product.args if f is not power and f != log_p_target]
+    return sp.Mul(log_p_target_ratio, one_minus_p_target ** (power.exp + 1), *rest)
 
 
 def _free_of(what: str, expr: sp.Expr, forbidden: set) -> None:
@@ -315,11 +338,16 @@ def kernel_spec(definition: LossDefinition) -> RowLossSpec:
         row_values.append((lse_z, logit_max + logit_log_sum_exp))
     if lse_u in used:
         row_values.append((lse_u, teacher_logit_max + teacher_logit_log_sum_exp))
-    if used & {log_p_target, p_target, one_minus_p_target}:
+    if used & {log_p_target, p_target, one_minus_p_target, log_p_target_ratio}:
         row_values.append((target_shifted, scale * target_logit - logit_max))
         row_values.append((log_p_target, target_shifted - logit_log_sum_exp))
     if p_target in used:
         row_values.append((p_target, sp.exp(log_p_target)))
+    if log_p_target_ratio in used:
+        # Before 1 - p_t, from the same expm1: the printed code then takes the ratio before
+        # the power, which the CUDA float64 kernel otherwise kept it live across (a spill).
+        row_values.append((log_p_target_ratio, sp.Piecewise(
+            (-1, sp.Eq(log_p_target, 0)), (-log_p_target / expm1(log_p_target), True))))
     if one_minus_p_target in used:
         row_values.append((one_minus_p_target, -expm1(log_p_target)))
     for symbol in (coef_p, coef_target, coef_q):

@@ -142,7 +142,19 @@ def prove(definition: rl.LossDefinition, losses=None) -> list[LossClaim]:
         x = sp.Symbol("x", real=True)
         claims.append(LossClaim("-expm1(log p_t) = 1 - p_t", check(
             (-expm1(x)).rewrite(sp.exp), 1 - sp.exp(x), "expm1 rewrite", definition)))
+    if any(symbol == rl.log_p_target_ratio for symbol, _ in spec.row_values):
+        claims.append(LossClaim("log p_t / (1 - p_t) -> -1 as p_t -> 1", _ratio_limit()))
     return claims
+
+
+def _ratio_limit() -> Verdict:
+    """The value log_p_target_ratio takes at log p_t = 0 (p_t = 1), where its quotient is 0/0:
+    the quotient's limit there, from below (log p_t <= 0)."""
+    x = sp.Symbol("x", real=True)
+    limit = sp.limit(x / (1 - sp.exp(x)), x, 0, dir="-")
+    if limit != -1:
+        raise ProofError(f"log p_t / (1 - p_t) tends to {limit} as p_t -> 1, not -1")
+    return Verdict("symbolic", "SymPy's limit of log p / (1 - p) as log p -> 0 from below is -1")
 
 
 def _online(spec: rl.RowLossSpec) -> Verdict:

@@ -325,6 +325,25 @@ def test_focal_claims_include_gamma_zero_and_the_closed_form():
     assert "-expm1(log p_t) = 1 - p_t" in names
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0])
+def test_focal_is_finite_where_the_target_takes_all_the_probability(backend, dtype, gamma):
+    """Rows whose log p_t is 0 in the dtype (1 - p_t = 0) or close to it: there (1 - p_t)^(gamma
+    - 1) alone is infinite for gamma < 1 (or overflows), while the gradient tends to 0.  At
+    gamma = 0 focal loss is cross-entropy, gradient and all."""
+    logits = np.array([[800.0, 0.0, 0.0], [200.0, 0.0, 0.0], [100.0, 0.0, 0.0], [40.0, 0.0, 1.0],
+                       [2.0, 1.0, 0.0]], dtype=dtype)
+    target = np.array([0, 0, 0, 0, 0])
+    loss, grad = load(backend, dtype, loss="focal")(logits, target, gamma=gamma, reduction="none")
+    assert np.isfinite(loss).all() and np.isfinite(grad).all(), (loss, grad)
+    if gamma == 0.0:
+        ce_loss, ce_grad = load("c", dtype)(logits, target, reduction="none")
+        tolerance = 1e-6 if dtype == "float32" else 1e-14
+        np.testing.assert_allclose(loss, ce_loss, rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(grad, ce_grad, rtol=tolerance, atol=tolerance)
+
+
 def test_a_definition_outside_the_shape_is_refused_by_name(tmp_path):
     path = "tests/losses/not_a_row_loss.py"
     with pytest.raises(RowLossError, match="logit"):

@@ -78,6 +78,17 @@ class KernelNumPyPrinter(NumPyPrinter):
             return f"{self.parenthesize(base, precedence['Pow'])}**{int(exponent)}"
         return f"np.power({self._print(base)}, {self._print(exponent)})"
 
+    def _print_Piecewise(self, expr: sp.Piecewise) -> str:
+        """Nested ``np.where``: every branch is evaluated (callers silence the error state),
+        and the first whose condition holds is taken."""
+        *branches, (otherwise, last_condition) = expr.args
+        if last_condition != sp.true:
+            raise ValueError(f"Piecewise without a default branch cannot be printed: {expr}")
+        code = self._print(otherwise)
+        for value, condition in reversed(branches):
+            code = f"np.where({self._print(condition)}, {self._print(value)}, {code})"
+        return code
+
     # -- elementwise code -------------------------------------------------------------------
 
     def is_elementwise(self, expr: sp.Basic) -> bool:
