@@ -344,8 +344,9 @@ def kernel_spec(definition: LossDefinition) -> RowLossSpec:
     if p_target in used:
         row_values.append((p_target, sp.exp(log_p_target)))
     if log_p_target_ratio in used:
-        # Before 1 - p_t, from the same expm1: the printed code then takes the ratio before
-        # the power, which the CUDA float64 kernel otherwise kept it live across (a spill).
+        # Before 1 - p_t and from the same expm1, so that the printed code takes the ratio
+        # before the power: taken after it, its inputs stayed live across the float64 pow and
+        # the CUDA kernel spilled.
         row_values.append((log_p_target_ratio, sp.Piecewise(
             (-1, sp.Eq(log_p_target, 0)), (-log_p_target / expm1(log_p_target), True))))
     if one_minus_p_target in used:

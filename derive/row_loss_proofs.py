@@ -142,19 +142,24 @@ def prove(definition: rl.LossDefinition, losses=None) -> list[LossClaim]:
         x = sp.Symbol("x", real=True)
         claims.append(LossClaim("-expm1(log p_t) = 1 - p_t", check(
             (-expm1(x)).rewrite(sp.exp), 1 - sp.exp(x), "expm1 rewrite", definition)))
-    if any(symbol == rl.log_p_target_ratio for symbol, _ in spec.row_values):
-        claims.append(LossClaim("log p_t / (1 - p_t) -> -1 as p_t -> 1", _ratio_limit()))
+    ratio = dict(spec.row_values).get(rl.log_p_target_ratio)
+    if ratio is not None:
+        claims.append(LossClaim("log p_t / (1 - p_t) at p_t = 1 is its limit, -1",
+                                _ratio_at_one(ratio)))
     return claims
 
 
-def _ratio_limit() -> Verdict:
-    """The value log_p_target_ratio takes at log p_t = 0 (p_t = 1), where its quotient is 0/0:
-    the quotient's limit there, from below (log p_t <= 0)."""
+def _ratio_at_one(ratio: sp.Expr) -> Verdict:
+    """The value the kernels give log_p_target_ratio at log p_t = 0 (p_t = 1), where its
+    quotient is 0/0, is the quotient's limit there from below (log p_t <= 0).  Elsewhere the
+    ratio is the quotient, which the gradient's claim checks against SymPy's derivative."""
     x = sp.Symbol("x", real=True)
     limit = sp.limit(x / (1 - sp.exp(x)), x, 0, dir="-")
-    if limit != -1:
-        raise ProofError(f"log p_t / (1 - p_t) tends to {limit} as p_t -> 1, not -1")
-    return Verdict("symbolic", "SymPy's limit of log p / (1 - p) as log p -> 0 from below is -1")
+    value = ratio.xreplace({rl.log_p_target: sp.Integer(0)})
+    if value != limit:
+        raise ProofError(f"log_p_target_ratio is {value} at p_t = 1, where log p_t / (1 - p_t) "
+                         f"tends to {limit}")
+    return Verdict("symbolic", f"the ratio's value at log p_t = 0 is SymPy's limit, {limit}")
 
 
 def _online(spec: rl.RowLossSpec) -> Verdict:

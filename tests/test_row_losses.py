@@ -323,6 +323,7 @@ def test_focal_claims_include_gamma_zero_and_the_closed_form():
     assert "focal: gamma = 0 gives cross-entropy" in names
     assert any("(1 - p_t)^(gamma - 1)" in name for name in names)
     assert "-expm1(log p_t) = 1 - p_t" in names
+    assert "log p_t / (1 - p_t) at p_t = 1 is its limit, -1" in names
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -342,6 +343,24 @@ def test_focal_is_finite_where_the_target_takes_all_the_probability(backend, dty
         tolerance = 1e-6 if dtype == "float32" else 1e-14
         np.testing.assert_allclose(loss, ce_loss, rtol=tolerance, atol=tolerance)
         np.testing.assert_allclose(grad, ce_grad, rtol=tolerance, atol=tolerance)
+
+
+def test_the_ratio_that_replaces_the_lowered_power_is_its_limit_at_p_t_one():
+    import sympy as sp
+    from gradsmith.derive import row_loss as rl
+    from gradsmith.derive.check import ProofError
+    from gradsmith.derive.row_loss_proofs import _ratio_at_one
+
+    spec = rl.kernel_spec(definition("focal"))
+    gamma = definition("focal").option_symbols()["gamma"]
+    powers = {power.exp for _, value in spec.row_values for power in value.atoms(sp.Pow)
+              if power.base == rl.one_minus_p_target}
+    assert powers == {gamma}  # (1 - p_t)^(gamma - 1) is gone: infinite at p_t = 1
+    ratio = dict(spec.row_values)[rl.log_p_target_ratio]
+    assert _ratio_at_one(ratio).method == "symbolic"
+    wrong = sp.Piecewise((0, sp.Eq(rl.log_p_target, 0)), (ratio.args[-1][0], True))
+    with pytest.raises(ProofError, match="limit|tends"):
+        _ratio_at_one(wrong)
 
 
 def test_a_definition_outside_the_shape_is_refused_by_name(tmp_path):
