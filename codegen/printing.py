@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import sympy as sp
@@ -119,3 +119,16 @@ def expression_hash(expressions: Iterable[sp.Basic]) -> str:
         digest.update(sp.srepr(expr).encode())
         digest.update(b"\n")
     return digest.hexdigest()[:16]
+
+
+def print_piecewise(printer: CodePrinter, expr: sp.Piecewise,
+                    select: Callable[[str, str, str], str]) -> str:
+    """A Piecewise with a default branch as nested one-line selects, ``select(condition, value,
+    otherwise)``, the first branch outermost."""
+    *branches, (otherwise, last_condition) = expr.args
+    if last_condition != sp.true:
+        raise ValueError(f"Piecewise without a default branch cannot be printed: {expr}")
+    code = printer._print(otherwise)
+    for value, condition in reversed(branches):
+        code = select(printer._print(condition), printer._print(value), code)
+    return code

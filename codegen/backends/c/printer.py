@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import sympy as sp
+from gradsmith.codegen.printing import print_piecewise
 from sympy.codegen.ast import float32, float64, real
 from sympy.core.mul import _keep_coeff
 from sympy.printing.c import C99CodePrinter
@@ -63,13 +64,8 @@ class KernelCPrinter(C99CodePrinter):
 
     def _print_Piecewise(self, expr: sp.Piecewise) -> str:
         """One-line nested conditional expressions (a select, which vectorises)."""
-        *branches, (otherwise, last_condition) = expr.args
-        if last_condition != sp.true:
-            raise ValueError(f"Piecewise without a default branch cannot be printed: {expr}")
-        code = self._print(otherwise)
-        for value, condition in reversed(branches):
-            code = f"(({self._print(condition)}) ? ({self._print(value)}) : ({code}))"
-        return code
+        return print_piecewise(self, expr, lambda condition, value, otherwise:
+                               f"(({condition}) ? ({value}) : ({otherwise}))")
 
     def _print_exp(self, expr: sp.Expr) -> str:
         return self._print_Function(expr) if "exp" in self._function_names else super()._print_exp(expr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import sympy as sp
+from gradsmith.codegen.printing import print_piecewise
 from sympy.printing.numpy import NumPyPrinter
 
 NUMPY_TYPES = {"float32": "np.float32", "float64": "np.float64"}
@@ -81,13 +82,8 @@ class KernelNumPyPrinter(NumPyPrinter):
     def _print_Piecewise(self, expr: sp.Piecewise) -> str:
         """Nested ``np.where``: every branch is evaluated (callers silence the error state),
         and the first whose condition holds is taken."""
-        *branches, (otherwise, last_condition) = expr.args
-        if last_condition != sp.true:
-            raise ValueError(f"Piecewise without a default branch cannot be printed: {expr}")
-        code = self._print(otherwise)
-        for value, condition in reversed(branches):
-            code = f"np.where({self._print(condition)}, {self._print(value)}, {code})"
-        return code
+        return print_piecewise(self, expr, lambda condition, value, otherwise:
+                               f"np.where({condition}, {value}, {otherwise})")
 
     # -- elementwise code -------------------------------------------------------------------
 
