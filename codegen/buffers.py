@@ -13,11 +13,11 @@ is kept only once the last array over it (a view, a ``torch.from_numpy`` tensor)
 
 from __future__ import annotations
 
-import ctypes
 import math
 import threading
 
 import numpy as np
+from gradsmith.codegen.native import address
 
 CACHE_LINE_BYTES = 64
 # glibc's largest mmap threshold on 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX): smaller freed
@@ -32,17 +32,13 @@ _kept: list[np.ndarray] = []
 _lock = threading.RLock()
 
 
-def _address(block: np.ndarray) -> int:
-    return ctypes.addressof(ctypes.c_char.from_buffer(block))
-
-
 class _Lease:
     """The owner of an array carved from a recycled block: NumPy keeps it as the array's
     ``base``, and when the last array over it goes, the block is kept for the next gradient."""
 
     def __init__(self, block: np.ndarray, offset: int, shape: tuple[int, ...], dtype: np.dtype):
         self._block = block
-        self.__array_interface__ = {"data": (_address(block) + offset, False), "shape": shape,
+        self.__array_interface__ = {"data": (address(block) + offset, False), "shape": shape,
                                     "typestr": dtype.str, "version": 3}
 
     def __del__(self) -> None:
@@ -94,10 +90,10 @@ def empty_rows(shape: tuple[int, ...], dtype, like_address: int) -> np.ndarray:
     nbytes = (count + CACHE_LINE_BYTES // dtype.itemsize) * dtype.itemsize
     if nbytes < RECYCLE_BYTES:
         block = np.empty(count + CACHE_LINE_BYTES // dtype.itemsize, dtype=dtype)
-        start = (like_address - _address(block)) % CACHE_LINE_BYTES // dtype.itemsize
+        start = (like_address - address(block)) % CACHE_LINE_BYTES // dtype.itemsize
         return block[start:start + count].reshape(shape)
     block = _take(nbytes)
     if block is None:
         block = np.empty(nbytes, dtype=np.uint8)
-    offset = (like_address - _address(block)) % CACHE_LINE_BYTES // dtype.itemsize * dtype.itemsize
+    offset = (like_address - address(block)) % CACHE_LINE_BYTES // dtype.itemsize * dtype.itemsize
     return np.asarray(_Lease(block, offset, tuple(shape), dtype))
