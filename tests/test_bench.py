@@ -10,6 +10,8 @@ import contextlib
 import io
 import json
 import math
+import statistics
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from gradsmith.codegen.bench.probe import host_bandwidth
 from gradsmith.codegen.bench.report import COLUMNS
 from gradsmith.codegen.bench.runner import moved_bytes
 from gradsmith.codegen.bench.settings import CPU_SHAPES, GPU_SHAPES, Case, build_cases, parse_shapes
+from gradsmith.codegen.bench.timing import WARMUP_MS, HostClock, measure
 from gradsmith.codegen.cli import main
 
 # The compiling peers (torch.compile, jax.jit) take seconds to compile: not in the tiny run.
@@ -74,18 +77,19 @@ def test_tiny_run_reports_every_field(tiny_report):
             assert row["peak_bytes"] >= case.n_rows * case.n_classes * itemsize, row
 
 
-def test_each_shape_is_scored_against_the_higher_probe_beside_it(tiny_report):
+def test_each_host_row_is_scored_against_the_higher_probe_beside_it(tiny_report):
     table, report = tiny_report
     probe = report["bandwidth"]["cpu"]
     series = probe["probes_gb_per_s"]
-    assert len(series) == 3  # before the first shape, after each of the two
-    assert probe["gb_per_s"] == sorted(series)[1]
-    assert len(probe["samples_gb_per_s"]) == 3 * 7
-    for index, shape in enumerate(([64, 10], [8, 300])):
-        beside = max(series[index], series[index + 1])
-        rows = [r for r in report["results"] if r["shape"] == shape and r["status"] == "ok"]
-        assert rows and all(r["probe_gb_per_s"] == beside for r in rows)
-    assert f"of 3 probes ({min(series):.1f} to {max(series):.1f} GB/s)" in table
+    host_rows = [r for r in report["results"] if r["device"] == "cpu" and r["status"] == "ok"]
+    assert len(host_rows) >= 8
+    assert len(series) == 1 + len(host_rows)  # before the first row, after each host row
+    assert probe["gb_per_s"] == statistics.median(series)
+    assert len(probe["samples_gb_per_s"]) == len(series) * 7
+    for index, row in enumerate(host_rows):
+        assert row["probe_gb_per_s"] == max(series[index], series[index + 1]), row["name"]
+    assert f"of {len(series)} probes ({min(series):.1f} to {max(series):.1f} GB/s)" in table
+    assert "one after each host row" in table
 
 
 def test_every_contender_computes_the_same_loss(tiny_report):
@@ -356,3 +360,20 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def test_warm_up_lasts_at_least_its_minimum_unless_none_is_asked():
+    stamps: list[float] = []
+
+    def call() -> None:
+        stamps.append(time.perf_counter())
+
+    measure(call, clock=HostClock(), repeat=3, warmup=1)
+    warm = stamps[:-3]
+    assert len(warm) > 1 and (stamps[-3] - warm[0]) * 1e3 >= WARMUP_MS
+    stamps.clear()
+    measure(call, clock=HostClock(), repeat=3, warmup=0)
+    assert len(stamps) == 3
+    stamps.clear()
+    measure(lambda: (call(), time.sleep(WARMUP_MS / 1e3)), clock=HostClock(), repeat=1, warmup=2)
+    assert len(stamps) == 3  # two slow warm-up calls already last the minimum

@@ -56,28 +56,40 @@ def last_level_cache_bytes() -> int:
     return largest
 
 
+class HostProbe:
+    """The host copy probe of one run: its buffers are made (and first touched) once, so that
+    probing beside every row costs only the copies."""
+
+    def __init__(self, *, threads: int, repeat: int = 7, buffer_bytes: int | None = None) -> None:
+        if buffer_bytes is None:
+            buffer_bytes = max(MIN_HOST_BYTES, 8 * last_level_cache_bytes())
+        count = buffer_bytes // 8
+        self._source = np.ones(count, dtype=np.float64)
+        self._target = np.zeros_like(self._source)  # touched, so no page faults are timed
+        bounds = np.linspace(0, count, threads + 1).astype(np.int64)
+        self._spans = [(int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds) if hi > lo]
+        self._repeat = repeat
+        self.method = (f"numpy.copyto, {len(self._spans)} thread(s), "
+                       f"{self._source.nbytes / 2**20:.0f} MiB, median of {repeat}")
+
+    def measure(self) -> Bandwidth:
+        """One probe: an untimed copy (it also waits out OpenMP threads still spinning after the
+        last kernel, which would share a core with it), then the median of ``repeat``."""
+        source, target, clock = self._source, self._target, HostClock()
+        with ThreadPoolExecutor(max_workers=len(self._spans)) as pool:
+
+            def copy() -> None:
+                list(pool.map(lambda span: np.copyto(target[span[0]:span[1]], source[span[0]:span[1]]),
+                              self._spans))
+
+            copy()
+            samples = [2 * source.nbytes / (clock.time_ms(copy) * 1e6) for _ in range(self._repeat)]
+        return Bandwidth(statistics.median(samples), int(source.nbytes), self.method, tuple(samples))
+
+
 def host_bandwidth(*, threads: int, repeat: int = 7, buffer_bytes: int | None = None) -> Bandwidth:
-    if buffer_bytes is None:
-        buffer_bytes = max(MIN_HOST_BYTES, 8 * last_level_cache_bytes())
-    count = buffer_bytes // 8
-    source = np.ones(count, dtype=np.float64)
-    target = np.zeros_like(source)  # touched, so no page faults are timed
-    bounds = np.linspace(0, count, threads + 1).astype(np.int64)
-    spans = [(int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds) if hi > lo]
-    clock = HostClock()
-    with ThreadPoolExecutor(max_workers=len(spans)) as pool:
-
-        def copy() -> None:
-            list(pool.map(lambda span: np.copyto(target[span[0]:span[1]], source[span[0]:span[1]]), spans))
-
-        copy()
-        samples = [2 * source.nbytes / (clock.time_ms(copy) * 1e6) for _ in range(repeat)]
-    return Bandwidth(
-        statistics.median(samples),
-        int(source.nbytes),
-        f"numpy.copyto, {len(spans)} thread(s), {source.nbytes / 2**20:.0f} MiB, median of {repeat}",
-        tuple(samples),
-    )
+    """One probe of the host copy bandwidth."""
+    return HostProbe(threads=threads, repeat=repeat, buffer_bytes=buffer_bytes).measure()
 
 
 def probe_series(probes: list[Bandwidth]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gradsmith.codegen.bench.targets import check_targets, format_targets
+from gradsmith.codegen.bench.timing import WARMUP_MS
 
 COLUMNS = ("shape", "dtype", "backend", "ms", "GB/s", "% BW", "peak MB")
 
@@ -67,6 +68,12 @@ def _not_run(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _warmup(calls: int) -> str:
+    if calls == 0:
+        return "no warm-up"
+    return f"a warm-up of {calls} call{'s' if calls > 1 else ''} and at least {WARMUP_MS:g} ms"
+
+
 def format_table(report: dict[str, Any]) -> str:
     machine, bandwidth = report["machine"], report["bandwidth"]
     rows = report["results"]
@@ -83,8 +90,8 @@ def format_table(report: dict[str, Any]) -> str:
         if len(series) > 1:
             lines.append(f"{device} copy bandwidth (read + write): {probe['gb_per_s']:.1f} GB/s, the median "
                          f"of {len(series)} probes ({min(series):.1f} to {max(series):.1f} GB/s), one before "
-                         f"the first shape and one after each ({probe['method']}); % BW is against the "
-                         "higher probe beside its shape")
+                         f"the first row and one after each host row ({probe['method']}); % BW is "
+                         "against the higher probe beside its row")
         else:
             lines.append(f"{device} copy bandwidth (read + write): {probe['gb_per_s']:.1f} GB/s ({probe['method']})")
     load = machine.get("load_average")
@@ -93,7 +100,7 @@ def format_table(report: dict[str, Any]) -> str:
     settings = report["settings"]
     lines.append(
         f"fused forward + backward, mean loss, integer targets; median of {settings['repeat']} "
-        f"after {settings['warmup']} warm-up; GB/s counts the logits read, the gradient written "
+        f"after {_warmup(settings['warmup'])}; GB/s counts the logits read, the gradient written "
         "and the targets read"
     )
     if settings.get("softcap") is not None:

@@ -1,8 +1,9 @@
 """Run every contender on every case, beside the bandwidth probes, and collect the figures.
 
-The host's copy bandwidth moves between runs, and within one, on a shared machine (2x in one
-night on a virtual machine), so it is probed before the first case and again after each: a row's
-share of the bandwidth is against the higher of the two probes beside its case."""
+The host's copy bandwidth moves between runs, and within one, on a shared machine (from 26 to
+38 GB/s within a minute on a virtual machine), so it is probed before the first row and again
+after each host row: a row's share of the bandwidth is against the higher of the two probes
+beside it, not against one taken seconds of other contenders away."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from typing import Any, TextIO
 from gradsmith.codegen.bench import machine
 from gradsmith.codegen.bench.busy import busy_core
 from gradsmith.codegen.bench.peers import Contender, Inputs, Skip, contenders
-from gradsmith.codegen.bench.probe import gpu_bandwidth, host_bandwidth, probe_series
+from gradsmith.codegen.bench.probe import HostProbe, gpu_bandwidth, probe_series
 from gradsmith.codegen.bench.settings import Case, Settings
-from gradsmith.codegen.bench.timing import measure
+from gradsmith.codegen.bench.timing import WARMUP_MS, measure
 
 ITEMSIZE = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -130,13 +131,11 @@ def _run_one(case: Case, contender: Contender, inputs: Inputs, settings: Setting
     }
 
 
-def _score_bandwidth(rows: list[dict[str, Any]], probe_gb_per_s: dict[str, float | None]) -> None:
-    """Each row's rate as a share of its device's copy bandwidth measured beside it."""
-    for row in rows:
-        probe = probe_gb_per_s.get(row["device"])
-        if row["status"] == "ok" and probe is not None:
-            row["probe_gb_per_s"] = probe
-            row["pct_bandwidth"] = 100.0 * row["gb_per_s"] / probe
+def _score_bandwidth(row: dict[str, Any], probe_gb_per_s: float | None) -> None:
+    """The row's rate as a share of its device's copy bandwidth measured beside it."""
+    if row["status"] == "ok" and probe_gb_per_s is not None:
+        row["probe_gb_per_s"] = probe_gb_per_s
+        row["pct_bandwidth"] = 100.0 * row["gb_per_s"] / probe_gb_per_s
 
 
 def _speedups(rows: list[dict[str, Any]]) -> None:
@@ -171,11 +170,12 @@ def _run_benchmark(settings: Settings, stream: TextIO | None) -> dict[str, Any]:
     def runs(case: Case) -> list[Contender]:
         return [c for c in field if not (case.gpu_only and c.device == "cpu")]
 
-    host_cases = [case for case in settings.cases if any(c.device == "cpu" for c in runs(case))]
-    total = sum(len(runs(case)) for case in settings.cases) + 1 + len(host_cases) + int(gpu)
+    total = 1 + int(gpu) + sum(len(runs(case)) + sum(c.device == "cpu" for c in runs(case))
+                               for case in settings.cases)
     progress = Progress(total, stream, settings.progress)
     progress.show("memory bandwidth (host copy probe)")
-    host_probes = [host_bandwidth(threads=threads)]
+    host_probe = HostProbe(threads=threads)
+    host_probes = [host_probe.measure()]
     progress.step("memory bandwidth")
     gpu_probe = None
     if gpu:
@@ -187,19 +187,23 @@ def _run_benchmark(settings: Settings, stream: TextIO | None) -> dict[str, Any]:
         inputs = Inputs(case, settings.seed, settings.softcap)
         case_rows = []
         for contender in runs(case):
-            progress.show(f"{contender.name} {case.label} {case.dtype}")
-            case_rows.append(_run_one(case, contender, inputs, settings))
-            progress.step(f"{contender.name} {case.label} {case.dtype}")
+            label = f"{contender.name} {case.label} {case.dtype}"
+            progress.show(label)
+            row = _run_one(case, contender, inputs, settings)
+            progress.step(label)
+            if contender.device == "gpu":
+                _score_bandwidth(row, None if gpu_probe is None else gpu_probe["gb_per_s"])
+            else:
+                if row["status"] == "ok":  # a skipped or failed row moved nothing: no probe
+                    progress.show(f"memory bandwidth after {label}")
+                    host_probes.append(host_probe.measure())
+                    _score_bandwidth(row, max(p.gb_per_s for p in host_probes[-2:]))
+                progress.step("memory bandwidth")
+            case_rows.append(row)
         inputs.release()
         if gpu:
             _free_device_memory()
         gc.collect()
-        if case in host_cases:
-            progress.show(f"memory bandwidth after {case.label} {case.dtype}")
-            host_probes.append(host_bandwidth(threads=threads))
-            progress.step("memory bandwidth")
-        _score_bandwidth(case_rows, {"cpu": max(p.gb_per_s for p in host_probes[-2:]),
-                                     "gpu": None if gpu_probe is None else gpu_probe["gb_per_s"]})
         _speedups(case_rows)
         rows.extend(case_rows)
     progress.close()
@@ -222,7 +226,8 @@ def _run_benchmark(settings: Settings, stream: TextIO | None) -> dict[str, Any]:
             "inplace": settings.inplace,
             "busy": settings.busy,
             "softcap": settings.softcap,
-            "timing": "median of --repeat calls after warm-up; host: perf_counter, GPU: CUDA events",
+            "timing": (f"median of --repeat calls after --warmup calls lasting at least {WARMUP_MS:g} ms "
+                       "(none for 0); host: perf_counter, GPU: CUDA events"),
             "gb_per_s": "(2 * N * C * itemsize + 8 * N) (logits read, gradient written, targets read) / median time",
             "loss": "reduction='mean', integer targets; loss and dlogits in every call",
         },

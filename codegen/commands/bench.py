@@ -21,6 +21,7 @@ from gradsmith.codegen.bench.settings import (
     parse_dtypes,
     parse_shapes,
 )
+from gradsmith.codegen.bench.timing import WARMUP_MS
 from gradsmith.codegen.errors import UserError
 from gradsmith.codegen.row_loss import resolve_loss
 from gradsmith.derive.losses import DEFAULT
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtypes", default=None, help="comma-separated dtypes for every shape (default: see --shapes)")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per measurement; the median is reported")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
+    parser.add_argument("--warmup", type=int, default=1, help=f"untimed calls before timing, lasting at least {WARMUP_MS:g} ms unless 0 (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="threads for OpenMP, PyTorch and the copy probe")
     parser.add_argument("--json", type=Path, default=None, help="write the full report as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of milliseconds per shape for every contender (needs matplotlib)")
