@@ -2089,9 +2089,12 @@ static int gs_rows_index_f32(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -2111,7 +2114,7 @@ static int gs_rows_index_f32(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -2162,7 +2165,7 @@ static int gs_rows_index_f32(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -2173,8 +2176,10 @@ static int gs_rows_index_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -2760,9 +2765,12 @@ static int gs_rows_index_softcap_f32(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -2782,7 +2790,7 @@ static int gs_rows_index_softcap_f32(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -2833,7 +2841,7 @@ static int gs_rows_index_softcap_f32(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -2844,8 +2852,10 @@ static int gs_rows_index_softcap_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -3578,9 +3588,12 @@ static int gs_rows_index_weighted_f32(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -3600,7 +3613,7 @@ static int gs_rows_index_weighted_f32(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -3653,7 +3666,7 @@ static int gs_rows_index_weighted_f32(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -3664,8 +3677,10 @@ static int gs_rows_index_weighted_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -4257,9 +4272,12 @@ static int gs_rows_index_weighted_softcap_f32(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -4279,7 +4297,7 @@ static int gs_rows_index_weighted_softcap_f32(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -4332,7 +4350,7 @@ static int gs_rows_index_weighted_softcap_f32(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -4343,8 +4361,10 @@ static int gs_rows_index_weighted_softcap_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -4852,9 +4872,12 @@ static int gs_rows_probs_f32(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -4874,7 +4897,7 @@ static int gs_rows_probs_f32(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -4923,7 +4946,7 @@ static int gs_rows_probs_f32(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -4934,8 +4957,10 @@ static int gs_rows_probs_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -5364,9 +5389,12 @@ static int gs_rows_probs_softcap_f32(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -5386,7 +5414,7 @@ static int gs_rows_probs_softcap_f32(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -5435,7 +5463,7 @@ static int gs_rows_probs_softcap_f32(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -5446,8 +5474,10 @@ static int gs_rows_probs_softcap_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -5967,9 +5997,12 @@ static int gs_rows_probs_weighted_f32(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -5989,7 +6022,7 @@ static int gs_rows_probs_weighted_f32(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -6040,7 +6073,7 @@ static int gs_rows_probs_weighted_f32(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -6051,8 +6084,10 @@ static int gs_rows_probs_weighted_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -6490,9 +6525,12 @@ static int gs_rows_probs_weighted_softcap_f32(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -6512,7 +6550,7 @@ static int gs_rows_probs_weighted_softcap_f32(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -6563,7 +6601,7 @@ static int gs_rows_probs_weighted_softcap_f32(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -6574,8 +6612,10 @@ static int gs_rows_probs_weighted_softcap_f32(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -8048,9 +8088,12 @@ static int gs_rows_index_f64(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -8070,7 +8113,7 @@ static int gs_rows_index_f64(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -8121,7 +8164,7 @@ static int gs_rows_index_f64(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -8132,8 +8175,10 @@ static int gs_rows_index_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -8690,9 +8735,12 @@ static int gs_rows_index_softcap_f64(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -8712,7 +8760,7 @@ static int gs_rows_index_softcap_f64(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -8763,7 +8811,7 @@ static int gs_rows_index_softcap_f64(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -8774,8 +8822,10 @@ static int gs_rows_index_softcap_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -9486,9 +9536,12 @@ static int gs_rows_index_weighted_f64(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -9508,7 +9561,7 @@ static int gs_rows_index_weighted_f64(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -9561,7 +9614,7 @@ static int gs_rows_index_weighted_f64(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -9572,8 +9625,10 @@ static int gs_rows_index_weighted_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -10136,9 +10191,12 @@ static int gs_rows_index_weighted_softcap_f64(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -10158,7 +10216,7 @@ static int gs_rows_index_weighted_softcap_f64(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -10211,7 +10269,7 @@ static int gs_rows_index_weighted_softcap_f64(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -10222,8 +10280,10 @@ static int gs_rows_index_weighted_softcap_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -10714,9 +10774,12 @@ static int gs_rows_probs_f64(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -10736,7 +10799,7 @@ static int gs_rows_probs_f64(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -10785,7 +10848,7 @@ static int gs_rows_probs_f64(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -10796,8 +10859,10 @@ static int gs_rows_probs_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -11205,9 +11270,12 @@ static int gs_rows_probs_softcap_f64(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -11227,7 +11295,7 @@ static int gs_rows_probs_softcap_f64(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -11276,7 +11344,7 @@ static int gs_rows_probs_softcap_f64(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -11287,8 +11355,10 @@ static int gs_rows_probs_softcap_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -11791,9 +11861,12 @@ static int gs_rows_probs_weighted_f64(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -11813,7 +11886,7 @@ static int gs_rows_probs_weighted_f64(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -11864,7 +11937,7 @@ static int gs_rows_probs_weighted_f64(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -11875,8 +11948,10 @@ static int gs_rows_probs_weighted_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */
@@ -12293,9 +12368,12 @@ static int gs_rows_probs_weighted_softcap_f64(
         const double gs_work = (double)block_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               block_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -12315,7 +12393,7 @@ static int gs_rows_probs_weighted_softcap_f64(
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -12366,7 +12444,7 @@ static int gs_rows_probs_weighted_softcap_f64(
             segment_losses[segment] = segment_loss;
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -12377,8 +12455,10 @@ static int gs_rows_probs_weighted_softcap_f64(
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, block_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, block_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
         /* Serial, in a fixed order whatever the number of threads: deterministic. */

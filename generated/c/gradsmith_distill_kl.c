@@ -2572,9 +2572,12 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
         const double gs_work = (double)n_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               n_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, n_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -2594,7 +2597,7 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -2615,7 +2618,7 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
             }
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -2626,8 +2629,10 @@ int gs_distill_kl_f32(const float *logits, const float *second, const int64_t *t
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, n_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, n_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
     }
@@ -2659,9 +2664,12 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
         const double gs_work = (double)n_rows * (double)n_classes / GS_PARALLEL_MIN_ELEMENTS;
 #ifdef _OPENMP
         static struct gs_team_loop gs_loop;
-        const int gs_threads = gs_team_threads(&gs_loop, gs_work < (double)omp_get_max_threads()
-                                               ? (int)gs_work : omp_get_max_threads(),
-                                               n_rows, n_classes);
+        const int gs_wanted = gs_work < (double)omp_get_max_threads() ? (int)gs_work
+                                                                       : omp_get_max_threads();
+        const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, n_rows, n_classes);
+        /* Only a loop that may run on a team times itself: reading a thread's processor time is
+           a system call, and two of them were a quarter of the call at 64 x 10. */
+        const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
 #endif
@@ -2681,7 +2689,7 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
         {
         int64_t gs_segments_done = 0;
 #ifdef _OPENMP
-        const double gs_thread_start = gs_thread_seconds();
+        const double gs_thread_start = gs_timed ? gs_thread_seconds() : 0.0;
         if (omp_get_thread_num() != 0) {
             gs_leave_cpu(gs_caller_cpu);
         }
@@ -2702,7 +2710,7 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
             }
         }
 #ifdef _OPENMP
-        if (gs_segments_done > 0) {
+        if (gs_timed && gs_segments_done > 0) {
             const double gs_rate = (gs_thread_seconds() - gs_thread_start) / (double)gs_segments_done;
 #pragma omp critical(gs_fastest)
             if (gs_fastest_rate == 0.0 || gs_rate < gs_fastest_rate) {
@@ -2713,8 +2721,10 @@ int gs_distill_kl_f64(const double *logits, const double *second, const int64_t 
         (void)gs_segments_done;
         }
 #ifdef _OPENMP
-        gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
-                     n_segments, n_rows * n_classes);
+        if (gs_timed) {
+            gs_note_team(&gs_loop, gs_threads, omp_get_wtime() - gs_start, gs_fastest_rate,
+                         n_segments, n_rows * n_classes);
+        }
 #endif
         (void)gs_fastest_rate;
     }
