@@ -123,8 +123,10 @@ def test_torch_op_is_a_contender_with_its_overhead(tiny_report):
     overhead = report["torch_overhead"]
     assert [row["shape"] for row in overhead] == ["64x10", "256x100", "1024x1000"]
     for row in overhead:
-        assert row["op_us"] > 0 and row["raw_c_us"] > 0
+        assert row["op_us"] > 0 and row["raw_c_us"] > 0 and row["torch_us"] > 0
         assert math.isclose(row["overhead_us"], row["op_us"] - row["raw_c_us"])
+        line = next(text for text in table.splitlines() if text.strip().startswith(row["shape"] + ":"))
+        assert f"F.cross_entropy {row['torch_us']:8.1f}" in line
     assert "gradsmith.torch per-call overhead" in table
 
 

@@ -45,8 +45,9 @@ def _median_us(call: Callable[[], Any], repeat: int) -> float:
 
 
 def overhead(repeat: int) -> list[dict[str, Any]]:
-    """Median microseconds per forward + backward of the op (autograd, ``.backward()``) and of
-    the raw C call on the same float32 arrays, at small shapes; empty without PyTorch."""
+    """Median microseconds per forward + backward of the op (autograd, ``.backward()``), of
+    ``F.cross_entropy`` the same way, and of the raw C call on the same float32 arrays, at
+    small shapes; empty without PyTorch."""
     torch = machine.optional_torch()
     if torch is None:
         return []
@@ -67,19 +68,28 @@ def overhead(repeat: int) -> list[dict[str, Any]]:
             leaf.grad = None
             gt.cross_entropy(leaf, target).backward()
 
+        def torch_call(leaf=leaf, target=torch_target) -> None:
+            leaf.grad = None
+            torch.nn.functional.cross_entropy(leaf, target).backward()
+
         op_us = _median_us(op_call, max(repeat, 25))
         raw_us = _median_us(lambda logits=logits, target=target: raw(logits, target),
                             max(repeat, 25))
+        torch_us = _median_us(torch_call, max(repeat, 25))
         rows.append({"shape": f"{n}x{classes}", "op_us": op_us, "raw_c_us": raw_us,
-                     "overhead_us": op_us - raw_us, "ratio": op_us / raw_us})
+                     "overhead_us": op_us - raw_us, "ratio": op_us / raw_us,
+                     "torch_us": torch_us})
     return rows
 
 
 def format_overhead(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
-    lines = ["", f"{NAME} per-call overhead (float32, forward + backward, median us):"]
+    title = (f"{NAME} per-call overhead (float32, forward + backward, median us; "
+             "F.cross_entropy the same way beside it):")
+    lines = ["", title]
     for row in rows:
         lines.append(f"  {row['shape']:>10}: op {row['op_us']:8.1f}  raw C {row['raw_c_us']:8.1f}  "
-                     f"overhead {row['overhead_us']:7.1f}  ({row['ratio']:.2f}x)")
+                     f"overhead {row['overhead_us']:7.1f}  ({row['ratio']:.2f}x)  "
+                     f"F.cross_entropy {row['torch_us']:8.1f}")
     return lines
