@@ -192,8 +192,8 @@ class CupyMeter:
         return hook.peak
 
 
-# After another contender or the copy probe, a call at classifier shapes (0.25 ms) takes 6 to 8
-# calls to reach its steady time: the probe leaves the last-level cache full of dirty lines.
+# After the copy probe, a call at classifier shapes took 6 to 8 calls (0.46 ms, then about 0.3,
+# then a steady 0.23 at 65536 x 10) to reach its steady time; one warm-up call was not enough.
 WARMUP_MS = 50.0
 
 

@@ -2093,7 +2093,7 @@ static int gs_rows_index_f32(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -2769,7 +2769,7 @@ static int gs_rows_index_softcap_f32(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -3592,7 +3592,7 @@ static int gs_rows_index_weighted_f32(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -4276,7 +4276,7 @@ static int gs_rows_index_weighted_softcap_f32(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -4876,7 +4876,7 @@ static int gs_rows_probs_f32(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -5393,7 +5393,7 @@ static int gs_rows_probs_softcap_f32(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -6001,7 +6001,7 @@ static int gs_rows_probs_weighted_f32(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -6529,7 +6529,7 @@ static int gs_rows_probs_weighted_softcap_f32(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -8092,7 +8092,7 @@ static int gs_rows_index_f64(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -8739,7 +8739,7 @@ static int gs_rows_index_softcap_f64(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -9540,7 +9540,7 @@ static int gs_rows_index_weighted_f64(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -10195,7 +10195,7 @@ static int gs_rows_index_weighted_softcap_f64(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -10778,7 +10778,7 @@ static int gs_rows_probs_f64(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -11274,7 +11274,7 @@ static int gs_rows_probs_softcap_f64(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -11865,7 +11865,7 @@ static int gs_rows_probs_weighted_f64(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -12372,7 +12372,7 @@ static int gs_rows_probs_weighted_softcap_f64(
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, block_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;

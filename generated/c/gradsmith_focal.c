@@ -2555,7 +2555,7 @@ int gs_focal_f32(const float *logits, const float *second, const int64_t *target
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, n_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
@@ -2650,7 +2650,7 @@ int gs_focal_f64(const double *logits, const double *second, const int64_t *targ
                                                                        : omp_get_max_threads();
         const int gs_threads = gs_team_threads(&gs_loop, gs_wanted, n_rows, n_classes);
         /* Only a loop that may run on a team times itself: reading a thread's processor time is
-           a system call, and two of them were a quarter of the call at 64 x 10. */
+           a system call, and two of them were a third of the call through ctypes at 64 x 10. */
         const int gs_timed = gs_wanted > 1;
 #else
         const int gs_threads = 1;
