@@ -28,8 +28,11 @@ def plain(*values: Any) -> bool:
         return False
     if torch._C._are_functorch_transforms_active():
         return False
-    return all(type(value) in _PLAIN and (value.is_cpu or value.is_cuda)
-               for value in values if isinstance(value, torch.Tensor))
+    for value in values:  # a loop, not all() over a generator: a microsecond a call
+        if isinstance(value, torch.Tensor) and (
+                type(value) not in _PLAIN or not (value.is_cpu or value.is_cuda)):
+            return False
+    return True
 
 
 def may_hand_back(grad_loss: torch.Tensor) -> bool:
@@ -71,9 +74,10 @@ def with_eager_path(name: str, op: Callable, implementation: Callable,
     def call(*args):
         if not plain(*args):
             return op(*args)
-        if torch.is_grad_enabled() and any(
-                isinstance(value, torch.Tensor) and value.requires_grad for value in args):
-            return eager.apply(*args)
+        if torch.is_grad_enabled():
+            for value in args:
+                if isinstance(value, torch.Tensor) and value.requires_grad:
+                    return eager.apply(*args)
         # Nothing to differentiate (no_grad, inference, evaluation): a Function would build no
         # node, and its call costs half of the forward at classifier shapes.
         return implementation(*args)

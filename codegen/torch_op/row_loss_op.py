@@ -73,7 +73,7 @@ row_loss_rows = with_eager_path("GradsmithRowLoss", row_loss_op, _row_loss, _set
 def _check_input(names: tuple[str, str], input, second) -> None:
     if not isinstance(input, Tensor):
         raise TypeError(f"{names[0]} must be a torch.Tensor, got {type(input).__name__}")
-    check_tensor(names[1], second, input.device)
+    check_tensor(names[1], second, input)
 
 
 def _check_rows(rows: Tensor) -> None:
