@@ -87,11 +87,6 @@ class HostProbe:
         return Bandwidth(statistics.median(samples), int(source.nbytes), self.method, tuple(samples))
 
 
-def host_bandwidth(*, threads: int, repeat: int = 7, buffer_bytes: int | None = None) -> Bandwidth:
-    """One probe of the host copy bandwidth."""
-    return HostProbe(threads=threads, repeat=repeat, buffer_bytes=buffer_bytes).measure()
-
-
 def probe_series(probes: list[Bandwidth]) -> dict[str, Any]:
     """Several host probes of one run: the median of their medians, each probe's median in
     order, and every sample."""
